@@ -1,0 +1,119 @@
+//! Command-line flags, parsed in one place and turned into plain option structs.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{hooks::Rung, server::DEFAULT_LISTEN};
+
+#[derive(Debug, Parser)]
+#[command(name = "iopf-agent", version, about = "eBPF agent for the Linux IOMMU I/O page fault path")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RungArg {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Pin every hook to this attach rung (to exercise lower rungs on capable kernels).
+    #[arg(long, value_enum)]
+    force_rung: Option<RungArg>,
+    /// Fail (exit 4) unless this hook can attach; repeatable. `doctor` lists hook names.
+    #[arg(long = "require", value_name = "HOOK")]
+    require: Vec<String>,
+    /// Directory holding kernel BTF (vmlinux and modules).
+    #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
+    btf_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Load and attach the programs and serve Prometheus metrics until SIGINT/SIGTERM.
+    Run {
+        /// Address for /metrics (loopback by default; port 0 picks a free port).
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Measure CPU page-fault count and latency (all tasks unless --pid/--cgroup select).
+        #[arg(long)]
+        page_faults: bool,
+        /// Trace page faults of this process id; repeatable; implies --page-faults.
+        #[arg(long = "pid", value_name = "PID")]
+        pids: Vec<u32>,
+        /// Trace page faults of tasks in this cgroup v2 directory or below it; repeatable;
+        /// implies --page-faults.
+        #[arg(long = "cgroup", value_name = "PATH")]
+        cgroups: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the attach plan for every known hook and the kernel's capabilities.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Options shared by the commands, free of argument-parser types.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub force_rung: Option<Rung>,
+    pub require: Vec<String>,
+    pub btf_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub listen: SocketAddr,
+    pub page_faults: bool,
+    pub selection: crate::pagefault::Selection,
+    pub plan: PlanOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
+    pub json: bool,
+    pub plan: PlanOptions,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Run(RunOptions),
+    Doctor(DoctorOptions),
+}
+
+impl From<Common> for PlanOptions {
+    fn from(c: Common) -> Self {
+        PlanOptions {
+            force_rung: c.force_rung.map(|r| match r {
+                RungArg::Fentry => Rung::Fentry,
+                RungArg::Kprobe => Rung::Kprobe,
+                RungArg::Tracepoint => Rung::Tracepoint,
+            }),
+            require: c.require,
+            btf_dir: c.btf_dir,
+        }
+    }
+}
+
+/// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
+pub fn parse() -> Command {
+    match Cli::parse().cmd {
+        Cmd::Run { listen, page_faults, pids, cgroups, common } => Command::Run(RunOptions {
+            listen,
+            page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
+            selection: crate::pagefault::Selection { pids, cgroups },
+            plan: common.into(),
+        }),
+        Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
+    }
+}

@@ -1,0 +1,84 @@
+//! `iopf-agent doctor`: the attach plan and capabilities, for people and for machines.
+
+use serde::Serialize;
+
+use crate::{
+    cli::{DoctorOptions, PlanOptions},
+    error::AgentError,
+    features::Features,
+    hooks::{self, Plan, Rung},
+    kabi::KernelBtf,
+    loader,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub hooks: Vec<Plan>,
+    pub capabilities: Features,
+}
+
+/// Loads the object (no globals), probes, plans. Shared by `doctor` and `run`.
+pub fn survey(opts: &PlanOptions, globals: loader::Globals) -> Result<(aya::Ebpf, Report, Option<KernelBtf>), AgentError> {
+    for name in &opts.require {
+        if hooks::hook(name).is_none() {
+            return Err(AgentError::UnknownHook(name.clone()));
+        }
+    }
+    let mut ebpf = loader::load(globals)?;
+    let btf = KernelBtf::load(&opts.btf_dir).ok();
+    let features = Features::probe(&mut ebpf, &opts.btf_dir);
+    let plans = hooks::plan_all(btf.as_ref(), &features, opts.force_rung);
+    let report = Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features };
+    Ok((ebpf, report, btf))
+}
+
+/// Err when a hook the user required cannot attach.
+pub fn check_required(opts: &PlanOptions, plans: &[Plan]) -> Result<(), AgentError> {
+    for name in &opts.require {
+        if let Some(p) = plans.iter().find(|p| p.name == name)
+            && p.rung == Rung::Unavailable
+        {
+            return Err(AgentError::Required { name: name.clone(), reason: p.reason.clone() });
+        }
+    }
+    Ok(())
+}
+
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "kernel {}", r.kernel);
+    let _ = writeln!(s, "capabilities:");
+    let c = &r.capabilities;
+    for (name, cap) in [
+        ("btf", &c.btf),
+        ("tracefs", &c.tracefs),
+        ("ring_buffer", &c.ring_buffer),
+        ("bpf_stats", &c.bpf_stats),
+        ("fentry", &c.fentry),
+        ("kprobe", &c.kprobe),
+    ] {
+        let _ = writeln!(s, "  {name:<12} {:<3}  {}", if cap.available { "yes" } else { "no" }, cap.detail);
+    }
+    let _ = writeln!(s, "hooks:");
+    for p in &r.hooks {
+        let target = p.target.as_deref().unwrap_or("-");
+        let _ = write!(s, "  {:<16} {:<11} {:<32}", p.name, p.rung.as_str(), target);
+        if !p.reason.is_empty() {
+            let _ = write!(s, " {}", p.reason);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub fn run(opts: DoctorOptions) -> Result<(), AgentError> {
+    let (_ebpf, report, _) = survey(&opts.plan, loader::Globals::default())?;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?);
+    } else {
+        print!("{}", render_text(&report));
+    }
+    check_required(&opts.plan, &report.hooks)
+}

@@ -1,0 +1,55 @@
+//! The agent's top-level error, its exit codes, and one-line error chains.
+
+use thiserror::Error;
+
+use crate::{loader::LoadError, pagefault::PageFaultError, server::ServeError};
+
+/// Exit codes (documented in README.md):
+/// 0 ok, 1 runtime failure, 2 bad usage, 3 not privileged, 4 the kernel cannot do what was
+/// asked (missing feature, program refused, required hook unavailable), 5 listen address
+/// unusable.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    PageFault(#[from] PageFaultError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("unknown hook `{0}` (known hooks: {known})", known = crate::hooks::HOOKS.iter().map(|h| h.name).collect::<Vec<_>>().join(", "))]
+    UnknownHook(String),
+    #[error("required hook `{name}` cannot attach: {reason}")]
+    Required { name: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AgentError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Load(LoadError::NotPrivileged) => 3,
+            AgentError::Load(LoadError::Refused(_)) => 4,
+            AgentError::PageFault(_) | AgentError::Required { .. } => 4,
+            AgentError::Serve(ServeError::InUse { .. } | ServeError::Bind { .. }) => 5,
+            AgentError::UnknownHook(_) => 2,
+            AgentError::Serve(ServeError::Serve(_)) | AgentError::Io(_) => 1,
+        }
+    }
+}
+
+/// "outer: inner: innermost" for any error with sources.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    // aya appends an empty "Verifier output:" to refused loads that never reached the verifier.
+    let t = s.trim_end();
+    t.strip_suffix("Verifier output:").map(|x| x.trim_end().trim_end_matches('.').to_owned()).unwrap_or_else(|| t.to_owned())
+}

@@ -1,0 +1,154 @@
+//! What this kernel lets us do, probed once: BTF, tracefs, ring buffers, BPF stats, and
+//! whether fentry/fexit trampolines and kprobes actually attach (probed with empty programs,
+//! because "present in the config" is not "allowed here": ftrace can be locked down).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Btf, Ebpf,
+    maps::MapType,
+    programs::{FEntry, KProbe},
+};
+use serde::Serialize;
+
+/// The function the attach probes use: present on every kernel this tool supports.
+const PROBE_TARGET: &str = "handle_mm_fault";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capability {
+    pub available: bool,
+    pub detail: String,
+}
+
+impl Capability {
+    fn yes(detail: impl Into<String>) -> Self {
+        Self { available: true, detail: detail.into() }
+    }
+    fn no(detail: impl Into<String>) -> Self {
+        Self { available: false, detail: detail.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Features {
+    pub kernel: String,
+    pub btf: Capability,
+    pub tracefs: Capability,
+    pub ring_buffer: Capability,
+    pub bpf_stats: Capability,
+    pub fentry: Capability,
+    pub kprobe: Capability,
+    #[serde(skip)]
+    pub tracefs_path: Option<PathBuf>,
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Features {
+    /// Probes everything. `ebpf` is the loaded object holding the `probe_*` programs; the
+    /// probes attach for an instant and detach.
+    pub fn probe(ebpf: &mut Ebpf, btf_dir: &Path) -> Self {
+        let btf = match std::fs::metadata(btf_dir.join("vmlinux")) {
+            Ok(m) => Capability::yes(format!("{} ({} KiB)", btf_dir.join("vmlinux").display(), m.len() / 1024)),
+            Err(e) => Capability::no(format!("{}: {e} (needs CONFIG_DEBUG_INFO_BTF=y)", btf_dir.join("vmlinux").display())),
+        };
+        let (tracefs, tracefs_path) = tracefs();
+        let ring_buffer = match aya::sys::is_map_supported(MapType::RingBuf) {
+            Ok(true) => Capability::yes("BPF_MAP_TYPE_RINGBUF"),
+            Ok(false) => Capability::no("BPF_MAP_TYPE_RINGBUF not supported (kernel < 5.8)"),
+            Err(e) => Capability::no(format!("probe failed: {e}")),
+        };
+        let bpf_stats = match std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled") {
+            Ok(v) if v.trim() == "1" => Capability::yes("kernel.bpf_stats_enabled=1 (per-program run time counted)"),
+            Ok(_) => Capability::no("kernel.bpf_stats_enabled=0 (enable with sysctl to see per-program run time)"),
+            Err(e) => Capability::no(format!("kernel.bpf_stats_enabled unreadable: {e}")),
+        };
+        let fentry = probe_fentry(ebpf);
+        let kprobe = probe_kprobe(ebpf);
+        Features {
+            kernel: kernel_release(),
+            btf,
+            tracefs,
+            ring_buffer,
+            bpf_stats,
+            fentry,
+            kprobe,
+            tracefs_path,
+        }
+    }
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted (we are root).
+fn tracefs() -> (Capability, Option<PathBuf>) {
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(p).join("events").is_dir() {
+            return (Capability::yes(p), Some(p.into()));
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null as tracefs takes none.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc == 0 {
+        (Capability::yes("/sys/kernel/tracing (mounted by iopf-agent)"), Some("/sys/kernel/tracing".into()))
+    } else {
+        let e = std::io::Error::last_os_error();
+        (Capability::no(format!("tracefs not mounted and mounting it failed: {e}")), None)
+    }
+}
+
+fn probe_fentry(ebpf: &mut Ebpf) -> Capability {
+    let btf = match Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => return Capability::no(format!("no kernel BTF: {e}")),
+    };
+    let Some(prog) = ebpf.program_mut("probe_fentry") else {
+        return Capability::no("probe program missing from the object");
+    };
+    let prog: &mut FEntry = match prog.try_into() {
+        Ok(p) => p,
+        Err(e) => return Capability::no(format!("probe program: {e}")),
+    };
+    if let Err(e) = prog.load(PROBE_TARGET, &btf) {
+        return Capability::no(format!("fentry load refused: {}", crate::error::chain(&e)));
+    }
+    let res = match prog.attach() {
+        Ok(link) => {
+            let _ = prog.detach(link);
+            Capability::yes(format!("trampoline attach to {PROBE_TARGET} works"))
+        }
+        Err(e) => Capability::no(format!("fentry attach refused: {} (BPF trampolines/ftrace blocked)", crate::error::chain(&e))),
+    };
+    let _ = prog.unload();
+    res
+}
+
+fn probe_kprobe(ebpf: &mut Ebpf) -> Capability {
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Capability::no("no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel without CONFIG_KPROBES");
+    }
+    let Some(prog) = ebpf.program_mut("probe_kprobe") else {
+        return Capability::no("probe program missing from the object");
+    };
+    let prog: &mut KProbe = match prog.try_into() {
+        Ok(p) => p,
+        Err(e) => return Capability::no(format!("probe program: {e}")),
+    };
+    if let Err(e) = prog.load() {
+        return Capability::no(format!("kprobe load refused: {}", crate::error::chain(&e)));
+    }
+    let res = match prog.attach(PROBE_TARGET, 0) {
+        Ok(link) => {
+            let _ = prog.detach(link);
+            Capability::yes(format!("kprobe attach to {PROBE_TARGET} works"))
+        }
+        Err(e) => Capability::no(format!("kprobe attach refused: {}", crate::error::chain(&e))),
+    };
+    let _ = prog.unload();
+    res
+}

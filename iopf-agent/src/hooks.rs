@@ -1,0 +1,270 @@
+//! Every kernel hook the project knows, and the attach ladder that picks a rung for each one
+//! on the running kernel: fentry/fexit, then kprobe/kretprobe, then a tracepoint stand-in where
+//! one exists, else "unavailable" with the reason.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::{
+    features::Features,
+    kabi::{FuncSite, KernelBtf},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Rung {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+    Unavailable,
+}
+
+impl Rung {
+    pub const ALL: [Rung; 4] = [Rung::Fentry, Rung::Kprobe, Rung::Tracepoint, Rung::Unavailable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rung::Fentry => "fentry",
+            Rung::Kprobe => "kprobe",
+            Rung::Tracepoint => "tracepoint",
+            Rung::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What a hook attaches to.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Kernel functions, first present wins (generations of the same hook point).
+    Functions {
+        candidates: &'static [&'static str],
+        /// The module that defines them when they are not built in.
+        module: Option<&'static str>,
+        /// Tracepoint stand-in when neither fentry nor kprobe can attach: (category, name).
+        tracepoint: Option<(&'static str, &'static str)>,
+        /// What the absence of every candidate most likely means.
+        missing: &'static str,
+    },
+    Tracepoint { category: &'static str, name: &'static str, missing: &'static str },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub name: &'static str,
+    pub why: &'static str,
+    pub target: Target,
+}
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        name: "report",
+        why: "every recoverable fault enters here",
+        target: Target::Functions {
+            candidates: &["iommu_report_device_fault"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_IOMMU_IOPF off?",
+        },
+    },
+    Hook {
+        name: "sva_handler",
+        why: "SVA group handler: domain -> configuration and level",
+        target: Target::Functions {
+            candidates: &["iommu_sva_iopf_handler", "iommu_sva_handle_iopf"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_IOMMU_SVA off?",
+        },
+    },
+    Hook {
+        name: "iommufd_handler",
+        why: "iommufd (user/nested) group handler",
+        target: Target::Functions {
+            candidates: &["iommufd_fault_iopf_handler"],
+            module: Some("iommufd"),
+            tracepoint: None,
+            missing: "iommufd not loaded or older than 6.11?",
+        },
+    },
+    Hook {
+        name: "page_response",
+        why: "response code and report -> response latency",
+        target: Target::Functions {
+            candidates: &["iopf_group_response", "iommu_page_response"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_IOMMU_IOPF off?",
+        },
+    },
+    Hook {
+        name: "free_group",
+        why: "end of a fault group's life: in-flight cleanup",
+        target: Target::Functions {
+            candidates: &["iopf_free_group"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_IOMMU_IOPF off, or a kernel before 6.9?",
+        },
+    },
+    Hook {
+        name: "iopf_work",
+        why: "marks the task running IOPF work so handle_mm_fault can be attributed",
+        target: Target::Functions {
+            candidates: &["iommu_sva_handle_iopf", "iopf_handler", "iopf_handle_group"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_IOMMU_SVA off?",
+        },
+    },
+    Hook {
+        name: "mm_fault",
+        why: "page-fault count and latency (IOPF mm fix, and CPU faults in page-fault mode)",
+        target: Target::Functions {
+            candidates: &["handle_mm_fault"],
+            module: None,
+            tracepoint: Some(("exceptions", "page_fault_user")),
+            missing: "no handle_mm_fault?",
+        },
+    },
+    Hook {
+        name: "io_page_fault",
+        why: "unrecoverable faults via report_iommu_fault (AMD, arm-smmu v1/v2, others)",
+        target: Target::Tracepoint { category: "iommu", name: "io_page_fault", missing: "CONFIG_IOMMU_API off?" },
+    },
+    Hook {
+        name: "dmar_fault",
+        why: "unrecoverable Intel VT-d faults: reason code gives the level",
+        target: Target::Functions {
+            candidates: &["dmar_fault"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_INTEL_IOMMU off?",
+        },
+    },
+];
+
+pub fn hook(name: &str) -> Option<&'static Hook> {
+    HOOKS.iter().find(|h| h.name == name)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: &'static str,
+    pub rung: Rung,
+    /// Function or `category:name` the rung attaches to.
+    pub target: Option<String>,
+    /// Module defining the function, when not vmlinux.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Why this rung and not a higher one (or why unavailable); empty on the top rung.
+    pub reason: String,
+}
+
+/// Symbols from /proc/kallsyms, read once: a kprobe needs the symbol, not BTF.
+pub struct Kallsyms(HashSet<String>);
+
+impl Kallsyms {
+    pub fn read() -> Self {
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        Kallsyms(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .map(|s| s.to_owned())
+                .collect(),
+        )
+    }
+    pub fn contains(&self, s: &str) -> bool {
+        self.0.contains(s)
+    }
+}
+
+fn tracepoint_exists(features: &Features, category: &str, name: &str) -> bool {
+    features
+        .tracefs_path
+        .as_deref()
+        .is_some_and(|p| p.join("events").join(category).join(name).is_dir())
+}
+
+/// Decides the rung for `hook`. `force` pins a rung (testing lower rungs on capable kernels):
+/// when the forced rung cannot run, the hook is unavailable with that reason.
+pub fn plan(
+    hook: &Hook,
+    btf: Option<&KernelBtf>,
+    kallsyms: &Kallsyms,
+    features: &Features,
+    force: Option<Rung>,
+) -> Plan {
+    let mut p = Plan { name: hook.name, rung: Rung::Unavailable, target: None, module: None, reason: String::new() };
+    let allowed = |r: Rung| force.is_none_or(|f| f == r);
+    let mut why: Vec<String> = Vec::new();
+    match hook.target {
+        Target::Tracepoint { category, name, missing } => {
+            if !features.tracefs.available {
+                why.push(format!("tracefs: {}", features.tracefs.detail));
+            } else if !tracepoint_exists(features, category, name) {
+                why.push(format!("tracepoint {category}:{name} not in this kernel ({missing})"));
+            } else if allowed(Rung::Tracepoint) {
+                p.rung = Rung::Tracepoint;
+                p.target = Some(format!("{category}:{name}"));
+                return p;
+            } else {
+                why.push("tracepoint rung not allowed by --force-rung".into());
+            }
+        }
+        Target::Functions { candidates, module, tracepoint, missing } => {
+            // fentry: the function must be in vmlinux or module BTF, and trampolines allowed.
+            let in_btf = btf.and_then(|b| candidates.iter().find_map(|c| Some((*c, b.find_func(c, module)?))));
+            match (&in_btf, btf) {
+                (_, None) => why.push("fentry: no kernel BTF".into()),
+                (None, Some(_)) => why.push(format!("{}: not in kernel BTF ({missing})", candidates.join("/"))),
+                (Some(_), _) if !features.fentry.available => why.push(format!("fentry: {}", features.fentry.detail)),
+                (Some(_), _) if !allowed(Rung::Fentry) => why.push("fentry: not allowed by --force-rung".into()),
+                (Some((f, site)), _) => {
+                    p.rung = Rung::Fentry;
+                    p.target = Some((*f).to_owned());
+                    if let FuncSite::Module(m) = site {
+                        p.module = Some(m.clone());
+                    }
+                    p.reason = why.join("; ");
+                    return p;
+                }
+            }
+            // kprobe: the symbol must be in kallsyms and kprobes must attach.
+            let in_kallsyms = candidates.iter().find(|c| kallsyms.contains(c));
+            match in_kallsyms {
+                None if in_btf.is_some() => why.push("kprobe: symbol not in /proc/kallsyms".into()),
+                None => {}
+                Some(_) if !features.kprobe.available => why.push(format!("kprobe: {}", features.kprobe.detail)),
+                Some(_) if !allowed(Rung::Kprobe) => why.push("kprobe: not allowed by --force-rung".into()),
+                Some(f) => {
+                    p.rung = Rung::Kprobe;
+                    p.target = Some((*f).to_owned());
+                    p.reason = why.join("; ");
+                    return p;
+                }
+            }
+            if let Some((category, name)) = tracepoint {
+                if !tracepoint_exists(features, category, name) {
+                    why.push(format!("tracepoint {category}:{name} not available"));
+                } else if !allowed(Rung::Tracepoint) {
+                    why.push("tracepoint: not allowed by --force-rung".into());
+                } else {
+                    p.rung = Rung::Tracepoint;
+                    p.target = Some(format!("{category}:{name}"));
+                    p.reason = why.join("; ");
+                    return p;
+                }
+            }
+        }
+    }
+    p.reason = why.join("; ");
+    p
+}
+
+/// Plans every known hook.
+pub fn plan_all(btf: Option<&KernelBtf>, features: &Features, force: Option<Rung>) -> Vec<Plan> {
+    let kallsyms = Kallsyms::read();
+    HOOKS.iter().map(|h| plan(h, btf, &kallsyms, features, force)).collect()
+}
+

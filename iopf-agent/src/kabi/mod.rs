@@ -1,0 +1,79 @@
+//! The running kernel's ABI as its BTF describes it: which functions exist (in vmlinux or a
+//! module), their signatures, struct layouts. Kernel-version differences are decided here and
+//! nowhere else, from BTF shape rather than version numbers.
+
+pub mod btf;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use thiserror::Error;
+
+pub use btf::Btf;
+
+pub const DEFAULT_BTF_DIR: &str = "/sys/kernel/btf";
+
+#[derive(Debug, Error)]
+pub enum KabiError {
+    #[error("kernel BTF `{path}` is not readable: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("kernel BTF `{path}` cannot be parsed")]
+    Parse { path: PathBuf, source: btf::BtfError },
+}
+
+/// Where a kernel function lives: vmlinux or a module (whose BTF an fentry attach needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FuncSite {
+    Vmlinux,
+    Module(String),
+}
+
+/// vmlinux BTF plus the split BTF of loaded modules, parsed on demand.
+pub struct KernelBtf {
+    dir: PathBuf,
+    vmlinux: Arc<Btf>,
+}
+
+impl KernelBtf {
+    /// Reads `/sys/kernel/btf/vmlinux` (or `dir/vmlinux`).
+    pub fn load(dir: &Path) -> Result<Self, KabiError> {
+        let path = dir.join("vmlinux");
+        let data = std::fs::read(&path).map_err(|source| KabiError::Read { path: path.clone(), source })?;
+        let vmlinux = Btf::parse(&data).map_err(|source| KabiError::Parse { path, source })?;
+        Ok(Self { dir: dir.to_owned(), vmlinux: Arc::new(vmlinux) })
+    }
+
+    /// From an in-memory vmlinux BTF (fixtures); no modules.
+    pub fn from_vmlinux(vmlinux: Btf) -> Self {
+        Self { dir: PathBuf::new(), vmlinux: Arc::new(vmlinux) }
+    }
+
+    pub fn vmlinux(&self) -> &Btf {
+        &self.vmlinux
+    }
+
+    /// Finds function `name` in vmlinux, then in loaded modules (`hint` first when given).
+    pub fn find_func(&self, name: &str, module_hint: Option<&str>) -> Option<FuncSite> {
+        if self.vmlinux.has_func(name) {
+            return Some(FuncSite::Vmlinux);
+        }
+        let mut modules: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != "vmlinux")
+            .collect();
+        modules.sort_by_key(|m| Some(m.as_str()) != module_hint);
+        for m in modules {
+            let Ok(data) = std::fs::read(self.dir.join(&m)) else { continue };
+            let Ok(split) = Btf::parse_split(&data, self.vmlinux.clone()) else { continue };
+            if split.defines_func(name) {
+                return Some(FuncSite::Module(m));
+            }
+        }
+        None
+    }
+}

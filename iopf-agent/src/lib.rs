@@ -1,0 +1,13 @@
+//! iopf-agent as a library: the binary in main.rs is a thin edge over these modules.
+
+pub mod cli;
+pub mod doctor;
+pub mod error;
+pub mod features;
+pub mod hooks;
+pub mod kabi;
+pub mod loader;
+pub mod metrics;
+pub mod pagefault;
+pub mod run;
+pub mod server;

@@ -1,0 +1,64 @@
+//! Loading the eBPF object: privileges, load-time globals, and clear errors.
+
+use aya::{Ebpf, EbpfLoader};
+use iopf_common::pagefault::PfMode;
+use thiserror::Error;
+
+/// The object built by build.rs from iopf-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iopf"));
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("not privileged: loading eBPF programs needs root (or CAP_BPF and CAP_PERFMON); run iopf-agent as root")]
+    NotPrivileged,
+    #[error("the kernel refused the eBPF object")]
+    Refused(#[source] aya::EbpfError),
+}
+
+/// Load-time settings baked into the object as globals.
+#[derive(Debug, Clone, Copy)]
+pub struct Globals {
+    pub pf_mode: PfMode,
+}
+
+impl Default for Globals {
+    fn default() -> Self {
+        Self { pf_mode: PfMode::Off }
+    }
+}
+
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// True when this process can load tracing programs: root, or CAP_BPF + CAP_PERFMON effective.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << CAP_BPF) != 0 && eff & (1 << CAP_PERFMON) != 0
+}
+
+pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
+    if !privileged() {
+        return Err(LoadError::NotPrivileged);
+    }
+    let mode = globals.pf_mode as u32;
+    EbpfLoader::new()
+        .override_global("PF_MODE", &mode, true)
+        .load(OBJECT)
+        .map_err(|e| match &e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                LoadError::NotPrivileged
+            }
+            _ => LoadError::Refused(e),
+        })
+}

@@ -1,0 +1,11 @@
+//! Shared between the eBPF object and the agent: `#[repr(C)]` records with explicit widths,
+//! and the pure functions both sides must agree on (histogram bucketing, process selection).
+//!
+//! Everything here is `no_std` and allocation-free so it compiles for `bpfel-unknown-none`.
+#![no_std]
+
+pub mod hist;
+pub mod pagefault;
+
+#[cfg(feature = "user")]
+mod pod;

@@ -1,0 +1,18 @@
+//! The iopf eBPF object. Each program is a thin entry that calls a `try_*`/shared function;
+//! the logic it shares with userspace lives in `iopf-common`.
+#![no_std]
+#![no_main]
+
+mod pagefault;
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what building and testing iopf needs, idempotently, saying what it does.
+# Safe to run repeatedly: every step checks first and skips when already satisfied.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+say() { printf '[bootstrap] %s\n' "$*"; }
+
+# The toolchains are pinned in rust-toolchain.toml (userspace) and in
+# iopf-ebpf/rust-toolchain.toml (eBPF nightly); read them so there is one place to change.
+stable=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
+nightly=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/iopf-ebpf/rust-toolchain.toml")
+# bpf-linker must be built against the same LLVM major as the nightly's rustc.
+llvm_major=22
+bpf_linker_version=0.13.0
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_pkgs=(
+  "llvm-${llvm_major}-dev" "libpolly-${llvm_major}-dev" # bpf-linker build
+  libzstd-dev zlib1g-dev                                 # bpf-linker links these via llvm-config
+  qemu-system-x86                                        # VM test tier
+  prometheus                                             # real Prometheus scraping the agent in tests
+  bpftrace                                               # benchmark comparison
+  zstd cpio                                              # BTF fixtures, initramfs
+)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "apt: installing ${missing[*]}"
+  sudo_ apt-get update -qq
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "apt: all packages present"
+fi
+# Debian starts the prometheus service on install; tests run their own instances.
+if command -v systemctl >/dev/null && systemctl is-active -q prometheus 2>/dev/null; then
+  say "stopping the distribution's prometheus service (tests start their own)"
+  sudo_ systemctl stop prometheus || true
+fi
+
+command -v rustup >/dev/null || { echo "rustup not found: install it from your distribution or rustup.rs" >&2; exit 1; }
+if ! rustup toolchain list | grep -q "^${stable}"; then
+  say "rustup: installing ${stable}"
+  rustup toolchain install "$stable" --profile minimal -c rustfmt -c clippy
+else
+  say "rustup: ${stable} present"
+fi
+if ! rustup toolchain list | grep -q "^${nightly}"; then
+  say "rustup: installing ${nightly} with rust-src"
+  rustup toolchain install "$nightly" --profile minimal -c rust-src
+elif ! rustup component list --toolchain "$nightly" --installed | grep -q '^rust-src'; then
+  say "rustup: adding rust-src to ${nightly}"
+  rustup component add rust-src --toolchain "$nightly"
+else
+  say "rustup: ${nightly} with rust-src present"
+fi
+
+if ! command -v bpf-linker >/dev/null || ! bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version"; then
+  say "cargo: building bpf-linker ${bpf_linker_version} against LLVM ${llvm_major} (a few minutes, once)"
+  PATH="/usr/lib/llvm-${llvm_major}/bin:$PATH" cargo "+${stable}" install --locked bpf-linker \
+    --version "$bpf_linker_version" --no-default-features --features "llvm-${llvm_major}"
+else
+  say "cargo: bpf-linker ${bpf_linker_version} present"
+fi
+say "done"
