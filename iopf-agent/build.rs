@@ -8,7 +8,11 @@ fn main() -> anyhow::Result<()> {
         .context("reading iopf-ebpf/rust-toolchain.toml")?;
     let channel = pin
         .lines()
-        .find_map(|l| l.trim().strip_prefix("channel").and_then(|r| r.split('"').nth(1)))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("channel")
+                .and_then(|r| r.split('"').nth(1))
+        })
         .ok_or_else(|| anyhow!("no channel in iopf-ebpf/rust-toolchain.toml"))?
         .to_owned();
     println!("cargo::rerun-if-changed={root}/rust-toolchain.toml");

@@ -19,7 +19,10 @@ pub struct Report {
 }
 
 /// Loads the object (no globals), probes, plans. Shared by `doctor` and `run`.
-pub fn survey(opts: &PlanOptions, globals: loader::Globals) -> Result<(aya::Ebpf, Report, Option<KernelBtf>), AgentError> {
+pub fn survey(
+    opts: &PlanOptions,
+    globals: loader::Globals,
+) -> Result<(aya::Ebpf, Report, Option<KernelBtf>), AgentError> {
     for name in &opts.require {
         if hooks::hook(name).is_none() {
             return Err(AgentError::UnknownHook(name.clone()));
@@ -29,7 +32,11 @@ pub fn survey(opts: &PlanOptions, globals: loader::Globals) -> Result<(aya::Ebpf
     let btf = KernelBtf::load(&opts.btf_dir).ok();
     let features = Features::probe(&mut ebpf, &opts.btf_dir);
     let plans = hooks::plan_all(btf.as_ref(), &features, opts.force_rung);
-    let report = Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features };
+    let report = Report {
+        kernel: features.kernel.clone(),
+        hooks: plans,
+        capabilities: features,
+    };
     Ok((ebpf, report, btf))
 }
 
@@ -39,7 +46,10 @@ pub fn check_required(opts: &PlanOptions, plans: &[Plan]) -> Result<(), AgentErr
         if let Some(p) = plans.iter().find(|p| p.name == name)
             && p.rung == Rung::Unavailable
         {
-            return Err(AgentError::Required { name: name.clone(), reason: p.reason.clone() });
+            return Err(AgentError::Required {
+                name: name.clone(),
+                reason: p.reason.clone(),
+            });
         }
     }
     Ok(())
@@ -59,7 +69,12 @@ pub fn render_text(r: &Report) -> String {
         ("fentry", &c.fentry),
         ("kprobe", &c.kprobe),
     ] {
-        let _ = writeln!(s, "  {name:<12} {:<3}  {}", if cap.available { "yes" } else { "no" }, cap.detail);
+        let _ = writeln!(
+            s,
+            "  {name:<12} {:<3}  {}",
+            if cap.available { "yes" } else { "no" },
+            cap.detail
+        );
     }
     let _ = writeln!(s, "hooks:");
     for p in &r.hooks {
@@ -76,7 +91,10 @@ pub fn render_text(r: &Report) -> String {
 pub fn run(opts: DoctorOptions) -> Result<(), AgentError> {
     let (_ebpf, report, _) = survey(&opts.plan, loader::Globals::default())?;
     if opts.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?
+        );
     } else {
         print!("{}", render_text(&report));
     }

@@ -51,5 +51,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     // aya appends an empty "Verifier output:" to refused loads that never reached the verifier.
     let t = s.trim_end();
-    t.strip_suffix("Verifier output:").map(|x| x.trim_end().trim_end_matches('.').to_owned()).unwrap_or_else(|| t.to_owned())
+    t.strip_suffix("Verifier output:")
+        .map(|x| x.trim_end().trim_end_matches('.').to_owned())
+        .unwrap_or_else(|| t.to_owned())
 }

@@ -65,7 +65,11 @@ pub fn bucket(ns: u64) -> usize {
 
 /// Inclusive upper bound of bucket `i` in nanoseconds; `None` for the overflow bucket.
 pub fn upper_bound_ns(i: usize) -> Option<u64> {
-    if i + 1 >= BUCKETS { None } else { Some(1u64 << i) }
+    if i + 1 >= BUCKETS {
+        None
+    } else {
+        Some(1u64 << i)
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+pub mod agent;
 pub mod prom;
 pub mod workload;
 
@@ -14,5 +15,7 @@ pub fn require_root(test: &str) -> bool {
         eprintln!("SKIPPED {test}: needs root (IOPF_SKIP_ROOT_TESTS=1)");
         return false;
     }
-    panic!("{test} needs root to load eBPF; run as root or set IOPF_SKIP_ROOT_TESTS=1 to skip deliberately");
+    panic!(
+        "{test} needs root to load eBPF; run as root or set IOPF_SKIP_ROOT_TESTS=1 to skip deliberately"
+    );
 }

@@ -5,16 +5,26 @@
 use std::io::{BufRead as _, Write as _};
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
-        eprintln!("usage: touch-pages N");
-        std::process::exit(2);
-    });
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            eprintln!("usage: touch-pages N");
+            std::process::exit(2);
+        });
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     let len = n * page;
     // SAFETY: anonymous private mapping, no fd; the result is checked against MAP_FAILED.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     if p == libc::MAP_FAILED {
         eprintln!("mmap failed: {}", std::io::Error::last_os_error());
@@ -37,5 +47,10 @@ fn main() {
     }
     writeln!(out, "done {n}").and_then(|_| out.flush()).ok();
     // Wait for EOF.
-    while stdin.lock().read_line(&mut line).map(|r| r > 0).unwrap_or(false) {}
+    while stdin
+        .lock()
+        .read_line(&mut line)
+        .map(|r| r > 0)
+        .unwrap_or(false)
+    {}
 }

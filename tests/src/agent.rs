@@ -1,0 +1,102 @@
+//! Running the real `iopf-agent` binary as a child process.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// target/<profile>/iopf-agent next to this test executable (target/<profile>/deps/…).
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir");
+    let bin = dir.join("iopf-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo build -p iopf-agent; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    /// stderr lines up to and including the "serving metrics" line.
+    pub log: Vec<String>,
+    rest: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    /// Starts `iopf-agent run --listen 127.0.0.1:0 ARGS` and waits until it serves.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(agent_bin())
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn iopf-agent");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    let _ = child.kill();
+                    panic!("iopf-agent did not start serving; log so far: {log:#?}")
+                });
+            log.push(line.clone());
+            if let Some(url) = line.strip_prefix("iopf-agent: serving metrics on http://") {
+                let addr = url
+                    .trim_end_matches("/metrics")
+                    .parse()
+                    .expect("listen address");
+                return Agent {
+                    child,
+                    addr,
+                    log,
+                    rest: rx,
+                };
+            }
+        }
+    }
+
+    /// SIGTERM, wait, return (exit code, remaining stderr lines).
+    pub fn stop(mut self) -> (Option<i32>, Vec<String>) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = self.child.wait().expect("wait agent");
+        let rest = self.rest.try_iter().collect();
+        (st.code(), rest)
+    }
+}
+
+/// Runs the agent to completion with `args`; returns (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("run iopf-agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
