@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod hist;
+pub mod iopf;
 pub mod pagefault;
 
 #[cfg(feature = "user")]

@@ -6,3 +6,20 @@ use crate::{hist::Histogram, pagefault::PfStats};
 unsafe impl aya::Pod for Histogram {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PfStats {}
+
+use crate::iopf::{Consts, CountKey, Event, HistKey, InflightKey, IopfStats, Offsets};
+// SAFETY: `#[repr(C)]` plain integers and byte arrays with explicit padding fields, so every
+// bit pattern is valid and no byte is uninitialised.
+unsafe impl aya::Pod for CountKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for HistKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for InflightKey {}
+// SAFETY: as above (u64 counters only).
+unsafe impl aya::Pod for IopfStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Event {}
+// SAFETY: as above (u32 fields only).
+unsafe impl aya::Pod for Offsets {}
+// SAFETY: as above (u32 fields only).
+unsafe impl aya::Pod for Consts {}

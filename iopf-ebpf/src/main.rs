@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod iopf;
 mod pagefault;
 mod probes;
 

@@ -3,6 +3,7 @@
 //! nowhere else, from BTF shape rather than version numbers.
 
 pub mod btf;
+pub mod iopf;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,0 +1,468 @@
+//! The IOPF core shared by the eBPF programs and the agent: classification, aggregation
+//! keys, the event record, and the load-time tables (field offsets, `#define` constants)
+//! that adapt the programs to the running kernel's ABI.
+
+/// Translation configuration of the domain a fault was delivered to.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Config {
+    Unknown = 0,
+    FlatKernel = 1,
+    FlatUser = 2,
+    FlatSva = 3,
+    Nested = 4,
+}
+
+/// Translation level the fault belongs to.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Unknown = 0,
+    First = 1,
+    Second = 2,
+}
+
+/// What decided the level.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Method {
+    None = 0,
+    /// A hardware bit or reason code (SMMUv3 S2 bit, VT-d fault reason).
+    Hardware = 1,
+    /// The type of the domain the fault was delivered to.
+    Domain = 2,
+    /// A software walk of the IOMMU tables.
+    Walk = 3,
+}
+
+/// Whether the data came from the kernel's real fault path or from `simulate`/tests.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    Kernel = 0,
+    Simulated = 1,
+}
+
+/// Page response codes (`enum iommu_page_response_code`, identical in every version).
+pub const RESP_SUCCESS: u8 = 0;
+pub const RESP_INVALID: u8 = 1;
+pub const RESP_FAILURE: u8 = 2;
+/// Pseudo-code for groups freed without a response seen by us.
+pub const RESP_NONE: u8 = 3;
+/// `CountKey.code` of the per-device "faults classified" counter (not a response).
+pub const CODE_REPORTED: u8 = 255;
+/// `CountKey.code` of the per-device unrecoverable-fault counter.
+pub const CODE_UNRECOVERABLE: u8 = 254;
+
+macro_rules! labels {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub const fn label(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+            pub const fn from_u8(v: u8) -> Self {
+                $(if v == Self::$v as u8 { return Self::$v; })*
+                Self::from_u8_default()
+            }
+        }
+    };
+}
+impl Config {
+    const fn from_u8_default() -> Self {
+        Self::Unknown
+    }
+}
+impl Level {
+    const fn from_u8_default() -> Self {
+        Self::Unknown
+    }
+}
+impl Method {
+    const fn from_u8_default() -> Self {
+        Self::None
+    }
+}
+impl Source {
+    const fn from_u8_default() -> Self {
+        Self::Kernel
+    }
+}
+labels!(Config { Unknown => "unknown", FlatKernel => "flat_kernel", FlatUser => "flat_user", FlatSva => "flat_sva", Nested => "nested" });
+labels!(Level { Unknown => "unknown", First => "first", Second => "second" });
+labels!(Method { None => "none", Hardware => "hardware", Domain => "domain", Walk => "walk" });
+labels!(Source { Kernel => "kernel", Simulated => "simulated" });
+
+pub fn response_label(code: u8) -> &'static str {
+    match code {
+        RESP_SUCCESS => "success",
+        RESP_INVALID => "invalid",
+        RESP_FAILURE => "failure",
+        _ => "none",
+    }
+}
+
+/// `#define` constants of the running kernel's generation (not in BTF), set at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Consts {
+    /// `IOMMU_FAULT_PAGE_REQ`: 2 up to 6.8, 1 from 6.9.
+    pub fault_page_req: u32,
+    pub flag_pasid_valid: u32,
+    pub flag_last_page: u32,
+    /// `IOMMU_FAULT_PAGE_RESPONSE_NEEDS_PASID`: 1<<3 up to 6.9, 1<<2 from 6.10.
+    pub flag_needs_pasid: u32,
+    /// `IOMMU_PAGE_RESP_PASID_VALID` in `struct iommu_page_response.flags` (<= 6.8).
+    pub resp_flag_pasid_valid: u32,
+    pub dom_paging: u32,
+    pub dom_dma_api: u32,
+    pub dom_pt: u32,
+    /// 0 when the kernel has no SVA domains (< 6.2).
+    pub dom_sva: u32,
+    /// 0 when the kernel has no nested domains (< 6.7).
+    pub dom_nested: u32,
+}
+
+impl Consts {
+    pub const ZERO: Self = Self {
+        fault_page_req: 0,
+        flag_pasid_valid: 0,
+        flag_last_page: 0,
+        flag_needs_pasid: 0,
+        resp_flag_pasid_valid: 0,
+        dom_paging: 0,
+        dom_dma_api: 0,
+        dom_pt: 0,
+        dom_sva: 0,
+        dom_nested: 0,
+    };
+}
+
+/// Classifies a fault from the type of the domain it was delivered to.
+/// `nest_parent` marks a paging domain known to be a stage-2 parent.
+pub fn classify_domain(c: &Consts, dom_type: u32, nest_parent: bool) -> (Config, Level, Method) {
+    if c.dom_nested != 0 && dom_type == c.dom_nested {
+        return (Config::Nested, Level::First, Method::Domain);
+    }
+    if c.dom_sva != 0 && dom_type == c.dom_sva {
+        return (Config::FlatSva, Level::First, Method::Domain);
+    }
+    if dom_type & c.dom_paging != 0 {
+        if nest_parent {
+            return (Config::Nested, Level::Second, Method::Domain);
+        }
+        if dom_type & c.dom_dma_api != 0 {
+            // Kernel DMA API domain: single stage, the driver picks the table format.
+            return (Config::FlatKernel, Level::Unknown, Method::Domain);
+        }
+        return (Config::FlatUser, Level::Unknown, Method::Domain);
+    }
+    if dom_type == c.dom_pt {
+        return (Config::FlatKernel, Level::Unknown, Method::Domain);
+    }
+    (Config::Unknown, Level::Unknown, Method::None)
+}
+
+/// Field offsets into kernel structures, resolved from BTF by the agent (load-time global).
+/// An offset of `u32::MAX` means "absent in this generation".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct iommu_fault` inside the report's event (`iommu_fault_event`/`iopf_fault`).
+    pub evt_fault: u32,
+    pub fault_type: u32,
+    /// `prm` (`struct iommu_fault_page_request`) inside `struct iommu_fault`.
+    pub fault_prm: u32,
+    pub prm_flags: u32,
+    pub prm_pasid: u32,
+    pub prm_grpid: u32,
+    pub prm_perm: u32,
+    pub prm_addr: u32,
+    /// `struct device`: `init_name` and `kobj.name` (dev_name()).
+    pub dev_init_name: u32,
+    pub dev_kobj_name: u32,
+    /// group -> domain: first hop (`attach_handle` 6.11+, `domain` 6.9/6.10) ...
+    pub group_domain_hop1: u32,
+    /// ... second hop (`iommu_attach_handle.domain`, 6.11+; MAX when one hop).
+    pub group_domain_hop2: u32,
+    pub domain_type: u32,
+    /// `iopf_group.work`, to get from a work item to its group.
+    pub group_work: u32,
+    /// `struct iommu_page_response` (<= 6.8): flags, pasid, grpid, code.
+    pub resp_flags: u32,
+    pub resp_pasid: u32,
+    pub resp_grpid: u32,
+    pub resp_code: u32,
+}
+
+impl Offsets {
+    pub const ABSENT: u32 = u32::MAX;
+    pub const NONE: Self = Self {
+        evt_fault: u32::MAX,
+        fault_type: u32::MAX,
+        fault_prm: u32::MAX,
+        prm_flags: u32::MAX,
+        prm_pasid: u32::MAX,
+        prm_grpid: u32::MAX,
+        prm_perm: u32::MAX,
+        prm_addr: u32::MAX,
+        dev_init_name: u32::MAX,
+        dev_kobj_name: u32::MAX,
+        group_domain_hop1: u32::MAX,
+        group_domain_hop2: u32::MAX,
+        domain_type: u32::MAX,
+        group_work: u32::MAX,
+        resp_flags: u32::MAX,
+        resp_pasid: u32::MAX,
+        resp_grpid: u32::MAX,
+        resp_code: u32::MAX,
+    };
+}
+
+/// Device names are `dev_name()`, truncated to this many bytes (NUL-padded).
+pub const DEV_NAME_LEN: usize = 32;
+
+/// The fields of one page request as read from the kernel (or injected).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fault {
+    pub addr: u64,
+    pub fault_type: u32,
+    pub flags: u32,
+    pub pasid: u32,
+    pub grpid: u32,
+    pub perm: u32,
+    pub _pad: u32,
+}
+
+/// A fault between its report and its response (in-flight map value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Inflight {
+    pub dev: [u8; DEV_NAME_LEN],
+    pub fault: Fault,
+    pub report_ns: u64,
+    pub dispatch_ns: u64,
+    pub mm_fix_ns: u64,
+    pub config: u8,
+    pub level: u8,
+    pub method: u8,
+    pub source: u8,
+    pub _pad: u32,
+}
+
+/// In-flight key: group pointer (6.9+: `a` = group, `b` = 0) or, up to 6.8,
+/// `a` = device pointer, `b` = grpid | pasid << 32 (pasid only when the response needs it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InflightKey {
+    pub a: u64,
+    pub b: u64,
+}
+
+/// Counter key: device x configuration x level x response code (x source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountKey {
+    pub dev: [u8; DEV_NAME_LEN],
+    pub config: u8,
+    pub level: u8,
+    pub code: u8,
+    pub source: u8,
+    pub _pad: u32,
+}
+
+/// Which latency a histogram holds.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Latency {
+    /// Report entry -> group handler entry.
+    Dispatch = 0,
+    /// Report -> page response.
+    Service = 1,
+    /// handle_mm_fault under IOPF work.
+    MmFix = 2,
+}
+
+impl Latency {
+    pub const ALL: [Latency; 3] = [Latency::Dispatch, Latency::Service, Latency::MmFix];
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Dispatch => "dispatch",
+            Self::Service => "service",
+            Self::MmFix => "mm_fix",
+        }
+    }
+}
+
+/// Histogram key: device x latency kind (x source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HistKey {
+    pub dev: [u8; DEV_NAME_LEN],
+    pub latency: u8,
+    pub source: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Global (per-CPU) counters of the IOPF pipeline itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IopfStats {
+    pub reports: u64,
+    /// Reports that were not a last page request (partial faults, no group yet).
+    pub partial: u64,
+    pub handled: u64,
+    pub responses: u64,
+    /// Responses for which no in-flight fault was found.
+    pub response_unmatched: u64,
+    /// Groups freed without a response we saw.
+    pub freed_unanswered: u64,
+    /// In-flight insertions that failed (map full).
+    pub inflight_full: u64,
+    pub events: u64,
+    /// Events lost because the ring buffer was full.
+    pub events_dropped: u64,
+    pub unrecoverable: u64,
+    /// `iommu_report_device_fault` returned an error (int-returning generations).
+    pub report_errors: u64,
+    /// Reports of a fault type other than a page request (e.g. DMA_UNRECOV up to 6.8).
+    pub not_page_req: u64,
+}
+
+impl IopfStats {
+    pub fn merge(&mut self, o: &Self) {
+        self.reports += o.reports;
+        self.partial += o.partial;
+        self.handled += o.handled;
+        self.responses += o.responses;
+        self.response_unmatched += o.response_unmatched;
+        self.freed_unanswered += o.freed_unanswered;
+        self.inflight_full += o.inflight_full;
+        self.events += o.events;
+        self.events_dropped += o.events_dropped;
+        self.unrecoverable += o.unrecoverable;
+        self.report_errors += o.report_errors;
+        self.not_page_req += o.not_page_req;
+    }
+}
+
+/// Pending report of the current task, between report entry and group handler entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    pub dev: [u8; DEV_NAME_LEN],
+    pub fault: Fault,
+    pub report_ns: u64,
+    pub source: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Policy verdict slot in each event (filled by the policy engine; 0 = not evaluated).
+pub const VERDICT_NONE: u32 = 0;
+
+/// Ring-buffer record, one per answered fault when events are on (or on violation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub dev: [u8; DEV_NAME_LEN],
+    pub fault: Fault,
+    pub report_ns: u64,
+    pub dispatch_ns: u64,
+    pub service_ns: u64,
+    pub mm_fix_ns: u64,
+    pub verdict: u32,
+    pub config: u8,
+    pub level: u8,
+    pub method: u8,
+    pub code: u8,
+    pub source: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Event emission switch (load-time global `EVENTS_MODE`).
+pub const EVENTS_OFF: u32 = 0;
+pub const EVENTS_ALL: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: Consts = Consts {
+        fault_page_req: 1,
+        flag_pasid_valid: 1,
+        flag_last_page: 2,
+        flag_needs_pasid: 4,
+        resp_flag_pasid_valid: 0,
+        dom_paging: 1,
+        dom_dma_api: 2,
+        dom_pt: 4,
+        dom_sva: 16,
+        dom_nested: 64,
+    };
+
+    #[test]
+    fn domain_types_classify() {
+        assert_eq!(
+            classify_domain(&C, 64, false),
+            (Config::Nested, Level::First, Method::Domain)
+        );
+        assert_eq!(
+            classify_domain(&C, 16, false),
+            (Config::FlatSva, Level::First, Method::Domain)
+        );
+        assert_eq!(
+            classify_domain(&C, 1, true),
+            (Config::Nested, Level::Second, Method::Domain)
+        );
+        assert_eq!(
+            classify_domain(&C, 1, false),
+            (Config::FlatUser, Level::Unknown, Method::Domain)
+        );
+        assert_eq!(
+            classify_domain(&C, 3, false),
+            (Config::FlatKernel, Level::Unknown, Method::Domain)
+        );
+        assert_eq!(
+            classify_domain(&C, 11, false),
+            (Config::FlatKernel, Level::Unknown, Method::Domain)
+        );
+        assert_eq!(
+            classify_domain(&C, 4, false),
+            (Config::FlatKernel, Level::Unknown, Method::Domain)
+        );
+        assert_eq!(
+            classify_domain(&C, 0, false),
+            (Config::Unknown, Level::Unknown, Method::None)
+        );
+    }
+
+    #[test]
+    fn kernels_without_sva_or_nested_never_match_zero() {
+        let old = Consts {
+            dom_sva: 0,
+            dom_nested: 0,
+            ..C
+        };
+        assert_eq!(
+            classify_domain(&old, 0, false),
+            (Config::Unknown, Level::Unknown, Method::None)
+        );
+        assert_eq!(classify_domain(&old, 16, false).0, Config::Unknown);
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        for c in [
+            Config::Unknown,
+            Config::FlatKernel,
+            Config::FlatUser,
+            Config::FlatSva,
+            Config::Nested,
+        ] {
+            assert_eq!(Config::from_u8(c as u8), c);
+        }
+        assert_eq!(Level::from_u8(2).label(), "second");
+        assert_eq!(Method::from_u8(9), Method::None);
+        assert_eq!(response_label(RESP_INVALID), "invalid");
+    }
+}

@@ -1,0 +1,214 @@
+//! Hook adapters: each kernel hook on each rung is a thin wrapper that reads its arguments
+//! and calls the core. fentry/fexit and kprobe/kretprobe variants share one body.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::bpf_ktime_get_ns,
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use iopf_common::iopf::{CODE_UNRECOVERABLE, Config, DEV_NAME_LEN, InflightKey, Level, Source};
+
+use super::{TUPLE_KEYS, read};
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+fn report(dev: u64, evt: u64) {
+    let f = read::fault(evt);
+    let name = read::dev_name(dev);
+    let key = if TUPLE_KEYS.load() != 0 {
+        read::tuple_key_for_request(dev, &f)
+    } else {
+        InflightKey::default()
+    };
+    super::on_report(&name, &f, now(), Source::Kernel as u8, &key);
+}
+
+fn handler(group: u64) {
+    if let Some(t) = read::group_domain_type(group) {
+        super::on_handler(&InflightKey { a: group, b: 0 }, t, false, now());
+    }
+}
+
+fn group_response(group: u64, code: u64) {
+    super::on_response(&InflightKey { a: group, b: 0 }, code as u8, now());
+}
+
+fn tuple_response(dev: u64, msg: u64) {
+    let (key, code) = read::tuple_key_for_response(dev, msg);
+    super::on_response(&key, code, now());
+}
+
+fn work_start(work: u64) {
+    // 6.9+: the work function gets &group->work. <= 6.8 work functions carry no group we
+    // can key on; their mm-fix time is attributed to no device.
+    let group = read::group_of_work(work);
+    let key = if TUPLE_KEYS.load() != 0 {
+        InflightKey::default()
+    } else {
+        InflightKey { a: group, b: 0 }
+    };
+    super::on_work_start(&key);
+}
+
+// ---- fentry/fexit rung ----
+
+#[fentry]
+pub fn iopf_report_fentry(ctx: FEntryContext) -> u32 {
+    report(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// int-returning generations only (the agent does not attach it to 6.9/6.10's void one).
+#[fexit]
+pub fn iopf_report_fexit(ctx: FExitContext) -> u32 {
+    let ret: i64 = ctx.arg::<u64>(2) as i32 as i64;
+    super::on_report_return(ret);
+    0
+}
+
+#[fentry]
+pub fn iopf_handler_fentry(ctx: FEntryContext) -> u32 {
+    handler(ctx.arg(0));
+    0
+}
+
+#[fentry]
+pub fn iopf_group_response_fentry(ctx: FEntryContext) -> u32 {
+    group_response(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[fentry]
+pub fn iopf_page_response_fentry(ctx: FEntryContext) -> u32 {
+    tuple_response(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[fentry]
+pub fn iopf_free_group_fentry(ctx: FEntryContext) -> u32 {
+    super::on_free(&InflightKey {
+        a: ctx.arg(0),
+        b: 0,
+    });
+    0
+}
+
+#[fentry]
+pub fn iopf_work_fentry(ctx: FEntryContext) -> u32 {
+    work_start(ctx.arg(0));
+    0
+}
+
+#[fexit]
+pub fn iopf_work_fexit(_ctx: FExitContext) -> u32 {
+    super::on_work_end();
+    0
+}
+
+#[fentry]
+pub fn iopf_mm_fentry(_ctx: FEntryContext) -> u32 {
+    super::on_mm_entry(now());
+    0
+}
+
+#[fexit]
+pub fn iopf_mm_fexit(_ctx: FExitContext) -> u32 {
+    super::on_mm_exit(now());
+    0
+}
+
+// ---- kprobe/kretprobe rung ----
+
+#[kprobe]
+pub fn iopf_report_kprobe(ctx: ProbeContext) -> u32 {
+    report(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn iopf_report_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: u64 = ctx.ret();
+    super::on_report_return(ret as i32 as i64);
+    0
+}
+
+#[kprobe]
+pub fn iopf_handler_kprobe(ctx: ProbeContext) -> u32 {
+    handler(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn iopf_group_response_kprobe(ctx: ProbeContext) -> u32 {
+    group_response(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn iopf_page_response_kprobe(ctx: ProbeContext) -> u32 {
+    tuple_response(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn iopf_free_group_kprobe(ctx: ProbeContext) -> u32 {
+    super::on_free(&InflightKey {
+        a: ctx.arg(0).unwrap_or(0),
+        b: 0,
+    });
+    0
+}
+
+#[kprobe]
+pub fn iopf_work_kprobe(ctx: ProbeContext) -> u32 {
+    work_start(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn iopf_work_kretprobe(_ctx: RetProbeContext) -> u32 {
+    super::on_work_end();
+    0
+}
+
+#[kprobe]
+pub fn iopf_mm_kprobe(_ctx: ProbeContext) -> u32 {
+    super::on_mm_entry(now());
+    0
+}
+
+#[kretprobe]
+pub fn iopf_mm_kretprobe(_ctx: RetProbeContext) -> u32 {
+    super::on_mm_exit(now());
+    0
+}
+
+// ---- tracepoint: unrecoverable faults through report_iommu_fault ----
+
+/// `iommu:io_page_fault`: `__data_loc char[] device` at offset 8 (stable in every version).
+#[tracepoint]
+pub fn iopf_io_page_fault(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record; the data_loc word gives offset | len << 16.
+    let loc: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    let mut name = [0u8; DEV_NAME_LEN];
+    let off = (loc & 0xffff) as usize;
+    let base = ctx.as_ptr() as usize;
+    // SAFETY: bounded copy from the record; the helper checks the address.
+    let _ = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name)
+    };
+    super::stats(|s| s.unrecoverable += 1);
+    super::count(
+        &name,
+        Config::Unknown as u8,
+        Level::Unknown as u8,
+        CODE_UNRECOVERABLE,
+        Source::Kernel as u8,
+    );
+    0
+}

@@ -1,0 +1,183 @@
+//! Injection: raw-tracepoint programs run through BPF_PROG_TEST_RUN with a synthetic fault in
+//! their scalar arguments. They call the same core as the real hooks, with synthetic
+//! timestamps so latencies are exact, and mark everything `Source::Simulated`.
+
+use aya_ebpf::{
+    macros::{map, raw_tracepoint},
+    maps::Array,
+    programs::RawTracePointContext,
+};
+use iopf_common::iopf::{DEV_NAME_LEN, Fault, InflightKey, Source};
+
+use super::{OFFSETS, read};
+
+fn name(ctx: &RawTracePointContext, first: usize) -> [u8; DEV_NAME_LEN] {
+    let mut n = [0u8; DEV_NAME_LEN];
+    let mut i = 0;
+    while i < 4 {
+        let w: u64 = ctx.arg(first + i);
+        n[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        i += 1;
+    }
+    n
+}
+
+/// args: name[0..4], addr, type | flags << 32, pasid | grpid << 32, perm, now, key.a, key.b
+#[raw_tracepoint]
+pub fn inject_report(ctx: RawTracePointContext) -> i32 {
+    let dev = name(&ctx, 0);
+    let tf: u64 = ctx.arg(5);
+    let pg: u64 = ctx.arg(6);
+    let f = Fault {
+        addr: ctx.arg(4),
+        fault_type: tf as u32,
+        flags: (tf >> 32) as u32,
+        pasid: pg as u32,
+        grpid: (pg >> 32) as u32,
+        perm: ctx.arg::<u64>(7) as u32,
+        _pad: 0,
+    };
+    let key = InflightKey {
+        a: ctx.arg(9),
+        b: ctx.arg(10),
+    };
+    super::on_report(&dev, &f, ctx.arg(8), Source::Simulated as u8, &key);
+    0
+}
+
+/// args: key.a, key.b, domain type, nest_parent, now
+#[raw_tracepoint]
+pub fn inject_handler(ctx: RawTracePointContext) -> i32 {
+    let key = InflightKey {
+        a: ctx.arg(0),
+        b: ctx.arg(1),
+    };
+    super::on_handler(
+        &key,
+        ctx.arg::<u64>(2) as u32,
+        ctx.arg::<u64>(3) != 0,
+        ctx.arg(4),
+    );
+    0
+}
+
+/// args: key.a, key.b, mm-fix ns
+#[raw_tracepoint]
+pub fn inject_mm_fix(ctx: RawTracePointContext) -> i32 {
+    super::mm_fix(
+        &InflightKey {
+            a: ctx.arg(0),
+            b: ctx.arg(1),
+        },
+        ctx.arg(2),
+    );
+    0
+}
+
+/// args: key.a, key.b, code, now
+#[raw_tracepoint]
+pub fn inject_response(ctx: RawTracePointContext) -> i32 {
+    super::on_response(
+        &InflightKey {
+            a: ctx.arg(0),
+            b: ctx.arg(1),
+        },
+        ctx.arg::<u64>(2) as u8,
+        ctx.arg(3),
+    );
+    0
+}
+
+/// args: key.a, key.b
+#[raw_tracepoint]
+pub fn inject_free(ctx: RawTracePointContext) -> i32 {
+    super::on_free(&InflightKey {
+        a: ctx.arg(0),
+        b: ctx.arg(1),
+    });
+    0
+}
+
+/// Layout of the synthetic kernel memory in `IOPF_TEST_REC` (byte offsets into the value).
+pub const REC_DEV: usize = 0;
+pub const REC_EVT: usize = 1024;
+pub const REC_GROUP: usize = 1536;
+pub const REC_HANDLE: usize = 2560;
+pub const REC_DOMAIN: usize = 2688;
+pub const REC_NAME: usize = 3072;
+pub const REC_SIZE: usize = 4096;
+
+/// Synthetic `struct device`, report event, group, attach handle and domain, laid out by
+/// the agent at the offsets the BTF under test gives. Kernel memory, so the report and
+/// handler reads go through exactly the path the real hooks use.
+#[map]
+static IOPF_TEST_REC: Array<[u8; REC_SIZE]> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn put_ptr(rec: *mut u8, off: u32, limit: usize, ptr: u64) {
+    let off = off as usize;
+    if off + 8 <= limit {
+        // SAFETY: `off + 8 <= limit <= REC_SIZE`, so the write stays inside the map value;
+        // the region may be unaligned, hence write_unaligned.
+        unsafe { core::ptr::write_unaligned(rec.add(off & 0xfff) as *mut u64, ptr) };
+    }
+}
+
+/// Reads the synthetic record through `read::*`. The agent cannot know the value's kernel
+/// address, so this program first stores the pointers (dev name, group -> handle -> domain)
+/// at the offsets under test. args: now, key.a, key.b
+#[raw_tracepoint]
+pub fn inject_record(ctx: RawTracePointContext) -> i32 {
+    let Some(rec) = IOPF_TEST_REC.get_ptr_mut(0) else {
+        return 1;
+    };
+    let rec = rec as *mut u8;
+    let base = rec as u64;
+    let o = OFFSETS.load();
+    put_ptr(
+        rec,
+        REC_DEV as u32 + o.dev_kobj_name,
+        REC_EVT,
+        base + REC_NAME as u64,
+    );
+    if o.group_domain_hop2 == iopf_common::iopf::Offsets::ABSENT {
+        put_ptr(
+            rec,
+            REC_GROUP as u32 + o.group_domain_hop1,
+            REC_HANDLE,
+            base + REC_DOMAIN as u64,
+        );
+    } else {
+        put_ptr(
+            rec,
+            REC_GROUP as u32 + o.group_domain_hop1,
+            REC_HANDLE,
+            base + REC_HANDLE as u64,
+        );
+        put_ptr(
+            rec,
+            REC_HANDLE as u32 + o.group_domain_hop2,
+            REC_DOMAIN,
+            base + REC_DOMAIN as u64,
+        );
+    }
+    let dev = base + REC_DEV as u64;
+    let f = read::fault(base + REC_EVT as u64);
+    let name = read::dev_name(dev);
+    let now: u64 = ctx.arg(0);
+    let key = InflightKey {
+        a: ctx.arg(1),
+        b: ctx.arg(2),
+    };
+    let tuple = super::TUPLE_KEYS.load() != 0;
+    let tkey = if tuple {
+        read::tuple_key_for_request(key.a, &f)
+    } else {
+        InflightKey::default()
+    };
+    super::on_report(&name, &f, now, Source::Simulated as u8, &tkey);
+    if !tuple && let Some(t) = read::group_domain_type(base + REC_GROUP as u64) {
+        super::on_handler(&key, t, false, now);
+    }
+    0
+}
