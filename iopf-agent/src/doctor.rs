@@ -2,12 +2,14 @@
 
 use serde::Serialize;
 
+use crate::error::chain;
+
 use crate::{
     cli::{DoctorOptions, PlanOptions},
     error::AgentError,
     features::Features,
     hooks::{self, Plan, Rung},
-    kabi::KernelBtf,
+    kabi::{KernelBtf, iopf::IopfAbi},
     loader,
 };
 
@@ -16,6 +18,21 @@ pub struct Report {
     pub kernel: String,
     pub hooks: Vec<Plan>,
     pub capabilities: Features,
+    /// The IOPF ABI generation decided from BTF, or why there is none.
+    #[serde(serialize_with = "ser_abi")]
+    pub iopf_abi: Result<IopfAbi, String>,
+}
+
+fn ser_abi<S: serde::Serializer>(abi: &Result<IopfAbi, String>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Status<'a> {
+        available: bool,
+        #[serde(flatten)]
+        abi: Option<&'a IopfAbi>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    }
+    Status { available: abi.is_ok(), abi: abi.as_ref().ok(), reason: abi.as_ref().err().map(String::as_str) }.serialize(s)
 }
 
 /// Loads the object (no globals), probes, plans. Shared by `doctor` and `run`.
@@ -28,15 +45,20 @@ pub fn survey(
             return Err(AgentError::UnknownHook(name.clone()));
         }
     }
+    let btf = KernelBtf::load(&opts.btf_dir);
+    let abi = match &btf {
+        Ok(b) => IopfAbi::resolve(b.vmlinux()).map_err(|e| e.to_string()),
+        Err(e) => Err(chain(e)),
+    };
+    let globals = match &abi {
+        Ok(a) => globals.with_abi(a),
+        Err(_) => globals,
+    };
     let mut ebpf = loader::load(globals)?;
-    let btf = KernelBtf::load(&opts.btf_dir).ok();
+    let btf = btf.ok();
     let features = Features::probe(&mut ebpf, &opts.btf_dir);
     let plans = hooks::plan_all(btf.as_ref(), &features, opts.force_rung);
-    let report = Report {
-        kernel: features.kernel.clone(),
-        hooks: plans,
-        capabilities: features,
-    };
+    let report = Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, iopf_abi: abi };
     Ok((ebpf, report, btf))
 }
 
@@ -75,6 +97,14 @@ pub fn render_text(r: &Report) -> String {
             if cap.available { "yes" } else { "no" },
             cap.detail
         );
+    }
+    match &r.iopf_abi {
+        Ok(a) => {
+            let _ = writeln!(s, "iopf abi: {}", a.generation.describe());
+        }
+        Err(e) => {
+            let _ = writeln!(s, "iopf abi: none: {e}");
+        }
     }
     let _ = writeln!(s, "hooks:");
     for p in &r.hooks {

@@ -1,7 +1,10 @@
 //! Loading the eBPF object: privileges, load-time globals, and clear errors.
 
 use aya::{Ebpf, EbpfLoader};
-use iopf_common::pagefault::PfMode;
+use iopf_common::{
+    iopf::{Consts, EVENTS_ALL, EVENTS_OFF, Offsets},
+    pagefault::PfMode,
+};
 use thiserror::Error;
 
 /// The object built by build.rs from iopf-ebpf.
@@ -21,13 +24,27 @@ pub enum LoadError {
 #[derive(Debug, Clone, Copy)]
 pub struct Globals {
     pub pf_mode: PfMode,
+    /// Kernel field offsets for the IOPF programs (from `kabi::iopf`).
+    pub offsets: Offsets,
+    pub consts: Consts,
+    pub tuple_keys: bool,
+    /// Stream every answered fault to the ring buffer (trace/record), not only violations.
+    pub events: bool,
 }
 
 impl Default for Globals {
     fn default() -> Self {
-        Self {
-            pf_mode: PfMode::Off,
-        }
+        Self { pf_mode: PfMode::Off, offsets: Offsets::NONE, consts: Consts::ZERO, tuple_keys: false, events: false }
+    }
+}
+
+impl Globals {
+    /// Globals for a kernel whose IOPF ABI was resolved.
+    pub fn with_abi(mut self, abi: &crate::kabi::iopf::IopfAbi) -> Self {
+        self.offsets = abi.offsets;
+        self.consts = abi.consts;
+        self.tuple_keys = abi.tuple_keys;
+        self
     }
 }
 
@@ -54,8 +71,14 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         return Err(LoadError::NotPrivileged);
     }
     let mode = globals.pf_mode as u32;
+    let tuple = globals.tuple_keys as u32;
+    let events = if globals.events { EVENTS_ALL } else { EVENTS_OFF };
     EbpfLoader::new()
         .override_global("PF_MODE", &mode, true)
+        .override_global("OFFSETS", &globals.offsets, true)
+        .override_global("CONSTS", &globals.consts, true)
+        .override_global("TUPLE_KEYS", &tuple, true)
+        .override_global("EVENTS_MODE", &events, true)
         .load(OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })

@@ -22,7 +22,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         (true, true) => PfMode::All,
         (true, false) => PfMode::Selected,
     };
-    let (mut ebpf, report, _btf) = doctor::survey(&opts.plan, Globals { pf_mode })?;
+    let (mut ebpf, report, _btf) = doctor::survey(&opts.plan, Globals { pf_mode, ..Globals::default() })?;
     for p in &report.hooks {
         let target = p.target.as_deref().unwrap_or("-");
         let note = if p.reason.is_empty() {

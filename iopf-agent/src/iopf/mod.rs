@@ -1,0 +1,7 @@
+//! IOPF capture in userspace: reading the aggregation maps, injecting synthetic faults,
+//! reading events, attaching the real hooks.
+
+pub mod attach;
+pub mod events;
+pub mod inject;
+pub mod maps;
