@@ -8,20 +8,12 @@ fn main() -> anyhow::Result<()> {
         .context("reading iopf-ebpf/rust-toolchain.toml")?;
     let channel = pin
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("channel")
-                .and_then(|r| r.split('"').nth(1))
-        })
+        .find_map(|l| l.trim().strip_prefix("channel").and_then(|r| r.split('"').nth(1)))
         .ok_or_else(|| anyhow!("no channel in iopf-ebpf/rust-toolchain.toml"))?
         .to_owned();
     println!("cargo::rerun-if-changed={root}/rust-toolchain.toml");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "iopf-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "iopf-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&channel),
     )
 }

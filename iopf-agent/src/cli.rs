@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::{hooks::Rung, server::DEFAULT_LISTEN};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "iopf-agent",
-    version,
-    about = "eBPF agent for the Linux IOMMU I/O page fault path"
-)]
+#[command(name = "iopf-agent", version, about = "eBPF agent for the Linux IOMMU I/O page fault path")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -112,21 +108,12 @@ impl From<Common> for PlanOptions {
 /// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
 pub fn parse() -> Command {
     match Cli::parse().cmd {
-        Cmd::Run {
-            listen,
-            page_faults,
-            pids,
-            cgroups,
-            common,
-        } => Command::Run(RunOptions {
+        Cmd::Run { listen, page_faults, pids, cgroups, common } => Command::Run(RunOptions {
             listen,
             page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
             selection: crate::pagefault::Selection { pids, cgroups },
             plan: common.into(),
         }),
-        Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions {
-            json,
-            plan: common.into(),
-        }),
+        Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
     }
 }

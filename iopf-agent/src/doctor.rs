@@ -32,7 +32,8 @@ fn ser_abi<S: serde::Serializer>(abi: &Result<IopfAbi, String>, s: S) -> Result<
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'a str>,
     }
-    Status { available: abi.is_ok(), abi: abi.as_ref().ok(), reason: abi.as_ref().err().map(String::as_str) }.serialize(s)
+    Status { available: abi.is_ok(), abi: abi.as_ref().ok(), reason: abi.as_ref().err().map(String::as_str) }
+        .serialize(s)
 }
 
 /// Loads the object (no globals), probes, plans. Shared by `doctor` and `run`.
@@ -68,10 +69,7 @@ pub fn check_required(opts: &PlanOptions, plans: &[Plan]) -> Result<(), AgentErr
         if let Some(p) = plans.iter().find(|p| p.name == name)
             && p.rung == Rung::Unavailable
         {
-            return Err(AgentError::Required {
-                name: name.clone(),
-                reason: p.reason.clone(),
-            });
+            return Err(AgentError::Required { name: name.clone(), reason: p.reason.clone() });
         }
     }
     Ok(())
@@ -91,12 +89,7 @@ pub fn render_text(r: &Report) -> String {
         ("fentry", &c.fentry),
         ("kprobe", &c.kprobe),
     ] {
-        let _ = writeln!(
-            s,
-            "  {name:<12} {:<3}  {}",
-            if cap.available { "yes" } else { "no" },
-            cap.detail
-        );
+        let _ = writeln!(s, "  {name:<12} {:<3}  {}", if cap.available { "yes" } else { "no" }, cap.detail);
     }
     match &r.iopf_abi {
         Ok(a) => {
@@ -121,10 +114,7 @@ pub fn render_text(r: &Report) -> String {
 pub fn run(opts: DoctorOptions) -> Result<(), AgentError> {
     let (_ebpf, report, _) = survey(&opts.plan, loader::Globals::default())?;
     if opts.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?
-        );
+        println!("{}", serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?);
     } else {
         print!("{}", render_text(&report));
     }

@@ -22,16 +22,10 @@ pub struct Capability {
 
 impl Capability {
     fn yes(detail: impl Into<String>) -> Self {
-        Self {
-            available: true,
-            detail: detail.into(),
-        }
+        Self { available: true, detail: detail.into() }
     }
     fn no(detail: impl Into<String>) -> Self {
-        Self {
-            available: false,
-            detail: detail.into(),
-        }
+        Self { available: false, detail: detail.into() }
     }
 }
 
@@ -59,15 +53,10 @@ impl Features {
     /// probes attach for an instant and detach.
     pub fn probe(ebpf: &mut Ebpf, btf_dir: &Path) -> Self {
         let btf = match std::fs::metadata(btf_dir.join("vmlinux")) {
-            Ok(m) => Capability::yes(format!(
-                "{} ({} KiB)",
-                btf_dir.join("vmlinux").display(),
-                m.len() / 1024
-            )),
-            Err(e) => Capability::no(format!(
-                "{}: {e} (needs CONFIG_DEBUG_INFO_BTF=y)",
-                btf_dir.join("vmlinux").display()
-            )),
+            Ok(m) => Capability::yes(format!("{} ({} KiB)", btf_dir.join("vmlinux").display(), m.len() / 1024)),
+            Err(e) => {
+                Capability::no(format!("{}: {e} (needs CONFIG_DEBUG_INFO_BTF=y)", btf_dir.join("vmlinux").display()))
+            }
         };
         let (tracefs, tracefs_path) = tracefs();
         let ring_buffer = match aya::sys::is_map_supported(MapType::RingBuf) {
@@ -76,26 +65,13 @@ impl Features {
             Err(e) => Capability::no(format!("probe failed: {e}")),
         };
         let bpf_stats = match std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled") {
-            Ok(v) if v.trim() == "1" => {
-                Capability::yes("kernel.bpf_stats_enabled=1 (per-program run time counted)")
-            }
-            Ok(_) => Capability::no(
-                "kernel.bpf_stats_enabled=0 (enable with sysctl to see per-program run time)",
-            ),
+            Ok(v) if v.trim() == "1" => Capability::yes("kernel.bpf_stats_enabled=1 (per-program run time counted)"),
+            Ok(_) => Capability::no("kernel.bpf_stats_enabled=0 (enable with sysctl to see per-program run time)"),
             Err(e) => Capability::no(format!("kernel.bpf_stats_enabled unreadable: {e}")),
         };
         let fentry = probe_fentry(ebpf);
         let kprobe = probe_kprobe(ebpf);
-        Features {
-            kernel: kernel_release(),
-            btf,
-            tracefs,
-            ring_buffer,
-            bpf_stats,
-            fentry,
-            kprobe,
-            tracefs_path,
-        }
+        Features { kernel: kernel_release(), btf, tracefs, ring_buffer, bpf_stats, fentry, kprobe, tracefs_path }
     }
 }
 
@@ -108,26 +84,12 @@ fn tracefs() -> (Capability, Option<PathBuf>) {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are valid NUL-terminated strings; data is null as tracefs takes none.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
-        (
-            Capability::yes("/sys/kernel/tracing (mounted by iopf-agent)"),
-            Some("/sys/kernel/tracing".into()),
-        )
+        (Capability::yes("/sys/kernel/tracing (mounted by iopf-agent)"), Some("/sys/kernel/tracing".into()))
     } else {
         let e = std::io::Error::last_os_error();
-        (
-            Capability::no(format!("tracefs not mounted and mounting it failed: {e}")),
-            None,
-        )
+        (Capability::no(format!("tracefs not mounted and mounting it failed: {e}")), None)
     }
 }
 
@@ -162,9 +124,7 @@ fn probe_fentry(ebpf: &mut Ebpf) -> Capability {
 
 fn probe_kprobe(ebpf: &mut Ebpf) -> Capability {
     if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        return Capability::no(
-            "no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel without CONFIG_KPROBES",
-        );
+        return Capability::no("no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel without CONFIG_KPROBES");
     }
     let Some(prog) = ebpf.program_mut("probe_kprobe") else {
         return Capability::no("probe program missing from the object");
@@ -181,10 +141,7 @@ fn probe_kprobe(ebpf: &mut Ebpf) -> Capability {
             let _ = prog.detach(link);
             Capability::yes(format!("kprobe attach to {PROBE_TARGET} works"))
         }
-        Err(e) => Capability::no(format!(
-            "kprobe attach refused: {}",
-            crate::error::chain(&e)
-        )),
+        Err(e) => Capability::no(format!("kprobe attach refused: {}", crate::error::chain(&e))),
     };
     let _ = prog.unload();
     res

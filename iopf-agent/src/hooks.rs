@@ -21,12 +21,7 @@ pub enum Rung {
 }
 
 impl Rung {
-    pub const ALL: [Rung; 4] = [
-        Rung::Fentry,
-        Rung::Kprobe,
-        Rung::Tracepoint,
-        Rung::Unavailable,
-    ];
+    pub const ALL: [Rung; 4] = [Rung::Fentry, Rung::Kprobe, Rung::Tracepoint, Rung::Unavailable];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -139,11 +134,7 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         name: "io_page_fault",
         why: "unrecoverable faults via report_iommu_fault (AMD, arm-smmu v1/v2, others)",
-        target: Target::Tracepoint {
-            category: "iommu",
-            name: "io_page_fault",
-            missing: "CONFIG_IOMMU_API off?",
-        },
+        target: Target::Tracepoint { category: "iommu", name: "io_page_fault", missing: "CONFIG_IOMMU_API off?" },
     },
     Hook {
         name: "dmar_fault",
@@ -180,12 +171,7 @@ pub struct Kallsyms(HashSet<String>);
 impl Kallsyms {
     pub fn read() -> Self {
         let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        Kallsyms(
-            text.lines()
-                .filter_map(|l| l.split_whitespace().nth(2))
-                .map(|s| s.to_owned())
-                .collect(),
-        )
+        Kallsyms(text.lines().filter_map(|l| l.split_whitespace().nth(2)).map(|s| s.to_owned()).collect())
     }
     pub fn contains(&self, s: &str) -> bool {
         self.0.contains(s)
@@ -193,10 +179,7 @@ impl Kallsyms {
 }
 
 fn tracepoint_exists(features: &Features, category: &str, name: &str) -> bool {
-    features
-        .tracefs_path
-        .as_deref()
-        .is_some_and(|p| p.join("events").join(category).join(name).is_dir())
+    features.tracefs_path.as_deref().is_some_and(|p| p.join("events").join(category).join(name).is_dir())
 }
 
 /// Decides the rung for `hook`. `force` pins a rung (testing lower rungs on capable kernels):
@@ -208,27 +191,15 @@ pub fn plan(
     features: &Features,
     force: Option<Rung>,
 ) -> Plan {
-    let mut p = Plan {
-        name: hook.name,
-        rung: Rung::Unavailable,
-        target: None,
-        module: None,
-        reason: String::new(),
-    };
+    let mut p = Plan { name: hook.name, rung: Rung::Unavailable, target: None, module: None, reason: String::new() };
     let allowed = |r: Rung| force.is_none_or(|f| f == r);
     let mut why: Vec<String> = Vec::new();
     match hook.target {
-        Target::Tracepoint {
-            category,
-            name,
-            missing,
-        } => {
+        Target::Tracepoint { category, name, missing } => {
             if !features.tracefs.available {
                 why.push(format!("tracefs: {}", features.tracefs.detail));
             } else if !tracepoint_exists(features, category, name) {
-                why.push(format!(
-                    "tracepoint {category}:{name} not in this kernel ({missing})"
-                ));
+                why.push(format!("tracepoint {category}:{name} not in this kernel ({missing})"));
             } else if allowed(Rung::Tracepoint) {
                 p.rung = Rung::Tracepoint;
                 p.target = Some(format!("{category}:{name}"));
@@ -237,30 +208,14 @@ pub fn plan(
                 why.push("tracepoint rung not allowed by --force-rung".into());
             }
         }
-        Target::Functions {
-            candidates,
-            module,
-            tracepoint,
-            missing,
-        } => {
+        Target::Functions { candidates, module, tracepoint, missing } => {
             // fentry: the function must be in vmlinux or module BTF, and trampolines allowed.
-            let in_btf = btf.and_then(|b| {
-                candidates
-                    .iter()
-                    .find_map(|c| Some((*c, b.find_func(c, module)?)))
-            });
+            let in_btf = btf.and_then(|b| candidates.iter().find_map(|c| Some((*c, b.find_func(c, module)?))));
             match (&in_btf, btf) {
                 (_, None) => why.push("fentry: no kernel BTF".into()),
-                (None, Some(_)) => why.push(format!(
-                    "{}: not in kernel BTF ({missing})",
-                    candidates.join("/")
-                )),
-                (Some(_), _) if !features.fentry.available => {
-                    why.push(format!("fentry: {}", features.fentry.detail))
-                }
-                (Some(_), _) if !allowed(Rung::Fentry) => {
-                    why.push("fentry: not allowed by --force-rung".into())
-                }
+                (None, Some(_)) => why.push(format!("{}: not in kernel BTF ({missing})", candidates.join("/"))),
+                (Some(_), _) if !features.fentry.available => why.push(format!("fentry: {}", features.fentry.detail)),
+                (Some(_), _) if !allowed(Rung::Fentry) => why.push("fentry: not allowed by --force-rung".into()),
                 (Some((f, site)), _) => {
                     p.rung = Rung::Fentry;
                     p.target = Some((*f).to_owned());
@@ -276,12 +231,8 @@ pub fn plan(
             match in_kallsyms {
                 None if in_btf.is_some() => why.push("kprobe: symbol not in /proc/kallsyms".into()),
                 None => {}
-                Some(_) if !features.kprobe.available => {
-                    why.push(format!("kprobe: {}", features.kprobe.detail))
-                }
-                Some(_) if !allowed(Rung::Kprobe) => {
-                    why.push("kprobe: not allowed by --force-rung".into())
-                }
+                Some(_) if !features.kprobe.available => why.push(format!("kprobe: {}", features.kprobe.detail)),
+                Some(_) if !allowed(Rung::Kprobe) => why.push("kprobe: not allowed by --force-rung".into()),
                 Some(f) => {
                     p.rung = Rung::Kprobe;
                     p.target = Some((*f).to_owned());
@@ -310,8 +261,5 @@ pub fn plan(
 /// Plans every known hook.
 pub fn plan_all(btf: Option<&KernelBtf>, features: &Features, force: Option<Rung>) -> Vec<Plan> {
     let kallsyms = Kallsyms::read();
-    HOOKS
-        .iter()
-        .map(|h| plan(h, btf, &kallsyms, features, force))
-        .collect()
+    HOOKS.iter().map(|h| plan(h, btf, &kallsyms, features, force)).collect()
 }

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod pagefault;
 pub mod run;
 pub mod server;
+pub mod simulate;

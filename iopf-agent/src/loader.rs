@@ -12,9 +12,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/io
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error(
-        "not privileged: loading eBPF programs needs root (or CAP_BPF and CAP_PERFMON); run iopf-agent as root"
-    )]
+    #[error("not privileged: loading eBPF programs needs root (or CAP_BPF and CAP_PERFMON); run iopf-agent as root")]
     NotPrivileged,
     #[error("the kernel refused the eBPF object")]
     Refused(#[source] aya::EbpfError),

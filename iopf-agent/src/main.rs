@@ -6,10 +6,7 @@ fn main() {
     let cmd = cli::parse();
     let res = match cmd {
         cli::Command::Doctor(o) => doctor::run(o),
-        cli::Command::Run(o) => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        cli::Command::Run(o) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt.block_on(run::run(o)),
             Err(e) => Err(e.into()),
         },

@@ -23,21 +23,13 @@ pub struct Registry {
 
 impl Registry {
     pub fn add(&self, s: impl Source + 'static) {
-        self.sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(s));
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(s));
     }
 
     /// Renders every family in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut fams = Vec::new();
-        for s in self
-            .sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for s in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             s.collect(&mut fams);
         }
         let mut buf = Vec::new();
@@ -123,22 +115,13 @@ impl Source for PlanSource {
             "iopf_agent_info",
             "Agent build and the kernel it runs on.",
             MetricType::GAUGE,
-            vec![gauge(
-                &[
-                    ("version", env!("CARGO_PKG_VERSION")),
-                    ("kernel", &self.kernel),
-                ],
-                1.0,
-            )],
+            vec![gauge(&[("version", env!("CARGO_PKG_VERSION")), ("kernel", &self.kernel)], 1.0)],
         ));
         out.push(family(
             "iopf_hook_rung",
             "1 for the attach rung each hook is on (unavailable when it cannot attach).",
             MetricType::GAUGE,
-            self.plans
-                .iter()
-                .map(|p| gauge(&[("hook", p.name), ("rung", p.rung.as_str())], 1.0))
-                .collect(),
+            self.plans.iter().map(|p| gauge(&[("hook", p.name), ("rung", p.rung.as_str())], 1.0)).collect(),
         ));
     }
 }
@@ -151,18 +134,10 @@ pub struct PageFaultSource {
 
 impl Source for PageFaultSource {
     fn collect(&self, out: &mut Vec<MetricFamily>) {
-        let snap = match self
-            .maps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot()
-        {
+        let snap = match self.maps.lock().unwrap_or_else(|p| p.into_inner()).snapshot() {
             Ok(s) => s,
             Err(e) => {
-                eprintln!(
-                    "iopf-agent: page-fault maps unreadable: {}",
-                    crate::error::chain(&e)
-                );
+                eprintln!("iopf-agent: page-fault maps unreadable: {}", crate::error::chain(&e));
                 return;
             }
         };
@@ -173,12 +148,7 @@ impl Source for PageFaultSource {
             MetricType::COUNTER,
             FaultKind::ALL
                 .iter()
-                .map(|k| {
-                    counter(
-                        &[("kind", k.label()), ("rung", rung)],
-                        snap.stats.faults[*k as usize],
-                    )
-                })
+                .map(|k| counter(&[("kind", k.label()), ("rung", rung)], snap.stats.faults[*k as usize]))
                 .collect(),
         ));
         out.push(family(
@@ -187,12 +157,7 @@ impl Source for PageFaultSource {
             MetricType::HISTOGRAM,
             FaultKind::ALL
                 .iter()
-                .map(|k| {
-                    histogram(
-                        &[("kind", k.label()), ("rung", rung)],
-                        &snap.hist[*k as usize],
-                    )
-                })
+                .map(|k| histogram(&[("kind", k.label()), ("rung", rung)], &snap.hist[*k as usize]))
                 .collect(),
         ));
         out.push(family(

@@ -23,23 +23,13 @@ pub enum PageFaultError {
     #[error("page-fault tracing is unavailable on this kernel: {0}")]
     Unavailable(String),
     #[error("program `{prog}` could not be loaded or attached to `{target}`")]
-    Attach {
-        prog: &'static str,
-        target: String,
-        source: aya::programs::ProgramError,
-    },
+    Attach { prog: &'static str, target: String, source: aya::programs::ProgramError },
     #[error("map `{0}` missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map `{map}` could not be used")]
-    Map {
-        map: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { map: &'static str, source: aya::maps::MapError },
     #[error("cgroup `{path}` cannot be selected")]
-    Cgroup {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Cgroup { path: PathBuf, source: std::io::Error },
     #[error("cannot list online CPUs: {0}")]
     Cpus(String),
     #[error("kernel BTF needed for fentry")]
@@ -74,43 +64,23 @@ pub struct PfMaps {
 
 impl PfMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, PageFaultError> {
-        let map = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(PageFaultError::MissingMap(name))
-        };
-        let stats = PerCpuArray::try_from(map(ebpf, "PF_STATS")?).map_err(|source| {
-            PageFaultError::Map {
-                map: "PF_STATS",
-                source,
-            }
-        })?;
-        let hist =
-            PerCpuArray::try_from(map(ebpf, "PF_HIST")?).map_err(|source| PageFaultError::Map {
-                map: "PF_HIST",
-                source,
-            })?;
+        let map = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(PageFaultError::MissingMap(name));
+        let stats = PerCpuArray::try_from(map(ebpf, "PF_STATS")?)
+            .map_err(|source| PageFaultError::Map { map: "PF_STATS", source })?;
+        let hist = PerCpuArray::try_from(map(ebpf, "PF_HIST")?)
+            .map_err(|source| PageFaultError::Map { map: "PF_HIST", source })?;
         Ok(Self { stats, hist })
     }
 
     pub fn snapshot(&self) -> Result<PfSnapshot, PageFaultError> {
         let mut snap = PfSnapshot::default();
-        let per_cpu = self
-            .stats
-            .get(&0, 0)
-            .map_err(|source| PageFaultError::Map {
-                map: "PF_STATS",
-                source,
-            })?;
+        let per_cpu = self.stats.get(&0, 0).map_err(|source| PageFaultError::Map { map: "PF_STATS", source })?;
         for s in per_cpu.iter() {
             snap.stats.merge(s);
         }
         for k in FaultKind::ALL {
-            let per_cpu = self
-                .hist
-                .get(&(k as u32), 0)
-                .map_err(|source| PageFaultError::Map {
-                    map: "PF_HIST",
-                    source,
-                })?;
+            let per_cpu =
+                self.hist.get(&(k as u32), 0).map_err(|source| PageFaultError::Map { map: "PF_HIST", source })?;
             for h in per_cpu.iter() {
                 snap.hist[k as usize].merge(h);
             }
@@ -122,46 +92,22 @@ impl PfMaps {
 /// Adds processes and cgroups to the in-kernel selection (mode `Selected`).
 pub fn select(ebpf: &mut Ebpf, sel: &Selection) -> Result<(), PageFaultError> {
     if !sel.pids.is_empty() {
-        let mut tgids: HashMap<_, u32, u8> = HashMap::try_from(
-            ebpf.map_mut("PF_TGIDS")
-                .ok_or(PageFaultError::MissingMap("PF_TGIDS"))?,
-        )
-        .map_err(|source| PageFaultError::Map {
-            map: "PF_TGIDS",
-            source,
-        })?;
+        let mut tgids: HashMap<_, u32, u8> =
+            HashMap::try_from(ebpf.map_mut("PF_TGIDS").ok_or(PageFaultError::MissingMap("PF_TGIDS"))?)
+                .map_err(|source| PageFaultError::Map { map: "PF_TGIDS", source })?;
         for pid in &sel.pids {
-            tgids
-                .insert(pid, &1, 0)
-                .map_err(|source| PageFaultError::Map {
-                    map: "PF_TGIDS",
-                    source,
-                })?;
+            tgids.insert(pid, &1, 0).map_err(|source| PageFaultError::Map { map: "PF_TGIDS", source })?;
         }
     }
     if !sel.cgroups.is_empty() {
-        let mut cgroups: HashMap<_, u64, u8> = HashMap::try_from(
-            ebpf.map_mut("PF_CGROUPS")
-                .ok_or(PageFaultError::MissingMap("PF_CGROUPS"))?,
-        )
-        .map_err(|source| PageFaultError::Map {
-            map: "PF_CGROUPS",
-            source,
-        })?;
+        let mut cgroups: HashMap<_, u64, u8> =
+            HashMap::try_from(ebpf.map_mut("PF_CGROUPS").ok_or(PageFaultError::MissingMap("PF_CGROUPS"))?)
+                .map_err(|source| PageFaultError::Map { map: "PF_CGROUPS", source })?;
         for path in &sel.cgroups {
             // A cgroup v2 id is the inode number of its directory.
-            let ino = std::fs::metadata(path)
-                .map_err(|source| PageFaultError::Cgroup {
-                    path: path.clone(),
-                    source,
-                })?
-                .ino();
-            cgroups
-                .insert(&ino, &1, 0)
-                .map_err(|source| PageFaultError::Map {
-                    map: "PF_CGROUPS",
-                    source,
-                })?;
+            let ino =
+                std::fs::metadata(path).map_err(|source| PageFaultError::Cgroup { path: path.clone(), source })?.ino();
+            cgroups.insert(&ino, &1, 0).map_err(|source| PageFaultError::Map { map: "PF_CGROUPS", source })?;
         }
     }
     Ok(())
@@ -172,20 +118,16 @@ fn attach_err(
     target: impl Into<String>,
 ) -> impl FnOnce(aya::programs::ProgramError) -> PageFaultError {
     let target = target.into();
-    move |source| PageFaultError::Attach {
-        prog,
-        target,
-        source,
-    }
+    move |source| PageFaultError::Attach { prog, target, source }
 }
 
 fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, PageFaultError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| {
-        PageFaultError::Unavailable(format!("program `{name}` missing from the object"))
-    })?;
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| PageFaultError::Unavailable(format!("program `{name}` missing from the object")))?;
     p.try_into().map_err(attach_err(name, name))
 }
 
@@ -197,23 +139,19 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan) -> Result<(), PageFaultError> {
         Rung::Fentry => {
             let btf = Btf::from_sys_fs().map_err(PageFaultError::Btf)?;
             let p: &mut FEntry = prog(ebpf, "pf_fentry")?;
-            p.load(&target, &btf)
-                .map_err(attach_err("pf_fentry", &target))?;
+            p.load(&target, &btf).map_err(attach_err("pf_fentry", &target))?;
             p.attach().map_err(attach_err("pf_fentry", &target))?;
             let p: &mut FExit = prog(ebpf, "pf_fexit")?;
-            p.load(&target, &btf)
-                .map_err(attach_err("pf_fexit", &target))?;
+            p.load(&target, &btf).map_err(attach_err("pf_fexit", &target))?;
             p.attach().map_err(attach_err("pf_fexit", &target))?;
         }
         Rung::Kprobe => {
             let p: &mut KProbe = prog(ebpf, "pf_kprobe")?;
             p.load().map_err(attach_err("pf_kprobe", &target))?;
-            p.attach(&target, 0)
-                .map_err(attach_err("pf_kprobe", &target))?;
+            p.attach(&target, 0).map_err(attach_err("pf_kprobe", &target))?;
             let p: &mut KProbe = prog(ebpf, "pf_kretprobe")?;
             p.load().map_err(attach_err("pf_kretprobe", &target))?;
-            p.attach(&target, 0)
-                .map_err(attach_err("pf_kretprobe", &target))?;
+            p.attach(&target, 0).map_err(attach_err("pf_kretprobe", &target))?;
         }
         Rung::Tracepoint => {
             // Entry: user- and kernel-mode faults (a kernel-mode fault on a user address,
@@ -221,11 +159,9 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan) -> Result<(), PageFaultError> {
             let p: &mut TracePoint = prog(ebpf, "pf_tp_entry")?;
             p.load().map_err(attach_err("pf_tp_entry", "exceptions"))?;
             for name in ["page_fault_user", "page_fault_kernel"] {
-                p.attach("exceptions", name)
-                    .map_err(attach_err("pf_tp_entry", format!("exceptions:{name}")))?;
+                p.attach("exceptions", name).map_err(attach_err("pf_tp_entry", format!("exceptions:{name}")))?;
             }
-            let cpus = aya::util::online_cpus()
-                .map_err(|(what, e)| PageFaultError::Cpus(format!("{what}: {e}")))?;
+            let cpus = aya::util::online_cpus().map_err(|(what, e)| PageFaultError::Cpus(format!("{what}: {e}")))?;
             for (name, ev) in [
                 ("pf_perf_exit_minor", SoftwareEvent::PageFaultsMin),
                 ("pf_perf_exit_major", SoftwareEvent::PageFaultsMaj),

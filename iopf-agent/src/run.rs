@@ -25,53 +25,26 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     let (mut ebpf, report, _btf) = doctor::survey(&opts.plan, Globals { pf_mode, ..Globals::default() })?;
     for p in &report.hooks {
         let target = p.target.as_deref().unwrap_or("-");
-        let note = if p.reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", p.reason)
-        };
-        eprintln!(
-            "iopf-agent: hook {}: {} {}{}",
-            p.name,
-            p.rung.as_str(),
-            target,
-            note
-        );
+        let note = if p.reason.is_empty() { String::new() } else { format!(" ({})", p.reason) };
+        eprintln!("iopf-agent: hook {}: {} {}{}", p.name, p.rung.as_str(), target, note);
     }
     doctor::check_required(&opts.plan, &report.hooks)?;
 
     let registry = Registry::default();
     if opts.page_faults {
-        let plan = report
-            .hooks
-            .iter()
-            .find(|p| p.name == "mm_fault")
-            .cloned()
-            .expect("mm_fault is a known hook");
+        let plan = report.hooks.iter().find(|p| p.name == "mm_fault").cloned().expect("mm_fault is a known hook");
         pagefault::attach(&mut ebpf, &plan)?;
         pagefault::select(&mut ebpf, &opts.selection)?;
         let maps = pagefault::PfMaps::take(&mut ebpf)?;
         let what = if opts.selection.is_all() {
             "all tasks".to_owned()
         } else {
-            format!(
-                "pids {:?} cgroups {:?}",
-                opts.selection.pids, opts.selection.cgroups
-            )
+            format!("pids {:?} cgroups {:?}", opts.selection.pids, opts.selection.cgroups)
         };
-        eprintln!(
-            "iopf-agent: page-fault tracing on the {} rung for {what}",
-            plan.rung.as_str()
-        );
-        registry.add(PageFaultSource {
-            maps: Mutex::new(maps),
-            rung: rung_label(plan.rung),
-        });
+        eprintln!("iopf-agent: page-fault tracing on the {} rung for {what}", plan.rung.as_str());
+        registry.add(PageFaultSource { maps: Mutex::new(maps), rung: rung_label(plan.rung) });
     }
-    registry.add(PlanSource {
-        kernel: report.kernel.clone(),
-        plans: report.hooks.clone(),
-    });
+    registry.add(PlanSource { kernel: report.kernel.clone(), plans: report.hooks.clone() });
 
     let addr = listener.local_addr()?;
     eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
@@ -87,10 +60,7 @@ fn rung_label(r: Rung) -> &'static str {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the process still ends on the default SIGTERM action.
         return std::future::pending().await;
     };

@@ -13,26 +13,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9447";
 
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error(
-        "cannot listen on {addr}: address already in use (pick another with --listen ADDR:PORT)"
-    )]
+    #[error("cannot listen on {addr}: address already in use (pick another with --listen ADDR:PORT)")]
     InUse { addr: SocketAddr },
     #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AddrInUse => ServeError::InUse { addr },
-            _ => ServeError::Bind { addr, source },
-        })
+    TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => ServeError::InUse { addr },
+        _ => ServeError::Bind { addr, source },
+    })
 }
 
 pub async fn serve(
@@ -45,23 +38,9 @@ pub async fn serve(
             "/metrics",
             get(move || {
                 let r = registry.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        r.render(),
-                    )
-                }
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], r.render()) }
             }),
         )
-        .route(
-            "/",
-            get(|| async { "iopf-agent: metrics at /metrics\n".into_response() }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+        .route("/", get(|| async { "iopf-agent: metrics at /metrics\n".into_response() }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ServeError::Serve)
 }

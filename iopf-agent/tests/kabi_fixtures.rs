@@ -9,13 +9,8 @@ use iopf_agent::kabi::{
 use iopf_common::iopf::Offsets;
 
 fn fixture(name: &str) -> Btf {
-    let path = format!(
-        "{}/tests/fixtures/btf/{name}.btf.zst",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let data =
-        zstd::decode_all(std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
-            .expect("zstd");
+    let path = format!("{}/tests/fixtures/btf/{name}.btf.zst", env!("CARGO_MANIFEST_DIR"));
+    let data = zstd::decode_all(std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).expect("zstd");
     Btf::parse(&data).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -23,22 +18,10 @@ fn fixture(name: &str) -> Btf {
 /// 0/4/8/12/16; `prm` sits at 8 in `struct iommu_fault` in both layouts.
 fn assert_page_request_layout(o: &Offsets) {
     assert_eq!((o.evt_fault, o.fault_type, o.fault_prm), (0, 0, 8));
-    assert_eq!(
-        (
-            o.prm_flags,
-            o.prm_pasid,
-            o.prm_grpid,
-            o.prm_perm,
-            o.prm_addr
-        ),
-        (0, 4, 8, 12, 16)
-    );
+    assert_eq!((o.prm_flags, o.prm_pasid, o.prm_grpid, o.prm_perm, o.prm_addr), (0, 4, 8, 12, 16));
     // dev_name(): `struct device` starts with its kobject, whose first member is `name`.
     assert_eq!(o.dev_kobj_name, 0);
-    assert_eq!(
-        o.domain_type, 0,
-        "`type` is the first member of struct iommu_domain"
-    );
+    assert_eq!(o.domain_type, 0, "`type` is the first member of struct iommu_domain");
 }
 
 #[test]
@@ -52,15 +35,9 @@ fn debian_6_1_is_the_fault_event_generation() {
     assert_page_request_layout(&abi.offsets);
     // uapi struct iommu_page_response: argsz, version, flags, pasid, grpid, code.
     let o = abi.offsets;
-    assert_eq!(
-        (o.resp_flags, o.resp_pasid, o.resp_grpid, o.resp_code),
-        (8, 12, 16, 20)
-    );
+    assert_eq!((o.resp_flags, o.resp_pasid, o.resp_grpid, o.resp_code), (8, 12, 16, 20));
     assert_eq!(o.group_domain_hop1, Offsets::ABSENT);
-    assert_eq!(
-        abi.consts.fault_page_req, 2,
-        "enum iommu_fault_type: DMA_UNRECOV=1, PAGE_REQ=2"
-    );
+    assert_eq!(abi.consts.fault_page_req, 2, "enum iommu_fault_type: DMA_UNRECOV=1, PAGE_REQ=2");
     assert_eq!(abi.consts.flag_needs_pasid, 1 << 3);
     assert_eq!(abi.consts.dom_nested, 0, "no NESTED domains before 6.7");
     assert_eq!(abi.consts.dom_sva, 0, "no SVA domains before 6.2");
@@ -81,15 +58,9 @@ fn assert_6_12(btf: &Btf) {
     // iommu_attach_handle *attach_handle @136; ... }
     assert_eq!(o.group_work, 104);
     assert_eq!(o.group_domain_hop1, 136);
-    assert_eq!(
-        o.group_domain_hop2, 0,
-        "iommu_attach_handle {{ struct iommu_domain *domain; }}"
-    );
+    assert_eq!(o.group_domain_hop2, 0, "iommu_attach_handle {{ struct iommu_domain *domain; }}");
     assert_eq!(o.resp_code, Offsets::ABSENT);
-    assert_eq!(
-        abi.consts.fault_page_req, 1,
-        "6.9 renumbered IOMMU_FAULT_PAGE_REQ to 1"
-    );
+    assert_eq!(abi.consts.fault_page_req, 1, "6.9 renumbered IOMMU_FAULT_PAGE_REQ to 1");
     assert_eq!(abi.consts.flag_needs_pasid, 1 << 2);
     assert_eq!(abi.consts.dom_sva, 16);
     assert_eq!(abi.consts.dom_nested, 64);
@@ -145,9 +116,7 @@ fn host_6_18_without_iopf_says_so() {
 fn handle_mm_fault_signature_is_stable() {
     for k in ["debian-6.1", "debian-6.12", "iopf-6.12", "host-6.18"] {
         let btf = fixture(k);
-        let (_, params) = btf
-            .func("handle_mm_fault")
-            .unwrap_or_else(|| panic!("{k}: handle_mm_fault"));
+        let (_, params) = btf.func("handle_mm_fault").unwrap_or_else(|| panic!("{k}: handle_mm_fault"));
         let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["vma", "address", "flags", "regs"], "{k}");
     }

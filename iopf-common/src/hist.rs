@@ -18,11 +18,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub const ZERO: Self = Self {
-        buckets: [0; BUCKETS],
-        count: 0,
-        sum_ns: 0,
-    };
+    pub const ZERO: Self = Self { buckets: [0; BUCKETS], count: 0, sum_ns: 0 };
 
     /// Adds one sample. The caller owns the slot (per-CPU map value, no concurrency).
     #[inline(always)]
@@ -65,11 +61,7 @@ pub fn bucket(ns: u64) -> usize {
 
 /// Inclusive upper bound of bucket `i` in nanoseconds; `None` for the overflow bucket.
 pub fn upper_bound_ns(i: usize) -> Option<u64> {
-    if i + 1 >= BUCKETS {
-        None
-    } else {
-        Some(1u64 << i)
-    }
+    if i + 1 >= BUCKETS { None } else { Some(1u64 << i) }
 }
 
 #[cfg(test)]

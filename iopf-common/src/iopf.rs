@@ -402,63 +402,26 @@ mod tests {
 
     #[test]
     fn domain_types_classify() {
-        assert_eq!(
-            classify_domain(&C, 64, false),
-            (Config::Nested, Level::First, Method::Domain)
-        );
-        assert_eq!(
-            classify_domain(&C, 16, false),
-            (Config::FlatSva, Level::First, Method::Domain)
-        );
-        assert_eq!(
-            classify_domain(&C, 1, true),
-            (Config::Nested, Level::Second, Method::Domain)
-        );
-        assert_eq!(
-            classify_domain(&C, 1, false),
-            (Config::FlatUser, Level::Unknown, Method::Domain)
-        );
-        assert_eq!(
-            classify_domain(&C, 3, false),
-            (Config::FlatKernel, Level::Unknown, Method::Domain)
-        );
-        assert_eq!(
-            classify_domain(&C, 11, false),
-            (Config::FlatKernel, Level::Unknown, Method::Domain)
-        );
-        assert_eq!(
-            classify_domain(&C, 4, false),
-            (Config::FlatKernel, Level::Unknown, Method::Domain)
-        );
-        assert_eq!(
-            classify_domain(&C, 0, false),
-            (Config::Unknown, Level::Unknown, Method::None)
-        );
+        assert_eq!(classify_domain(&C, 64, false), (Config::Nested, Level::First, Method::Domain));
+        assert_eq!(classify_domain(&C, 16, false), (Config::FlatSva, Level::First, Method::Domain));
+        assert_eq!(classify_domain(&C, 1, true), (Config::Nested, Level::Second, Method::Domain));
+        assert_eq!(classify_domain(&C, 1, false), (Config::FlatUser, Level::Unknown, Method::Domain));
+        assert_eq!(classify_domain(&C, 3, false), (Config::FlatKernel, Level::Unknown, Method::Domain));
+        assert_eq!(classify_domain(&C, 11, false), (Config::FlatKernel, Level::Unknown, Method::Domain));
+        assert_eq!(classify_domain(&C, 4, false), (Config::FlatKernel, Level::Unknown, Method::Domain));
+        assert_eq!(classify_domain(&C, 0, false), (Config::Unknown, Level::Unknown, Method::None));
     }
 
     #[test]
     fn kernels_without_sva_or_nested_never_match_zero() {
-        let old = Consts {
-            dom_sva: 0,
-            dom_nested: 0,
-            ..C
-        };
-        assert_eq!(
-            classify_domain(&old, 0, false),
-            (Config::Unknown, Level::Unknown, Method::None)
-        );
+        let old = Consts { dom_sva: 0, dom_nested: 0, ..C };
+        assert_eq!(classify_domain(&old, 0, false), (Config::Unknown, Level::Unknown, Method::None));
         assert_eq!(classify_domain(&old, 16, false).0, Config::Unknown);
     }
 
     #[test]
     fn labels_round_trip() {
-        for c in [
-            Config::Unknown,
-            Config::FlatKernel,
-            Config::FlatUser,
-            Config::FlatSva,
-            Config::Nested,
-        ] {
+        for c in [Config::Unknown, Config::FlatKernel, Config::FlatUser, Config::FlatSva, Config::Nested] {
             assert_eq!(Config::from_u8(c as u8), c);
         }
         assert_eq!(Level::from_u8(2).label(), "second");

@@ -78,8 +78,7 @@ pub mod vm_fault {
     pub const MAJOR: u64 = 0x0000_0004;
     pub const RETRY: u64 = 0x0000_0400;
     /// OOM | SIGBUS | SIGSEGV | HWPOISON | HWPOISON_LARGE | FALLBACK (VM_FAULT_ERROR).
-    pub const ERROR: u64 =
-        0x0000_0001 | 0x0000_0002 | 0x0000_0040 | 0x0000_0010 | 0x0000_0020 | 0x0000_0800;
+    pub const ERROR: u64 = 0x0000_0001 | 0x0000_0002 | 0x0000_0040 | 0x0000_0010 | 0x0000_0020 | 0x0000_0800;
     /// `vm_fault_t` values that complete a fault as the perf MIN/MAJ events count it.
     pub const fn completes(ret: u64) -> bool {
         ret & (RETRY | ERROR) == 0

@@ -12,10 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, tracepoint},
     maps::{HashMap, PerCpuArray},
-    programs::{
-        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext,
-        TracePointContext,
-    },
+    programs::{FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use iopf_common::{
     hist::Histogram,
@@ -133,11 +130,7 @@ fn fault_exit(kind: FaultKind) {
 #[inline(always)]
 fn fault_return(ret: u64) {
     if vm_fault::completes(ret) {
-        let kind = if ret & vm_fault::MAJOR != 0 {
-            FaultKind::Major
-        } else {
-            FaultKind::Minor
-        };
+        let kind = if ret & vm_fault::MAJOR != 0 { FaultKind::Major } else { FaultKind::Minor };
         fault_exit(kind);
     } else {
         // Drop the pending entry; a retry gets a fresh entry.

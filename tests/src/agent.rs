@@ -12,10 +12,7 @@ use std::{
 /// target/<profile>/iopf-agent next to this test executable (target/<profile>/deps/…).
 pub fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile dir");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
     let bin = dir.join("iopf-agent");
     assert!(
         bin.exists(),
@@ -56,24 +53,14 @@ impl Agent {
         });
         let mut log = Vec::new();
         loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| {
-                    let _ = child.kill();
-                    panic!("iopf-agent did not start serving; log so far: {log:#?}")
-                });
+            let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("iopf-agent did not start serving; log so far: {log:#?}")
+            });
             log.push(line.clone());
             if let Some(url) = line.strip_prefix("iopf-agent: serving metrics on http://") {
-                let addr = url
-                    .trim_end_matches("/metrics")
-                    .parse()
-                    .expect("listen address");
-                return Agent {
-                    child,
-                    addr,
-                    log,
-                    rest: rx,
-                };
+                let addr = url.trim_end_matches("/metrics").parse().expect("listen address");
+                return Agent { child, addr, log, rest: rx };
             }
         }
     }
@@ -90,13 +77,6 @@ impl Agent {
 
 /// Runs the agent to completion with `args`; returns (exit code, stdout, stderr).
 pub fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(agent_bin())
-        .args(args)
-        .output()
-        .expect("run iopf-agent");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let out = Command::new(agent_bin()).args(args).output().expect("run iopf-agent");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }

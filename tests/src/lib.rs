@@ -15,7 +15,5 @@ pub fn require_root(test: &str) -> bool {
         eprintln!("SKIPPED {test}: needs root (IOPF_SKIP_ROOT_TESTS=1)");
         return false;
     }
-    panic!(
-        "{test} needs root to load eBPF; run as root or set IOPF_SKIP_ROOT_TESTS=1 to skip deliberately"
-    );
+    panic!("{test} needs root to load eBPF; run as root or set IOPF_SKIP_ROOT_TESTS=1 to skip deliberately");
 }

@@ -36,32 +36,24 @@ impl Exposition {
             if line.starts_with('#') || line.trim().is_empty() {
                 continue;
             }
-            e.samples.push(
-                parse_sample(line).unwrap_or_else(|| panic!("malformed exposition line: {line:?}")),
-            );
+            e.samples.push(parse_sample(line).unwrap_or_else(|| panic!("malformed exposition line: {line:?}")));
         }
         e
     }
 
     /// The single sample `name` whose labels include all of `want`.
     pub fn get(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
-        let mut found = self.samples.iter().filter(|s| {
-            s.name == name
-                && want
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        });
+        let mut found = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)));
         let first = found.next()?;
-        assert!(
-            found.next().is_none(),
-            "more than one {name} sample matches {want:?}"
-        );
+        assert!(found.next().is_none(), "more than one {name} sample matches {want:?}");
         Some(first.value)
     }
 
     pub fn value(&self, name: &str, want: &[(&str, &str)]) -> f64 {
-        self.get(name, want)
-            .unwrap_or_else(|| panic!("no sample {name}{want:?} in the scrape"))
+        self.get(name, want).unwrap_or_else(|| panic!("no sample {name}{want:?} in the scrape"))
     }
 }
 
@@ -88,11 +80,7 @@ fn parse_sample(line: &str) -> Option<Sample> {
             (n.to_owned(), labels)
         }
     };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
+    Some(Sample { name, labels, value })
 }
 
 /// HTTP/1.0 GET; returns (status, body).
@@ -103,11 +91,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((status, body.to_owned()))
 }
 

@@ -26,12 +26,7 @@ impl TouchPages {
         let mut line = String::new();
         stdout.read_line(&mut line).expect("reading ready");
         assert_eq!(line.trim(), "ready", "touch-pages did not start");
-        Self {
-            child,
-            stdin,
-            stdout,
-            pages,
-        }
+        Self { child, stdin, stdout, pages }
     }
 
     pub fn pid(&self) -> u32 {
@@ -41,9 +36,7 @@ impl TouchPages {
     /// Lets it touch its pages and waits until it has.
     pub fn touch(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "go")
-            .and_then(|_| stdin.flush())
-            .expect("signalling child");
+        writeln!(stdin, "go").and_then(|_| stdin.flush()).expect("signalling child");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("reading done");
         assert_eq!(line.trim(), format!("done {}", self.pages));

@@ -19,16 +19,8 @@ fn serves_page_fault_metrics_for_a_selected_process() {
     let mut child = TouchPages::spawn(env!("CARGO_BIN_EXE_touch-pages"), PAGES);
     let pid = child.pid().to_string();
     let agent = Agent::start(&["--pid", &pid]);
-    let hook_lines = agent
-        .log
-        .iter()
-        .filter(|l| l.starts_with("iopf-agent: hook "))
-        .count();
-    assert_eq!(
-        hook_lines,
-        iopf_agent::hooks::HOOKS.len(),
-        "one log line per known hook"
-    );
+    let hook_lines = agent.log.iter().filter(|l| l.starts_with("iopf-agent: hook ")).count();
+    assert_eq!(hook_lines, iopf_agent::hooks::HOOKS.len(), "one log line per known hook");
 
     child.touch();
     let (status, body) = http_get(agent.addr, "/metrics").expect("scrape");
@@ -40,79 +32,32 @@ fn serves_page_fault_metrics_for_a_selected_process() {
     assert_eq!(e.types["iopf_hook_rung"], "gauge");
     assert_eq!(e.types["iopf_agent_info"], "gauge");
 
-    let rung_line = agent
-        .log
-        .iter()
-        .find(|l| l.starts_with("iopf-agent: hook mm_fault: "))
-        .expect("mm_fault line");
-    let rung = rung_line
-        .trim_start_matches("iopf-agent: hook mm_fault: ")
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        e.value("iopf_hook_rung", &[("hook", "mm_fault"), ("rung", &rung)]),
-        1.0
-    );
+    let rung_line = agent.log.iter().find(|l| l.starts_with("iopf-agent: hook mm_fault: ")).expect("mm_fault line");
+    let rung = rung_line.trim_start_matches("iopf-agent: hook mm_fault: ").split(' ').next().unwrap().to_owned();
+    assert_eq!(e.value("iopf_hook_rung", &[("hook", "mm_fault"), ("rung", &rung)]), 1.0);
     // Every known hook reports exactly one rung.
     for h in iopf_agent::hooks::HOOKS {
-        let n = e
-            .samples
-            .iter()
-            .filter(|s| s.name == "iopf_hook_rung" && s.labels["hook"] == h.name)
-            .count();
+        let n = e.samples.iter().filter(|s| s.name == "iopf_hook_rung" && s.labels["hook"] == h.name).count();
         assert_eq!(n, 1, "hook {} has one rung sample", h.name);
     }
 
-    let minor = e.value(
-        "iopf_page_faults_total",
-        &[("kind", "minor"), ("rung", &rung)],
-    );
-    assert!(
-        (PAGES as f64..=PAGES as f64 + SLACK).contains(&minor),
-        "minor faults {minor}"
-    );
+    let minor = e.value("iopf_page_faults_total", &[("kind", "minor"), ("rung", &rung)]);
+    assert!((PAGES as f64..=PAGES as f64 + SLACK).contains(&minor), "minor faults {minor}");
     assert_eq!(e.value("iopf_page_faults_total", &[("kind", "major")]), 0.0);
-    assert_eq!(
-        e.value(
-            "iopf_page_fault_latency_seconds_count",
-            &[("kind", "minor")]
-        ),
-        minor
-    );
-    assert_eq!(
-        e.value(
-            "iopf_page_fault_latency_seconds_bucket",
-            &[("kind", "minor"), ("le", "+Inf")]
-        ),
-        minor
-    );
+    assert_eq!(e.value("iopf_page_fault_latency_seconds_count", &[("kind", "minor")]), minor);
+    assert_eq!(e.value("iopf_page_fault_latency_seconds_bucket", &[("kind", "minor"), ("le", "+Inf")]), minor);
     assert!(e.value("iopf_page_fault_latency_seconds_sum", &[("kind", "minor")]) > 0.0);
-    assert_eq!(
-        e.value("iopf_page_fault_unmatched_total", &[("side", "exit")]),
-        0.0
-    );
+    assert_eq!(e.value("iopf_page_fault_unmatched_total", &[("side", "exit")]), 0.0);
 
     // Buckets are cumulative: never decreasing with `le`.
     let mut buckets: Vec<(f64, f64)> = e
         .samples
         .iter()
-        .filter(|s| {
-            s.name == "iopf_page_fault_latency_seconds_bucket" && s.labels["kind"] == "minor"
-        })
-        .map(|s| {
-            (
-                s.labels["le"].parse::<f64>().unwrap_or(f64::INFINITY),
-                s.value,
-            )
-        })
+        .filter(|s| s.name == "iopf_page_fault_latency_seconds_bucket" && s.labels["kind"] == "minor")
+        .map(|s| (s.labels["le"].parse::<f64>().unwrap_or(f64::INFINITY), s.value))
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    assert!(
-        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
-        "cumulative buckets"
-    );
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative buckets");
 
     child.finish();
     let (code, rest) = agent.stop();
@@ -141,10 +86,7 @@ fn port_in_use_is_one_line_and_exit_5() {
 fn unknown_flag_is_a_usage_error() {
     let (code, _, err) = run_to_end(&["run", "--no-such-flag"]);
     assert_eq!(code, Some(2));
-    assert!(
-        err.contains("unexpected argument '--no-such-flag'"),
-        "{err}"
-    );
+    assert!(err.contains("unexpected argument '--no-such-flag'"), "{err}");
     assert!(!err.contains("panicked"));
 }
 
@@ -152,10 +94,7 @@ fn unknown_flag_is_a_usage_error() {
 fn unknown_required_hook_names_the_known_ones() {
     let (code, _, err) = run_to_end(&["doctor", "--require", "nope"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.starts_with("iopf-agent: error: unknown hook `nope` (known hooks: report, "),
-        "{err}"
-    );
+    assert!(err.starts_with("iopf-agent: error: unknown hook `nope` (known hooks: report, "), "{err}");
     assert_eq!(err.lines().count(), 1);
 }
 
@@ -167,12 +106,7 @@ fn unprivileged_is_one_line_and_exit_3() {
     // Drop to nobody with no capabilities, as an operator without root would run it.
     let bin = iopf_tests::agent::agent_bin();
     let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(&bin)
         .arg("doctor")
         .output()
@@ -193,22 +127,14 @@ fn doctor_json_has_every_hook_and_requiring_an_unavailable_one_fails() {
     let (code, out, err) = run_to_end(&["doctor", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("doctor --json is JSON");
-    assert_eq!(
-        v["kernel"].as_str().unwrap(),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap()
-            .trim()
-    );
+    assert_eq!(v["kernel"].as_str().unwrap(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim());
     let hooks = v["hooks"].as_array().expect("hooks array");
     assert_eq!(hooks.len(), iopf_agent::hooks::HOOKS.len());
     for h in hooks {
         let rung = h["rung"].as_str().unwrap();
         assert!(["fentry", "kprobe", "tracepoint", "unavailable"].contains(&rung));
         if rung == "unavailable" {
-            assert!(
-                !h["reason"].as_str().unwrap().is_empty(),
-                "unavailable hooks say why: {h}"
-            );
+            assert!(!h["reason"].as_str().unwrap().is_empty(), "unavailable hooks say why: {h}");
         }
     }
     // Require a hook this kernel lacks (if any): exit 4 with its reason.
@@ -216,9 +142,6 @@ fn doctor_json_has_every_hook_and_requiring_an_unavailable_one_fails() {
         let name = missing["name"].as_str().unwrap();
         let (code, _, err) = run_to_end(&["doctor", "--require", name]);
         assert_eq!(code, Some(4), "{err}");
-        assert!(
-            err.contains(&format!("required hook `{name}` cannot attach: ")),
-            "{err}"
-        );
+        assert!(err.contains(&format!("required hook `{name}` cannot attach: ")), "{err}");
     }
 }

@@ -24,11 +24,7 @@ fn query(prom: SocketAddr, q: &str) -> Option<f64> {
     let enc: String = q
         .bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
         })
         .collect();
     let (status, body) = http_get(prom, &format!("/api/v1/query?query={enc}")).ok()?;
@@ -72,10 +68,7 @@ fn prometheus_scrapes_the_agent() {
     let web = free_port();
     let mut prom = Command::new(prom_bin)
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address={web}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -86,10 +79,7 @@ fn prometheus_scrapes_the_agent() {
     let (_, body) = http_get(agent.addr, "/metrics").expect("scrape");
     let direct = Exposition::parse(&body);
     let minor = direct.value("iopf_page_faults_total", &[("kind", "minor")]);
-    let count = direct.value(
-        "iopf_page_fault_latency_seconds_count",
-        &[("kind", "minor")],
-    );
+    let count = direct.value("iopf_page_fault_latency_seconds_count", &[("kind", "minor")]);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = None;
@@ -110,11 +100,7 @@ fn prometheus_scrapes_the_agent() {
     child.finish();
     let _ = agent.stop();
 
-    assert_eq!(
-        got,
-        Some(minor),
-        "Prometheus stored the agent's fault count"
-    );
+    assert_eq!(got, Some(minor), "Prometheus stored the agent's fault count");
     assert!(minor >= 4096.0);
     assert_eq!(stored_count, Some(count));
     assert_eq!(hook, Some(1.0));

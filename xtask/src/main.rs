@@ -36,27 +36,16 @@ fn sh(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run { args } => {
-            sh(
-                "build",
-                Command::new("cargo").args(["build", "--release", "-p", "iopf-agent"]),
-            )?;
+            sh("build", Command::new("cargo").args(["build", "--release", "-p", "iopf-agent"]))?;
             let bin = "target/release/iopf-agent";
-            let args = if args.is_empty() {
-                vec!["--page-faults".to_owned()]
-            } else {
-                args
-            };
+            let args = if args.is_empty() { vec!["--page-faults".to_owned()] } else { args };
             let mut cmd = if is_root() {
                 Command::new(bin)
             } else {
@@ -73,16 +62,10 @@ fn main() -> anyhow::Result<()> {
                     "the root test tiers need root: run `sudo ./x test` (or set IOPF_SKIP_ROOT_TESTS=1 to skip them deliberately)"
                 );
             }
-            sh(
-                "build agent",
-                Command::new("cargo").args(["build", "-p", "iopf-agent", "--bins"]),
-            )?;
+            sh("build agent", Command::new("cargo").args(["build", "-p", "iopf-agent", "--bins"]))?;
             // Default members only (iopf-ebpf builds for bpfel, through build.rs). Root tests share the kernel's perf/tracepoint state: run them one at a time so
             // each test's counts are its own.
-            sh(
-                "tests",
-                Command::new("cargo").args(["test", "--", "--test-threads=1"]),
-            )?;
+            sh("tests", Command::new("cargo").args(["test", "--", "--test-threads=1"]))?;
             eprintln!("[xtask] all test tiers passed");
             Ok(())
         }

@@ -42,18 +42,30 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
         ("sva_handler", "iommu_sva_iopf_handler") | ("iommufd_handler", _) => {
             p("iopf_handler_fentry", None, "iopf_handler_kprobe", None)
         }
-        ("page_response", "iopf_group_response") => p("iopf_group_response_fentry", None, "iopf_group_response_kprobe", None),
-        ("page_response", "iommu_page_response") => p("iopf_page_response_fentry", None, "iopf_page_response_kprobe", None),
+        ("page_response", "iopf_group_response") => {
+            p("iopf_group_response_fentry", None, "iopf_group_response_kprobe", None)
+        }
+        ("page_response", "iommu_page_response") => {
+            p("iopf_page_response_fentry", None, "iopf_page_response_kprobe", None)
+        }
         ("free_group", _) => p("iopf_free_group_fentry", None, "iopf_free_group_kprobe", None),
         ("iopf_work", "iommu_sva_handle_iopf") if !abi.work_takes_work_struct => None,
-        ("iopf_work", _) => p("iopf_work_fentry", Some("iopf_work_fexit"), "iopf_work_kprobe", Some("iopf_work_kretprobe")),
-        ("mm_fault", "handle_mm_fault") => p("iopf_mm_fentry", Some("iopf_mm_fexit"), "iopf_mm_kprobe", Some("iopf_mm_kretprobe")),
+        ("iopf_work", _) => {
+            p("iopf_work_fentry", Some("iopf_work_fexit"), "iopf_work_kprobe", Some("iopf_work_kretprobe"))
+        }
+        ("mm_fault", "handle_mm_fault") => {
+            p("iopf_mm_fentry", Some("iopf_mm_fexit"), "iopf_mm_kprobe", Some("iopf_mm_kretprobe"))
+        }
         _ => None,
     }
 }
 
 /// Attaches every IOPF hook whose plan has a rung. Returns, per hook, what was attached.
-pub fn attach_all(ebpf: &mut Ebpf, plans: &[Plan], abi: Option<&IopfAbi>) -> Result<Vec<(&'static str, String)>, AttachError> {
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    plans: &[Plan],
+    abi: Option<&IopfAbi>,
+) -> Result<Vec<(&'static str, String)>, AttachError> {
     let mut done = Vec::new();
     let mut btf = None;
     for plan in plans {

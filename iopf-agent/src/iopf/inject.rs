@@ -33,7 +33,8 @@ pub mod rec {
     pub const SIZE: usize = 4096;
 }
 
-const PROGS: [&str; 6] = ["inject_report", "inject_handler", "inject_mm_fix", "inject_response", "inject_free", "inject_record"];
+const PROGS: [&str; 6] =
+    ["inject_report", "inject_handler", "inject_mm_fix", "inject_response", "inject_free", "inject_record"];
 
 pub struct Injector<'a> {
     ebpf: &'a mut Ebpf,
@@ -71,7 +72,13 @@ impl<'a> Injector<'a> {
         Ok(())
     }
 
-    pub fn report(&mut self, dev: &[u8; DEV_NAME_LEN], f: &Fault, now: u64, tuple_key: InflightKey) -> Result<(), InjectError> {
+    pub fn report(
+        &mut self,
+        dev: &[u8; DEV_NAME_LEN],
+        f: &Fault,
+        now: u64,
+        tuple_key: InflightKey,
+    ) -> Result<(), InjectError> {
         let w = |i: usize| u64::from_le_bytes(dev[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         self.run(
             "inject_report",

@@ -43,7 +43,11 @@ where
 
 impl IopfMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        Ok(Self { counts: take(ebpf, "IOPF_COUNTS")?, hists: take(ebpf, "IOPF_HIST")?, stats: take(ebpf, "IOPF_STATS")? })
+        Ok(Self {
+            counts: take(ebpf, "IOPF_COUNTS")?,
+            hists: take(ebpf, "IOPF_HIST")?,
+            stats: take(ebpf, "IOPF_STATS")?,
+        })
     }
 
     pub fn snapshot(&self) -> Result<IopfSnapshot, MapsError> {

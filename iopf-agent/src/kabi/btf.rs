@@ -15,12 +15,7 @@ pub enum BtfError {
     #[error("bad BTF magic {magic:#06x} (expected 0xeb9f, little-endian)")]
     BadMagic { magic: u16 },
     #[error("BTF section out of bounds: {what} at {offset}+{len} in {total} bytes")]
-    OutOfBounds {
-        what: &'static str,
-        offset: usize,
-        len: usize,
-        total: usize,
-    },
+    OutOfBounds { what: &'static str, offset: usize, len: usize, total: usize },
     #[error("unknown BTF kind {kind} at type id {id}")]
     UnknownKind { kind: u32, id: u32 },
 }
@@ -116,10 +111,7 @@ impl Btf {
         let mut btf = Btf {
             base: None,
             first_id: 0,
-            types: vec![Type {
-                name: String::new(),
-                kind: Kind::Int { size: 0 },
-            }],
+            types: vec![Type { name: String::new(), kind: Kind::Int { size: 0 } }],
             by_name: HashMap::new(),
             strings: Vec::new(),
         };
@@ -141,10 +133,7 @@ impl Btf {
     }
 
     fn base_strings(&self) -> &[u8] {
-        self.base
-            .as_ref()
-            .map(|b| b.strings.as_slice())
-            .unwrap_or(&[])
+        self.base.as_ref().map(|b| b.strings.as_slice()).unwrap_or(&[])
     }
 
     fn add(&mut self, data: &[u8]) -> Result<(), BtfError> {
@@ -159,31 +148,18 @@ impl Btf {
         let section = |what, off: usize, len: usize| {
             let start = hdr_len + off;
             if start + len > data.len() {
-                Err(BtfError::OutOfBounds {
-                    what,
-                    offset: start,
-                    len,
-                    total: data.len(),
-                })
+                Err(BtfError::OutOfBounds { what, offset: start, len, total: data.len() })
             } else {
                 Ok(&data[start..start + len])
             }
         };
         let types = section("types", u32_at(data, 8) as usize, u32_at(data, 12) as usize)?;
-        let strs = section(
-            "strings",
-            u32_at(data, 16) as usize,
-            u32_at(data, 20) as usize,
-        )?;
+        let strs = section("strings", u32_at(data, 16) as usize, u32_at(data, 20) as usize)?;
         // Split BTF string offsets continue after the base's.
         let base_strs = self.base_strings();
         let str_at = |off: u32| -> String {
             let off = off as usize;
-            let (table, off) = if off < base_strs.len() {
-                (base_strs, off)
-            } else {
-                (strs, off - base_strs.len())
-            };
+            let (table, off) = if off < base_strs.len() { (base_strs, off) } else { (strs, off - base_strs.len()) };
             table
                 .get(off..)
                 .and_then(|s| s.split(|&c| c == 0).next())
@@ -204,12 +180,7 @@ impl Btf {
             o += 12;
             let need = |o: usize, n: usize| -> Result<(), BtfError> {
                 if o + n > types.len() {
-                    Err(BtfError::OutOfBounds {
-                        what: "type",
-                        offset: o,
-                        len: n,
-                        total: types.len(),
-                    })
+                    Err(BtfError::OutOfBounds { what: "type", offset: o, len: n, total: types.len() })
                 } else {
                     Ok(())
                 }
@@ -220,15 +191,10 @@ impl Btf {
                     o += 4;
                     Kind::Int { size: size_or_type }
                 }
-                2 => Kind::Ptr {
-                    target: size_or_type,
-                },
+                2 => Kind::Ptr { target: size_or_type },
                 3 => {
                     need(o, 12)?;
-                    let k = Kind::Array {
-                        elem: u32_at(types, o),
-                        len: u32_at(types, o + 8),
-                    };
+                    let k = Kind::Array { elem: u32_at(types, o), len: u32_at(types, o + 8) };
                     o += 12;
                     k
                 }
@@ -238,11 +204,8 @@ impl Btf {
                     for i in 0..vlen {
                         let m = o + i * 12;
                         let raw = u32_at(types, m + 8);
-                        let (bit_offset, bitfield_size) = if kind_flag {
-                            (raw & 0xff_ffff, raw >> 24)
-                        } else {
-                            (raw, 0)
-                        };
+                        let (bit_offset, bitfield_size) =
+                            if kind_flag { (raw & 0xff_ffff, raw >> 24) } else { (raw, 0) };
                         members.push(Member {
                             name: str_at(u32_at(types, m)),
                             type_id: u32_at(types, m + 4),
@@ -252,15 +215,9 @@ impl Btf {
                     }
                     o += vlen * 12;
                     if kind_no == 4 {
-                        Kind::Struct {
-                            size: size_or_type,
-                            members,
-                        }
+                        Kind::Struct { size: size_or_type, members }
                     } else {
-                        Kind::Union {
-                            size: size_or_type,
-                            members,
-                        }
+                        Kind::Union { size: size_or_type, members }
                     }
                 }
                 6 => {
@@ -274,21 +231,12 @@ impl Btf {
                         })
                         .collect();
                     o += vlen * 8;
-                    Kind::Enum {
-                        size: size_or_type,
-                        values,
-                    }
+                    Kind::Enum { size: size_or_type, values }
                 }
                 7 => Kind::Fwd,
-                8 => Kind::Typedef {
-                    target: size_or_type,
-                },
-                9 | 10 | 11 | 18 => Kind::Modifier {
-                    target: size_or_type,
-                },
-                12 => Kind::Func {
-                    proto: size_or_type,
-                },
+                8 => Kind::Typedef { target: size_or_type },
+                9 | 10 | 11 | 18 => Kind::Modifier { target: size_or_type },
+                12 => Kind::Func { proto: size_or_type },
                 13 => {
                     need(o, vlen * 8)?;
                     let params = (0..vlen)
@@ -298,10 +246,7 @@ impl Btf {
                         })
                         .collect();
                     o += vlen * 8;
-                    Kind::FuncProto {
-                        ret: size_or_type,
-                        params,
-                    }
+                    Kind::FuncProto { ret: size_or_type, params }
                 }
                 14 => {
                     need(o, 4)?;
@@ -324,16 +269,12 @@ impl Btf {
                     let values = (0..vlen)
                         .map(|i| {
                             let e = o + i * 12;
-                            let v = (u32_at(types, e + 4) as u64)
-                                | ((u32_at(types, e + 8) as u64) << 32);
+                            let v = (u32_at(types, e + 4) as u64) | ((u32_at(types, e + 8) as u64) << 32);
                             (str_at(u32_at(types, e)), v as i64)
                         })
                         .collect();
                     o += vlen * 12;
-                    Kind::Enum {
-                        size: size_or_type,
-                        values,
-                    }
+                    Kind::Enum { size: size_or_type, values }
                 }
                 k => return Err(BtfError::UnknownKind { kind: k, id }),
             };
@@ -368,12 +309,7 @@ impl Btf {
 
     /// Named types, own first, then the base's.
     fn named<'a>(&'a self, name: &'a str) -> Box<dyn Iterator<Item = (TypeId, &'a Type)> + 'a> {
-        let own = self
-            .by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(move |&id| Some((id, self.get(id)?)));
+        let own = self.by_name.get(name).into_iter().flatten().filter_map(move |&id| Some((id, self.get(id)?)));
         match &self.base {
             Some(b) => Box::new(own.chain(b.named(name))),
             None => Box::new(own),
@@ -469,9 +405,7 @@ impl Btf {
         self.types
             .iter()
             .find_map(|t| match &t.kind {
-                Kind::Enum { values, .. } => {
-                    values.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-                }
+                Kind::Enum { values, .. } => values.iter().find(|(n, _)| n == name).map(|(_, v)| *v),
                 _ => None,
             })
             .or_else(|| self.base.as_ref()?.enumerator(name))

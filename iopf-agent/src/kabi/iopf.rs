@@ -38,11 +38,7 @@ pub enum AbiError {
     )]
     NoIopf,
     #[error("kernel BTF lacks `{strukt}.{member}` needed for {why}")]
-    Missing {
-        strukt: &'static str,
-        member: &'static str,
-        why: &'static str,
-    },
+    Missing { strukt: &'static str, member: &'static str, why: &'static str },
 }
 
 /// Everything the IOPF programs need to know about this kernel.
@@ -61,32 +57,31 @@ pub struct IopfAbi {
     pub work_takes_work_struct: bool,
 }
 
-fn off(
-    btf: &Btf,
-    strukt: &'static str,
-    member: &'static str,
-    why: &'static str,
-) -> Result<u32, AbiError> {
-    btf.member(strukt, member)
-        .map(|(o, _)| o)
-        .ok_or(AbiError::Missing {
-            strukt,
-            member,
-            why,
-        })
+fn off(btf: &Btf, strukt: &'static str, member: &'static str, why: &'static str) -> Result<u32, AbiError> {
+    btf.member(strukt, member).map(|(o, _)| o).ok_or(AbiError::Missing { strukt, member, why })
 }
 
 fn opt(btf: &Btf, strukt: &str, member: &str) -> u32 {
-    btf.member(strukt, member)
-        .map(|(o, _)| o)
-        .unwrap_or(Offsets::ABSENT)
+    btf.member(strukt, member).map(|(o, _)| o).unwrap_or(Offsets::ABSENT)
 }
+
+/// The newest generation's constants: what `simulate` uses on a kernel without an IOPF ABI.
+pub const CURRENT_CONSTS: Consts = Consts {
+    fault_page_req: 1,
+    flag_pasid_valid: 1 << 0,
+    flag_last_page: 1 << 1,
+    flag_needs_pasid: 1 << 2,
+    resp_flag_pasid_valid: 1 << 0,
+    dom_paging: 1 << 0,
+    dom_dma_api: 1 << 1,
+    dom_pt: 1 << 2,
+    dom_sva: 1 << 4,
+    dom_nested: 1 << 6,
+};
 
 impl IopfAbi {
     pub fn resolve(btf: &Btf) -> Result<Self, AbiError> {
-        let generation = if btf.has_struct("iopf_fault")
-            && btf.member("iopf_group", "attach_handle").is_some()
-        {
+        let generation = if btf.has_struct("iopf_fault") && btf.member("iopf_group", "attach_handle").is_some() {
             Generation::AttachHandle
         } else if btf.has_struct("iopf_fault") && btf.member("iopf_group", "domain").is_some() {
             Generation::GroupDomain
@@ -95,23 +90,10 @@ impl IopfAbi {
         } else {
             return Err(AbiError::NoIopf);
         };
-        let evt = if generation == Generation::FaultEvent {
-            "iommu_fault_event"
-        } else {
-            "iopf_fault"
-        };
+        let evt = if generation == Generation::FaultEvent { "iommu_fault_event" } else { "iopf_fault" };
         let report = "reading fault reports";
         let mut o = Offsets::NONE;
-        o.evt_fault = off(
-            btf,
-            if evt == "iopf_fault" {
-                "iopf_fault"
-            } else {
-                "iommu_fault_event"
-            },
-            "fault",
-            report,
-        )?;
+        o.evt_fault = off(btf, if evt == "iopf_fault" { "iopf_fault" } else { "iommu_fault_event" }, "fault", report)?;
         o.fault_type = off(btf, "iommu_fault", "type", report)?;
         o.fault_prm = off(btf, "iommu_fault", "prm", report)?;
         o.prm_flags = off(btf, "iommu_fault_page_request", "flags", report)?;
@@ -143,52 +125,28 @@ impl IopfAbi {
 
         // `IOMMU_FAULT_PAGE_REQ` is an enumerator (in BTF); the rest are #defines, from
         // the table of this generation.
-        let page_req_default = if generation == Generation::FaultEvent {
-            2
-        } else {
-            1
-        };
+        let page_req_default = if generation == Generation::FaultEvent { 2 } else { 1 };
         let consts = Consts {
-            fault_page_req: btf
-                .enumerator("IOMMU_FAULT_PAGE_REQ")
-                .map(|v| v as u32)
-                .unwrap_or(page_req_default),
+            fault_page_req: btf.enumerator("IOMMU_FAULT_PAGE_REQ").map(|v| v as u32).unwrap_or(page_req_default),
             flag_pasid_valid: 1 << 0,
             flag_last_page: 1 << 1,
             // 1<<3 up to 6.9, 1<<2 from 6.10. It only matters for tuple keys (<= 6.8); from
             // 6.9 faults are keyed by group pointer and the flag is not read.
-            flag_needs_pasid: if generation == Generation::AttachHandle {
-                1 << 2
-            } else {
-                1 << 3
-            },
+            flag_needs_pasid: if generation == Generation::AttachHandle { 1 << 2 } else { 1 << 3 },
             resp_flag_pasid_valid: 1 << 0,
             dom_paging: 1 << 0,
             dom_dma_api: 1 << 1,
             dom_pt: 1 << 2,
             // SVA domains exist since the per-domain IOPF handler (6.2): `iommu_domain.iopf_handler`.
-            dom_sva: if btf.member("iommu_domain", "iopf_handler").is_some() {
-                1 << 4
-            } else {
-                0
-            },
+            dom_sva: if btf.member("iommu_domain", "iopf_handler").is_some() { 1 << 4 } else { 0 },
             // NESTED arrived with user-allocated domains (6.7): `struct iommu_user_data`.
-            dom_nested: if btf.has_struct("iommu_user_data") {
-                1 << 6
-            } else {
-                0
-            },
+            dom_nested: if btf.has_struct("iommu_user_data") { 1 << 6 } else { 0 },
         };
-        let report_returns_int = btf
-            .func_returns_void("iommu_report_device_fault")
-            .map(|v| !v)
-            .unwrap_or(true);
+        let report_returns_int = btf.func_returns_void("iommu_report_device_fault").map(|v| !v).unwrap_or(true);
         let work_takes_work_struct = btf
             .func("iommu_sva_handle_iopf")
             .and_then(|(_, params)| {
-                params
-                    .first()
-                    .and_then(|(_, t)| btf.pointee_struct(*t).map(|s| s == "work_struct"))
+                params.first().and_then(|(_, t)| btf.pointee_struct(*t).map(|s| s == "work_struct"))
             })
             .unwrap_or(false);
         Ok(IopfAbi {

@@ -18,18 +18,10 @@ pub const DEFAULT_BTF_DIR: &str = "/sys/kernel/btf";
 
 #[derive(Debug, Error)]
 pub enum KabiError {
-    #[error(
-        "kernel BTF `{path}` is not readable: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
-    )]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("kernel BTF `{path}` is not readable: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    Read { path: PathBuf, source: std::io::Error },
     #[error("kernel BTF `{path}` cannot be parsed")]
-    Parse {
-        path: PathBuf,
-        source: btf::BtfError,
-    },
+    Parse { path: PathBuf, source: btf::BtfError },
 }
 
 /// Where a kernel function lives: vmlinux or a module (whose BTF an fentry attach needs).
@@ -49,23 +41,14 @@ impl KernelBtf {
     /// Reads `/sys/kernel/btf/vmlinux` (or `dir/vmlinux`).
     pub fn load(dir: &Path) -> Result<Self, KabiError> {
         let path = dir.join("vmlinux");
-        let data = std::fs::read(&path).map_err(|source| KabiError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let data = std::fs::read(&path).map_err(|source| KabiError::Read { path: path.clone(), source })?;
         let vmlinux = Btf::parse(&data).map_err(|source| KabiError::Parse { path, source })?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            vmlinux: Arc::new(vmlinux),
-        })
+        Ok(Self { dir: dir.to_owned(), vmlinux: Arc::new(vmlinux) })
     }
 
     /// From an in-memory vmlinux BTF (fixtures); no modules.
     pub fn from_vmlinux(vmlinux: Btf) -> Self {
-        Self {
-            dir: PathBuf::new(),
-            vmlinux: Arc::new(vmlinux),
-        }
+        Self { dir: PathBuf::new(), vmlinux: Arc::new(vmlinux) }
     }
 
     pub fn vmlinux(&self) -> &Btf {

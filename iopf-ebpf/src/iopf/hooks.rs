@@ -20,11 +20,7 @@ fn now() -> u64 {
 fn report(dev: u64, evt: u64) {
     let f = read::fault(evt);
     let name = read::dev_name(dev);
-    let key = if TUPLE_KEYS.load() != 0 {
-        read::tuple_key_for_request(dev, &f)
-    } else {
-        InflightKey::default()
-    };
+    let key = if TUPLE_KEYS.load() != 0 { read::tuple_key_for_request(dev, &f) } else { InflightKey::default() };
     super::on_report(&name, &f, now(), Source::Kernel as u8, &key);
 }
 
@@ -47,11 +43,7 @@ fn work_start(work: u64) {
     // 6.9+: the work function gets &group->work. <= 6.8 work functions carry no group we
     // can key on; their mm-fix time is attributed to no device.
     let group = read::group_of_work(work);
-    let key = if TUPLE_KEYS.load() != 0 {
-        InflightKey::default()
-    } else {
-        InflightKey { a: group, b: 0 }
-    };
+    let key = if TUPLE_KEYS.load() != 0 { InflightKey::default() } else { InflightKey { a: group, b: 0 } };
     super::on_work_start(&key);
 }
 
@@ -91,10 +83,7 @@ pub fn iopf_page_response_fentry(ctx: FEntryContext) -> u32 {
 
 #[fentry]
 pub fn iopf_free_group_fentry(ctx: FEntryContext) -> u32 {
-    super::on_free(&InflightKey {
-        a: ctx.arg(0),
-        b: 0,
-    });
+    super::on_free(&InflightKey { a: ctx.arg(0), b: 0 });
     0
 }
 
@@ -157,10 +146,7 @@ pub fn iopf_page_response_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn iopf_free_group_kprobe(ctx: ProbeContext) -> u32 {
-    super::on_free(&InflightKey {
-        a: ctx.arg(0).unwrap_or(0),
-        b: 0,
-    });
+    super::on_free(&InflightKey { a: ctx.arg(0).unwrap_or(0), b: 0 });
     0
 }
 
@@ -199,16 +185,8 @@ pub fn iopf_io_page_fault(ctx: TracePointContext) -> u32 {
     let off = (loc & 0xffff) as usize;
     let base = ctx.as_ptr() as usize;
     // SAFETY: bounded copy from the record; the helper checks the address.
-    let _ = unsafe {
-        aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name)
-    };
+    let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name) };
     super::stats(|s| s.unrecoverable += 1);
-    super::count(
-        &name,
-        Config::Unknown as u8,
-        Level::Unknown as u8,
-        CODE_UNRECOVERABLE,
-        Source::Kernel as u8,
-    );
+    super::count(&name, Config::Unknown as u8, Level::Unknown as u8, CODE_UNRECOVERABLE, Source::Kernel as u8);
     0
 }

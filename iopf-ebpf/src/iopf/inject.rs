@@ -37,10 +37,7 @@ pub fn inject_report(ctx: RawTracePointContext) -> i32 {
         perm: ctx.arg::<u64>(7) as u32,
         _pad: 0,
     };
-    let key = InflightKey {
-        a: ctx.arg(9),
-        b: ctx.arg(10),
-    };
+    let key = InflightKey { a: ctx.arg(9), b: ctx.arg(10) };
     super::on_report(&dev, &f, ctx.arg(8), Source::Simulated as u8, &key);
     0
 }
@@ -48,53 +45,29 @@ pub fn inject_report(ctx: RawTracePointContext) -> i32 {
 /// args: key.a, key.b, domain type, nest_parent, now
 #[raw_tracepoint]
 pub fn inject_handler(ctx: RawTracePointContext) -> i32 {
-    let key = InflightKey {
-        a: ctx.arg(0),
-        b: ctx.arg(1),
-    };
-    super::on_handler(
-        &key,
-        ctx.arg::<u64>(2) as u32,
-        ctx.arg::<u64>(3) != 0,
-        ctx.arg(4),
-    );
+    let key = InflightKey { a: ctx.arg(0), b: ctx.arg(1) };
+    super::on_handler(&key, ctx.arg::<u64>(2) as u32, ctx.arg::<u64>(3) != 0, ctx.arg(4));
     0
 }
 
 /// args: key.a, key.b, mm-fix ns
 #[raw_tracepoint]
 pub fn inject_mm_fix(ctx: RawTracePointContext) -> i32 {
-    super::mm_fix(
-        &InflightKey {
-            a: ctx.arg(0),
-            b: ctx.arg(1),
-        },
-        ctx.arg(2),
-    );
+    super::mm_fix(&InflightKey { a: ctx.arg(0), b: ctx.arg(1) }, ctx.arg(2));
     0
 }
 
 /// args: key.a, key.b, code, now
 #[raw_tracepoint]
 pub fn inject_response(ctx: RawTracePointContext) -> i32 {
-    super::on_response(
-        &InflightKey {
-            a: ctx.arg(0),
-            b: ctx.arg(1),
-        },
-        ctx.arg::<u64>(2) as u8,
-        ctx.arg(3),
-    );
+    super::on_response(&InflightKey { a: ctx.arg(0), b: ctx.arg(1) }, ctx.arg::<u64>(2) as u8, ctx.arg(3));
     0
 }
 
 /// args: key.a, key.b
 #[raw_tracepoint]
 pub fn inject_free(ctx: RawTracePointContext) -> i32 {
-    super::on_free(&InflightKey {
-        a: ctx.arg(0),
-        b: ctx.arg(1),
-    });
+    super::on_free(&InflightKey { a: ctx.arg(0), b: ctx.arg(1) });
     0
 }
 
@@ -115,11 +88,13 @@ static IOPF_TEST_REC: Array<[u8; REC_SIZE]> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn put_ptr(rec: *mut u8, off: u32, limit: usize, ptr: u64) {
-    let off = off as usize;
+    // Pointer members are 8-byte aligned in every layout; an unaligned offset would make
+    // LLVM split the store into shifted bytes, which the verifier refuses for pointers.
+    let off = off as usize & 0xff8;
     if off + 8 <= limit {
-        // SAFETY: `off + 8 <= limit <= REC_SIZE`, so the write stays inside the map value;
-        // the region may be unaligned, hence write_unaligned.
-        unsafe { core::ptr::write_unaligned(rec.add(off & 0xfff) as *mut u64, ptr) };
+        // SAFETY: `off + 8 <= limit <= REC_SIZE` keeps the write inside the map value, whose
+        // base is 8-aligned, and `off` is a multiple of 8.
+        unsafe { core::ptr::write(rec.add(off) as *mut u64, ptr) };
     }
 }
 
@@ -134,47 +109,20 @@ pub fn inject_record(ctx: RawTracePointContext) -> i32 {
     let rec = rec as *mut u8;
     let base = rec as u64;
     let o = OFFSETS.load();
-    put_ptr(
-        rec,
-        REC_DEV as u32 + o.dev_kobj_name,
-        REC_EVT,
-        base + REC_NAME as u64,
-    );
+    put_ptr(rec, REC_DEV as u32 + o.dev_kobj_name, REC_EVT, base + REC_NAME as u64);
     if o.group_domain_hop2 == iopf_common::iopf::Offsets::ABSENT {
-        put_ptr(
-            rec,
-            REC_GROUP as u32 + o.group_domain_hop1,
-            REC_HANDLE,
-            base + REC_DOMAIN as u64,
-        );
+        put_ptr(rec, REC_GROUP as u32 + o.group_domain_hop1, REC_HANDLE, base + REC_DOMAIN as u64);
     } else {
-        put_ptr(
-            rec,
-            REC_GROUP as u32 + o.group_domain_hop1,
-            REC_HANDLE,
-            base + REC_HANDLE as u64,
-        );
-        put_ptr(
-            rec,
-            REC_HANDLE as u32 + o.group_domain_hop2,
-            REC_DOMAIN,
-            base + REC_DOMAIN as u64,
-        );
+        put_ptr(rec, REC_GROUP as u32 + o.group_domain_hop1, REC_HANDLE, base + REC_HANDLE as u64);
+        put_ptr(rec, REC_HANDLE as u32 + o.group_domain_hop2, REC_DOMAIN, base + REC_DOMAIN as u64);
     }
     let dev = base + REC_DEV as u64;
     let f = read::fault(base + REC_EVT as u64);
     let name = read::dev_name(dev);
     let now: u64 = ctx.arg(0);
-    let key = InflightKey {
-        a: ctx.arg(1),
-        b: ctx.arg(2),
-    };
+    let key = InflightKey { a: ctx.arg(1), b: ctx.arg(2) };
     let tuple = super::TUPLE_KEYS.load() != 0;
-    let tkey = if tuple {
-        read::tuple_key_for_request(key.a, &f)
-    } else {
-        InflightKey::default()
-    };
+    let tkey = if tuple { read::tuple_key_for_request(key.a, &f) } else { InflightKey::default() };
     super::on_report(&name, &f, now, Source::Simulated as u8, &tkey);
     if !tuple && let Some(t) = read::group_domain_type(base + REC_GROUP as u64) {
         super::on_handler(&key, t, false, now);

@@ -14,9 +14,8 @@ use aya_ebpf::{
 use iopf_common::{
     hist::Histogram,
     iopf::{
-        CODE_REPORTED, Config, Consts, CountKey, DEV_NAME_LEN, EVENTS_ALL, Event, Fault, HistKey,
-        Inflight, InflightKey, IopfStats, Latency, Level, Method, Offsets, Pending, RESP_NONE,
-        VERDICT_NONE, classify_domain,
+        CODE_REPORTED, Config, Consts, CountKey, DEV_NAME_LEN, EVENTS_ALL, Event, Fault, HistKey, Inflight,
+        InflightKey, IopfStats, Latency, Level, Method, Offsets, Pending, RESP_NONE, VERDICT_NONE, classify_domain,
     },
 };
 
@@ -69,14 +68,7 @@ pub fn stats(f: impl FnOnce(&mut IopfStats)) {
 
 #[inline(always)]
 pub fn count(dev: &[u8; DEV_NAME_LEN], config: u8, level: u8, code: u8, source: u8) {
-    let key = CountKey {
-        dev: *dev,
-        config,
-        level,
-        code,
-        source,
-        _pad: 0,
-    };
+    let key = CountKey { dev: *dev, config, level, code, source, _pad: 0 };
     if let Some(p) = IOPF_COUNTS.get_ptr_mut(&key) {
         // SAFETY: this CPU's value slot.
         unsafe { *p += 1 };
@@ -87,12 +79,7 @@ pub fn count(dev: &[u8; DEV_NAME_LEN], config: u8, level: u8, code: u8, source: 
 
 #[inline(always)]
 fn observe(dev: &[u8; DEV_NAME_LEN], latency: Latency, source: u8, ns: u64) {
-    let key = HistKey {
-        dev: *dev,
-        latency: latency as u8,
-        source,
-        _pad: [0; 6],
-    };
+    let key = HistKey { dev: *dev, latency: latency as u8, source, _pad: [0; 6] };
     let mut p = IOPF_HIST.get_ptr_mut(&key);
     if p.is_none() {
         // BPF_NOEXIST: a concurrent first insert on another CPU is fine (per-CPU values).
@@ -108,13 +95,7 @@ fn observe(dev: &[u8; DEV_NAME_LEN], latency: Latency, source: u8, ns: u64) {
 /// Fault reported (`iommu_report_device_fault` entry, or injected). `tuple_key` is the
 /// in-flight key for generations without a group at report time.
 #[inline(always)]
-pub fn on_report(
-    dev: &[u8; DEV_NAME_LEN],
-    fault: &Fault,
-    now: u64,
-    source: u8,
-    tuple_key: &InflightKey,
-) {
+pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, tuple_key: &InflightKey) {
     let c = CONSTS.load();
     stats(|s| s.reports += 1);
     if fault.fault_type != c.fault_page_req {
@@ -137,13 +118,7 @@ pub fn on_report(
         start_inflight(dev, fault, now, 0, source, tuple_key, config, level, method);
         return;
     }
-    let p = Pending {
-        dev: *dev,
-        fault: *fault,
-        report_ns: now,
-        source,
-        _pad: [0; 7],
-    };
+    let p = Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 7] };
     let _ = IOPF_PENDING.insert(&tid(), &p, 0);
 }
 
@@ -201,17 +176,7 @@ pub fn on_handler(key: &InflightKey, dom_type: u32, nest_parent: bool, now: u64)
     let (config, level, method) = classify_domain(&CONSTS.load(), dom_type, nest_parent);
     let dispatch = now.saturating_sub(p.report_ns);
     observe(&p.dev, Latency::Dispatch, p.source, dispatch);
-    start_inflight(
-        &p.dev,
-        &p.fault,
-        p.report_ns,
-        dispatch,
-        p.source,
-        key,
-        config,
-        level,
-        method,
-    );
+    start_inflight(&p.dev, &p.fault, p.report_ns, dispatch, p.source, key, config, level, method);
 }
 
 /// Page response with `code` for the in-flight fault `key`.

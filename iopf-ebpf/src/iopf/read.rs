@@ -35,17 +35,8 @@ pub fn dev_name(dev: u64) -> [u8; DEV_NAME_LEN] {
 #[inline(always)]
 pub fn fault(evt: u64) -> Fault {
     let o = OFFSETS.load();
-    let f = evt
-        + if o.evt_fault == Offsets::ABSENT {
-            0
-        } else {
-            o.evt_fault as u64
-        };
-    let prm = f + if o.fault_prm == Offsets::ABSENT {
-        0
-    } else {
-        o.fault_prm as u64
-    };
+    let f = evt + if o.evt_fault == Offsets::ABSENT { 0 } else { o.evt_fault as u64 };
+    let prm = f + if o.fault_prm == Offsets::ABSENT { 0 } else { o.fault_prm as u64 };
     Fault {
         addr: at(prm, o.prm_addr).unwrap_or(0),
         fault_type: at(f, o.fault_type).unwrap_or(0),
@@ -74,10 +65,7 @@ pub fn group_domain_type(group: u64) -> Option<u32> {
 pub fn tuple_key_for_request(dev: u64, f: &Fault) -> InflightKey {
     let c = CONSTS.load();
     let needs = f.flags & c.flag_pasid_valid != 0 && f.flags & c.flag_needs_pasid != 0;
-    InflightKey {
-        a: dev,
-        b: f.grpid as u64 | if needs { (f.pasid as u64) << 32 } else { 0 },
-    }
+    InflightKey { a: dev, b: f.grpid as u64 | if needs { (f.pasid as u64) << 32 } else { 0 } }
 }
 
 /// <= 6.8 response `struct iommu_page_response`: (key, code).
@@ -90,22 +78,12 @@ pub fn tuple_key_for_response(dev: u64, msg: u64) -> (InflightKey, u8) {
     let grpid: u32 = at(msg, o.resp_grpid).unwrap_or(0);
     let code: u32 = at(msg, o.resp_code).unwrap_or(0);
     let with_pasid = flags & c.resp_flag_pasid_valid != 0;
-    (
-        InflightKey {
-            a: dev,
-            b: grpid as u64 | if with_pasid { (pasid as u64) << 32 } else { 0 },
-        },
-        code as u8,
-    )
+    (InflightKey { a: dev, b: grpid as u64 | if with_pasid { (pasid as u64) << 32 } else { 0 } }, code as u8)
 }
 
 /// The group owning a work item (`container_of(work, struct iopf_group, work)`).
 #[inline(always)]
 pub fn group_of_work(work: u64) -> u64 {
     let o = OFFSETS.load();
-    if o.group_work == Offsets::ABSENT {
-        0
-    } else {
-        work.wrapping_sub(o.group_work as u64)
-    }
+    if o.group_work == Offsets::ABSENT { 0 } else { work.wrapping_sub(o.group_work as u64) }
 }

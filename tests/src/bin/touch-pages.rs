@@ -5,13 +5,10 @@
 use std::io::{BufRead as _, Write as _};
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| {
-            eprintln!("usage: touch-pages N");
-            std::process::exit(2);
-        });
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("usage: touch-pages N");
+        std::process::exit(2);
+    });
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     let len = n * page;
@@ -47,10 +44,5 @@ fn main() {
     }
     writeln!(out, "done {n}").and_then(|_| out.flush()).ok();
     // Wait for EOF.
-    while stdin
-        .lock()
-        .read_line(&mut line)
-        .map(|r| r > 0)
-        .unwrap_or(false)
-    {}
+    while stdin.lock().read_line(&mut line).map(|r| r > 0).unwrap_or(false) {}
 }

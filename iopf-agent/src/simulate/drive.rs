@@ -1,0 +1,25 @@
+//! Driving a fault plan through the in-kernel programs, window by window, in the order the
+//! kernel would see it: report, handler (and mm fix) for each fault of the window, then the
+//! responses (or frees) and the frees that follow every response.
+
+use super::model::FaultPlan;
+use crate::iopf::inject::{InjectError, Injector};
+
+pub fn drive(inj: &mut Injector<'_>, plan: &FaultPlan) -> Result<(), InjectError> {
+    for window in plan.faults.chunks(plan.window.max(1)) {
+        for f in window {
+            inj.report(&f.dev, &f.fault, f.report_ns, Default::default())?;
+            inj.handler(f.key, f.dom_type, f.nest_parent, f.handler_ns)?;
+            if let Some(ns) = f.mm_fix_ns {
+                inj.mm_fix(f.key, ns)?;
+            }
+        }
+        for f in window {
+            if let Some((code, at)) = f.response {
+                inj.response(f.key, code, at)?;
+            }
+            inj.free(f.key)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The faults a scenario describes, generated deterministically, and the exact counters
+//! and histograms the kernel must end up with after they are driven through it.
+
+use iopf_common::{
+    hist::Histogram,
+    iopf::{
+        CODE_REPORTED, Config, Consts, CountKey, Fault, HistKey, InflightKey, IopfStats, Latency, Level, RESP_FAILURE,
+        RESP_INVALID, RESP_NONE, RESP_SUCCESS, Source,
+    },
+};
+
+use super::scenario::{Configuration, Perm, Range, Response, Scenario};
+use crate::iopf::maps::{IopfSnapshot, dev_bytes};
+
+/// splitmix64: tiny, deterministic, good enough to spread synthetic latencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn range(&mut self, r: Range) -> u64 {
+        r.min + self.next() % (r.max - r.min + 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedFault {
+    pub dev: [u8; iopf_common::iopf::DEV_NAME_LEN],
+    pub fault: Fault,
+    pub key: InflightKey,
+    pub dom_type: u32,
+    pub nest_parent: bool,
+    pub config: Config,
+    pub level: Level,
+    pub report_ns: u64,
+    pub handler_ns: u64,
+    pub mm_fix_ns: Option<u64>,
+    /// Response code and time; `None` when the group is freed unanswered.
+    pub response: Option<(u8, u64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    pub faults: Vec<PlannedFault>,
+    pub window: usize,
+}
+
+/// Domain type, nest-parent flag, and the classification the scenario expects.
+pub fn domain_of(c: Configuration, k: &Consts) -> (u32, bool, Config, Level) {
+    match c {
+        Configuration::Nested => (k.dom_nested, false, Config::Nested, Level::First),
+        Configuration::NestedParent => (k.dom_paging, true, Config::Nested, Level::Second),
+        Configuration::FlatSva => (k.dom_sva, false, Config::FlatSva, Level::First),
+        Configuration::FlatUser => (k.dom_paging, false, Config::FlatUser, Level::Unknown),
+        Configuration::FlatKernel => (k.dom_paging | k.dom_dma_api, false, Config::FlatKernel, Level::Unknown),
+    }
+}
+
+fn perm_bits(p: &[Perm]) -> u32 {
+    p.iter().fold(0, |acc, p| {
+        acc | match p {
+            Perm::Read => 1 << 0,
+            Perm::Write => 1 << 1,
+            Perm::Exec => 1 << 2,
+            Perm::Priv => 1 << 3,
+        }
+    })
+}
+
+fn code_of(r: Response) -> Option<u8> {
+    match r {
+        Response::Success => Some(RESP_SUCCESS),
+        Response::Invalid => Some(RESP_INVALID),
+        Response::Failure => Some(RESP_FAILURE),
+        Response::None => None,
+    }
+}
+
+/// Group pointers in injected faults: high, distinct, never a real kernel address we key on.
+const KEY_BASE: u64 = 0x5157_0000_0000_0000;
+
+pub fn plan(s: &Scenario, consts: &Consts) -> FaultPlan {
+    let mut rng = Rng(s.spec.seed);
+    let mut per_dev: Vec<u32> = vec![0; s.spec.devices.len()];
+    let total: u64 = s.spec.devices.iter().map(|d| d.faults as u64).sum();
+    let mut faults = Vec::with_capacity(total as usize);
+    let mut clock: u64 = 1_000_000;
+    // Round-robin over devices so their faults interleave like concurrent devices would.
+    while (faults.len() as u64) < total {
+        for (di, d) in s.spec.devices.iter().enumerate() {
+            let i = per_dev[di];
+            if i >= d.faults {
+                continue;
+            }
+            per_dev[di] += 1;
+            let pasid = d.pasids[i as usize % d.pasids.len()];
+            let (dom_type, nest_parent, config, level) = domain_of(d.configuration, consts);
+            let fault = Fault {
+                addr: d.address_base.wrapping_add(i as u64 * 4096),
+                fault_type: consts.fault_page_req,
+                flags: consts.flag_last_page | if pasid != 0 { consts.flag_pasid_valid } else { 0 },
+                pasid,
+                grpid: i % 512,
+                perm: perm_bits(&d.perm),
+                _pad: 0,
+            };
+            let report_ns = clock;
+            clock += 1000;
+            let dispatch = rng.range(d.dispatch_ns);
+            let service = rng.range(d.service_ns);
+            let mm_fix_ns = d.mm_fix_ns.map(|r| rng.range(r));
+            let total_w: u64 = d.responses.values().map(|&w| w as u64).sum();
+            let mut pick = rng.next() % total_w;
+            let mut response = None;
+            for (r, &w) in &d.responses {
+                if pick < w as u64 {
+                    response = code_of(*r).map(|c| (c, report_ns + service));
+                    break;
+                }
+                pick -= w as u64;
+            }
+            faults.push(PlannedFault {
+                dev: dev_bytes(&d.name),
+                fault,
+                key: InflightKey { a: KEY_BASE + faults.len() as u64, b: 0 },
+                dom_type,
+                nest_parent,
+                config,
+                level,
+                report_ns,
+                handler_ns: report_ns + dispatch,
+                mm_fix_ns,
+                response,
+            });
+        }
+    }
+    FaultPlan { faults, window: s.spec.window as usize }
+}
+
+/// What the kernel maps must hold after `plan` is driven (simulated source).
+/// `events_capacity`: ring-buffer records that fit when events are on and nobody reads.
+pub fn expected(plan: &FaultPlan, events_capacity: Option<u64>) -> IopfSnapshot {
+    let mut s = IopfSnapshot::default();
+    let src = Source::Simulated as u8;
+    let ck = |f: &PlannedFault, code: u8| CountKey {
+        dev: f.dev,
+        config: f.config as u8,
+        level: f.level as u8,
+        code,
+        source: src,
+        _pad: 0,
+    };
+    let hk = |f: &PlannedFault, l: Latency| HistKey { dev: f.dev, latency: l as u8, source: src, _pad: [0; 6] };
+    let mut observe = |k: HistKey, ns: u64| s.hists.entry(k).or_insert(Histogram::ZERO).record(ns);
+    let mut answered = 0u64;
+    for f in &plan.faults {
+        observe(hk(f, Latency::Dispatch), f.handler_ns - f.report_ns);
+        if let Some(ns) = f.mm_fix_ns {
+            observe(hk(f, Latency::MmFix), ns);
+        }
+        if let Some((_, at)) = f.response {
+            observe(hk(f, Latency::Service), at - f.report_ns);
+        }
+    }
+    for f in &plan.faults {
+        *s.counts.entry(ck(f, CODE_REPORTED)).or_default() += 1;
+        match f.response {
+            Some((code, _)) => {
+                answered += 1;
+                *s.counts.entry(ck(f, code)).or_default() += 1;
+            }
+            None => *s.counts.entry(ck(f, RESP_NONE)).or_default() += 1,
+        }
+    }
+    let n = plan.faults.len() as u64;
+    let (events, dropped) = match events_capacity {
+        Some(cap) => (answered.min(cap), answered.saturating_sub(cap)),
+        None => (0, 0),
+    };
+    s.stats = IopfStats {
+        reports: n,
+        handled: n,
+        responses: answered,
+        freed_unanswered: n - answered,
+        events,
+        events_dropped: dropped,
+        ..IopfStats::default()
+    };
+    s
+}

@@ -1,0 +1,87 @@
+//! Root tier: synthetic faults through the real in-kernel IOPF programs (BPF_PROG_TEST_RUN):
+//! every counter and histogram bucket exact, from the maps and from /metrics.
+
+use iopf_agent::{
+    iopf::{events::EventReader, inject::Injector, maps::IopfMaps},
+    kabi::{
+        KernelBtf,
+        iopf::{CURRENT_CONSTS, IopfAbi},
+    },
+    loader::{self, Globals},
+    simulate::{drive::drive, model, scenario::Scenario},
+};
+use iopf_tests::require_root;
+
+fn scenario(name: &str) -> Scenario {
+    let path = format!("{}/../examples/scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
+    Scenario::load(std::path::Path::new(&path)).expect("scenario")
+}
+
+fn globals(events: bool) -> Globals {
+    let g = Globals { events, ..Globals::default() };
+    match KernelBtf::load("/sys/kernel/btf".as_ref()).ok().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok()) {
+        Some(abi) => g.with_abi(&abi),
+        None => Globals { consts: CURRENT_CONSTS, ..g },
+    }
+}
+
+#[test]
+fn ten_thousand_faults_counted_exactly() {
+    if !require_root("ten_thousand_faults_counted_exactly") {
+        return;
+    }
+    let s = scenario("mixed-10k.yaml");
+    let g = globals(false);
+    let plan = model::plan(&s, &g.consts);
+    assert!(plan.faults.len() >= 10_000);
+    let mut ebpf = loader::load(g).expect("load");
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    let want = model::expected(&plan, None);
+    assert_eq!(got.stats, want.stats);
+    assert_eq!(got.counts.len(), want.counts.len(), "same counter series");
+    for (k, v) in &want.counts {
+        assert_eq!(got.counts.get(k), Some(v), "count {k:?}");
+    }
+    assert_eq!(got.hists.len(), want.hists.len(), "same histogram series");
+    for (k, h) in &want.hists {
+        assert_eq!(got.hists.get(k), Some(h), "histogram {k:?}");
+    }
+}
+
+#[test]
+fn ring_buffer_overflow_drops_are_counted_exactly() {
+    if !require_root("ring_buffer_overflow_drops_are_counted_exactly") {
+        return;
+    }
+    let s = scenario("mixed-10k.yaml");
+    let g = globals(true);
+    let plan = model::plan(&s, &g.consts);
+    let mut ebpf = loader::load(g).expect("load");
+    let mut events = EventReader::take(&mut ebpf).unwrap();
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    // 1 MiB ring, 8-byte record header + 112-byte event: 8738 records fit, nobody reads.
+    let capacity = (1u64 << 20) / (8 + size_of::<iopf_common::iopf::Event>() as u64);
+    assert_eq!(capacity, 8738);
+    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    let want = model::expected(&plan, Some(capacity));
+    assert!(want.stats.events_dropped > 0, "the scenario overflows the ring");
+    assert_eq!(got.stats, want.stats);
+    assert_eq!(got.counts, want.counts, "counters stay exact while events drop");
+    assert_eq!(got.hists, want.hists);
+    let evs = events.drain();
+    assert_eq!(evs.len() as u64, capacity);
+    // The events are the first `capacity` answered faults, in order, with exact latencies.
+    let answered: Vec<_> = plan.faults.iter().filter(|f| f.response.is_some()).collect();
+    for (e, f) in evs.iter().zip(&answered) {
+        let (code, at) = f.response.unwrap();
+        assert_eq!(e.dev, f.dev);
+        assert_eq!(e.fault, f.fault);
+        assert_eq!(e.code, code);
+        assert_eq!(e.service_ns, at - f.report_ns);
+        assert_eq!(e.dispatch_ns, f.handler_ns - f.report_ns);
+        assert_eq!(e.mm_fix_ns, f.mm_fix_ns.unwrap_or(0));
+        assert_eq!((e.config, e.level), (f.config as u8, f.level as u8));
+        assert_eq!(e.source, iopf_common::iopf::Source::Simulated as u8);
+    }
+}
