@@ -53,6 +53,19 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Drive a scenario of synthetic faults through the in-kernel programs
+    /// (BPF_PROG_TEST_RUN), print the expected totals, check the kernel's counters against
+    /// them, and with --listen serve the resulting (source="simulated") metrics.
+    Simulate {
+        /// Scenario file (YAML; see examples/scenarios/).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Serve the metrics here until SIGINT/SIGTERM.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
+        btf_dir: PathBuf,
+    },
     /// Print the attach plan for every known hook and the kernel's capabilities.
     Doctor {
         /// Machine-readable output.
@@ -87,6 +100,7 @@ pub struct DoctorOptions {
 
 #[derive(Debug)]
 pub enum Command {
+    Simulate(crate::simulate::run::SimulateOptions),
     Run(RunOptions),
     Doctor(DoctorOptions),
 }
@@ -114,6 +128,9 @@ pub fn parse() -> Command {
             selection: crate::pagefault::Selection { pids, cgroups },
             plan: common.into(),
         }),
+        Cmd::Simulate { scenario, listen, btf_dir } => {
+            Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, btf_dir })
+        }
         Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
     }
 }

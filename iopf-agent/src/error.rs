@@ -22,6 +22,16 @@ pub enum AgentError {
     Required { name: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Scenario(#[from] crate::simulate::scenario::ScenarioError),
+    #[error("injecting faults failed")]
+    Inject(#[from] crate::iopf::inject::InjectError),
+    #[error("reading IOPF maps failed")]
+    Maps(#[from] crate::iopf::maps::MapsError),
+    #[error("attaching IOPF hooks failed")]
+    Attach(#[from] crate::iopf::attach::AttachError),
+    #[error("the kernel's counters differ from the scenario's expected totals")]
+    SimulationMismatch,
 }
 
 impl AgentError {
@@ -31,7 +41,9 @@ impl AgentError {
             AgentError::Load(LoadError::Refused(_)) => 4,
             AgentError::PageFault(_) | AgentError::Required { .. } => 4,
             AgentError::Serve(ServeError::InUse { .. } | ServeError::Bind { .. }) => 5,
-            AgentError::UnknownHook(_) => 2,
+            AgentError::UnknownHook(_) | AgentError::Scenario(_) => 2,
+            AgentError::Inject(_) | AgentError::Attach(_) => 4,
+            AgentError::Maps(_) | AgentError::SimulationMismatch => 1,
             AgentError::Serve(ServeError::Serve(_)) | AgentError::Io(_) => 1,
         }
     }

@@ -1,18 +1,24 @@
 //! The `iopf-agent` binary: parse flags, run the command, own the exit code.
 
-use iopf_agent::{cli, doctor, error::chain, run};
+use iopf_agent::{
+    cli, doctor,
+    error::{AgentError, chain},
+    run, simulate,
+};
 
 fn main() {
     let cmd = cli::parse();
     let res = match cmd {
         cli::Command::Doctor(o) => doctor::run(o),
-        cli::Command::Run(o) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(run::run(o)),
-            Err(e) => Err(e.into()),
-        },
+        cli::Command::Run(o) => block_on(run::run(o)),
+        cli::Command::Simulate(o) => block_on(simulate::run::run(o)),
     };
     if let Err(e) = res {
         eprintln!("iopf-agent: error: {}", chain(&e));
         std::process::exit(e.exit_code());
     }
+}
+
+fn block_on(f: impl Future<Output = Result<(), AgentError>>) -> Result<(), AgentError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AgentError::from)?.block_on(f)
 }

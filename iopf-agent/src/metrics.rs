@@ -32,6 +32,8 @@ impl Registry {
         for s in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             s.collect(&mut fams);
         }
+        // The text format has no way to say "a family with no series yet": leave it out.
+        fams.retain(|f| !f.get_metric().is_empty());
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid families, which we never build.
         if let Err(e) = TextEncoder::new().encode(&fams, &mut buf) {

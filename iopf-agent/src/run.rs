@@ -31,6 +31,16 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     doctor::check_required(&opts.plan, &report.hooks)?;
 
     let registry = Registry::default();
+    let abi = report.iopf_abi.as_ref().ok();
+    for (hook, res) in crate::iopf::attach::attach_all(&mut ebpf, &report.hooks, abi) {
+        match res {
+            Ok(what) => eprintln!("iopf-agent: attached {hook}: {what}"),
+            Err(e) if opts.plan.require.iter().any(|r| r == hook) => return Err(e.into()),
+            Err(e) => eprintln!("iopf-agent: skipped {hook}: {}", crate::error::chain(&e)),
+        }
+    }
+    let iopf_maps = crate::iopf::maps::IopfMaps::take(&mut ebpf)?;
+    registry.add(crate::iopf::metrics::IopfSource { maps: Mutex::new(iopf_maps) });
     if opts.page_faults {
         let plan = report.hooks.iter().find(|p| p.name == "mm_fault").cloned().expect("mm_fault is a known hook");
         pagefault::attach(&mut ebpf, &plan)?;
@@ -58,7 +68,7 @@ fn rung_label(r: Rung) -> &'static str {
     r.as_str()
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the process still ends on the default SIGTERM action.

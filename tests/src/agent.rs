@@ -33,8 +33,14 @@ pub struct Agent {
 impl Agent {
     /// Starts `iopf-agent run --listen 127.0.0.1:0 ARGS` and waits until it serves.
     pub fn start(args: &[&str]) -> Self {
+        let mut all = vec!["run", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_with(&all)
+    }
+
+    /// Starts `iopf-agent ARGS` (which must serve) and waits until it does.
+    pub fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(agent_bin())
-            .args(["run", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -23,7 +23,8 @@ fn counts_a_childs_page_faults_exactly() {
         return;
     }
     let opts = PlanOptions { force_rung: None, require: vec![], btf_dir: "/sys/kernel/btf".into() };
-    let (mut ebpf, report, _) = doctor::survey(&opts, Globals { pf_mode: PfMode::Selected }).expect("load object");
+    let (mut ebpf, report, _) =
+        doctor::survey(&opts, Globals { pf_mode: PfMode::Selected, ..Globals::default() }).expect("load object");
     let plan = report.hooks.iter().find(|p| p.name == "mm_fault").expect("mm_fault planned").clone();
     assert_ne!(plan.rung, Rung::Unavailable, "page-fault hook unavailable here: {}", plan.reason);
     eprintln!("page-fault rung: {} ({})", plan.rung.as_str(), plan.target.as_deref().unwrap_or("-"));

@@ -60,15 +60,24 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
     }
 }
 
-/// Attaches every IOPF hook whose plan has a rung. Returns, per hook, what was attached.
+/// Attaches every IOPF hook whose plan has a rung. Returns, per hook, what was attached or
+/// why it failed; the caller decides whether a failure is fatal (the user required it).
 pub fn attach_all(
     ebpf: &mut Ebpf,
     plans: &[Plan],
     abi: Option<&IopfAbi>,
-) -> Result<Vec<(&'static str, String)>, AttachError> {
-    let mut done = Vec::new();
+) -> Vec<(&'static str, Result<String, AttachError>)> {
     let mut btf = None;
-    for plan in plans {
+    plans.iter().filter_map(|plan| attach_one(ebpf, plan, abi, &mut btf).transpose().map(|r| (plan.name, r))).collect()
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    abi: Option<&IopfAbi>,
+    btf: &mut Option<Btf>,
+) -> Result<Option<String>, AttachError> {
+    {
         let err = |prog: &'static str, target: &str| {
             let target = target.to_owned();
             let hook = plan.name;
@@ -78,16 +87,15 @@ pub fn attach_all(
             let p: &mut TracePoint = prog(ebpf, "iopf_io_page_fault")?;
             p.load().map_err(err("iopf_io_page_fault", "iommu:io_page_fault"))?;
             p.attach("iommu", "io_page_fault").map_err(err("iopf_io_page_fault", "iommu:io_page_fault"))?;
-            done.push((plan.name, "tracepoint iommu:io_page_fault".to_owned()));
-            continue;
+            return Ok(Some("tracepoint iommu:io_page_fault".to_owned()));
         }
-        let Some(abi) = abi else { continue };
-        let Some(progs) = programs(plan, abi) else { continue };
+        let Some(abi) = abi else { return Ok(None) };
+        let Some(progs) = programs(plan, abi) else { return Ok(None) };
         let target = plan.target.clone().unwrap_or_default();
         match plan.rung {
             Rung::Fentry => {
                 if btf.is_none() {
-                    btf = Some(Btf::from_sys_fs().map_err(AttachError::Btf)?);
+                    *btf = Some(Btf::from_sys_fs().map_err(AttachError::Btf)?);
                 }
                 let btf = btf.as_ref().expect("set above");
                 let p: &mut FEntry = prog(ebpf, progs.fentry)?;
@@ -106,11 +114,10 @@ pub fn attach_all(
                     p.attach(&target, 0).map_err(err(name, &target))?;
                 }
             }
-            Rung::Tracepoint | Rung::Unavailable => continue,
+            Rung::Tracepoint | Rung::Unavailable => return Ok(None),
         }
-        done.push((plan.name, format!("{} {target}", plan.rung.as_str())));
+        Ok(Some(format!("{} {target}", plan.rung.as_str())))
     }
-    Ok(done)
 }
 
 fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, AttachError>

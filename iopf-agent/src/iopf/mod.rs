@@ -5,3 +5,4 @@ pub mod attach;
 pub mod events;
 pub mod inject;
 pub mod maps;
+pub mod metrics;

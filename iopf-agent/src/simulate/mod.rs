@@ -4,4 +4,5 @@
 
 pub mod drive;
 pub mod model;
+pub mod run;
 pub mod scenario;

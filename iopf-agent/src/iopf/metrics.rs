@@ -1,0 +1,115 @@
+//! IOPF metric families, read from the aggregation maps at scrape time.
+
+use std::sync::Mutex;
+
+use iopf_common::iopf::{CODE_REPORTED, CODE_UNRECOVERABLE, Config, Latency, Level, Source, response_label};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::maps::{IopfMaps, dev_str};
+use crate::metrics::{Source as MetricSource, counter, family, histogram};
+
+pub struct IopfSource {
+    pub maps: Mutex<IopfMaps>,
+}
+
+impl MetricSource for IopfSource {
+    fn collect(&self, out: &mut Vec<MetricFamily>) {
+        let snap = match self.maps.lock().unwrap_or_else(|p| p.into_inner()).snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("iopf-agent: IOPF maps unreadable: {}", crate::error::chain(&e));
+                return;
+            }
+        };
+        let (mut faults, mut responses, mut unrecoverable) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, &v) in &snap.counts {
+            let dev = dev_str(&k.dev);
+            let cfg = Config::from_u8(k.config).label();
+            let lvl = Level::from_u8(k.level).label();
+            let src = Source::from_u8(k.source).label();
+            match k.code {
+                CODE_REPORTED => {
+                    faults.push(counter(&[("device", &dev), ("config", cfg), ("level", lvl), ("source", src)], v))
+                }
+                CODE_UNRECOVERABLE => unrecoverable.push(counter(&[("device", &dev), ("source", src)], v)),
+                code => responses.push(counter(
+                    &[
+                        ("device", &dev),
+                        ("config", cfg),
+                        ("level", lvl),
+                        ("code", response_label(code)),
+                        ("source", src),
+                    ],
+                    v,
+                )),
+            }
+        }
+        out.push(family(
+            "iopf_faults_total",
+            "Recoverable I/O page faults delivered to a domain, by device, configuration and level.",
+            MetricType::COUNTER,
+            faults,
+        ));
+        out.push(family(
+            "iopf_responses_total",
+            "Page responses by code (none: group freed without a response).",
+            MetricType::COUNTER,
+            responses,
+        ));
+        out.push(family(
+            "iopf_unrecoverable_faults_total",
+            "Unrecoverable IOMMU faults (iommu:io_page_fault).",
+            MetricType::COUNTER,
+            unrecoverable,
+        ));
+        let hists = snap
+            .hists
+            .iter()
+            .map(|(k, h)| {
+                let lat = Latency::ALL.iter().find(|l| **l as u8 == k.latency).map(|l| l.label()).unwrap_or("unknown");
+                let dev = dev_str(&k.dev);
+                let dev = if dev.is_empty() { "unknown".to_owned() } else { dev };
+                histogram(&[("device", &dev), ("latency", lat), ("source", Source::from_u8(k.source).label())], h)
+            })
+            .collect();
+        out.push(family(
+            "iopf_latency_seconds",
+            "IOPF latencies: dispatch (report -> handler), service (report -> response), mm_fix (handle_mm_fault).",
+            MetricType::HISTOGRAM,
+            hists,
+        ));
+        let s = snap.stats;
+        out.push(family(
+            "iopf_pipeline_total",
+            "IOPF pipeline counters by stage.",
+            MetricType::COUNTER,
+            [
+                ("reports", s.reports),
+                ("partial", s.partial),
+                ("not_page_request", s.not_page_req),
+                ("report_errors", s.report_errors),
+                ("handled", s.handled),
+                ("responses", s.responses),
+                ("response_unmatched", s.response_unmatched),
+                ("freed_unanswered", s.freed_unanswered),
+                ("inflight_full", s.inflight_full),
+                ("unrecoverable", s.unrecoverable),
+            ]
+            .iter()
+            .map(|(stage, v)| counter(&[("stage", stage)], *v))
+            .collect(),
+        ));
+        out.push(family(
+            "iopf_events_total",
+            "Events written to the ring buffer.",
+            MetricType::COUNTER,
+            vec![counter(&[], s.events)],
+        ));
+        out.push(family(
+            "iopf_events_dropped_total",
+            "Events lost because the ring buffer was full.",
+            MetricType::COUNTER,
+            vec![counter(&[], s.events_dropped)],
+        ));
+    }
+}

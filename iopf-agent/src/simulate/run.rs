@@ -1,0 +1,89 @@
+//! The `simulate` command.
+
+use std::{path::PathBuf, sync::Mutex};
+
+use super::{drive::drive, model, scenario::Scenario};
+use crate::{
+    error::AgentError,
+    iopf::{
+        inject::Injector,
+        maps::{IopfMaps, dev_str},
+        metrics::IopfSource,
+    },
+    kabi::{
+        KernelBtf,
+        iopf::{CURRENT_CONSTS, IopfAbi},
+    },
+    loader::{self, Globals},
+    metrics::Registry,
+    server,
+};
+
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub scenario: PathBuf,
+    pub listen: Option<std::net::SocketAddr>,
+    pub btf_dir: PathBuf,
+}
+
+pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
+    let scenario = Scenario::load(&opts.scenario)?;
+    let listener = match opts.listen {
+        Some(a) => Some(server::bind(a).await?),
+        None => None,
+    };
+    // The running kernel's constants when it has an IOPF ABI, else the newest generation's.
+    let abi = KernelBtf::load(&opts.btf_dir).ok().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
+    let globals = match &abi {
+        Some(a) => Globals::default().with_abi(a),
+        None => Globals { consts: CURRENT_CONSTS, ..Globals::default() },
+    };
+    let plan = model::plan(&scenario, &globals.consts);
+    let mut ebpf = loader::load(globals)?;
+    drive(&mut Injector::new(&mut ebpf)?, &plan)?;
+    let maps = IopfMaps::take(&mut ebpf)?;
+    let got = maps.snapshot()?;
+    let want = model::expected(&plan, None);
+
+    println!(
+        "scenario {} ({} faults, simulated through the in-kernel programs)",
+        scenario.metadata.name,
+        plan.faults.len()
+    );
+    println!(
+        "{:<20} {:<12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "device", "config", "level", "faults", "success", "invalid", "failure", "none"
+    );
+    let mut rows: std::collections::BTreeMap<(String, &str, &str), [u64; 5]> = Default::default();
+    for (k, v) in &want.counts {
+        let row = rows
+            .entry((
+                dev_str(&k.dev),
+                iopf_common::iopf::Config::from_u8(k.config).label(),
+                iopf_common::iopf::Level::from_u8(k.level).label(),
+            ))
+            .or_default();
+        let col = match k.code {
+            iopf_common::iopf::CODE_REPORTED => 0,
+            c => 1 + c.min(3) as usize,
+        };
+        row[col] += v;
+    }
+    for ((dev, cfg, lvl), r) in &rows {
+        println!("{dev:<20} {cfg:<12} {lvl:<8} {:>8} {:>8} {:>8} {:>8} {:>8}", r[0], r[1], r[2], r[3], r[4]);
+    }
+    let matches = got == want;
+    println!("kernel counters and histograms {} the expected totals", if matches { "match" } else { "DO NOT match" });
+    if !matches {
+        return Err(AgentError::SimulationMismatch);
+    }
+    if let Some(listener) = listener {
+        let registry = Registry::default();
+        registry.add(IopfSource { maps: Mutex::new(maps) });
+        let addr = listener.local_addr()?;
+        eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
+        server::serve(listener, registry, crate::run::shutdown_signal()).await?;
+        eprintln!("iopf-agent: stopped");
+    }
+    Ok(())
+}
