@@ -1,0 +1,44 @@
+//! Root tier: every kprobe/kretprobe and tracepoint program of the object passes this
+//! kernel's verifier (fentry/fexit cannot be loaded on these hosts, where BPF trampolines
+//! are refused; the VM tier loads them on real kernels).
+
+use aya::programs::{KProbe, Program, TracePoint};
+use iopf_agent::{
+    kabi::{KernelBtf, iopf::IopfAbi},
+    loader::{self, Globals},
+};
+use iopf_tests::require_root;
+
+#[test]
+fn kprobe_and_tracepoint_programs_pass_the_verifier() {
+    if !require_root("kprobe_and_tracepoint_programs_pass_the_verifier") {
+        return;
+    }
+    let btf = KernelBtf::load("/sys/kernel/btf".as_ref()).expect("btf");
+    let g = match IopfAbi::resolve(btf.vmlinux()) {
+        Ok(abi) => Globals::default().with_abi(&abi),
+        Err(_) => Globals::default(),
+    };
+    let mut ebpf = loader::load(g).expect("load");
+    let mut loaded = Vec::new();
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
+    for name in names {
+        let prog = ebpf.program_mut(&name).unwrap();
+        let res = match prog {
+            Program::KProbe(p) => KProbe::load(p).map(|_| "kprobe"),
+            Program::TracePoint(p) => TracePoint::load(p).map(|_| "tracepoint"),
+            _ => continue,
+        };
+        match res {
+            Ok(kind) => loaded.push(format!("{kind} {name}")),
+            Err(e) => panic!("{name} refused: {}", iopf_agent::error::chain(&e)),
+        }
+    }
+    loaded.sort();
+    eprintln!("verified: {loaded:#?}");
+    // page faults (entry, return), the attach probe, and the IOPF kprobe rung: report
+    // (entry, return), handler, group response, tuple response, free, work (entry, return),
+    // mm fix (entry, return). Tracepoints: page-fault entry, iommu:io_page_fault.
+    assert_eq!(loaded.iter().filter(|l| l.starts_with("kprobe")).count(), 2 + 1 + 10);
+    assert_eq!(loaded.iter().filter(|l| l.starts_with("tracepoint")).count(), 2);
+}
