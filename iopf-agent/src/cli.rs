@@ -43,6 +43,9 @@ enum Cmd {
         /// Measure CPU page-fault count and latency (all tasks unless --pid/--cgroup select).
         #[arg(long)]
         page_faults: bool,
+        /// Stream every answered IOPF fault as an NDJSON event on stdout.
+        #[arg(long)]
+        trace: bool,
         /// Trace page faults of this process id; repeatable; implies --page-faults.
         #[arg(long = "pid", value_name = "PID")]
         pids: Vec<u32>,
@@ -63,6 +66,9 @@ enum Cmd {
         /// Serve the metrics here until SIGINT/SIGTERM.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Print every answered fault as an NDJSON event on stdout.
+        #[arg(long)]
+        trace: bool,
         #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
         btf_dir: PathBuf,
     },
@@ -87,6 +93,7 @@ pub struct PlanOptions {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub listen: SocketAddr,
+    pub trace: bool,
     pub page_faults: bool,
     pub selection: crate::pagefault::Selection,
     pub plan: PlanOptions,
@@ -122,14 +129,15 @@ impl From<Common> for PlanOptions {
 /// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
 pub fn parse() -> Command {
     match Cli::parse().cmd {
-        Cmd::Run { listen, page_faults, pids, cgroups, common } => Command::Run(RunOptions {
+        Cmd::Run { listen, page_faults, trace, pids, cgroups, common } => Command::Run(RunOptions {
             listen,
+            trace,
             page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
             selection: crate::pagefault::Selection { pids, cgroups },
             plan: common.into(),
         }),
-        Cmd::Simulate { scenario, listen, btf_dir } => {
-            Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, btf_dir })
+        Cmd::Simulate { scenario, listen, trace, btf_dir } => {
+            Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, trace, btf_dir })
         }
         Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
     }

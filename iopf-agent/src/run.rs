@@ -22,7 +22,8 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         (true, true) => PfMode::All,
         (true, false) => PfMode::Selected,
     };
-    let (mut ebpf, report, _btf) = doctor::survey(&opts.plan, Globals { pf_mode, ..Globals::default() })?;
+    let (mut ebpf, report, _btf) =
+        doctor::survey(&opts.plan, Globals { pf_mode, events: opts.trace, ..Globals::default() })?;
     for p in &report.hooks {
         let target = p.target.as_deref().unwrap_or("-");
         let note = if p.reason.is_empty() { String::new() } else { format!(" ({})", p.reason) };
@@ -56,6 +57,15 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     registry.add(PlanSource { kernel: report.kernel.clone(), plans: report.hooks.clone() });
 
+    if opts.trace {
+        let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
+        let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
+        tokio::spawn(async move {
+            if let Err(e) = reader.stream_ndjson(consts).await {
+                eprintln!("iopf-agent: event stream stopped: {e}");
+            }
+        });
+    }
     let addr = listener.local_addr()?;
     eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
     server::serve(listener, registry, shutdown_signal()).await?;

@@ -87,3 +87,28 @@ fn a_malformed_scenario_is_one_located_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with(&format!("iopf-agent: error: {}:6:3: unknown field `devcies`", f.display())), "{err}");
 }
+
+#[test]
+fn simulate_trace_prints_one_ndjson_event_per_answered_fault() {
+    if !require_root("simulate_trace_prints_one_ndjson_event_per_answered_fault") {
+        return;
+    }
+    let path = format!("{}/../examples/scenarios/mixed-10k.yaml", env!("CARGO_MANIFEST_DIR"));
+    let scenario = Scenario::load(path.as_ref()).unwrap();
+    let plan = model::plan(&scenario, &CURRENT_CONSTS);
+    let answered: Vec<_> = plan.faults.iter().filter(|f| f.response.is_some()).collect();
+    let (code, out, err) = iopf_tests::agent::run_to_end(&["simulate", "--scenario", &path, "--trace"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("kernel counters and histograms match the expected totals"), "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("NDJSON")).collect();
+    // More events than the ring holds: drained per window, none lost.
+    assert!(answered.len() > 8738);
+    assert_eq!(lines.len(), answered.len());
+    for (v, f) in lines.iter().zip(&answered) {
+        assert_eq!(v["device"], dev_str(&f.dev));
+        assert_eq!(v["grpid"], f.fault.grpid);
+        assert_eq!(v["service_ns"], f.response.unwrap().1 - f.report_ns);
+        assert_eq!(v["source"], "simulated");
+        assert_eq!(v["config"], f.config.label());
+    }
+}

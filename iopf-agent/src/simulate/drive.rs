@@ -6,6 +6,11 @@ use super::model::FaultPlan;
 use crate::iopf::inject::{InjectError, Injector};
 
 pub fn drive(inj: &mut Injector<'_>, plan: &FaultPlan) -> Result<(), InjectError> {
+    drive_with(inj, plan, || {})
+}
+
+/// As `drive`, calling `after_window` after each window (e.g. to drain events).
+pub fn drive_with(inj: &mut Injector<'_>, plan: &FaultPlan, mut after_window: impl FnMut()) -> Result<(), InjectError> {
     for window in plan.faults.chunks(plan.window.max(1)) {
         for f in window {
             inj.report(&f.dev, &f.fault, f.report_ns, Default::default())?;
@@ -20,6 +25,7 @@ pub fn drive(inj: &mut Injector<'_>, plan: &FaultPlan) -> Result<(), InjectError
             }
             inj.free(f.key)?;
         }
+        after_window();
     }
     Ok(())
 }

@@ -2,10 +2,17 @@
 
 use std::{path::PathBuf, sync::Mutex};
 
-use super::{drive::drive, model, scenario::Scenario};
+use std::io::Write as _;
+
+use super::{
+    drive::{drive, drive_with},
+    model,
+    scenario::Scenario,
+};
 use crate::{
     error::AgentError,
     iopf::{
+        events::{EventReader, to_json},
         inject::Injector,
         maps::{IopfMaps, dev_str},
         metrics::IopfSource,
@@ -23,6 +30,8 @@ use crate::{
 pub struct SimulateOptions {
     pub scenario: PathBuf,
     pub listen: Option<std::net::SocketAddr>,
+    /// Print every event as NDJSON on stdout (the totals table then goes to stderr).
+    pub trace: bool,
     pub btf_dir: PathBuf,
 }
 
@@ -34,16 +43,33 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     };
     // The running kernel's constants when it has an IOPF ABI, else the newest generation's.
     let abi = KernelBtf::load(&opts.btf_dir).ok().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
+    let base = Globals { events: opts.trace, ..Globals::default() };
     let globals = match &abi {
-        Some(a) => Globals::default().with_abi(a),
-        None => Globals { consts: CURRENT_CONSTS, ..Globals::default() },
+        Some(a) => base.with_abi(a),
+        None => Globals { consts: CURRENT_CONSTS, ..base },
     };
     let plan = model::plan(&scenario, &globals.consts);
     let mut ebpf = loader::load(globals)?;
-    drive(&mut Injector::new(&mut ebpf)?, &plan)?;
+    if opts.trace {
+        let mut reader = EventReader::take(&mut ebpf)?;
+        let consts = globals.consts;
+        let mut out = std::io::stdout().lock();
+        // Drain after every window so the ring never fills.
+        drive_with(&mut Injector::new(&mut ebpf)?, &plan, || {
+            for e in reader.drain() {
+                let _ = writeln!(out, "{}", to_json(&e, &consts));
+            }
+        })?;
+    } else {
+        drive(&mut Injector::new(&mut ebpf)?, &plan)?;
+    }
     let maps = IopfMaps::take(&mut ebpf)?;
     let got = maps.snapshot()?;
-    let want = model::expected(&plan, None);
+    let answered = plan.faults.iter().filter(|f| f.response.is_some()).count() as u64;
+    let want = model::expected(&plan, opts.trace.then_some(answered));
+    // The table goes where it does not mix with NDJSON.
+    let mut table: Box<dyn std::io::Write> =
+        if opts.trace { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
 
     println!(
         "scenario {} ({} faults, simulated through the in-kernel programs)",
@@ -70,10 +96,15 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         row[col] += v;
     }
     for ((dev, cfg, lvl), r) in &rows {
-        println!("{dev:<20} {cfg:<12} {lvl:<8} {:>8} {:>8} {:>8} {:>8} {:>8}", r[0], r[1], r[2], r[3], r[4]);
+        let _ =
+            writeln!(table, "{dev:<20} {cfg:<12} {lvl:<8} {:>8} {:>8} {:>8} {:>8} {:>8}", r[0], r[1], r[2], r[3], r[4]);
     }
     let matches = got == want;
-    println!("kernel counters and histograms {} the expected totals", if matches { "match" } else { "DO NOT match" });
+    let _ = writeln!(
+        table,
+        "kernel counters and histograms {} the expected totals",
+        if matches { "match" } else { "DO NOT match" }
+    );
     if !matches {
         return Err(AgentError::SimulationMismatch);
     }
