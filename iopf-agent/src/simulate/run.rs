@@ -71,12 +71,14 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     let mut table: Box<dyn std::io::Write> =
         if opts.trace { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
 
-    println!(
+    let _ = writeln!(
+        table,
         "scenario {} ({} faults, simulated through the in-kernel programs)",
         scenario.metadata.name,
         plan.faults.len()
     );
-    println!(
+    let _ = writeln!(
+        table,
         "{:<20} {:<12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "device", "config", "level", "faults", "success", "invalid", "failure", "none"
     );
