@@ -22,6 +22,10 @@ enum Cmd {
     /// Every test tier: host unit tests, root in-kernel tests, the agent end to end with a
     /// real Prometheus.
     Test,
+    /// Regenerate the kernel BTF fixtures (iopf-agent/tests/fixtures/btf) from Debian's 6.1
+    /// and 6.12 kernel packages, the iopf test kernel in ../shared/vm and this host. Not run
+    /// in CI: the fixtures are committed.
+    BtfFixtures,
 }
 
 fn sh(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             cmd.arg("run").args(&args);
             sh("iopf-agent", &mut cmd)
         }
+        Cmd::BtfFixtures => sh("btf fixtures", &mut Command::new("scripts/btf-fixtures.sh")),
         Cmd::Test => {
             if !is_root() && std::env::var("IOPF_SKIP_ROOT_TESTS").as_deref() != Ok("1") {
                 bail!(
