@@ -1,0 +1,189 @@
+//! Raising real I/O page faults without IOPF hardware: the iommufd selftest mock
+//! (CONFIG_IOMMUFD_TEST) drives the kernel's own `iommu_report_device_fault` →
+//! `iommufd_fault_iopf_handler` → fault fd → `iopf_group_response` path.
+//! uapi: include/uapi/linux/iommufd.h and drivers/iommu/iommufd/iommufd_test.h (6.11+).
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    os::fd::{AsRawFd as _, FromRawFd as _},
+};
+
+const IOMMUFD_TYPE: u64 = b';' as u64;
+/// `_IO(type, nr)`: no size or direction bits; iommufd reads the struct's `size` field.
+const fn io(nr: u64) -> u64 {
+    (IOMMUFD_TYPE << 8) | nr
+}
+const IOMMU_IOAS_ALLOC: u64 = io(0x81);
+const IOMMU_HWPT_ALLOC: u64 = io(0x89);
+const IOMMU_FAULT_QUEUE_ALLOC: u64 = io(0x8e);
+const IOMMU_TEST_CMD: u64 = io(0x80 + 32);
+
+const TEST_OP_MOCK_DOMAIN: u32 = 2;
+const TEST_OP_MOCK_DOMAIN_REPLACE: u32 = 10;
+const TEST_OP_TRIGGER_IOPF: u32 = 15;
+
+const HWPT_ALLOC_NEST_PARENT: u32 = 1 << 0;
+const HWPT_FAULT_ID_VALID: u32 = 1 << 2;
+const HWPT_DATA_SELFTEST: u32 = 0xdead;
+const TEST_IOTLB_DEFAULT: u32 = 0xbadbeef;
+
+pub const PERM_READ: u32 = 1 << 0;
+pub const PERM_WRITE: u32 = 1 << 1;
+pub const RESP_SUCCESS: u32 = 0;
+pub const RESP_INVALID: u32 = 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct IoasAlloc {
+    size: u32,
+    flags: u32,
+    out_ioas_id: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct HwptAlloc {
+    size: u32,
+    flags: u32,
+    dev_id: u32,
+    pt_id: u32,
+    out_hwpt_id: u32,
+    reserved: u32,
+    data_type: u32,
+    data_len: u32,
+    data_uptr: u64,
+    fault_id: u32,
+    reserved2: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct FaultAlloc {
+    size: u32,
+    flags: u32,
+    out_fault_id: u32,
+    out_fault_fd: u32,
+}
+
+/// `struct iommu_test_cmd`: 16-byte header, a 48-byte union (largest member: `dirty`), `last`.
+#[repr(C)]
+#[derive(Default)]
+struct TestCmd {
+    size: u32,
+    op: u32,
+    id: u32,
+    reserved: u32,
+    union: [u64; 6],
+    last: u32,
+    _pad: u32,
+}
+
+/// `struct iommu_hwpt_pgfault` as read from the fault fd.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct PgFault {
+    pub flags: u32,
+    pub dev_id: u32,
+    pub pasid: u32,
+    pub grpid: u32,
+    pub perm: u32,
+    pub reserved: u32,
+    pub addr: u64,
+    pub length: u32,
+    pub cookie: u32,
+}
+
+fn ioctl<T>(fd: i32, req: u64, arg: &mut T, what: &str) -> Result<(), String> {
+    // SAFETY: `arg` is a live, correctly laid out #[repr(C)] struct for this request.
+    let rc = unsafe { libc::ioctl(fd, req as _, arg as *mut T) };
+    if rc < 0 { Err(format!("{what}: {}", std::io::Error::last_os_error())) } else { Ok(()) }
+}
+
+/// An iommufd mock device attached to an IOPF-capable NESTED hwpt.
+pub struct MockIopf {
+    iommufd: File,
+    fault: File,
+    pub dev_id: u32,
+}
+
+impl MockIopf {
+    pub fn new() -> Result<Self, String> {
+        let iommufd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/iommu")
+            .map_err(|e| format!("/dev/iommu: {e} (kernel without CONFIG_IOMMUFD?)"))?;
+        let fd = iommufd.as_raw_fd();
+        let mut ioas = IoasAlloc { size: size_of::<IoasAlloc>() as u32, ..Default::default() };
+        ioctl(fd, IOMMU_IOAS_ALLOC, &mut ioas, "IOMMU_IOAS_ALLOC")?;
+        let mut md = TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_MOCK_DOMAIN, id: ioas.out_ioas_id, ..Default::default() };
+        ioctl(fd, IOMMU_TEST_CMD, &mut md, "IOMMU_TEST_OP_MOCK_DOMAIN (CONFIG_IOMMUFD_TEST? no vIOMMU?)")?;
+        let stdev_id = md.union[0] as u32;
+        let idev_id = md.union[1] as u32;
+        let mut parent = HwptAlloc {
+            size: size_of::<HwptAlloc>() as u32,
+            flags: HWPT_ALLOC_NEST_PARENT,
+            dev_id: idev_id,
+            pt_id: ioas.out_ioas_id,
+            ..Default::default()
+        };
+        ioctl(fd, IOMMU_HWPT_ALLOC, &mut parent, "IOMMU_HWPT_ALLOC(NEST_PARENT)")?;
+        let mut fq = FaultAlloc { size: size_of::<FaultAlloc>() as u32, ..Default::default() };
+        ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &mut fq, "IOMMU_FAULT_QUEUE_ALLOC")?;
+        // SAFETY: the kernel just returned this fd to us; we own it from here on.
+        let fault = unsafe { File::from_raw_fd(fq.out_fault_fd as i32) };
+        let mut data = TEST_IOTLB_DEFAULT;
+        let mut nested = HwptAlloc {
+            size: size_of::<HwptAlloc>() as u32,
+            flags: HWPT_FAULT_ID_VALID,
+            dev_id: idev_id,
+            pt_id: parent.out_hwpt_id,
+            data_type: HWPT_DATA_SELFTEST,
+            data_len: 4,
+            data_uptr: &mut data as *mut u32 as u64,
+            fault_id: fq.out_fault_id,
+            ..Default::default()
+        };
+        ioctl(fd, IOMMU_HWPT_ALLOC, &mut nested, "IOMMU_HWPT_ALLOC(nested, FAULT_ID_VALID)")?;
+        let mut replace = TestCmd {
+            size: size_of::<TestCmd>() as u32,
+            op: TEST_OP_MOCK_DOMAIN_REPLACE,
+            id: stdev_id,
+            ..Default::default()
+        };
+        replace.union[0] = nested.out_hwpt_id as u64;
+        ioctl(fd, IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")?;
+        Ok(Self { iommufd, fault, dev_id: idev_id })
+    }
+
+    /// Raises one page request through `iommu_report_device_fault` (pasid 0 = none).
+    pub fn trigger(&self, pasid: u32, grpid: u32, perm: u32, addr: u64) -> Result<(), String> {
+        let mut t = TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_TRIGGER_IOPF, ..Default::default() };
+        t.union[0] = self.dev_id as u64 | (pasid as u64) << 32;
+        t.union[1] = grpid as u64 | (perm as u64) << 32;
+        t.union[2] = addr;
+        ioctl(self.iommufd.as_raw_fd(), IOMMU_TEST_CMD, &mut t, "IOMMU_TEST_OP_TRIGGER_IOPF")
+    }
+
+    /// Reads the next fault record from the fault fd (blocks until one is there).
+    pub fn read_fault(&mut self) -> Result<PgFault, String> {
+        let mut f = PgFault::default();
+        // SAFETY: PgFault is plain #[repr(C)] integers; any bytes are a valid value.
+        let buf = unsafe { std::slice::from_raw_parts_mut(&mut f as *mut PgFault as *mut u8, size_of::<PgFault>()) };
+        let n = self.fault.read(buf).map_err(|e| format!("read fault fd: {e}"))?;
+        if n != buf.len() {
+            return Err(format!("short fault record: {n} bytes"));
+        }
+        Ok(f)
+    }
+
+    /// Answers the fault with `cookie` (`iopf_group_response` in the kernel).
+    pub fn respond(&mut self, cookie: u32, code: u32) -> Result<(), String> {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&cookie.to_le_bytes());
+        b[4..].copy_from_slice(&code.to_le_bytes());
+        let n = self.fault.write(&b).map_err(|e| format!("write fault fd: {e}"))?;
+        if n != 8 { Err(format!("short response write: {n}")) } else { Ok(()) }
+    }
+}
