@@ -22,7 +22,7 @@ apt_pkgs=(
   qemu-system-x86                                        # VM test tier
   prometheus                                             # real Prometheus scraping the agent in tests
   bpftrace                                               # benchmark comparison
-  zstd cpio                                              # BTF fixtures, initramfs
+  zstd cpio xz-utils busybox-static                      # BTF fixtures, VM-tier initramfs
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

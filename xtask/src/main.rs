@@ -1,6 +1,8 @@
 //! Developer tasks: `cargo xtask run`, `cargo xtask test`.
 
-use std::process::Command;
+mod vm;
+
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -26,6 +28,18 @@ enum Cmd {
     /// and 6.12 kernel packages, the iopf test kernel in ../shared/vm and this host. Not run
     /// in CI: the fixtures are committed.
     BtfFixtures,
+    /// The VM tier: boot real kernels under QEMU (TCG) and run the guest scenarios.
+    VmTest {
+        /// Kernel to boot (repeatable): iopf-6.12, debian-6.12, debian-6.1. Default: all.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Seconds before a guest is declared hung.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Skip building (use target/release as it is).
+        #[arg(long)]
+        no_build: bool,
+    },
 }
 
 fn sh(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
@@ -60,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             cmd.arg("run").args(&args);
             sh("iopf-agent", &mut cmd)
         }
+        Cmd::VmTest { kernels, timeout, no_build } => vm_test(&kernels, Duration::from_secs(timeout), !no_build),
         Cmd::BtfFixtures => sh("btf fixtures", &mut Command::new("scripts/btf-fixtures.sh")),
         Cmd::Test => {
             if !is_root() && std::env::var("IOPF_SKIP_ROOT_TESTS").as_deref() != Ok("1") {
@@ -71,8 +86,52 @@ fn main() -> anyhow::Result<()> {
             // Default members only (iopf-ebpf builds for bpfel, through build.rs). Root tests share the kernel's perf/tracepoint state: run them one at a time so
             // each test's counts are its own.
             sh("tests", Command::new("cargo").args(["test", "--", "--test-threads=1"]))?;
+            vm_test(&[], Duration::from_secs(300), true)?;
             eprintln!("[xtask] all test tiers passed");
             Ok(())
         }
     }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the repository").to_path_buf()
+}
+
+fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result<()> {
+    let repo = repo_root();
+    for k in kernels {
+        if !vm::KERNELS.iter().any(|s| s.name == k) {
+            bail!("unknown kernel `{k}` (known: {})", vm::KERNELS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "));
+        }
+    }
+    if build {
+        sh(
+            "build for the guest",
+            Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
+        )?;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for spec in vm::KERNELS.iter().filter(|s| kernels.is_empty() || kernels.iter().any(|k| k == s.name)) {
+        let outcome = match vm::run_kernel(&repo, spec, timeout) {
+            Ok(o) => o,
+            Err(e) => vm::Outcome { kernel: spec.name, results: vec![("setup".into(), Err(format!("{e:#}")))] },
+        };
+        for (name, r) in &outcome.results {
+            match r {
+                Ok(detail) => {
+                    passed += 1;
+                    println!("vm-test {}/{name} ... ok ({detail})", outcome.kernel);
+                }
+                Err(why) => {
+                    failed += 1;
+                    println!("vm-test {}/{name} ... FAILED: {why}", outcome.kernel);
+                }
+            }
+        }
+    }
+    println!("vm-test: {passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        bail!("VM tier failed");
+    }
+    Ok(())
 }

@@ -1,0 +1,243 @@
+//! Runs inside a VM-tier guest (see `cargo xtask vm-test`): executes the named scenarios
+//! against the real kernel and prints one `VMTEST PASS name` / `VMTEST FAIL name: why` line
+//! each, then `VMTEST DONE`. The host harness reads these lines from the serial console.
+//!
+//! usage: iopf-vm-guest --agent PATH --touch-pages PATH SCENARIO...
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use iopf_agent::hooks::{HOOKS, Target};
+use iopf_tests::{
+    iommufd::{MockIopf, PERM_READ, PERM_WRITE, RESP_INVALID, RESP_SUCCESS},
+    prom::{Exposition, http_get},
+    workload::TouchPages,
+};
+
+/// Service latency may exceed the injected delay by at most this much: the fault fd read,
+/// the response write and the agent's own work, under TCG emulation (no KVM here).
+const SERVICE_BOUND_MS: u64 = 250;
+const MOCK_FAULTS: u32 = 8;
+
+struct Args {
+    agent: String,
+    touch: String,
+}
+
+struct RunningAgent {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: Vec<String>,
+    stdout: Option<std::process::ChildStdout>,
+}
+
+fn start_agent(a: &Args, args: &[&str]) -> Result<RunningAgent, String> {
+    let mut child = Command::new(&a.agent)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn agent: {e}"))?;
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in stderr.lines().map_while(Result::ok) {
+            println!("  [agent] {l}");
+            let _ = tx.send(l);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) => {
+                if let Some(u) = l.strip_prefix("iopf-agent: serving metrics on http://") {
+                    let addr = u.trim_end_matches("/metrics").parse().map_err(|e| format!("addr: {e}"))?;
+                    log.push(l);
+                    let stdout = child.stdout.take();
+                    return Ok(RunningAgent { child, addr, log, stdout });
+                }
+                log.push(l);
+            }
+            Err(_) => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    return Err(format!("agent exited {st}: {}", log.last().cloned().unwrap_or_default()));
+                }
+            }
+        }
+    }
+    let _ = child.kill();
+    Err("agent did not start serving within 240 s".into())
+}
+
+impl RunningAgent {
+    fn stop(mut self) -> Vec<String> {
+        // SAFETY: kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let mut out = Vec::new();
+        if let Some(s) = self.stdout.take() {
+            out = BufReader::new(s).lines().map_while(Result::ok).collect();
+        }
+        out
+    }
+}
+
+fn check(cond: bool, what: impl Into<String>) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what.into()) }
+}
+
+/// Scenario 1: N mock faults with chosen pasid/grpid/perm/addr, delays and response codes.
+fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
+    let agent = start_agent(
+        a,
+        &["--trace", "--force-rung", rung, "--require", "report", "--require", "iommufd_handler", "--require", "page_response"],
+    )?;
+    let attached = |h: &str| agent.log.iter().any(|l| l.starts_with(&format!("iopf-agent: attached {h}: {rung} ")));
+    for h in ["report", "iommufd_handler", "page_response", "free_group"] {
+        check(attached(h), format!("hook {h} not attached on the {rung} rung"))?;
+    }
+    let mut mock = MockIopf::new()?;
+    let mut delays = Vec::new();
+    for i in 0..MOCK_FAULTS {
+        let (pasid, grpid, addr) = (1 + i % 3, 0x10 + i, 0xdead_0000u64 + i as u64 * 0x1000);
+        mock.trigger(pasid, grpid, PERM_READ | PERM_WRITE, addr)?;
+        let f = mock.read_fault()?;
+        check(f.grpid == grpid && f.pasid == pasid && f.addr == addr, format!("fault record {f:?}"))?;
+        let delay = Duration::from_millis(20 + 10 * i as u64);
+        std::thread::sleep(delay);
+        mock.respond(f.cookie, if i % 2 == 0 { RESP_SUCCESS } else { RESP_INVALID })?;
+        delays.push(delay);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    let e = Exposition::parse(&body);
+    let events = agent.stop();
+
+    let dev = e
+        .samples
+        .iter()
+        .find(|s| s.name == "iopf_faults_total" && s.labels["device"].starts_with("iommufd_mock"))
+        .map(|s| s.labels["device"].clone())
+        .ok_or("no iopf_faults_total for an iommufd_mock device")?;
+    let n = MOCK_FAULTS as f64;
+    let l = |extra: &[(&'static str, &'static str)]| {
+        let mut v = vec![("device", dev.as_str()), ("source", "kernel")];
+        v.extend_from_slice(extra);
+        v
+    };
+    let faults = e.get("iopf_faults_total", &l(&[("config", "nested"), ("level", "first")]));
+    check(faults == Some(n), format!("faults nested/first {faults:?}, want {n}"))?;
+    let succ = e.get("iopf_responses_total", &l(&[("code", "success")]));
+    let inv = e.get("iopf_responses_total", &l(&[("code", "invalid")]));
+    check(succ == Some(n / 2.0) && inv == Some(n / 2.0), format!("responses success {succ:?} invalid {inv:?}"))?;
+    for lat in ["dispatch", "service"] {
+        let c = e.get("iopf_latency_seconds_count", &l(&[("latency", lat)]));
+        check(c == Some(n), format!("{lat} histogram count {c:?}"))?;
+    }
+    check(events.len() == MOCK_FAULTS as usize, format!("{} trace events, want {MOCK_FAULTS}", events.len()))?;
+    for (i, (line, delay)) in events.iter().zip(&delays).enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("event {i}: {e}"))?;
+        let svc = v["service_ns"].as_u64().unwrap_or(0);
+        let lo = delay.as_nanos() as u64;
+        let hi = lo + SERVICE_BOUND_MS * 1_000_000;
+        check((lo..=hi).contains(&svc), format!("event {i}: service {svc} ns outside [{lo}, {hi}]"))?;
+        check(v["method"] == "domain" && v["config"] == "nested", format!("event {i}: {v}"))?;
+        check(v["grpid"] == 0x10 + i as u64, format!("event {i} grpid {}", v["grpid"]))?;
+        let want = if i % 2 == 0 { "success" } else { "invalid" };
+        check(v["response"] == want, format!("event {i} response {}", v["response"]))?;
+    }
+    Ok(())
+}
+
+/// Page faults of a child counted exactly on the (forced) rung.
+fn pagefault(a: &Args, rung: &str) -> Result<(), String> {
+    const PAGES: usize = 4096;
+    let mut child = TouchPages::spawn(&a.touch, PAGES);
+    let pid = child.pid().to_string();
+    let agent = start_agent(a, &["--pid", &pid, "--force-rung", rung, "--require", "mm_fault"])?;
+    child.touch();
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    child.finish();
+    agent.stop();
+    let e = Exposition::parse(&body);
+    let minor = e.get("iopf_page_faults_total", &[("kind", "minor"), ("rung", rung)]).ok_or("no minor count")?;
+    check((PAGES as f64..=PAGES as f64 + 64.0).contains(&minor), format!("minor faults {minor}, want {PAGES}..={}", PAGES + 64))?;
+    let count = e.get("iopf_page_fault_latency_seconds_count", &[("kind", "minor")]);
+    check(count == Some(minor), format!("histogram count {count:?} != faults {minor}"))?;
+    Ok(())
+}
+
+/// No hook reported unavailable that the kernel has (kallsyms / tracefs).
+fn doctor(a: &Args) -> Result<(), String> {
+    let out = Command::new(&a.agent).args(["doctor", "--json"]).output().map_err(|e| e.to_string())?;
+    check(out.status.success(), format!("doctor exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let syms: std::collections::HashSet<&str> = kallsyms.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    for h in HOOKS {
+        let plan = v["hooks"].as_array().and_then(|a| a.iter().find(|p| p["name"] == h.name)).ok_or(h.name)?;
+        let has = match h.target {
+            Target::Functions { candidates, .. } => candidates.iter().any(|c| syms.contains(c)),
+            Target::Tracepoint { category, name, .. } => {
+                std::path::Path::new(&format!("/sys/kernel/tracing/events/{category}/{name}")).exists()
+            }
+        };
+        println!("  doctor: {} -> {} ({})", h.name, plan["rung"], if has { "kernel has it" } else { "absent" });
+        check(!(has && plan["rung"] == "unavailable"), format!("{} unavailable but the kernel has it: {}", h.name, plan["reason"]))?;
+    }
+    println!("  doctor: iopf_abi {}", v["iopf_abi"]);
+    Ok(())
+}
+
+/// Every IOPF program of this kernel's ABI attaches on the forced rung.
+fn attach_all(a: &Args, rung: &str) -> Result<(), String> {
+    let agent = start_agent(a, &["--force-rung", rung])?;
+    let log = agent.log.clone();
+    agent.stop();
+    let skipped: Vec<_> = log.iter().filter(|l| l.starts_with("iopf-agent: skipped ")).collect();
+    check(skipped.is_empty(), format!("skipped: {skipped:?}"))?;
+    let attached = log.iter().filter(|l| l.starts_with("iopf-agent: attached ")).count();
+    println!("  {attached} hooks attached on the {rung} rung");
+    check(attached >= 3, format!("only {attached} hooks attached"))?;
+    Ok(())
+}
+
+fn main() {
+    let mut it = std::env::args().skip(1);
+    let mut args = Args { agent: String::new(), touch: String::new() };
+    let mut scenarios = Vec::new();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--agent" => args.agent = it.next().unwrap_or_default(),
+            "--touch-pages" => args.touch = it.next().unwrap_or_default(),
+            s => scenarios.push(s.to_owned()),
+        }
+    }
+    for s in &scenarios {
+        let t = Instant::now();
+        let res = std::panic::catch_unwind(|| match s.as_str() {
+            "mock-iopf-fentry" => mock_iopf(&args, "fentry"),
+            "mock-iopf-kprobe" => mock_iopf(&args, "kprobe"),
+            "pagefault-fentry" => pagefault(&args, "fentry"),
+            "pagefault-kprobe" => pagefault(&args, "kprobe"),
+            "attach-fentry" => attach_all(&args, "fentry"),
+            "attach-kprobe" => attach_all(&args, "kprobe"),
+            "doctor" => doctor(&args),
+            other => Err(format!("unknown scenario {other}")),
+        })
+        .unwrap_or_else(|p| {
+            Err(p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
+        });
+        match res {
+            Ok(()) => println!("VMTEST PASS {s} ({:.1} s)", t.elapsed().as_secs_f64()),
+            Err(e) => println!("VMTEST FAIL {s}: {e}"),
+        }
+    }
+    println!("VMTEST DONE");
+}
