@@ -61,9 +61,18 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = c.source();
     }
-    // aya appends an empty "Verifier output:" to refused loads that never reached the verifier.
-    let t = s.trim_end();
-    t.strip_suffix("Verifier output:")
-        .map(|x| x.trim_end().trim_end_matches('.').to_owned())
-        .unwrap_or_else(|| t.to_owned())
+    // aya appends the verifier log, which can run to megabytes: keep its last lines, where
+    // the verdict is, so the error stays one readable line. A load refused before the
+    // verifier ran leaves the log empty.
+    match s.split_once("Verifier output:") {
+        None => s,
+        Some((head, log)) => {
+            let head = head.trim_end().trim_end_matches('.');
+            let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            match &lines[lines.len().saturating_sub(3)..] {
+                [] => head.to_owned(),
+                tail => format!("{head}; verifier: {}", tail.join(" | ")),
+            }
+        }
+    }
 }

@@ -192,6 +192,9 @@ pub struct Offsets {
     pub resp_pasid: u32,
     pub resp_grpid: u32,
     pub resp_code: u32,
+    /// `struct intel_iommu`: `reg` (MMIO base) and `cap`.
+    pub iommu_reg: u32,
+    pub iommu_cap: u32,
 }
 
 impl Offsets {
@@ -215,6 +218,8 @@ impl Offsets {
         resp_pasid: u32::MAX,
         resp_grpid: u32::MAX,
         resp_code: u32::MAX,
+        iommu_reg: u32::MAX,
+        iommu_cap: u32::MAX,
     };
 }
 

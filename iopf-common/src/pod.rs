@@ -23,3 +23,7 @@ unsafe impl aya::Pod for Event {}
 unsafe impl aya::Pod for Offsets {}
 // SAFETY: as above (u32 fields only).
 unsafe impl aya::Pod for Consts {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::dmar::DmarKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::dmar::DmarEvent {}

@@ -117,7 +117,12 @@ impl MockIopf {
         let fd = iommufd.as_raw_fd();
         let mut ioas = IoasAlloc { size: size_of::<IoasAlloc>() as u32, ..Default::default() };
         ioctl(fd, IOMMU_IOAS_ALLOC, &mut ioas, "IOMMU_IOAS_ALLOC")?;
-        let mut md = TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_MOCK_DOMAIN, id: ioas.out_ioas_id, ..Default::default() };
+        let mut md = TestCmd {
+            size: size_of::<TestCmd>() as u32,
+            op: TEST_OP_MOCK_DOMAIN,
+            id: ioas.out_ioas_id,
+            ..Default::default()
+        };
         ioctl(fd, IOMMU_TEST_CMD, &mut md, "IOMMU_TEST_OP_MOCK_DOMAIN (CONFIG_IOMMUFD_TEST? no vIOMMU?)")?;
         let stdev_id = md.union[0] as u32;
         let idev_id = md.union[1] as u32;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod agent;
+pub mod edu;
 pub mod iommufd;
 pub mod prom;
 pub mod workload;

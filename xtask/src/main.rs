@@ -101,7 +101,10 @@ fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result
     let repo = repo_root();
     for k in kernels {
         if !vm::KERNELS.iter().any(|s| s.name == k) {
-            bail!("unknown kernel `{k}` (known: {})", vm::KERNELS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "));
+            bail!(
+                "unknown kernel `{k}` (known: {})",
+                vm::KERNELS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+            );
         }
     }
     if build {

@@ -51,9 +51,16 @@ pub const KERNELS: &[KernelSpec] = &[
             suffix: "+deb12-amd64-unsigned",
         },
         modules: &["9p", "9pnet_virtio"],
-        qemu: &["-machine", "q35,kernel-irqchip=split", "-device", "intel-iommu,intremap=on,caching-mode=on", "-device", "edu"],
+        qemu: &[
+            "-machine",
+            "q35,kernel-irqchip=split",
+            "-device",
+            "intel-iommu,intremap=on,caching-mode=on",
+            "-device",
+            "edu",
+        ],
         append: "intel_iommu=on",
-        scenarios: &["doctor", "pagefault-fentry", "pagefault-kprobe", "attach-fentry", "attach-kprobe"],
+        scenarios: &["doctor", "dmar-edu", "pagefault-fentry", "pagefault-kprobe", "attach-fentry", "attach-kprobe"],
     },
     KernelSpec {
         name: "debian-6.1",
@@ -69,7 +76,9 @@ pub const KERNELS: &[KernelSpec] = &[
 fn cache_dir() -> PathBuf {
     std::env::var_os("IOPF_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/iopf"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/iopf")
+        })
         .join("kernels")
 }
 
@@ -91,7 +100,8 @@ fn debian_kernel(search: &str, prefix: &str, suffix: &str) -> anyhow::Result<Pat
     };
     let mut pkgs: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| ok(n)).collect();
     pkgs.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
-    let pkg = pkgs.last().ok_or_else(|| anyhow!("no package {prefix}N{suffix} in apt: run apt-get update"))?.to_string();
+    let pkg =
+        pkgs.last().ok_or_else(|| anyhow!("no package {prefix}N{suffix} in apt: run apt-get update"))?.to_string();
     let root = cache_dir().join(&pkg);
     if root.join(".extracted").exists() {
         return Ok(root);
@@ -255,7 +265,11 @@ pub fn run_kernel(repo: &Path, spec: &KernelSpec, timeout: Duration) -> anyhow::
     let log = std::fs::File::create(&log_path)?;
     let append = format!("console=ttyS0 panic=-1 quiet iopf_scenarios={} {}", spec.scenarios.join(","), spec.append);
     let share = |path: &Path, tag: &str, ro: bool| {
-        format!("local,path={},mount_tag={tag},security_model=none{}", path.display(), if ro { ",readonly=on" } else { "" })
+        format!(
+            "local,path={},mount_tag={tag},security_model=none{}",
+            path.display(),
+            if ro { ",readonly=on" } else { "" }
+        )
     };
     eprintln!("[vm-test] {}: booting {} ({})", spec.name, image.display(), spec.what);
     let start = Instant::now();
@@ -299,11 +313,9 @@ pub fn run_kernel(repo: &Path, spec: &KernelSpec, timeout: Duration) -> anyhow::
     let done = console.lines().any(|l| l.trim() == "VMTEST DONE");
     if !done {
         let tail: Vec<&str> = console.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
-        let why = if timed_out { format!("timed out after {} s", timeout.as_secs()) } else { "guest stopped early".into() };
-        results.push((
-            "boot".into(),
-            Err(format!("{why}; console ({}):\n{}", log_path.display(), tail.join("\n"))),
-        ));
+        let why =
+            if timed_out { format!("timed out after {} s", timeout.as_secs()) } else { "guest stopped early".into() };
+        results.push(("boot".into(), Err(format!("{why}; console ({}):\n{}", log_path.display(), tail.join("\n")))));
     }
     for s in spec.scenarios {
         if !results.iter().any(|(n, _)| n == s) && done {

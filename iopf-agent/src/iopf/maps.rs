@@ -7,6 +7,7 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
 };
 use iopf_common::{
+    dmar::DmarKey,
     hist::Histogram,
     iopf::{CountKey, HistKey, IopfStats},
 };
@@ -25,12 +26,14 @@ pub struct IopfSnapshot {
     pub counts: BTreeMap<CountKey, u64>,
     pub hists: BTreeMap<HistKey, Histogram>,
     pub stats: IopfStats,
+    pub dmar: BTreeMap<DmarKey, u64>,
 }
 
 pub struct IopfMaps {
     counts: PerCpuHashMap<MapData, CountKey, u64>,
     hists: PerCpuHashMap<MapData, HistKey, Histogram>,
     stats: PerCpuArray<MapData, IopfStats>,
+    dmar: PerCpuHashMap<MapData, DmarKey, u64>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -47,6 +50,7 @@ impl IopfMaps {
             counts: take(ebpf, "IOPF_COUNTS")?,
             hists: take(ebpf, "IOPF_HIST")?,
             stats: take(ebpf, "IOPF_STATS")?,
+            dmar: take(ebpf, "DMAR_COUNTS")?,
         })
     }
 
@@ -62,6 +66,10 @@ impl IopfMaps {
             for c in per_cpu.iter() {
                 h.merge(c);
             }
+        }
+        for item in self.dmar.iter() {
+            let (k, per_cpu) = item.map_err(|source| MapsError::Map { map: "DMAR_COUNTS", source })?;
+            *s.dmar.entry(k).or_default() += per_cpu.iter().sum::<u64>();
         }
         let per_cpu = self.stats.get(&0, 0).map_err(|source| MapsError::Map { map: "IOPF_STATS", source })?;
         for c in per_cpu.iter() {

@@ -100,6 +100,20 @@ impl MetricSource for IopfSource {
             .collect(),
         ));
         out.push(family(
+            "iopf_dmar_faults_total",
+            "Intel VT-d unrecoverable faults decoded from the fault recording registers, by device, reason code, access and the level the reason implies.",
+            MetricType::COUNTER,
+            snap.dmar
+                .iter()
+                .map(|(k, v)| {
+                    let dev = dev_str(&iopf_common::dmar::bdf_name(k.source_id));
+                    let reason = format!("{:#04x}", k.reason);
+                    let access = if k.read != 0 { "read" } else { "write" };
+                    counter(&[("device", &dev), ("reason", &reason), ("access", access), ("level", Level::from_u8(k.level).label())], *v)
+                })
+                .collect(),
+        ));
+        out.push(family(
             "iopf_events_total",
             "Events written to the ring buffer.",
             MetricType::COUNTER,

@@ -122,6 +122,9 @@ impl IopfAbi {
             }
         }
         o.group_work = opt(btf, "iopf_group", "work");
+        // Intel VT-d unit (dmar_fault's dev_id): MMIO base and capability register copy.
+        o.iommu_reg = opt(btf, "intel_iommu", "reg");
+        o.iommu_cap = opt(btf, "intel_iommu", "cap");
 
         // `IOMMU_FAULT_PAGE_REQ` is an enumerator (in BTF); the rest are #defines, from
         // the table of this generation.

@@ -1,6 +1,7 @@
 //! IOPF capture: the core every hook and every injection program calls. Kernel-specific
 //! reading (offsets) is in `read`, hook adapters in `hooks`, test injection in `inject`.
 
+pub mod dmar;
 pub mod hooks;
 pub mod inject;
 pub mod read;

@@ -1,18 +1,29 @@
 //! Reading kernel structures through the offsets table the agent resolved from BTF. No
 //! kernel field offset is compiled in: every one comes from `OFFSETS`.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
+use aya_ebpf::helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_kernel};
 use iopf_common::iopf::{DEV_NAME_LEN, Fault, InflightKey, Offsets};
 
 use super::{CONSTS, OFFSETS};
 
+/// Reads a `T` at `addr`; zero when the read fails. The value is zero-initialised before the
+/// helper runs so it is defined on every path (an `Option` of a possibly-uninitialised read
+/// lets LLVM reuse registers in ways the verifier rejects).
 #[inline(always)]
-fn at<T: Copy>(base: u64, off: u32) -> Option<T> {
+pub fn read_or_zero<T: Copy + Default>(addr: u64) -> T {
+    let mut v = T::default();
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `v` and checks `addr`; on
+    // failure it zeroes `v`.
+    unsafe { bpf_probe_read_kernel((&raw mut v).cast(), size_of::<T>() as u32, addr as *const _) };
+    v
+}
+
+#[inline(always)]
+fn at<T: Copy + Default>(base: u64, off: u32) -> Option<T> {
     if off == Offsets::ABSENT || base == 0 {
         return None;
     }
-    // SAFETY: bpf_probe_read_kernel validates the address; a bad one returns an error.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+    Some(read_or_zero(base + off as u64))
 }
 
 /// `dev_name(dev)`: `init_name` when set, else `kobj.name`.

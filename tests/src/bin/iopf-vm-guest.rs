@@ -96,7 +96,17 @@ fn check(cond: bool, what: impl Into<String>) -> Result<(), String> {
 fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
     let agent = start_agent(
         a,
-        &["--trace", "--force-rung", rung, "--require", "report", "--require", "iommufd_handler", "--require", "page_response"],
+        &[
+            "--trace",
+            "--force-rung",
+            rung,
+            "--require",
+            "report",
+            "--require",
+            "iommufd_handler",
+            "--require",
+            "page_response",
+        ],
     )?;
     let attached = |h: &str| agent.log.iter().any(|l| l.starts_with(&format!("iopf-agent: attached {h}: {rung} ")));
     for h in ["report", "iommufd_handler", "page_response", "free_group"] {
@@ -155,6 +165,50 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Real DMAR faults: edu DMAs to unmapped IOVAs; the agent decodes every fault record.
+fn dmar(a: &Args) -> Result<(), String> {
+    use iopf_tests::edu::{Access, Edu};
+    let dmas =
+        [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
+    let agent = start_agent(a, &["--trace", "--require", "dmar_fault"])?;
+    let edu = Edu::open()?;
+    for (iova, acc) in dmas {
+        edu.dma(iova, acc)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    let lines = agent.stop();
+    let e = Exposition::parse(&body);
+    let sum = |access: &str| -> f64 {
+        e.samples
+            .iter()
+            .filter(|s| {
+                s.name == "iopf_dmar_faults_total" && s.labels["device"] == edu.bdf && s.labels["access"] == access
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    check(
+        sum("read") == 2.0 && sum("write") == 2.0,
+        format!("dmar faults read {} write {} for {}", sum("read"), sum("write"), edu.bdf),
+    )?;
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "dmar_fault")
+        .collect();
+    check(events.len() == dmas.len(), format!("{} dmar events, want {}", events.len(), dmas.len()))?;
+    for (v, (iova, acc)) in events.iter().zip(dmas) {
+        println!("  dmar event: {v}");
+        let (access, reason) = if acc == Access::Read { ("read", "0x06") } else { ("write", "0x05") };
+        check(v["addr"] == format!("{iova:#x}"), format!("addr {} want {iova:#x}", v["addr"]))?;
+        check(v["access"] == access && v["reason"] == reason, format!("access/reason {v}"))?;
+        check(v["device"] == edu.bdf.as_str() && v["level"] == "second", format!("device/level {v}"))?;
+    }
+    Ok(())
+}
+
 /// Page faults of a child counted exactly on the (forced) rung.
 fn pagefault(a: &Args, rung: &str) -> Result<(), String> {
     const PAGES: usize = 4096;
@@ -167,7 +221,10 @@ fn pagefault(a: &Args, rung: &str) -> Result<(), String> {
     agent.stop();
     let e = Exposition::parse(&body);
     let minor = e.get("iopf_page_faults_total", &[("kind", "minor"), ("rung", rung)]).ok_or("no minor count")?;
-    check((PAGES as f64..=PAGES as f64 + 64.0).contains(&minor), format!("minor faults {minor}, want {PAGES}..={}", PAGES + 64))?;
+    check(
+        (PAGES as f64..=PAGES as f64 + 64.0).contains(&minor),
+        format!("minor faults {minor}, want {PAGES}..={}", PAGES + 64),
+    )?;
     let count = e.get("iopf_page_fault_latency_seconds_count", &[("kind", "minor")]);
     check(count == Some(minor), format!("histogram count {count:?} != faults {minor}"))?;
     Ok(())
@@ -189,7 +246,10 @@ fn doctor(a: &Args) -> Result<(), String> {
             }
         };
         println!("  doctor: {} -> {} ({})", h.name, plan["rung"], if has { "kernel has it" } else { "absent" });
-        check(!(has && plan["rung"] == "unavailable"), format!("{} unavailable but the kernel has it: {}", h.name, plan["reason"]))?;
+        check(
+            !(has && plan["rung"] == "unavailable"),
+            format!("{} unavailable but the kernel has it: {}", h.name, plan["reason"]),
+        )?;
     }
     println!("  doctor: iopf_abi {}", v["iopf_abi"]);
     Ok(())
@@ -229,10 +289,15 @@ fn main() {
             "attach-fentry" => attach_all(&args, "fentry"),
             "attach-kprobe" => attach_all(&args, "kprobe"),
             "doctor" => doctor(&args),
+            "dmar-edu" => dmar(&args),
             other => Err(format!("unknown scenario {other}")),
         })
         .unwrap_or_else(|p| {
-            Err(p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
+            Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default())
         });
         match res {
             Ok(()) => println!("VMTEST PASS {s} ({:.1} s)", t.elapsed().as_secs_f64()),
