@@ -1,6 +1,6 @@
 //! Loading the eBPF object: privileges, load-time globals, and clear errors.
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use iopf_common::{
     iopf::{Consts, EVENTS_ALL, EVENTS_OFF, Offsets},
     pagefault::PfMode,
@@ -71,7 +71,15 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
     let mode = globals.pf_mode as u32;
     let tuple = globals.tuple_keys as u32;
     let events = if globals.events { EVENTS_ALL } else { EVENTS_OFF };
+    // aya defaults to the verifier's debug log, whose text for the bigger programs runs to
+    // megabytes (slow under emulation, ENOSPC past the log buffer). Statistics only, unless
+    // IOPF_VERIFIER_LOG=debug asks for the full log to diagnose a refusal.
+    let log = match std::env::var("IOPF_VERIFIER_LOG").as_deref() {
+        Ok("debug") => VerifierLogLevel::DEBUG | VerifierLogLevel::STATS,
+        _ => VerifierLogLevel::STATS,
+    };
     EbpfLoader::new()
+        .verifier_log_level(log)
         .override_global("PF_MODE", &mode, true)
         .override_global("OFFSETS", &globals.offsets, true)
         .override_global("CONSTS", &globals.consts, true)

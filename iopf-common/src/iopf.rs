@@ -332,6 +332,8 @@ pub struct IopfStats {
     pub report_errors: u64,
     /// Reports of a fault type other than a page request (e.g. DMA_UNRECOV up to 6.8).
     pub not_page_req: u64,
+    /// VT-d fault records still pending after the per-interrupt decode bound.
+    pub dmar_records_undecoded: u64,
 }
 
 impl IopfStats {
@@ -348,6 +350,7 @@ impl IopfStats {
         self.unrecoverable += o.unrecoverable;
         self.report_errors += o.report_errors;
         self.not_page_req += o.not_page_req;
+        self.dmar_records_undecoded += o.dmar_records_undecoded;
     }
 }
 

@@ -94,6 +94,7 @@ impl MetricSource for IopfSource {
                 ("freed_unanswered", s.freed_unanswered),
                 ("inflight_full", s.inflight_full),
                 ("unrecoverable", s.unrecoverable),
+                ("dmar_records_undecoded", s.dmar_records_undecoded),
             ]
             .iter()
             .map(|(stage, v)| counter(&[("stage", stage)], *v))

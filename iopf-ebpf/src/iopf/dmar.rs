@@ -87,6 +87,15 @@ fn decode(iommu: u64) {
         idx += 1;
         i += 1;
     }
+    if i == MAX_RECORDS && i < nfr {
+        if idx >= nfr {
+            idx = 0;
+        }
+        let hi: u32 = rd(base + idx as u64 * 16 + 12);
+        if hi >> 31 != 0 {
+            super::stats(|s| s.dmar_records_undecoded += 1);
+        }
+    }
 }
 
 #[fentry]
