@@ -28,6 +28,9 @@ enum Cmd {
     /// and 6.12 kernel packages, the iopf test kernel in ../shared/vm and this host. Not run
     /// in CI: the fixtures are committed.
     BtfFixtures,
+    /// Rebuild the VM tier's iommufd-mock kernel from Debian's linux-source-6.12 and
+    /// ../shared/vm/iopf-kernel.config (about 22 minutes on 2 cores; not run in CI).
+    BuildKernel,
     /// The VM tier: boot real kernels under QEMU (TCG) and run the guest scenarios.
     VmTest {
         /// Kernel to boot (repeatable): iopf-6.12, debian-6.12, debian-6.1. Default: all.
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             sh("iopf-agent", &mut cmd)
         }
         Cmd::VmTest { kernels, timeout, no_build } => vm_test(&kernels, Duration::from_secs(timeout), !no_build),
+        Cmd::BuildKernel => sh("build kernel", &mut Command::new("scripts/build-iopf-kernel.sh")),
         Cmd::BtfFixtures => sh("btf fixtures", &mut Command::new("scripts/btf-fixtures.sh")),
         Cmd::Test => {
             if !is_root() && std::env::var("IOPF_SKIP_ROOT_TESTS").as_deref() != Ok("1") {
