@@ -28,6 +28,9 @@ enum Cmd {
     /// and 6.12 kernel packages, the iopf test kernel in ../shared/vm and this host. Not run
     /// in CI: the fixtures are committed.
     BtfFixtures,
+    /// Benchmarks (root): page-fault hot path against an empty-program floor and bpftrace,
+    /// in-kernel cost per IOPF, footprint. Table on stdout, JSON in target/bench/results.json.
+    Bench,
     /// Rebuild the VM tier's iommufd-mock kernel from Debian's linux-source-6.12 and
     /// ../shared/vm/iopf-kernel.config (about 22 minutes on 2 cores; not run in CI).
     BuildKernel,
@@ -78,6 +81,13 @@ fn main() -> anyhow::Result<()> {
             sh("iopf-agent", &mut cmd)
         }
         Cmd::VmTest { kernels, timeout, no_build } => vm_test(&kernels, Duration::from_secs(timeout), !no_build),
+        Cmd::Bench => {
+            sh(
+                "build",
+                Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
+            )?;
+            sh("bench", &mut Command::new("target/release/iopf-bench"))
+        }
         Cmd::BuildKernel => sh("build kernel", &mut Command::new("scripts/build-iopf-kernel.sh")),
         Cmd::BtfFixtures => sh("btf fixtures", &mut Command::new("scripts/btf-fixtures.sh")),
         Cmd::Test => {

@@ -1,0 +1,313 @@
+//! `cargo xtask bench`: side-by-side benchmarks, interleaved and repeated on a noisy shared
+//! machine, reported as medians and ratios. Writes a table to stdout and JSON to
+//! target/bench/results.json. Needs root.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    sys::{Stats, enable_stats},
+};
+use iopf_agent::{
+    iopf::inject::Injector,
+    kabi::iopf::CURRENT_CONSTS,
+    loader::{self, Globals},
+    simulate::{drive::drive, model, scenario::Scenario},
+};
+use iopf_tests::{agent::agent_bin, prom::http_get};
+use serde_json::json;
+
+const PAGES: usize = 16_384;
+const ROUNDS: usize = 5;
+const REPS: usize = 6;
+
+/// ns per fault: map PAGES fresh pages (THP off), touch each, unmap.
+fn fault_ns() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = PAGES * page;
+    // SAFETY: anonymous private mapping, checked; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: the mapping above.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    let t = Instant::now();
+    for i in 0..PAGES {
+        // SAFETY: inside the mapping.
+        unsafe { p.cast::<u8>().add(i * page).write_volatile(1) };
+    }
+    let ns = t.elapsed().as_nanos() as f64 / PAGES as f64;
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    ns
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Empty programs on the same hooks as the agent's tracepoint rung.
+fn floor() -> Ebpf {
+    let mut ebpf = loader::load(Globals::default()).expect("load");
+    let tp: &mut TracePoint = ebpf.program_mut("pf_floor_tp").unwrap().try_into().unwrap();
+    tp.load().unwrap();
+    for n in ["page_fault_user", "page_fault_kernel"] {
+        tp.attach("exceptions", n).unwrap();
+    }
+    let pe: &mut PerfEvent = ebpf.program_mut("pf_floor_perf").unwrap().try_into().unwrap();
+    pe.load().unwrap();
+    for cpu in aya::util::online_cpus().unwrap() {
+        for ev in [SoftwareEvent::PageFaultsMin, SoftwareEvent::PageFaultsMaj] {
+            pe.attach(
+                PerfEventConfig::Software(ev),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(1),
+                false,
+            )
+            .unwrap();
+        }
+    }
+    ebpf
+}
+
+fn wait_line(child: &mut Child, from_stderr: bool, needle: &str) -> Vec<String> {
+    let r: Box<dyn std::io::Read + Send> =
+        if from_stderr { Box::new(child.stderr.take().unwrap()) } else { Box::new(child.stdout.take().unwrap()) };
+    let mut lines = Vec::new();
+    let mut br = BufReader::new(r);
+    loop {
+        let mut l = String::new();
+        if br.read_line(&mut l).unwrap_or(0) == 0 {
+            panic!("child ended before printing {needle:?}: {lines:?}");
+        }
+        let done = l.contains(needle);
+        lines.push(l.trim_end().to_owned());
+        if done {
+            // Keep draining in the background so the child never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while br.read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            });
+            return lines;
+        }
+    }
+}
+
+fn stop(mut c: Child) {
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let _ = c.wait();
+}
+
+struct Agent {
+    child: Child,
+    addr: std::net::SocketAddr,
+    startup: Duration,
+}
+
+fn agent(args: &[&str]) -> Agent {
+    let t = Instant::now();
+    let mut child = Command::new(agent_bin())
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let lines = wait_line(&mut child, true, "serving metrics on http://");
+    let startup = t.elapsed();
+    let url = lines.last().unwrap().split("http://").nth(1).unwrap().trim_end_matches("/metrics");
+    Agent { child, addr: url.parse().unwrap(), startup }
+}
+
+const BPFTRACE: &str = "tracepoint:exceptions:page_fault_user, tracepoint:exceptions:page_fault_kernel { @start[tid] = nsecs; } \
+software:minor-faults:1, software:major-faults:1 /@start[tid]/ { @count++; @lat = hist(nsecs - @start[tid]); delete(@start[tid]); }";
+
+fn bpftrace() -> Child {
+    let mut c = Command::new("bpftrace")
+        .args(["-e", BPFTRACE])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bpftrace (apt-get install bpftrace)");
+    wait_line(&mut c, false, "Attaching");
+    std::thread::sleep(Duration::from_millis(500));
+    c
+}
+
+fn proc_status(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0.0)))
+        .unwrap_or(0.0)
+}
+
+fn cpu_ticks(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+fn main() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "iopf-bench needs root");
+    let machine = format!(
+        "{} cores, kernel {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+
+    // 1. Page-fault hot path on this host's rung: base / floor / agent / bpftrace, interleaved.
+    let (mut base, mut fl, mut ag, mut bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut startups = Vec::new();
+    for round in 0..ROUNDS {
+        eprintln!("[bench] page faults: round {}/{ROUNDS}", round + 1);
+        base.extend((0..REPS).map(|_| fault_ns()));
+        let f = floor();
+        fl.extend((0..REPS).map(|_| fault_ns()));
+        drop(f);
+        let a = agent(&["--page-faults"]);
+        startups.push(a.startup.as_secs_f64() * 1e3);
+        ag.extend((0..REPS).map(|_| fault_ns()));
+        stop(a.child);
+        let b = bpftrace();
+        bt.extend((0..REPS).map(|_| fault_ns()));
+        stop(b);
+    }
+    let (mb, mf, ma, mt) = (median(&mut base), median(&mut fl), median(&mut ag), median(&mut bt));
+    let ratio = (ma - mb) / (mf - mb);
+    let ratio_bt = (mt - mb) / (mf - mb);
+
+    // 3. In-kernel cost per IOPF: BPF run-time statistics over the mixed scenario.
+    let scenario =
+        Scenario::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scenarios/mixed-10k.yaml").as_ref()).unwrap();
+    let plan = model::plan(&scenario, &CURRENT_CONSTS);
+    let stats_fd = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let mut ebpf = loader::load(Globals { consts: CURRENT_CONSTS, ..Globals::default() }).unwrap();
+    drive(&mut Injector::new(&mut ebpf).unwrap(), &plan).unwrap();
+    let mut per_prog = serde_json::Map::new();
+    let mut per_fault_ns = 0.0;
+    for p in ["inject_report", "inject_handler", "inject_response", "inject_free"] {
+        let info = ebpf.program(p).unwrap().info().unwrap();
+        let ns = info.run_time().as_nanos() as f64 / info.run_count().max(1) as f64;
+        per_prog.insert(p.into(), json!({"runs": info.run_count(), "ns_per_run": ns}));
+        per_fault_ns += ns;
+    }
+    drop(stats_fd);
+    drop(ebpf);
+
+    // 5. Footprint: RSS and CPU idle and under load; /metrics with 1,000 devices; startup.
+    let a = agent(&["--page-faults"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_idle = proc_status(a.child.id(), "VmRSS:") / 1024.0;
+    let hz = 100.0;
+    let (t0, c0) = (Instant::now(), cpu_ticks(a.child.id()));
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu_idle = (cpu_ticks(a.child.id()) - c0) / hz / t0.elapsed().as_secs_f64() * 100.0;
+    let (t0, c0) = (Instant::now(), cpu_ticks(a.child.id()));
+    let mut loaded = 0usize;
+    while t0.elapsed() < Duration::from_secs(5) {
+        fault_ns();
+        loaded += PAGES;
+        let _ = http_get(a.addr, "/metrics");
+    }
+    let cpu_load = (cpu_ticks(a.child.id()) - c0) / hz / t0.elapsed().as_secs_f64() * 100.0;
+    let rss_load = proc_status(a.child.id(), "VmHWM:") / 1024.0;
+    stop(a.child);
+
+    let dir = std::env::temp_dir().join(format!("iopf-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut yaml =
+        String::from("apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: thousand\nspec:\n  devices:\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "    - name: \"0000:{:02x}:{:02x}.{}\"\n      faults: 2\n      configuration: nested\n      responses: {{success: 1, invalid: 1}}\n      dispatchNs: {{min: 100, max: 1000}}\n      serviceNs: {{min: 1000, max: 100000}}\n",
+            i / 32 + 1,
+            i % 32,
+            i % 8
+        ));
+    }
+    let scn = dir.join("thousand.yaml");
+    std::fs::write(&scn, yaml).unwrap();
+    let mut sim = Command::new(agent_bin())
+        .args(["simulate", "--scenario", scn.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = wait_line(&mut sim, true, "serving metrics on http://");
+    let addr: std::net::SocketAddr =
+        lines.last().unwrap().split("http://").nth(1).unwrap().trim_end_matches("/metrics").parse().unwrap();
+    let mut scrapes: Vec<f64> = (0..30)
+        .map(|_| {
+            let t = Instant::now();
+            let (_, body) = http_get(addr, "/metrics").unwrap();
+            assert!(body.contains("0000:20:1f.7"), "1,000 devices served");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let (_, body) = http_get(addr, "/metrics").unwrap();
+    stop(sim);
+    std::fs::remove_dir_all(&dir).ok();
+    let scrape_ms = median(&mut scrapes);
+    let startup_ms = median(&mut startups);
+
+    let rows = [
+        ("page fault, no tracer (ns/fault)", format!("{mb:.0}"), String::new()),
+        ("page fault, empty BPF on the same hooks (ns/fault)", format!("{mf:.0}"), String::new()),
+        ("page fault, iopf-agent --page-faults (ns/fault)", format!("{ma:.0}"), String::new()),
+        ("page fault, bpftrace count+hist (ns/fault)", format!("{mt:.0}"), String::new()),
+        ("(agent - base) / (floor - base)", format!("{ratio:.2}"), "<= 1.25".into()),
+        ("(bpftrace - base) / (floor - base)", format!("{ratio_bt:.2}"), "agent below it".into()),
+        ("in-kernel cost per IOPF (report+handler+response+free, ns)", format!("{per_fault_ns:.0}"), "<= 300".into()),
+        ("agent RSS idle (MiB)", format!("{rss_idle:.1}"), "<= 30".into()),
+        ("agent RSS peak under load (MiB)", format!("{rss_load:.1}"), "<= 30".into()),
+        ("agent CPU idle (%)", format!("{cpu_idle:.2}"), "<= 0.5".into()),
+        ("agent CPU under page-fault load + scrapes (%)", format!("{cpu_load:.2}"), String::new()),
+        ("/metrics scrape, 1,000 devices (ms, median of 30)", format!("{scrape_ms:.2}"), "<= 10".into()),
+        ("load + probe + attach to serving (ms, median)", format!("{startup_ms:.0}"), "<= 500".into()),
+    ];
+    println!("iopf benchmarks on {machine}");
+    println!("{:<62} {:>10}  target", "measure", "value");
+    for (m, v, t) in &rows {
+        println!("{m:<62} {v:>10}  {t}");
+    }
+    let out = json!({
+        "machine": machine,
+        "page_faults": {"pages": PAGES, "rounds": ROUNDS, "reps_per_round": REPS,
+            "base_ns": mb, "floor_ns": mf, "agent_ns": ma, "bpftrace_ns": mt,
+            "agent_ratio": ratio, "bpftrace_ratio": ratio_bt},
+        "iopf_in_kernel": {"per_fault_ns": per_fault_ns, "programs": per_prog, "faults": plan.faults.len()},
+        "footprint": {"rss_idle_mib": rss_idle, "rss_peak_mib": rss_load, "cpu_idle_pct": cpu_idle,
+            "cpu_load_pct": cpu_load, "load_pages_touched": loaded, "scrape_1000_devices_ms": scrape_ms,
+            "scrape_bytes": body.len(), "startup_ms": startup_ms},
+    });
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(format!("{dir}/results.json"), serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    println!("written {dir}/results.json");
+}
