@@ -22,7 +22,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         (true, true) => PfMode::All,
         (true, false) => PfMode::Selected,
     };
-    let (mut ebpf, report, _btf) =
+    let (mut ebpf, report, btf) =
         doctor::survey(&opts.plan, Globals { pf_mode, events: opts.trace, ..Globals::default() })?;
     for p in &report.hooks {
         let target = p.target.as_deref().unwrap_or("-");
@@ -72,6 +72,11 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             }
         });
     }
+    // Parsed BTF is only needed to plan and attach: free it and hand the heap back to the
+    // system, so the resident agent stays small.
+    drop(btf);
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let addr = listener.local_addr()?;
     eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
     server::serve(listener, registry, shutdown_signal()).await?;

@@ -9,17 +9,18 @@ use std::{
     time::Duration,
 };
 
-/// target/<profile>/iopf-agent next to this test executable (target/<profile>/deps/…).
+/// target/<profile>/iopf-agent beside this executable: a binary in target/<profile>/ or a
+/// test in target/<profile>/deps/.
 pub fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
-    let bin = dir.join("iopf-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p iopf-agent; `cargo xtask test` does)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("executable dir");
+    let candidates = [dir.join("iopf-agent"), dir.parent().map(|p| p.join("iopf-agent")).unwrap_or_default()];
+    candidates.into_iter().find(|b| b.is_file()).unwrap_or_else(|| {
+        panic!(
+            "iopf-agent missing beside {}: build it first (cargo build -p iopf-agent; `cargo xtask test` does)",
+            dir.display()
+        )
+    })
 }
 
 pub struct Agent {
