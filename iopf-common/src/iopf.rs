@@ -387,6 +387,18 @@ pub struct Event {
     pub _pad: [u8; 7],
 }
 
+/// Byte layout of the synthetic kernel memory (`IOPF_TEST_REC`) the adapter tests fill:
+/// a `struct device`, a report event, a group, an attach handle, a domain and a name.
+pub mod test_rec {
+    pub const DEV: usize = 0;
+    pub const EVT: usize = 1024;
+    pub const GROUP: usize = 1536;
+    pub const HANDLE: usize = 2560;
+    pub const DOMAIN: usize = 2688;
+    pub const NAME: usize = 3072;
+    pub const SIZE: usize = 4096;
+}
+
 /// Event emission switch (load-time global `EVENTS_MODE`).
 pub const EVENTS_OFF: u32 = 0;
 pub const EVENTS_ALL: u32 = 1;

@@ -22,16 +22,8 @@ pub enum InjectError {
     Map(#[source] aya::maps::MapError),
 }
 
-/// Byte layout of `IOPF_TEST_REC` (mirrors iopf-ebpf/src/iopf/inject.rs).
-pub mod rec {
-    pub const DEV: usize = 0;
-    pub const EVT: usize = 1024;
-    pub const GROUP: usize = 1536;
-    pub const HANDLE: usize = 2560;
-    pub const DOMAIN: usize = 2688;
-    pub const NAME: usize = 3072;
-    pub const SIZE: usize = 4096;
-}
+/// Byte layout of `IOPF_TEST_REC`.
+pub use iopf_common::iopf::test_rec as rec;
 
 const PROGS: [&str; 6] =
     ["inject_report", "inject_handler", "inject_mm_fix", "inject_response", "inject_free", "inject_record"];

@@ -71,14 +71,10 @@ pub fn inject_free(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Layout of the synthetic kernel memory in `IOPF_TEST_REC` (byte offsets into the value).
-pub const REC_DEV: usize = 0;
-pub const REC_EVT: usize = 1024;
-pub const REC_GROUP: usize = 1536;
-pub const REC_HANDLE: usize = 2560;
-pub const REC_DOMAIN: usize = 2688;
-pub const REC_NAME: usize = 3072;
-pub const REC_SIZE: usize = 4096;
+use iopf_common::iopf::test_rec::{
+    DEV as REC_DEV, DOMAIN as REC_DOMAIN, EVT as REC_EVT, GROUP as REC_GROUP, HANDLE as REC_HANDLE, NAME as REC_NAME,
+    SIZE as REC_SIZE,
+};
 
 /// Synthetic `struct device`, report event, group, attach handle and domain, laid out by
 /// the agent at the offsets the BTF under test gives. Kernel memory, so the report and
