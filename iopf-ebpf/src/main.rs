@@ -2,6 +2,9 @@
 //! the logic it shares with userspace lives in `iopf-common`.
 #![no_std]
 #![no_main]
+// Atomic add on map values (BPF_XADD): core::sync::atomic has no RMW on the BPF target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod iopf;
 mod pagefault;

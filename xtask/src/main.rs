@@ -30,6 +30,7 @@ enum Cmd {
     BtfFixtures,
     /// Benchmarks (root): page-fault hot path against an empty-program floor and bpftrace,
     /// in-kernel cost per IOPF, footprint. Table on stdout, JSON in target/bench/results.json.
+    /// Then the fentry and kprobe rungs inside the iopf-6.12 guest (ratios only: TCG).
     Bench,
     /// Rebuild the VM tier's iommufd-mock kernel from Debian's linux-source-6.12 and
     /// ../shared/vm/iopf-kernel.config (about 22 minutes on 2 cores; not run in CI).
@@ -86,7 +87,20 @@ fn main() -> anyhow::Result<()> {
                 "build",
                 Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
             )?;
-            sh("bench", &mut Command::new("target/release/iopf-bench"))
+            sh("bench", &mut Command::new("target/release/iopf-bench"))?;
+            let spec = vm::KERNELS.iter().find(|k| k.name == "iopf-6.12").expect("known kernel");
+            let out = vm::run_kernel(
+                &repo_root(),
+                spec,
+                Some(&["bench-mm-fentry", "bench-mm-kprobe"]),
+                Duration::from_secs(600),
+            )?;
+            for (name, r) in &out.results {
+                if let Err(why) = r {
+                    bail!("VM benchmark {name} failed: {why}");
+                }
+            }
+            Ok(())
         }
         Cmd::BuildKernel => sh("build kernel", &mut Command::new("scripts/build-iopf-kernel.sh")),
         Cmd::BtfFixtures => sh("btf fixtures", &mut Command::new("scripts/btf-fixtures.sh")),
@@ -129,7 +143,7 @@ fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result
     }
     let (mut passed, mut failed) = (0, 0);
     for spec in vm::KERNELS.iter().filter(|s| kernels.is_empty() || kernels.iter().any(|k| k == s.name)) {
-        let outcome = match vm::run_kernel(&repo, spec, timeout) {
+        let outcome = match vm::run_kernel(&repo, spec, None, timeout) {
             Ok(o) => o,
             Err(e) => vm::Outcome { kernel: spec.name, results: vec![("setup".into(), Err(format!("{e:#}")))] },
         };

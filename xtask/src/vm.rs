@@ -239,7 +239,14 @@ pub struct Outcome {
     pub results: Vec<(String, Result<String, String>)>,
 }
 
-pub fn run_kernel(repo: &Path, spec: &KernelSpec, timeout: Duration) -> anyhow::Result<Outcome> {
+/// Boots `spec` and runs `scenarios` (the kernel's own list when `None`).
+pub fn run_kernel(
+    repo: &Path,
+    spec: &KernelSpec,
+    scenarios: Option<&[&str]>,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let scenarios = scenarios.unwrap_or(spec.scenarios);
     let work = repo.join("target/vm").join(spec.name);
     std::fs::create_dir_all(&work)?;
     let (image, modules) = match &spec.source {
@@ -263,7 +270,7 @@ pub fn run_kernel(repo: &Path, spec: &KernelSpec, timeout: Duration) -> anyhow::
     let initrd = build_initramfs(&work, &modules)?;
     let log_path = work.join("console.log");
     let log = std::fs::File::create(&log_path)?;
-    let append = format!("console=ttyS0 panic=-1 quiet iopf_scenarios={} {}", spec.scenarios.join(","), spec.append);
+    let append = format!("console=ttyS0 panic=-1 quiet iopf_scenarios={} {}", scenarios.join(","), spec.append);
     let share = |path: &Path, tag: &str, ro: bool| {
         format!(
             "local,path={},mount_tag={tag},security_model=none{}",
@@ -305,6 +312,8 @@ pub fn run_kernel(repo: &Path, spec: &KernelSpec, timeout: Duration) -> anyhow::
     for l in console.lines() {
         if let Some(r) = l.strip_prefix("VMTEST PASS ") {
             results.push((r.split(' ').next().unwrap_or(r).to_owned(), Ok(r.to_owned())));
+        } else if let Some(r) = l.strip_prefix("VMBENCH ") {
+            println!("vm-bench {}: {r}", spec.name);
         } else if let Some(r) = l.strip_prefix("VMTEST FAIL ") {
             let (name, why) = r.split_once(": ").unwrap_or((r, ""));
             results.push((name.to_owned(), Err(why.to_owned())));
@@ -317,7 +326,7 @@ pub fn run_kernel(repo: &Path, spec: &KernelSpec, timeout: Duration) -> anyhow::
             if timed_out { format!("timed out after {} s", timeout.as_secs()) } else { "guest stopped early".into() };
         results.push(("boot".into(), Err(format!("{why}; console ({}):\n{}", log_path.display(), tail.join("\n")))));
     }
-    for s in spec.scenarios {
+    for s in scenarios {
         if !results.iter().any(|(n, _)| n == s) && done {
             results.push(((*s).to_owned(), Err("no result reported".into())));
         }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     Global,
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use iopf_common::{
     hist::Histogram,
@@ -39,6 +39,10 @@ static IOPF_INFLIGHT: HashMap<InflightKey, Inflight> = HashMap::with_max_entries
 /// Task id -> in-flight key of the group whose work the task runs.
 #[map]
 static IOPF_WORK: HashMap<u32, InflightKey> = HashMap::with_max_entries(4096, 0);
+/// Tasks currently running IOPF work (all CPUs). Zero almost always: it lets every CPU
+/// page fault leave handle_mm_fault's hooks after one array read, without a hash lookup.
+#[map]
+static IOPF_WORKERS: Array<u64> = Array::with_max_entries(1, 0);
 /// Task id -> handle_mm_fault entry time, while under IOPF work.
 #[map]
 static IOPF_MM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
@@ -209,23 +213,48 @@ pub fn on_free(key: &InflightKey) {
     }
 }
 
+/// Adds `delta` (two's complement) to the worker count with an atomic add (BPF_XADD);
+/// `core::sync::atomic` offers no read-modify-write on the BPF target.
+#[inline(always)]
+fn workers_add(delta: u64) {
+    if let Some(p) = IOPF_WORKERS.get_ptr_mut(0) {
+        // SAFETY: `p` points at the map's u64 value, valid for the program's run; every
+        // writer uses this atomic add.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta) };
+    }
+}
+
 /// The current task starts IOPF work for group `key` (work function entry).
 #[inline(always)]
 pub fn on_work_start(key: &InflightKey) {
-    let _ = IOPF_WORK.insert(&tid(), key, 0);
+    if IOPF_WORK.insert(&tid(), key, 0).is_ok() {
+        workers_add(1);
+    }
 }
 
 #[inline(always)]
 pub fn on_work_end() {
     let t = tid();
-    let _ = IOPF_WORK.remove(&t);
+    if IOPF_WORK.remove(&t).is_ok() {
+        workers_add(u64::MAX);
+    }
     let _ = IOPF_MM_START.remove(&t);
 }
 
-/// handle_mm_fault entry: only tasks marked by the IOPF work function are timed. This is
-/// the cheap early exit every CPU page fault takes: one hash lookup.
+/// True when no task runs IOPF work: the early exit every CPU page fault takes.
+#[inline(always)]
+fn no_workers() -> bool {
+    // SAFETY: a plain (possibly stale) read of the map's u64; a stale non-zero only costs the
+    // hash lookup, a stale zero only during the instant a worker starts.
+    IOPF_WORKERS.get_ptr(0).is_none_or(|p| unsafe { core::ptr::read_volatile(p) } == 0)
+}
+
+/// handle_mm_fault entry: only tasks marked by the IOPF work function are timed.
 #[inline(always)]
 pub fn on_mm_entry(now: u64) {
+    if no_workers() {
+        return;
+    }
     let t = tid();
     // SAFETY: presence check only.
     if unsafe { IOPF_WORK.get(&t) }.is_none() {
@@ -236,6 +265,9 @@ pub fn on_mm_entry(now: u64) {
 
 #[inline(always)]
 pub fn on_mm_exit(now: u64) {
+    if no_workers() {
+        return;
+    }
     let t = tid();
     // SAFETY: copied out.
     let Some(start) = (unsafe { IOPF_MM_START.get(&t) }).copied() else {

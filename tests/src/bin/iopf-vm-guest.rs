@@ -209,6 +209,65 @@ fn dmar(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// ns per fault over `pages` fresh anonymous pages (THP off).
+fn fault_ns(pages: usize) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = pages * page;
+    // SAFETY: anonymous private mapping, checked; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: the mapping above; EINVAL without THP is fine.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    let t = Instant::now();
+    for i in 0..pages {
+        // SAFETY: inside the mapping.
+        unsafe { p.cast::<u8>().add(i * page).write_volatile(1) };
+    }
+    let ns = t.elapsed().as_nanos() as f64 / pages as f64;
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    ns
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Benchmark (not a test): page faults that are NOT IOPF work, with the agent's IOPF hooks
+/// on `rung` (handle_mm_fault entry/exit take the early exit) against no tracer, and CPU page
+/// faults traced by --page-faults on the same rung. Interleaved, medians, ratios only.
+fn bench_mm(a: &Args, rung: &str) -> Result<(), String> {
+    const PAGES: usize = 4096;
+    let (mut base, mut iopf, mut pf) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        base.extend((0..4).map(|_| fault_ns(PAGES)));
+        let ag = start_agent(a, &["--force-rung", rung, "--require", "mm_fault"])?;
+        iopf.extend((0..4).map(|_| fault_ns(PAGES)));
+        ag.stop();
+        let ag = start_agent(a, &["--force-rung", rung, "--page-faults"])?;
+        pf.extend((0..4).map(|_| fault_ns(PAGES)));
+        ag.stop();
+    }
+    let (b, i, p) = (median(base), median(iopf), median(pf));
+    println!(
+        "VMBENCH {rung}: non-IOPF page fault base {b:.0} ns, IOPF hooks attached {i:.0} ns (+{:.1} %), page-fault tracing {p:.0} ns (+{:.1} %)",
+        (i / b - 1.0) * 100.0,
+        (p / b - 1.0) * 100.0
+    );
+    Ok(())
+}
+
 /// Page faults of a child counted exactly on the (forced) rung.
 fn pagefault(a: &Args, rung: &str) -> Result<(), String> {
     const PAGES: usize = 4096;
@@ -290,6 +349,8 @@ fn main() {
             "attach-kprobe" => attach_all(&args, "kprobe"),
             "doctor" => doctor(&args),
             "dmar-edu" => dmar(&args),
+            "bench-mm-fentry" => bench_mm(&args, "fentry"),
+            "bench-mm-kprobe" => bench_mm(&args, "kprobe"),
             other => Err(format!("unknown scenario {other}")),
         })
         .unwrap_or_else(|p| {
