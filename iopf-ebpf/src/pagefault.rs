@@ -19,6 +19,8 @@ use iopf_common::{
     pagefault::{FaultKind, MAX_CGROUP_LEVEL, PfMode, PfStats, vm_fault},
 };
 
+const BPF_NOEXIST: u64 = 1;
+
 /// `PfMode` as u32, set by the agent at load time.
 #[unsafe(no_mangle)]
 static PF_MODE: Global<u32> = Global::new(0);
@@ -88,14 +90,16 @@ fn fault_entry() {
         return;
     }
     let tid = pid_tgid as u32;
-    // SAFETY: presence check only.
-    if unsafe { PF_INFLIGHT.get(&tid) }.is_some() {
-        with_stats(|s| s.entry_unmatched += 1);
-    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    if PF_INFLIGHT.insert(&tid, &now, 0).is_err() {
-        with_stats(|s| s.inflight_full += 1);
+    // One hash operation on the common path: insert only if absent (BPF_NOEXIST). An entry
+    // already there is a previous fault of this thread that never completed.
+    if PF_INFLIGHT.insert(&tid, &now, BPF_NOEXIST).is_err() {
+        if PF_INFLIGHT.insert(&tid, &now, 0).is_err() {
+            with_stats(|s| s.inflight_full += 1);
+        } else {
+            with_stats(|s| s.entry_unmatched += 1);
+        }
     }
 }
 
