@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod edu;
 pub mod iommufd;
+pub mod pages;
 pub mod prom;
 pub mod workload;
 

@@ -22,48 +22,16 @@ use iopf_agent::{
     loader::{self, Globals},
     simulate::{drive::drive, model, scenario::Scenario},
 };
-use iopf_tests::{agent::agent_bin, prom::http_get};
+use iopf_tests::{
+    agent::agent_bin,
+    pages::{fault_ns, median},
+    prom::http_get,
+};
 use serde_json::json;
 
 const PAGES: usize = 16_384;
 const ROUNDS: usize = 5;
 const REPS: usize = 6;
-
-/// ns per fault: map PAGES fresh pages (THP off), touch each, unmap.
-fn fault_ns() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let len = PAGES * page;
-    // SAFETY: anonymous private mapping, checked; unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: the mapping above.
-    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-    let t = Instant::now();
-    for i in 0..PAGES {
-        // SAFETY: inside the mapping.
-        unsafe { p.cast::<u8>().add(i * page).write_volatile(1) };
-    }
-    let ns = t.elapsed().as_nanos() as f64 / PAGES as f64;
-    // SAFETY: unmapping the mapping made above.
-    unsafe { libc::munmap(p, len) };
-    ns
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
 
 /// Empty programs on the same hooks as the agent's tracepoint rung.
 fn floor() -> Ebpf {
@@ -186,19 +154,19 @@ fn main() {
     let mut startups = Vec::new();
     for round in 0..ROUNDS {
         eprintln!("[bench] page faults: round {}/{ROUNDS}", round + 1);
-        base.extend((0..REPS).map(|_| fault_ns()));
+        base.extend((0..REPS).map(|_| fault_ns(PAGES)));
         let f = floor();
-        fl.extend((0..REPS).map(|_| fault_ns()));
+        fl.extend((0..REPS).map(|_| fault_ns(PAGES)));
         drop(f);
         let a = agent(&["--page-faults"]);
         startups.push(a.startup.as_secs_f64() * 1e3);
-        ag.extend((0..REPS).map(|_| fault_ns()));
+        ag.extend((0..REPS).map(|_| fault_ns(PAGES)));
         stop(a.child);
         let b = bpftrace();
-        bt.extend((0..REPS).map(|_| fault_ns()));
+        bt.extend((0..REPS).map(|_| fault_ns(PAGES)));
         stop(b);
     }
-    let (mb, mf, ma, mt) = (median(&mut base), median(&mut fl), median(&mut ag), median(&mut bt));
+    let (mb, mf, ma, mt) = (median(base.clone()), median(fl.clone()), median(ag.clone()), median(bt.clone()));
     let ratio = (ma - mb) / (mf - mb);
     let ratio_bt = (mt - mb) / (mf - mb);
 
@@ -232,7 +200,7 @@ fn main() {
     let mut loaded = 0usize;
     let mut rss_load: f64 = 0.0;
     while t0.elapsed() < Duration::from_secs(5) {
-        fault_ns();
+        fault_ns(PAGES);
         loaded += PAGES;
         let _ = http_get(a.addr, "/metrics");
         rss_load = rss_load.max(proc_status(a.child.id(), "VmRSS:") / 1024.0);
@@ -264,7 +232,7 @@ fn main() {
     let lines = wait_line(&mut sim, true, "serving metrics on http://");
     let addr: std::net::SocketAddr =
         lines.last().unwrap().split("http://").nth(1).unwrap().trim_end_matches("/metrics").parse().unwrap();
-    let mut scrapes: Vec<f64> = (0..30)
+    let scrapes: Vec<f64> = (0..30)
         .map(|_| {
             let t = Instant::now();
             let (_, body) = http_get(addr, "/metrics").unwrap();
@@ -275,8 +243,8 @@ fn main() {
     let (_, body) = http_get(addr, "/metrics").unwrap();
     stop(sim);
     std::fs::remove_dir_all(&dir).ok();
-    let scrape_ms = median(&mut scrapes);
-    let startup_ms = median(&mut startups);
+    let scrape_ms = median(scrapes.clone());
+    let startup_ms = median(startups.clone());
 
     let rows = [
         ("page fault, no tracer (ns/fault)", format!("{mb:.0}"), String::new()),

@@ -14,6 +14,7 @@ use std::{
 use iopf_agent::hooks::{HOOKS, Target};
 use iopf_tests::{
     iommufd::{MockIopf, PERM_READ, PERM_WRITE, RESP_INVALID, RESP_SUCCESS},
+    pages::{fault_ns, median},
     prom::{Exposition, http_get},
     workload::TouchPages,
 };
@@ -207,41 +208,6 @@ fn dmar(a: &Args) -> Result<(), String> {
         check(v["device"] == edu.bdf.as_str() && v["level"] == "second", format!("device/level {v}"))?;
     }
     Ok(())
-}
-
-/// ns per fault over `pages` fresh anonymous pages (THP off).
-fn fault_ns(pages: usize) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let len = pages * page;
-    // SAFETY: anonymous private mapping, checked; unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: the mapping above; EINVAL without THP is fine.
-    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-    let t = Instant::now();
-    for i in 0..pages {
-        // SAFETY: inside the mapping.
-        unsafe { p.cast::<u8>().add(i * page).write_volatile(1) };
-    }
-    let ns = t.elapsed().as_nanos() as f64 / pages as f64;
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(p, len) };
-    ns
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Benchmark (not a test): page faults that are NOT IOPF work, with the agent's IOPF hooks

@@ -1,0 +1,73 @@
+//! Fresh anonymous pages without transparent huge pages: one CPU page fault per 4 KiB page.
+//! Shared by the touch-pages workload and the page-fault microbenchmarks.
+
+use std::time::Instant;
+
+/// An anonymous private mapping of `pages` pages with THP turned off.
+pub struct FreshPages {
+    ptr: *mut u8,
+    page: usize,
+    pages: usize,
+}
+
+impl FreshPages {
+    pub fn map(pages: usize) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = pages * page;
+        // SAFETY: anonymous private mapping, no fd; the result is checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let m = Self { ptr: p.cast(), page, pages };
+        // SAFETY: the mapping created above. EINVAL means a kernel without transparent huge
+        // pages: nothing to turn off.
+        if unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Writes one byte to every page: one fault each.
+    pub fn touch(&self) {
+        for i in 0..self.pages {
+            // SAFETY: i * page < len, inside the mapping; volatile so the store is not elided.
+            unsafe { self.ptr.add(i * self.page).write_volatile(1) };
+        }
+    }
+}
+
+impl Drop for FreshPages {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.ptr.cast(), self.pages * self.page) };
+    }
+}
+
+/// Nanoseconds per fault over `pages` fresh pages (map, touch every page, unmap).
+pub fn fault_ns(pages: usize) -> f64 {
+    let m = FreshPages::map(pages).expect("mapping fresh pages");
+    let t = Instant::now();
+    m.touch();
+    t.elapsed().as_nanos() as f64 / pages as f64
+}
+
+/// Median of the samples.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
