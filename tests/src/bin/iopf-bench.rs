@@ -166,7 +166,7 @@ fn main() {
         bt.extend((0..REPS).map(|_| fault_ns(PAGES)));
         stop(b);
     }
-    let (mb, mf, ma, mt) = (median(base.clone()), median(fl.clone()), median(ag.clone()), median(bt.clone()));
+    let (mb, mf, ma, mt) = (median(base), median(fl), median(ag), median(bt));
     let ratio = (ma - mb) / (mf - mb);
     let ratio_bt = (mt - mb) / (mf - mb);
 
@@ -243,8 +243,8 @@ fn main() {
     let (_, body) = http_get(addr, "/metrics").unwrap();
     stop(sim);
     std::fs::remove_dir_all(&dir).ok();
-    let scrape_ms = median(scrapes.clone());
-    let startup_ms = median(startups.clone());
+    let scrape_ms = median(scrapes);
+    let startup_ms = median(startups);
 
     let rows = [
         ("page fault, no tracer (ns/fault)", format!("{mb:.0}"), String::new()),
