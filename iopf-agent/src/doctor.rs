@@ -55,6 +55,10 @@ pub fn survey(
         Ok(a) => globals.with_abi(a),
         Err(_) => globals,
     };
+    let globals = match &btf {
+        Ok(b) => globals.with_btf(b.vmlinux()),
+        Err(_) => globals,
+    };
     let mut ebpf = loader::load(globals)?;
     let btf = btf.ok();
     let features = Features::probe(&mut ebpf, &opts.btf_dir);

@@ -28,11 +28,20 @@ pub struct Globals {
     pub tuple_keys: bool,
     /// Stream every answered fault to the ring buffer (trace/record), not only violations.
     pub events: bool,
+    /// CPUs the page-fault exit path scans for a migrated thread's entry (0: no scan).
+    pub pf_scan_cpus: u32,
 }
 
 impl Default for Globals {
     fn default() -> Self {
-        Self { pf_mode: PfMode::Off, offsets: Offsets::NONE, consts: Consts::ZERO, tuple_keys: false, events: false }
+        Self {
+            pf_mode: PfMode::Off,
+            offsets: Offsets::NONE,
+            consts: Consts::ZERO,
+            tuple_keys: false,
+            events: false,
+            pf_scan_cpus: 0,
+        }
     }
 }
 
@@ -42,6 +51,15 @@ impl Globals {
         self.offsets = abi.offsets;
         self.consts = abi.consts;
         self.tuple_keys = abi.tuple_keys;
+        self
+    }
+
+    /// Enables the cross-CPU scan when the kernel has the helper it needs (decided from BTF).
+    pub fn with_btf(mut self, vmlinux: &crate::kabi::Btf) -> Self {
+        if crate::kabi::has_percpu_lookup(vmlinux) {
+            let cpus = aya::util::nr_cpus().map(|n| n.get()).unwrap_or(0);
+            self.pf_scan_cpus = cpus.min(iopf_common::pagefault::MAX_SCAN_CPUS);
+        }
         self
     }
 }
@@ -85,6 +103,7 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         .override_global("CONSTS", &globals.consts, true)
         .override_global("TUPLE_KEYS", &tuple, true)
         .override_global("EVENTS_MODE", &events, true)
+        .override_global("PF_SCAN_CPUS", &globals.pf_scan_cpus, true)
         .load(OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })

@@ -172,10 +172,13 @@ impl Source for PageFaultSource {
             ],
         ));
         out.push(family(
-            "iopf_page_fault_inflight_full_total",
-            "Fault entries not recorded because the in-flight map was full.",
+            "iopf_page_fault_slow_path_total",
+            "Faults whose entry left its CPU's slot: parked (another thread faulted on the CPU while this one slept in its fault) or migrated (found on another CPU at completion).",
             MetricType::COUNTER,
-            vec![counter(&[], snap.stats.inflight_full)],
+            vec![
+                counter(&[("path", "parked")], snap.stats.parked),
+                counter(&[("path", "migrated")], snap.stats.migrated),
+            ],
         ));
     }
 }

@@ -12,7 +12,7 @@ use aya::{
 };
 use iopf_common::{
     hist::Histogram,
-    pagefault::{FaultKind, PfStats},
+    pagefault::{PfCpu, PfStats},
 };
 use thiserror::Error;
 
@@ -56,33 +56,25 @@ pub struct PfSnapshot {
     pub hist: [Histogram; 2],
 }
 
-/// The maps the scrape path reads, taken out of the object so they can be shared.
+/// The per-CPU map the scrape path reads, taken out of the object so it can be shared.
 pub struct PfMaps {
-    stats: PerCpuArray<MapData, PfStats>,
-    hist: PerCpuArray<MapData, Histogram>,
+    cpu: PerCpuArray<MapData, PfCpu>,
 }
 
 impl PfMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, PageFaultError> {
-        let map = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(PageFaultError::MissingMap(name));
-        let stats = PerCpuArray::try_from(map(ebpf, "PF_STATS")?)
-            .map_err(|source| PageFaultError::Map { map: "PF_STATS", source })?;
-        let hist = PerCpuArray::try_from(map(ebpf, "PF_HIST")?)
-            .map_err(|source| PageFaultError::Map { map: "PF_HIST", source })?;
-        Ok(Self { stats, hist })
+        let map = ebpf.take_map("PF_CPU").ok_or(PageFaultError::MissingMap("PF_CPU"))?;
+        let cpu = PerCpuArray::try_from(map).map_err(|source| PageFaultError::Map { map: "PF_CPU", source })?;
+        Ok(Self { cpu })
     }
 
     pub fn snapshot(&self) -> Result<PfSnapshot, PageFaultError> {
         let mut snap = PfSnapshot::default();
-        let per_cpu = self.stats.get(&0, 0).map_err(|source| PageFaultError::Map { map: "PF_STATS", source })?;
-        for s in per_cpu.iter() {
-            snap.stats.merge(s);
-        }
-        for k in FaultKind::ALL {
-            let per_cpu =
-                self.hist.get(&(k as u32), 0).map_err(|source| PageFaultError::Map { map: "PF_HIST", source })?;
-            for h in per_cpu.iter() {
-                snap.hist[k as usize].merge(h);
+        let per_cpu = self.cpu.get(&0, 0).map_err(|source| PageFaultError::Map { map: "PF_CPU", source })?;
+        for c in per_cpu.iter() {
+            snap.stats.merge(&c.stats);
+            for (sum, h) in snap.hist.iter_mut().zip(c.hist.iter()) {
+                sum.merge(h);
             }
         }
         Ok(snap)

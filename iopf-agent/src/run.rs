@@ -61,13 +61,13 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
         let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
         tokio::spawn(async move {
-            if let Err(e) = reader.stream_ndjson(|e| crate::iopf::events::to_json(e, &consts)).await {
+            if let Err(e) = reader.stream_ndjson(|b, e| crate::iopf::ndjson::write_event(b, e, &consts)).await {
                 eprintln!("iopf-agent: event stream stopped: {e}");
             }
         });
         let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS")?;
         tokio::spawn(async move {
-            if let Err(e) = dmar.stream_ndjson(crate::iopf::events::dmar_to_json).await {
+            if let Err(e) = dmar.stream_ndjson(crate::iopf::ndjson::write_dmar).await {
                 eprintln!("iopf-agent: VT-d fault stream stopped: {e}");
             }
         });

@@ -1,11 +1,16 @@
 //! `aya::Pod` for the records the agent reads out of maps.
 
-use crate::{hist::Histogram, pagefault::PfStats};
+use crate::{
+    hist::Histogram,
+    pagefault::{PfCpu, PfStats},
+};
 
 // SAFETY: both are `#[repr(C)]`, made only of `u64`s (no padding, no invalid bit patterns).
 unsafe impl aya::Pod for Histogram {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PfStats {}
+// SAFETY: as above (u64 fields and arrays of the two types above).
+unsafe impl aya::Pod for PfCpu {}
 
 use crate::iopf::{Consts, CountKey, Event, HistKey, InflightKey, IopfStats, Offsets};
 // SAFETY: `#[repr(C)]` plain integers and byte arrays with explicit padding fields, so every

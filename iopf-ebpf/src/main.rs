@@ -2,9 +2,10 @@
 //! the logic it shares with userspace lives in `iopf-common`.
 #![no_std]
 #![no_main]
-// Atomic add on map values (BPF_XADD): core::sync::atomic has no RMW on the BPF target.
+// Atomic add/exchange on map values: core::sync::atomic has no RMW on the BPF target;
+// compare-and-exchange is inline assembly (see pagefault::claim).
 #![allow(internal_features)]
-#![feature(core_intrinsics)]
+#![feature(core_intrinsics, asm_experimental_arch)]
 
 mod iopf;
 mod pagefault;

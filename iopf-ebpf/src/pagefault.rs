@@ -5,25 +5,36 @@
 //!   `PAGE_FAULTS_MIN`/`PAGE_FAULTS_MAJ` as exit (what these hosts allow: the exit event is
 //!   raised by `mm_account_fault` at the end of `handle_mm_fault`, in the faulting task).
 //!
-//! Entry stores a timestamp per thread; exit takes it, counts the fault and records latency.
+//! Entry parks a timestamp for the thread; exit claims it, counts the fault and records the
+//! latency. The common case costs no hash operation: each CPU has one in-flight slot (a packed
+//! tid + time word in `PF_CPU`). Two rarer cases keep the count exact:
+//! - another thread faults on the CPU while the first sleeps inside its fault (I/O, lock):
+//!   the first one's entry moves to the `PF_PARKED` hash;
+//! - a thread migrates while it sleeps: its exit finds the entry in the old CPU's slot by
+//!   scanning the other CPUs (`bpf_map_lookup_percpu_elem`, where the kernel has it).
+
+use core::intrinsics::{AtomicOrdering, atomic_xchg};
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_map_lookup_percpu_elem,
+    },
     macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use iopf_common::{
-    hist::Histogram,
-    pagefault::{FaultKind, MAX_CGROUP_LEVEL, PfMode, PfStats, vm_fault},
-};
-
-const BPF_NOEXIST: u64 = 1;
+use iopf_common::pagefault::{FaultKind, MAX_CGROUP_LEVEL, MAX_SCAN_CPUS, PfCpu, PfMode, slot, vm_fault};
 
 /// `PfMode` as u32, set by the agent at load time.
 #[unsafe(no_mangle)]
 static PF_MODE: Global<u32> = Global::new(0);
+
+/// CPUs the exit path scans for a migrated thread's entry; 0 where the kernel lacks
+/// `bpf_map_lookup_percpu_elem` (before 5.19), which leaves the scan as dead code the verifier
+/// never visits.
+#[unsafe(no_mangle)]
+static PF_SCAN_CPUS: Global<u32> = Global::new(0);
 
 /// Process ids to trace in `Selected` mode.
 #[map]
@@ -34,16 +45,14 @@ static PF_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static PF_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 
-/// Entry timestamp per thread id, for faults in flight.
+/// Per CPU: the in-flight slot, counters and the two latency histograms.
 #[map]
-static PF_INFLIGHT: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+static PF_CPU: PerCpuArray<PfCpu> = PerCpuArray::with_max_entries(1, 0);
 
+/// Entries of threads that slept inside a fault while another thread faulted on the same CPU,
+/// keyed by tid, value the slot word. LRU: an entry whose exit never comes ages out.
 #[map]
-static PF_STATS: PerCpuArray<PfStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// Latency histograms indexed by `FaultKind`.
-#[map]
-static PF_HIST: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(2, 0);
+static PF_PARKED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn selected(tgid: u32) -> bool {
@@ -74,58 +83,121 @@ fn selected(tgid: u32) -> bool {
     }
 }
 
+/// The traced thread's id, or None when the current task is not traced.
 #[inline(always)]
-fn with_stats(f: impl FnOnce(&mut PfStats)) {
-    if let Some(p) = PF_STATS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot owned by this CPU for the program's run (no preemption of a
-        // BPF program by another on the same CPU for these program types' counters).
-        f(unsafe { &mut *p });
+fn traced_tid() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if selected((pid_tgid >> 32) as u32) { Some(pid_tgid as u32) } else { None }
+}
+
+/// Claims `word` from `slot` if it still holds it: exactly one claimer wins an entry.
+///
+/// BPF_CMPXCHG written as inline assembly: the nightly's LLVM bitcode for `cmpxchg` is not
+/// readable by bpf-linker's LLVM ("Invalid record"), while exchange and add are.
+///
+/// SAFETY (caller): `slot` points at a `PfCpu::slot` inside a map value that stays valid for
+/// the program's run; every writer of slots uses an atomic operation.
+#[inline(always)]
+unsafe fn claim(slot: *mut u64, word: u64) -> bool {
+    let seen: u64;
+    // SAFETY: one atomic compare-and-exchange on a valid, 8-aligned u64 (the caller's
+    // contract); r0 carries the expected value in and the old value out.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) slot,
+            new = in(reg) 0u64,
+            inout("r0") word => seen,
+            options(nostack),
+        );
     }
+    seen == word
 }
 
 #[inline(always)]
 fn fault_entry() {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !selected((pid_tgid >> 32) as u32) {
+    let Some(tid) = traced_tid() else { return };
+    let Some(cpu) = PF_CPU.get_ptr_mut(0) else { return };
+    // SAFETY: plain helper call.
+    let word = slot::pack(unsafe { bpf_ktime_get_ns() }, tid);
+    // SAFETY: `cpu` is this CPU's map value, valid for the run; the slot is only ever written
+    // atomically (a migrated thread may claim it from another CPU concurrently).
+    let old = unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&raw mut (*cpu).slot, word) };
+    if old == 0 {
         return;
     }
-    let tid = pid_tgid as u32;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // One hash operation on the common path: insert only if absent (BPF_NOEXIST). An entry
-    // already there is a previous fault of this thread that never completed.
-    if PF_INFLIGHT.insert(&tid, &now, BPF_NOEXIST).is_err() {
-        if PF_INFLIGHT.insert(&tid, &now, 0).is_err() {
-            with_stats(|s| s.inflight_full += 1);
-        } else {
-            with_stats(|s| s.entry_unmatched += 1);
-        }
+    // SAFETY: this CPU's counters; programs on these hooks do not nest on one CPU.
+    let stats = unsafe { &mut (*cpu).stats };
+    if slot::tid(old) == tid {
+        stats.entry_unmatched += 1;
+    } else {
+        // Another thread is asleep inside its fault: keep its entry for its exit.
+        let _ = PF_PARKED.insert(&slot::tid(old), &old, 0);
+        stats.parked += 1;
     }
+}
+
+/// Finds and removes the entry of thread `tid`: this CPU's slot, then the parked entries, then
+/// the other CPUs' slots. Returns the slot word.
+#[inline(always)]
+fn take(cpu: *mut PfCpu, tid: u32) -> Option<u64> {
+    // SAFETY: `cpu` is this CPU's map value, valid for the run.
+    let here = unsafe { &raw mut (*cpu).slot };
+    // SAFETY: aligned u64 inside the map value; a torn read is impossible for a u64.
+    let w = unsafe { here.read_volatile() };
+    // SAFETY: `here` satisfies `claim`'s contract.
+    if w != 0 && slot::tid(w) == tid && unsafe { claim(here, w) } {
+        return Some(w);
+    }
+    take_slow(cpu, tid)
+}
+
+#[inline(never)]
+fn take_slow(cpu: *mut PfCpu, tid: u32) -> Option<u64> {
+    // SAFETY: copied out before the removal.
+    if let Some(w) = unsafe { PF_PARKED.get(&tid) }.copied() {
+        let _ = PF_PARKED.remove(&tid);
+        return Some(w);
+    }
+    let n = PF_SCAN_CPUS.load();
+    let key = 0u32;
+    let mut c = 0u32;
+    while c < MAX_SCAN_CPUS && c < n {
+        // SAFETY: helper call on our own map with a valid key; returns the CPU's value or null.
+        let other = unsafe { bpf_map_lookup_percpu_elem(&raw const PF_CPU as *mut _, &raw const key as *const _, c) }
+            as *mut PfCpu;
+        if !other.is_null() {
+            // SAFETY: non-null map value pointer, valid for the run; slots are only written
+            // atomically.
+            let there = unsafe { &raw mut (*other).slot };
+            // SAFETY: as in `take`.
+            let w = unsafe { there.read_volatile() };
+            // SAFETY: `there` satisfies `claim`'s contract.
+            if w != 0 && slot::tid(w) == tid && unsafe { claim(there, w) } {
+                // SAFETY: this CPU's counters.
+                unsafe { (*cpu).stats.migrated += 1 };
+                return Some(w);
+            }
+        }
+        c += 1;
+    }
+    None
 }
 
 #[inline(always)]
 fn fault_exit(kind: FaultKind) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !selected((pid_tgid >> 32) as u32) {
-        return;
-    }
-    let tid = pid_tgid as u32;
-    // SAFETY: the value is copied out before the entry is removed.
-    let start = unsafe { PF_INFLIGHT.get(&tid) }.copied();
+    let Some(tid) = traced_tid() else { return };
+    let Some(cpu) = PF_CPU.get_ptr_mut(0) else { return };
+    let start = take(cpu, tid);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    with_stats(|s| {
-        s.faults[kind as usize & 1] += 1;
-        if start.is_none() {
-            s.exit_unmatched += 1;
-        }
-    });
-    if let Some(start) = start {
-        let _ = PF_INFLIGHT.remove(&tid);
-        if let Some(h) = PF_HIST.get_ptr_mut(kind as u32) {
-            // SAFETY: per-CPU slot, see `with_stats`.
-            unsafe { &mut *h }.record(now.saturating_sub(start));
-        }
+    // SAFETY: this CPU's counters and histograms; programs on these hooks do not nest on one
+    // CPU.
+    let pc = unsafe { &mut *cpu };
+    pc.stats.faults[kind as usize & 1] += 1;
+    match start {
+        Some(w) => pc.hist[kind as usize & 1].record(slot::elapsed(w, now)),
+        None => pc.stats.exit_unmatched += 1,
     }
 }
 
@@ -136,10 +208,11 @@ fn fault_return(ret: u64) {
     if vm_fault::completes(ret) {
         let kind = if ret & vm_fault::MAJOR != 0 { FaultKind::Major } else { FaultKind::Minor };
         fault_exit(kind);
-    } else {
+    } else if let Some(tid) = traced_tid()
+        && let Some(cpu) = PF_CPU.get_ptr_mut(0)
+    {
         // Drop the pending entry; a retry gets a fresh entry.
-        let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = PF_INFLIGHT.remove(&tid);
+        let _ = take(cpu, tid);
     }
 }
 

@@ -31,7 +31,14 @@ enum Cmd {
     /// Benchmarks (root): page-fault hot path against an empty-program floor and bpftrace,
     /// in-kernel cost per IOPF, footprint. Table on stdout, JSON in target/bench/results.json.
     /// Then the fentry and kprobe rungs inside the iopf-6.12 guest (ratios only: TCG).
-    Bench,
+    Bench {
+        /// Host sections to run (repeatable): pagefault, iopf, stream, footprint. Default: all.
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Skip the VM rungs.
+        #[arg(long)]
+        no_vm: bool,
+    },
     /// Rebuild the VM tier's iommufd-mock kernel from Debian's linux-source-6.12 and
     /// ../shared/vm/iopf-kernel.config (about 22 minutes on 2 cores; not run in CI).
     BuildKernel,
@@ -82,12 +89,15 @@ fn main() -> anyhow::Result<()> {
             sh("iopf-agent", &mut cmd)
         }
         Cmd::VmTest { kernels, timeout, no_build } => vm_test(&kernels, Duration::from_secs(timeout), !no_build),
-        Cmd::Bench => {
+        Cmd::Bench { only, no_vm } => {
             sh(
                 "build",
                 Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
             )?;
-            sh("bench", &mut Command::new("target/release/iopf-bench"))?;
+            sh("bench", Command::new("target/release/iopf-bench").args(&only))?;
+            if no_vm {
+                return Ok(());
+            }
             let spec = vm::KERNELS.iter().find(|k| k.name == "iopf-6.12").expect("known kernel");
             let out = vm::run_kernel(
                 &repo_root(),

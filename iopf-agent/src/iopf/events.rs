@@ -1,14 +1,14 @@
 //! Reading ring-buffer records (IOPF events, VT-d fault records) and printing them as NDJSON.
 
-use std::marker::PhantomData;
+use std::{io::Write, marker::PhantomData};
 
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use iopf_common::{dmar::DmarEvent, iopf::Event};
+use iopf_common::iopf::Event;
 
-use super::maps::{MapsError, dev_str};
+use super::maps::MapsError;
 
 /// A ring buffer of `T` records (same `#[repr(C)]` definition on both sides).
 pub struct Ring<T> {
@@ -28,36 +28,73 @@ impl<T: Copy> Ring<T> {
     /// Drains every record available now.
     pub fn drain(&mut self) -> Vec<T> {
         let mut out = Vec::new();
+        self.for_each(|r| out.push(*r));
+        out
+    }
+
+    /// Calls `f` on every record available now, in place; returns how many there were.
+    pub fn for_each(&mut self, mut f: impl FnMut(&T)) -> usize {
+        let mut n = 0;
         while let Some(item) = self.ring.next() {
             if item.len() >= size_of::<T>() {
                 // SAFETY: the kernel wrote a whole `T` (plain integers, any bit pattern is
                 // valid); read_unaligned copes with the ring's 8-byte alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+                let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) };
+                f(&rec);
+                n += 1;
             }
         }
-        out
+        n
     }
 
-    /// Prints records as NDJSON on stdout as they arrive, waking on the ring's fd.
-    pub async fn stream_ndjson(self, render: impl Fn(&T) -> serde_json::Value) -> std::io::Result<()> {
-        use std::io::Write as _;
+    /// The pipeline step: renders every record available now into `buf` and writes it to
+    /// `out` in large chunks. Returns the number of records.
+    pub fn pump(
+        &mut self,
+        buf: &mut Vec<u8>,
+        out: &mut impl Write,
+        render: &impl Fn(&mut Vec<u8>, &T),
+    ) -> std::io::Result<usize> {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<T>() {
+                // SAFETY: as in `for_each`.
+                let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) };
+                render(buf, &rec);
+                n += 1;
+            }
+            // Hand the slot back to the kernel before a (slow) write.
+            drop(item);
+            if buf.len() >= FLUSH_AT {
+                out.write_all(buf)?;
+                buf.clear();
+            }
+        }
+        out.write_all(buf)?;
+        buf.clear();
+        out.flush()?;
+        Ok(n)
+    }
+
+    /// Writes records as NDJSON to stdout as they arrive, waking on the ring's fd.
+    pub async fn stream_ndjson(self, render: impl Fn(&mut Vec<u8>, &T)) -> std::io::Result<()> {
         let readable = tokio::io::Interest::READABLE;
         // SAFETY: the fd is the ring buffer map's, owned by `self.ring` (MapData) for as long
         // as the AsyncFd owns `self`, and `as_raw_fd` always returns that same fd.
         let mut afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(self, readable) }
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut buf = Vec::with_capacity(2 * FLUSH_AT);
         loop {
             let mut guard = afd.readable_mut().await?;
-            let recs = guard.get_inner_mut().drain();
-            guard.clear_ready();
             let mut out = std::io::stdout().lock();
-            for r in &recs {
-                writeln!(out, "{}", render(r))?;
-            }
-            out.flush()?;
+            guard.get_inner_mut().pump(&mut buf, &mut out, &render)?;
+            guard.clear_ready();
         }
     }
 }
+
+/// Bytes of rendered NDJSON gathered before one write: few syscalls at high event rates.
+const FLUSH_AT: usize = 64 * 1024;
 
 impl EventReader {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
@@ -69,46 +106,4 @@ impl<T> std::os::fd::AsRawFd for Ring<T> {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()
     }
-}
-
-/// One IOPF event as a JSON object.
-pub fn to_json(e: &Event, consts: &iopf_common::iopf::Consts) -> serde_json::Value {
-    use iopf_common::iopf::{Config, Level, Method, Source, response_label};
-    serde_json::json!({
-        "kind": "iopf",
-        "device": dev_str(&e.dev),
-        "pasid": e.fault.pasid,
-        "pasid_valid": e.fault.flags & consts.flag_pasid_valid != 0,
-        "grpid": e.fault.grpid,
-        "perm": e.fault.perm,
-        "addr": format!("{:#x}", e.fault.addr),
-        "flags": e.fault.flags,
-        "config": Config::from_u8(e.config).label(),
-        "level": Level::from_u8(e.level).label(),
-        "method": Method::from_u8(e.method).label(),
-        "response": response_label(e.code),
-        "report_ns": e.report_ns,
-        "dispatch_ns": e.dispatch_ns,
-        "service_ns": e.service_ns,
-        "mm_fix_ns": e.mm_fix_ns,
-        "verdict": e.verdict,
-        "source": Source::from_u8(e.source).label(),
-    })
-}
-
-/// One decoded VT-d fault record as a JSON object.
-pub fn dmar_to_json(e: &DmarEvent) -> serde_json::Value {
-    use iopf_common::iopf::Level;
-    serde_json::json!({
-        "kind": "dmar_fault",
-        "device": dev_str(&iopf_common::dmar::bdf_name(e.source_id)),
-        "source_id": format!("{:#06x}", e.source_id),
-        "addr": format!("{:#x}", e.addr),
-        "access": if e.read != 0 { "read" } else { "write" },
-        "reason": format!("{:#04x}", e.reason),
-        "level": Level::from_u8(e.level).label(),
-        "method": "hardware",
-        "record": e.index,
-        "ts_ns": e.ts_ns,
-    })
 }

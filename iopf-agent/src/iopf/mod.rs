@@ -6,3 +6,4 @@ pub mod events;
 pub mod inject;
 pub mod maps;
 pub mod metrics;
+pub mod ndjson;

@@ -24,6 +24,13 @@ pub enum KabiError {
     Parse { path: PathBuf, source: btf::BtfError },
 }
 
+/// True when BPF programs may read another CPU's slot of a per-CPU map
+/// (`bpf_map_lookup_percpu_elem`, 5.19+): the page-fault exit path then finds the entry of a
+/// thread that migrated while it slept inside its fault.
+pub fn has_percpu_lookup(vmlinux: &Btf) -> bool {
+    vmlinux.enumerator("BPF_FUNC_map_lookup_percpu_elem").is_some()
+}
+
 /// Where a kernel function lives: vmlinux or a module (whose BTF an fentry attach needs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FuncSite {

@@ -12,10 +12,11 @@ use super::{
 use crate::{
     error::AgentError,
     iopf::{
-        events::{EventReader, to_json},
+        events::EventReader,
         inject::Injector,
         maps::{IopfMaps, dev_str},
         metrics::IopfSource,
+        ndjson::write_event,
     },
     kabi::{
         KernelBtf,
@@ -54,11 +55,11 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         let mut reader = EventReader::take(&mut ebpf)?;
         let consts = globals.consts;
         let mut out = std::io::stdout().lock();
+        let mut buf = Vec::new();
+        let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| write_event(b, e, &consts);
         // Drain after every window so the ring never fills.
         drive_with(&mut Injector::new(&mut ebpf)?, &plan, || {
-            for e in reader.drain() {
-                let _ = writeln!(out, "{}", to_json(&e, &consts));
-            }
+            let _ = reader.pump(&mut buf, &mut out, &render);
         })?;
     } else {
         drive(&mut Injector::new(&mut ebpf)?, &plan)?;

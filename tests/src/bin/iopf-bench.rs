@@ -140,18 +140,60 @@ fn cpu_ticks(pid: u32) -> f64 {
         + f.get(12).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
 }
 
+/// One measured row: what, value, target.
+type Row = (&'static str, String, String);
+
 fn main() {
     // SAFETY: geteuid cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "iopf-bench needs root");
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let all = ["pagefault", "iopf", "stream", "footprint"];
+    for o in &only {
+        assert!(all.contains(&o.as_str()), "unknown section {o:?}: pick from {all:?}");
+    }
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let machine = format!(
         "{} cores, kernel {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut out = serde_json::Map::new();
+    out.insert("machine".into(), json!(machine));
+    if want("pagefault") {
+        let (r, j) = bench_pagefault();
+        rows.extend(r);
+        out.insert("page_faults".into(), j);
+    }
+    if want("iopf") {
+        let (r, j) = bench_iopf();
+        rows.extend(r);
+        out.insert("iopf_in_kernel".into(), j);
+    }
+    if want("stream") {
+        let (r, j) = bench_stream();
+        rows.extend(r);
+        out.insert("event_stream".into(), j);
+    }
+    if want("footprint") {
+        let (r, j) = bench_footprint();
+        rows.extend(r);
+        out.insert("footprint".into(), j);
+    }
+    println!("iopf benchmarks on {machine}");
+    println!("{:<62} {:>10}  target", "measure", "value");
+    for (m, v, t) in &rows {
+        println!("{m:<62} {v:>10}  {t}");
+    }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(format!("{dir}/results.json"), serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    println!("written {dir}/results.json");
+}
 
-    // 1. Page-fault hot path on this host's rung: base / floor / agent / bpftrace, interleaved.
+/// 1. Page-fault hot path on this host's rung: base / floor / agent / bpftrace, interleaved.
+fn bench_pagefault() -> (Vec<Row>, serde_json::Value) {
     let (mut base, mut fl, mut ag, mut bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut startups = Vec::new();
     for round in 0..ROUNDS {
         eprintln!("[bench] page faults: round {}/{ROUNDS}", round + 1);
         base.extend((0..REPS).map(|_| fault_ns(PAGES)));
@@ -159,7 +201,6 @@ fn main() {
         fl.extend((0..REPS).map(|_| fault_ns(PAGES)));
         drop(f);
         let a = agent(&["--page-faults"]);
-        startups.push(a.startup.as_secs_f64() * 1e3);
         ag.extend((0..REPS).map(|_| fault_ns(PAGES)));
         stop(a.child);
         let b = bpftrace();
@@ -168,9 +209,54 @@ fn main() {
     }
     let (mb, mf, ma, mt) = (median(base), median(fl), median(ag), median(bt));
     let ratio = (ma - mb) / (mf - mb);
+    // Where the agent's extra time goes: the programs' own run time per fault (kernel BPF
+    // statistics), floor programs against the agent's.
+    let stats_fd = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let f = floor();
+    fault_ns(PAGES);
+    let floor_prog = prog_ns_per_fault(&["pf_floor_tp", "pf_floor_perf"]);
+    drop(f);
+    let a = agent(&["--page-faults"]);
+    fault_ns(PAGES);
+    let agent_prog = prog_ns_per_fault(&["pf_tp_entry", "pf_perf_exit_mi", "pf_perf_exit_ma"]);
+    stop(a.child);
+    drop(stats_fd);
     let ratio_bt = (mt - mb) / (mf - mb);
+    let rows = vec![
+        ("page fault, no tracer (ns/fault)", format!("{mb:.0}"), String::new()),
+        ("page fault, empty BPF on the same hooks (ns/fault)", format!("{mf:.0}"), String::new()),
+        ("page fault, iopf-agent --page-faults (ns/fault)", format!("{ma:.0}"), String::new()),
+        ("page fault, bpftrace count+hist (ns/fault)", format!("{mt:.0}"), String::new()),
+        ("(agent - base) / (floor - base)", format!("{ratio:.2}"), "<= 1.25".into()),
+        ("BPF run time per fault, floor programs (ns)", format!("{floor_prog:.0}"), String::new()),
+        ("BPF run time per fault, agent programs (ns)", format!("{agent_prog:.0}"), String::new()),
+        ("(bpftrace - base) / (floor - base)", format!("{ratio_bt:.2}"), "agent below it".into()),
+    ];
+    let j = json!({"pages": PAGES, "rounds": ROUNDS, "reps_per_round": REPS,
+        "base_ns": mb, "floor_ns": mf, "agent_ns": ma, "bpftrace_ns": mt,
+        "agent_ratio": ratio, "bpftrace_ratio": ratio_bt,
+        "floor_prog_ns_per_fault": floor_prog, "agent_prog_ns_per_fault": agent_prog});
+    (rows, j)
+}
 
-    // 3. In-kernel cost per IOPF: BPF run-time statistics over the mixed scenario.
+/// Run time of the loaded programs named `names` (kernel names are cut to 15 bytes), summed,
+/// per entry-program run (one per fault).
+fn prog_ns_per_fault(names: &[&str]) -> f64 {
+    let (mut ns, mut faults) = (0u128, 0u64);
+    for p in aya::programs::loaded_programs().flatten() {
+        let Some(name) = p.name_as_str() else { continue };
+        if names.contains(&name) {
+            ns += p.run_time().as_nanos();
+            if name == names[0] {
+                faults += p.run_count();
+            }
+        }
+    }
+    ns as f64 / faults.max(1) as f64
+}
+
+/// 3. In-kernel cost per IOPF: BPF run-time statistics over the mixed scenario.
+fn bench_iopf() -> (Vec<Row>, serde_json::Value) {
     let scenario =
         Scenario::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scenarios/mixed-10k.yaml").as_ref()).unwrap();
     let plan = model::plan(&scenario, &CURRENT_CONSTS);
@@ -186,9 +272,28 @@ fn main() {
         per_fault_ns += ns;
     }
     drop(stats_fd);
-    drop(ebpf);
+    let rows = vec![(
+        "in-kernel cost per IOPF (report+handler+response+free, ns)",
+        format!("{per_fault_ns:.0}"),
+        "<= 300".into(),
+    )];
+    (rows, json!({"per_fault_ns": per_fault_ns, "programs": per_prog, "faults": plan.faults.len()}))
+}
 
-    // 5. Footprint: RSS and CPU idle and under load; /metrics with 1,000 devices; startup.
+/// 4. Event streaming: filled in by the streaming benchmark.
+fn bench_stream() -> (Vec<Row>, serde_json::Value) {
+    (Vec::new(), json!(null))
+}
+
+/// 5. Footprint: RSS and CPU idle and under load; /metrics with 1,000 devices; startup.
+fn bench_footprint() -> (Vec<Row>, serde_json::Value) {
+    let startups: Vec<f64> = (0..5)
+        .map(|_| {
+            let a = agent(&["--page-faults"]);
+            stop(a.child);
+            a.startup.as_secs_f64() * 1e3
+        })
+        .collect();
     let a = agent(&["--page-faults"]);
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle = proc_status(a.child.id(), "VmRSS:") / 1024.0;
@@ -209,6 +314,25 @@ fn main() {
     let rss_startup_peak = proc_status(a.child.id(), "VmHWM:") / 1024.0;
     stop(a.child);
 
+    let (scrape_ms, scrape_bytes) = scrape_thousand_devices();
+    let startup_ms = median(startups);
+    let rows = vec![
+        ("agent RSS idle (MiB)", format!("{rss_idle:.1}"), "<= 30".into()),
+        ("agent RSS under page-fault load + scrapes, max (MiB)", format!("{rss_load:.1}"), "<= 30".into()),
+        ("agent RSS high-water mark incl. startup BTF parse (MiB)", format!("{rss_startup_peak:.1}"), String::new()),
+        ("agent CPU idle (%)", format!("{cpu_idle:.2}"), "<= 0.5".into()),
+        ("agent CPU under page-fault load + scrapes (%)", format!("{cpu_load:.2}"), String::new()),
+        ("/metrics scrape, 1,000 devices (ms, median of 30)", format!("{scrape_ms:.2}"), "<= 10".into()),
+        ("load + probe + attach to serving (ms, median of 5)", format!("{startup_ms:.0}"), "<= 500".into()),
+    ];
+    let j = json!({"rss_idle_mib": rss_idle, "rss_load_mib": rss_load, "rss_hwm_mib": rss_startup_peak,
+        "cpu_idle_pct": cpu_idle, "cpu_load_pct": cpu_load, "load_pages_touched": loaded,
+        "scrape_1000_devices_ms": scrape_ms, "scrape_bytes": scrape_bytes, "startup_ms": startup_ms});
+    (rows, j)
+}
+
+/// Median time of 30 scrapes of a simulated agent holding 1,000 devices, and the body size.
+fn scrape_thousand_devices() -> (f64, usize) {
     let dir = std::env::temp_dir().join(format!("iopf-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut yaml =
@@ -243,42 +367,5 @@ fn main() {
     let (_, body) = http_get(addr, "/metrics").unwrap();
     stop(sim);
     std::fs::remove_dir_all(&dir).ok();
-    let scrape_ms = median(scrapes);
-    let startup_ms = median(startups);
-
-    let rows = [
-        ("page fault, no tracer (ns/fault)", format!("{mb:.0}"), String::new()),
-        ("page fault, empty BPF on the same hooks (ns/fault)", format!("{mf:.0}"), String::new()),
-        ("page fault, iopf-agent --page-faults (ns/fault)", format!("{ma:.0}"), String::new()),
-        ("page fault, bpftrace count+hist (ns/fault)", format!("{mt:.0}"), String::new()),
-        ("(agent - base) / (floor - base)", format!("{ratio:.2}"), "<= 1.25".into()),
-        ("(bpftrace - base) / (floor - base)", format!("{ratio_bt:.2}"), "agent below it".into()),
-        ("in-kernel cost per IOPF (report+handler+response+free, ns)", format!("{per_fault_ns:.0}"), "<= 300".into()),
-        ("agent RSS idle (MiB)", format!("{rss_idle:.1}"), "<= 30".into()),
-        ("agent RSS under page-fault load + scrapes, max (MiB)", format!("{rss_load:.1}"), "<= 30".into()),
-        ("agent RSS high-water mark incl. startup BTF parse (MiB)", format!("{rss_startup_peak:.1}"), String::new()),
-        ("agent CPU idle (%)", format!("{cpu_idle:.2}"), "<= 0.5".into()),
-        ("agent CPU under page-fault load + scrapes (%)", format!("{cpu_load:.2}"), String::new()),
-        ("/metrics scrape, 1,000 devices (ms, median of 30)", format!("{scrape_ms:.2}"), "<= 10".into()),
-        ("load + probe + attach to serving (ms, median)", format!("{startup_ms:.0}"), "<= 500".into()),
-    ];
-    println!("iopf benchmarks on {machine}");
-    println!("{:<62} {:>10}  target", "measure", "value");
-    for (m, v, t) in &rows {
-        println!("{m:<62} {v:>10}  {t}");
-    }
-    let out = json!({
-        "machine": machine,
-        "page_faults": {"pages": PAGES, "rounds": ROUNDS, "reps_per_round": REPS,
-            "base_ns": mb, "floor_ns": mf, "agent_ns": ma, "bpftrace_ns": mt,
-            "agent_ratio": ratio, "bpftrace_ratio": ratio_bt},
-        "iopf_in_kernel": {"per_fault_ns": per_fault_ns, "programs": per_prog, "faults": plan.faults.len()},
-        "footprint": {"rss_idle_mib": rss_idle, "rss_load_mib": rss_load, "rss_hwm_mib": rss_startup_peak, "cpu_idle_pct": cpu_idle,
-            "cpu_load_pct": cpu_load, "load_pages_touched": loaded, "scrape_1000_devices_ms": scrape_ms,
-            "scrape_bytes": body.len(), "startup_ms": startup_ms},
-    });
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(format!("{dir}/results.json"), serde_json::to_string_pretty(&out).unwrap()).unwrap();
-    println!("written {dir}/results.json");
+    (median(scrapes), body.len())
 }
