@@ -125,3 +125,12 @@ pub fn inject_record(ctx: RawTracePointContext) -> i32 {
     }
     0
 }
+
+/// Streaming benchmark producer: one synthetic event per run. A socket filter because its
+/// test run takes a repeat count (raw tracepoints do not), so one syscall emits a batch.
+#[aya_ebpf::macros::socket_filter]
+pub fn stream_emit(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
+    // SAFETY: plain helper call; a varying value so events differ.
+    super::emit_synthetic(unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() });
+    0
+}

@@ -16,7 +16,8 @@ use iopf_common::{
     hist::Histogram,
     iopf::{
         CODE_REPORTED, Config, Consts, CountKey, DEV_NAME_LEN, EVENTS_ALL, Event, Fault, HistKey, Inflight,
-        InflightKey, IopfStats, Latency, Level, Method, Offsets, Pending, RESP_NONE, VERDICT_NONE, classify_domain,
+        InflightKey, IopfStats, Latency, Level, Method, Offsets, Pending, RESP_NONE, RESP_SUCCESS, Source,
+        VERDICT_NONE, classify_domain,
     },
 };
 
@@ -293,6 +294,35 @@ pub fn mm_fix(key: &InflightKey, ns: u64) {
     } else {
         observe(&[0; DEV_NAME_LEN], Latency::MmFix, 0, ns);
     }
+}
+
+/// Streams one synthetic answered fault through the event path (the streaming benchmark's
+/// producer): same reserve, write, submit and drop accounting as a real fault.
+#[inline(always)]
+pub fn emit_synthetic(seq: u64) {
+    let mut dev = [0u8; iopf_common::iopf::DEV_NAME_LEN];
+    dev[..12].copy_from_slice(b"0000:00:00.0");
+    let f = Inflight {
+        dev,
+        fault: Fault {
+            addr: seq << 12,
+            fault_type: 0,
+            flags: 0,
+            pasid: 1,
+            grpid: (seq & 0x1ff) as u32,
+            perm: 0,
+            _pad: 0,
+        },
+        report_ns: seq,
+        dispatch_ns: 100,
+        mm_fix_ns: 1000,
+        config: Config::Nested as u8,
+        level: Level::First as u8,
+        method: Method::Domain as u8,
+        source: Source::Simulated as u8,
+        _pad: 0,
+    };
+    emit(&f, RESP_SUCCESS, 2000);
 }
 
 #[inline(always)]
