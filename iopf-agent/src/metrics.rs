@@ -4,16 +4,12 @@
 use std::sync::{Arc, Mutex};
 
 use iopf_common::{hist, pagefault::FaultKind};
-use prometheus::{
-    Encoder as _, TextEncoder,
-    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
-};
 
 use crate::{hooks::Plan, pagefault::PfMaps};
 
 /// Something that produces metric families when scraped.
 pub trait Source: Send + Sync {
-    fn collect(&self, out: &mut Vec<MetricFamily>);
+    fn collect(&self, out: &mut Vec<Family>);
 }
 
 #[derive(Default, Clone)]
@@ -26,83 +22,235 @@ impl Registry {
         self.sources.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(s));
     }
 
-    /// Renders every family in the Prometheus text format.
+    /// Renders every family in the Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
         let mut fams = Vec::new();
         for s in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             s.collect(&mut fams);
         }
-        // The text format has no way to say "a family with no series yet": leave it out.
-        fams.retain(|f| !f.get_metric().is_empty());
-        let mut buf = Vec::new();
-        // Encoding into a Vec only fails on invalid families, which we never build.
-        if let Err(e) = TextEncoder::new().encode(&fams, &mut buf) {
-            return format!("# encoding error: {e}\n");
+        let mut out = String::with_capacity(64 * 1024);
+        for f in &fams {
+            f.encode(&mut out);
         }
-        String::from_utf8(buf).unwrap_or_default()
+        out
     }
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            let mut l = LabelPair::default();
-            l.set_name((*k).to_owned());
-            l.set_value((*v).to_owned());
-            l
-        })
-        .collect()
+/// Metric type, as the `# TYPE` line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-pub fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_owned());
-    f.set_help(help.to_owned());
-    f.set_field_type(kind);
-    f.set_metric(metrics);
-    f
-}
-
-pub fn counter(l: &[(&str, &str)], v: u64) -> Metric {
-    let mut m = Metric::default();
-    m.set_label(labels(l));
-    let mut c = Counter::default();
-    c.set_value(v as f64);
-    m.set_counter(c);
-    m
-}
-
-pub fn gauge(l: &[(&str, &str)], v: f64) -> Metric {
-    let mut m = Metric::default();
-    m.set_label(labels(l));
-    let mut g = Gauge::default();
-    g.set_value(v);
-    m.set_gauge(g);
-    m
-}
-
-/// A log2 nanosecond histogram as a Prometheus histogram in seconds.
-pub fn histogram(l: &[(&str, &str)], h: &hist::Histogram) -> Metric {
-    let mut m = Metric::default();
-    m.set_label(labels(l));
-    let mut ph = Histogram::default();
-    let mut cum = 0;
-    let mut buckets = Vec::new();
-    for (i, n) in h.buckets.iter().enumerate() {
-        cum += n;
-        if let Some(ub) = hist::upper_bound_ns(i) {
-            let mut b = Bucket::default();
-            b.set_upper_bound(ub as f64 / 1e9);
-            b.set_cumulative_count(cum);
-            buckets.push(b);
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
         }
     }
-    ph.set_bucket(buckets);
-    ph.set_sample_count(h.count);
-    ph.set_sample_sum(h.sum_ns as f64 / 1e9);
-    m.set_histogram(ph);
-    m
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Box<hist::Histogram>),
+}
+
+/// One series: its labels and value.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// `name="value",...` already escaped, without braces.
+    labels: String,
+    value: Value,
+}
+
+/// A metric family: name, help, type and series.
+#[derive(Debug, Clone)]
+pub struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    series: Vec<Series>,
+}
+
+/// Label values may hold anything (device names come from the kernel): escape `\`, `"`
+/// and newlines as the text format requires.
+fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(k);
+        s.push_str("=\"");
+        escape_into(&mut s, v);
+        s.push('"');
+    }
+    s
+}
+
+pub fn family(name: &'static str, help: &'static str, kind: Kind, series: Vec<Series>) -> Family {
+    Family { name, help, kind, series }
+}
+
+pub fn counter(l: &[(&str, &str)], v: u64) -> Series {
+    Series { labels: labels(l), value: Value::Counter(v) }
+}
+
+pub fn gauge(l: &[(&str, &str)], v: f64) -> Series {
+    Series { labels: labels(l), value: Value::Gauge(v) }
+}
+
+/// A log2 nanosecond histogram, exported as a Prometheus histogram in seconds.
+pub fn histogram(l: &[(&str, &str)], h: &hist::Histogram) -> Series {
+    Series { labels: labels(l), value: Value::Histogram(Box::new(*h)) }
+}
+
+/// `le` values of the finite buckets, in seconds, formatted once; exponent form keeps the
+/// exposition short (it is most of the bytes of a large scrape).
+fn le_strings() -> &'static [String] {
+    static LE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    LE.get_or_init(|| {
+        (0..hist::BUCKETS).filter_map(hist::upper_bound_ns).map(|ns| format!("{:e}", ns as f64 / 1e9)).collect()
+    })
+}
+
+fn push_float(out: &mut String, v: f64) {
+    use std::fmt::Write as _;
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+impl Family {
+    /// Appends the family in the text format; a family with no series is left out (the
+    /// format has no way to say "no series yet").
+    fn encode(&self, out: &mut String) {
+        if self.series.is_empty() {
+            return;
+        }
+        let name = self.name;
+        out.push_str("# HELP ");
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(&self.help.replace('\\', "\\\\").replace('\n', "\\n"));
+        out.push_str("\n# TYPE ");
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(self.kind.as_str());
+        out.push('\n');
+        let mut num = itoa::Buffer::new();
+        for s in &self.series {
+            let sample = |out: &mut String, suffix: &str, extra: &str| {
+                out.push_str(name);
+                out.push_str(suffix);
+                if !s.labels.is_empty() || !extra.is_empty() {
+                    out.push('{');
+                    out.push_str(&s.labels);
+                    if !s.labels.is_empty() && !extra.is_empty() {
+                        out.push(',');
+                    }
+                    out.push_str(extra);
+                    out.push('}');
+                }
+                out.push(' ');
+            };
+            match &s.value {
+                Value::Counter(v) => {
+                    sample(out, "", "");
+                    out.push_str(num.format(*v));
+                }
+                Value::Gauge(v) => {
+                    sample(out, "", "");
+                    push_float(out, *v);
+                }
+                Value::Histogram(h) => {
+                    let mut cum = 0u64;
+                    let les = le_strings();
+                    let mut le = String::with_capacity(24);
+                    for (i, n) in h.buckets.iter().enumerate() {
+                        cum += n;
+                        let Some(bound) = les.get(i) else { break };
+                        le.clear();
+                        le.push_str("le=\"");
+                        le.push_str(bound);
+                        le.push('"');
+                        sample(out, "_bucket", &le);
+                        out.push_str(num.format(cum));
+                        out.push('\n');
+                    }
+                    sample(out, "_bucket", "le=\"+Inf\"");
+                    out.push_str(num.format(h.count));
+                    out.push('\n');
+                    sample(out, "_sum", "");
+                    push_float(out, h.sum_ns as f64 / 1e9);
+                    out.push('\n');
+                    sample(out, "_count", "");
+                    out.push_str(num.format(h.count));
+                }
+            }
+            out.push('\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_escapes_labels_and_writes_cumulative_buckets() {
+        let mut h = hist::Histogram::ZERO;
+        h.record(1);
+        h.record(3);
+        h.record(1 << 45);
+        let fams = vec![
+            family("a_total", "A \\ b.", Kind::Counter, vec![counter(&[("device", "x\"y\\z\nw")], 42)]),
+            family("empty_total", "Never shown.", Kind::Counter, vec![]),
+            family("g", "G.", Kind::Gauge, vec![gauge(&[], 1.5)]),
+            family("h_seconds", "H.", Kind::Histogram, vec![histogram(&[("k", "v")], &h)]),
+        ];
+        let mut out = String::new();
+        for f in &fams {
+            f.encode(&mut out);
+        }
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "# HELP a_total A \\\\ b.");
+        assert_eq!(lines[1], "# TYPE a_total counter");
+        assert_eq!(lines[2], "a_total{device=\"x\\\"y\\\\z\\nw\"} 42");
+        assert_eq!(lines[3], "# HELP g G.");
+        assert_eq!(lines[5], "g 1.5");
+        assert!(!out.contains("empty_total"));
+        assert_eq!(lines[8], "h_seconds_bucket{k=\"v\",le=\"1e-9\"} 1", "1 ns is in the first bucket");
+        assert_eq!(lines[9], "h_seconds_bucket{k=\"v\",le=\"2e-9\"} 1");
+        assert_eq!(lines[10], "h_seconds_bucket{k=\"v\",le=\"4e-9\"} 2", "3 ns: cumulative");
+        let inf = lines.iter().position(|l| l.contains("le=\"+Inf\"")).unwrap();
+        assert_eq!(inf, 8 + hist::BUCKETS - 1, "one line per finite bound, then +Inf");
+        assert_eq!(lines[inf - 1], "h_seconds_bucket{k=\"v\",le=\"2.74877906944e2\"} 2", "2^38 ns");
+        assert_eq!(lines[inf], "h_seconds_bucket{k=\"v\",le=\"+Inf\"} 3");
+        assert!(lines[inf + 1].starts_with("h_seconds_sum{k=\"v\"} 35184.37"), "{}", lines[inf + 1]);
+        assert_eq!(lines[inf + 2], "h_seconds_count{k=\"v\"} 3");
+    }
 }
 
 /// Agent identity and the attach plan: which rung each hook is on.
@@ -112,17 +260,17 @@ pub struct PlanSource {
 }
 
 impl Source for PlanSource {
-    fn collect(&self, out: &mut Vec<MetricFamily>) {
+    fn collect(&self, out: &mut Vec<Family>) {
         out.push(family(
             "iopf_agent_info",
             "Agent build and the kernel it runs on.",
-            MetricType::GAUGE,
+            Kind::Gauge,
             vec![gauge(&[("version", env!("CARGO_PKG_VERSION")), ("kernel", &self.kernel)], 1.0)],
         ));
         out.push(family(
             "iopf_hook_rung",
             "1 for the attach rung each hook is on (unavailable when it cannot attach).",
-            MetricType::GAUGE,
+            Kind::Gauge,
             self.plans.iter().map(|p| gauge(&[("hook", p.name), ("rung", p.rung.as_str())], 1.0)).collect(),
         ));
     }
@@ -135,7 +283,7 @@ pub struct PageFaultSource {
 }
 
 impl Source for PageFaultSource {
-    fn collect(&self, out: &mut Vec<MetricFamily>) {
+    fn collect(&self, out: &mut Vec<Family>) {
         let snap = match self.maps.lock().unwrap_or_else(|p| p.into_inner()).snapshot() {
             Ok(s) => s,
             Err(e) => {
@@ -147,7 +295,7 @@ impl Source for PageFaultSource {
         out.push(family(
             "iopf_page_faults_total",
             "Completed CPU page faults of the traced tasks.",
-            MetricType::COUNTER,
+            Kind::Counter,
             FaultKind::ALL
                 .iter()
                 .map(|k| counter(&[("kind", k.label()), ("rung", rung)], snap.stats.faults[*k as usize]))
@@ -156,7 +304,7 @@ impl Source for PageFaultSource {
         out.push(family(
             "iopf_page_fault_latency_seconds",
             "CPU page-fault latency, fault entry to completion (log2 buckets).",
-            MetricType::HISTOGRAM,
+            Kind::Histogram,
             FaultKind::ALL
                 .iter()
                 .map(|k| histogram(&[("kind", k.label()), ("rung", rung)], &snap.hist[*k as usize]))
@@ -165,7 +313,7 @@ impl Source for PageFaultSource {
         out.push(family(
             "iopf_page_fault_unmatched_total",
             "Fault entries without a completion (side=entry) and completions without an entry (side=exit).",
-            MetricType::COUNTER,
+            Kind::Counter,
             vec![
                 counter(&[("side", "entry")], snap.stats.entry_unmatched),
                 counter(&[("side", "exit")], snap.stats.exit_unmatched),
@@ -174,7 +322,7 @@ impl Source for PageFaultSource {
         out.push(family(
             "iopf_page_fault_slow_path_total",
             "Faults whose entry left its CPU's slot: parked (another thread faulted on the CPU while this one slept in its fault) or migrated (found on another CPU at completion).",
-            MetricType::COUNTER,
+            Kind::Counter,
             vec![
                 counter(&[("path", "parked")], snap.stats.parked),
                 counter(&[("path", "migrated")], snap.stats.migrated),

@@ -43,10 +43,9 @@ impl Exposition {
 
     /// The single sample `name` whose labels include all of `want`.
     pub fn get(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
-        let mut found = self
-            .samples
-            .iter()
-            .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)));
+        let mut found = self.samples.iter().filter(|s| {
+            s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|got| label_eq(k, got, v)))
+        });
         let first = found.next()?;
         assert!(found.next().is_none(), "more than one {name} sample matches {want:?}");
         Some(first.value)
@@ -55,6 +54,17 @@ impl Exposition {
     pub fn value(&self, name: &str, want: &[(&str, &str)]) -> f64 {
         self.get(name, want).unwrap_or_else(|| panic!("no sample {name}{want:?} in the scrape"))
     }
+}
+
+/// Label equality; `le` bounds compare as numbers, as Prometheus reads them ("1e-9" and
+/// "0.000000001" are the same bound).
+fn label_eq(key: &str, got: &str, want: &str) -> bool {
+    if key == "le"
+        && let (Ok(a), Ok(b)) = (got.parse::<f64>(), want.parse::<f64>())
+    {
+        return a == b;
+    }
+    got == want
 }
 
 fn parse_sample(line: &str) -> Option<Sample> {
@@ -107,6 +117,8 @@ mod tests {
         assert_eq!(e.value("a_total", &[("kind", "minor")]), 42.0);
         assert_eq!(e.value("b", &[]), 1.5);
         assert_eq!(e.value("c_bucket", &[("le", "+Inf")]), 7.0);
+        let e = Exposition::parse("d_bucket{le=\"1.024e-6\"} 3\n");
+        assert_eq!(e.value("d_bucket", &[("le", "0.000001024")]), 3.0, "bounds compare as numbers");
         assert_eq!(e.types["a_total"], "counter");
         assert_eq!(e.get("a_total", &[("kind", "major")]), None);
     }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    Ebpf, Pod,
+    maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
 };
 use iopf_common::{
     dmar::DmarKey,
@@ -34,6 +34,8 @@ pub struct IopfMaps {
     hists: PerCpuHashMap<MapData, HistKey, Histogram>,
     stats: PerCpuArray<MapData, IopfStats>,
     dmar: PerCpuHashMap<MapData, DmarKey, u64>,
+    /// Possible CPUs: the number of values per key in a per-CPU map (0: unknown).
+    ncpus: usize,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -51,32 +53,48 @@ impl IopfMaps {
             hists: take(ebpf, "IOPF_HIST")?,
             stats: take(ebpf, "IOPF_STATS")?,
             dmar: take(ebpf, "DMAR_COUNTS")?,
+            ncpus: aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(0),
         })
     }
 
     pub fn snapshot(&self) -> Result<IopfSnapshot, MapsError> {
         let mut s = IopfSnapshot::default();
-        for item in self.counts.iter() {
-            let (k, per_cpu) = item.map_err(|source| MapsError::Map { map: "IOPF_COUNTS", source })?;
+        sum_per_cpu(&self.counts, "IOPF_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
             *s.counts.entry(k).or_default() += per_cpu.iter().sum::<u64>();
-        }
-        for item in self.hists.iter() {
-            let (k, per_cpu) = item.map_err(|source| MapsError::Map { map: "IOPF_HIST", source })?;
+        })?;
+        sum_per_cpu(&self.hists, "IOPF_HIST", self.ncpus, |k, per_cpu: &[Histogram]| {
             let h = s.hists.entry(k).or_default();
-            for c in per_cpu.iter() {
+            for c in per_cpu {
                 h.merge(c);
             }
-        }
-        for item in self.dmar.iter() {
-            let (k, per_cpu) = item.map_err(|source| MapsError::Map { map: "DMAR_COUNTS", source })?;
+        })?;
+        sum_per_cpu(&self.dmar, "DMAR_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
             *s.dmar.entry(k).or_default() += per_cpu.iter().sum::<u64>();
-        }
+        })?;
         let per_cpu = self.stats.get(&0, 0).map_err(|source| MapsError::Map { map: "IOPF_STATS", source })?;
         for c in per_cpu.iter() {
             s.stats.merge(c);
         }
         Ok(s)
     }
+}
+
+/// Visits every entry of a per-CPU hash map: in batches where the kernel has them, else
+/// key by key.
+fn sum_per_cpu<K: Pod + Ord, V: Pod>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    name: &'static str,
+    ncpus: usize,
+    mut f: impl FnMut(K, &[V]),
+) -> Result<(), MapsError> {
+    if ncpus > 0 && super::batch::for_each_percpu(map.map(), ncpus, &mut f).is_ok() {
+        return Ok(());
+    }
+    for item in map.iter() {
+        let (k, per_cpu) = item.map_err(|source| MapsError::Map { map: name, source })?;
+        f(k, &per_cpu);
+    }
+    Ok(())
 }
 
 /// Device name bytes -> string (NUL-terminated, lossy).

@@ -3,17 +3,16 @@
 use std::sync::Mutex;
 
 use iopf_common::iopf::{CODE_REPORTED, CODE_UNRECOVERABLE, Config, Latency, Level, Source, response_label};
-use prometheus::proto::{MetricFamily, MetricType};
 
 use super::maps::{IopfMaps, dev_str};
-use crate::metrics::{Source as MetricSource, counter, family, histogram};
+use crate::metrics::{Family, Kind, Source as MetricSource, counter, family, histogram};
 
 pub struct IopfSource {
     pub maps: Mutex<IopfMaps>,
 }
 
 impl MetricSource for IopfSource {
-    fn collect(&self, out: &mut Vec<MetricFamily>) {
+    fn collect(&self, out: &mut Vec<Family>) {
         let snap = match self.maps.lock().unwrap_or_else(|p| p.into_inner()).snapshot() {
             Ok(s) => s,
             Err(e) => {
@@ -47,19 +46,19 @@ impl MetricSource for IopfSource {
         out.push(family(
             "iopf_faults_total",
             "Recoverable I/O page faults delivered to a domain, by device, configuration and level.",
-            MetricType::COUNTER,
+            Kind::Counter,
             faults,
         ));
         out.push(family(
             "iopf_responses_total",
             "Page responses by code (none: group freed without a response).",
-            MetricType::COUNTER,
+            Kind::Counter,
             responses,
         ));
         out.push(family(
             "iopf_unrecoverable_faults_total",
             "Unrecoverable IOMMU faults (iommu:io_page_fault).",
-            MetricType::COUNTER,
+            Kind::Counter,
             unrecoverable,
         ));
         let hists = snap
@@ -75,14 +74,14 @@ impl MetricSource for IopfSource {
         out.push(family(
             "iopf_latency_seconds",
             "IOPF latencies: dispatch (report -> handler), service (report -> response), mm_fix (handle_mm_fault).",
-            MetricType::HISTOGRAM,
+            Kind::Histogram,
             hists,
         ));
         let s = snap.stats;
         out.push(family(
             "iopf_pipeline_total",
             "IOPF pipeline counters by stage.",
-            MetricType::COUNTER,
+            Kind::Counter,
             [
                 ("reports", s.reports),
                 ("partial", s.partial),
@@ -103,7 +102,7 @@ impl MetricSource for IopfSource {
         out.push(family(
             "iopf_dmar_faults_total",
             "Intel VT-d unrecoverable faults decoded from the fault recording registers, by device, reason code, access and the level the reason implies.",
-            MetricType::COUNTER,
+            Kind::Counter,
             snap.dmar
                 .iter()
                 .map(|(k, v)| {
@@ -117,13 +116,13 @@ impl MetricSource for IopfSource {
         out.push(family(
             "iopf_events_total",
             "Events written to the ring buffer.",
-            MetricType::COUNTER,
+            Kind::Counter,
             vec![counter(&[], s.events)],
         ));
         out.push(family(
             "iopf_events_dropped_total",
             "Events lost because the ring buffer was full.",
-            MetricType::COUNTER,
+            Kind::Counter,
             vec![counter(&[], s.events_dropped)],
         ));
     }

@@ -2,6 +2,7 @@
 //! reading events, attaching the real hooks.
 
 pub mod attach;
+pub mod batch;
 pub mod events;
 pub mod inject;
 pub mod maps;
