@@ -214,45 +214,6 @@ impl Family {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_format_escapes_labels_and_writes_cumulative_buckets() {
-        let mut h = hist::Histogram::ZERO;
-        h.record(1);
-        h.record(3);
-        h.record(1 << 45);
-        let fams = vec![
-            family("a_total", "A \\ b.", Kind::Counter, vec![counter(&[("device", "x\"y\\z\nw")], 42)]),
-            family("empty_total", "Never shown.", Kind::Counter, vec![]),
-            family("g", "G.", Kind::Gauge, vec![gauge(&[], 1.5)]),
-            family("h_seconds", "H.", Kind::Histogram, vec![histogram(&[("k", "v")], &h)]),
-        ];
-        let mut out = String::new();
-        for f in &fams {
-            f.encode(&mut out);
-        }
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "# HELP a_total A \\\\ b.");
-        assert_eq!(lines[1], "# TYPE a_total counter");
-        assert_eq!(lines[2], "a_total{device=\"x\\\"y\\\\z\\nw\"} 42");
-        assert_eq!(lines[3], "# HELP g G.");
-        assert_eq!(lines[5], "g 1.5");
-        assert!(!out.contains("empty_total"));
-        assert_eq!(lines[8], "h_seconds_bucket{k=\"v\",le=\"1e-9\"} 1", "1 ns is in the first bucket");
-        assert_eq!(lines[9], "h_seconds_bucket{k=\"v\",le=\"2e-9\"} 1");
-        assert_eq!(lines[10], "h_seconds_bucket{k=\"v\",le=\"4e-9\"} 2", "3 ns: cumulative");
-        let inf = lines.iter().position(|l| l.contains("le=\"+Inf\"")).unwrap();
-        assert_eq!(inf, 8 + hist::BUCKETS - 1, "one line per finite bound, then +Inf");
-        assert_eq!(lines[inf - 1], "h_seconds_bucket{k=\"v\",le=\"2.74877906944e2\"} 2", "2^38 ns");
-        assert_eq!(lines[inf], "h_seconds_bucket{k=\"v\",le=\"+Inf\"} 3");
-        assert!(lines[inf + 1].starts_with("h_seconds_sum{k=\"v\"} 35184.37"), "{}", lines[inf + 1]);
-        assert_eq!(lines[inf + 2], "h_seconds_count{k=\"v\"} 3");
-    }
-}
-
 /// Agent identity and the attach plan: which rung each hook is on.
 pub struct PlanSource {
     pub kernel: String,
@@ -328,5 +289,44 @@ impl Source for PageFaultSource {
                 counter(&[("path", "migrated")], snap.stats.migrated),
             ],
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_escapes_labels_and_writes_cumulative_buckets() {
+        let mut h = hist::Histogram::ZERO;
+        h.record(1);
+        h.record(3);
+        h.record(1 << 45);
+        let fams = vec![
+            family("a_total", "A \\ b.", Kind::Counter, vec![counter(&[("device", "x\"y\\z\nw")], 42)]),
+            family("empty_total", "Never shown.", Kind::Counter, vec![]),
+            family("g", "G.", Kind::Gauge, vec![gauge(&[], 1.5)]),
+            family("h_seconds", "H.", Kind::Histogram, vec![histogram(&[("k", "v")], &h)]),
+        ];
+        let mut out = String::new();
+        for f in &fams {
+            f.encode(&mut out);
+        }
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "# HELP a_total A \\\\ b.");
+        assert_eq!(lines[1], "# TYPE a_total counter");
+        assert_eq!(lines[2], "a_total{device=\"x\\\"y\\\\z\\nw\"} 42");
+        assert_eq!(lines[3], "# HELP g G.");
+        assert_eq!(lines[5], "g 1.5");
+        assert!(!out.contains("empty_total"));
+        assert_eq!(lines[8], "h_seconds_bucket{k=\"v\",le=\"1e-9\"} 1", "1 ns is in the first bucket");
+        assert_eq!(lines[9], "h_seconds_bucket{k=\"v\",le=\"2e-9\"} 1");
+        assert_eq!(lines[10], "h_seconds_bucket{k=\"v\",le=\"4e-9\"} 2", "3 ns: cumulative");
+        let inf = lines.iter().position(|l| l.contains("le=\"+Inf\"")).unwrap();
+        assert_eq!(inf, 8 + hist::BUCKETS - 1, "one line per finite bound, then +Inf");
+        assert_eq!(lines[inf - 1], "h_seconds_bucket{k=\"v\",le=\"2.74877906944e2\"} 2", "2^38 ns");
+        assert_eq!(lines[inf], "h_seconds_bucket{k=\"v\",le=\"+Inf\"} 3");
+        assert!(lines[inf + 1].starts_with("h_seconds_sum{k=\"v\"} 35184.37"), "{}", lines[inf + 1]);
+        assert_eq!(lines[inf + 2], "h_seconds_count{k=\"v\"} 3");
     }
 }

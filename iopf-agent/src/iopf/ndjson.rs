@@ -65,7 +65,7 @@ impl<'a> Obj<'a> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         self.key(k);
         self.buf.extend_from_slice(b"\"0x");
-        let digits = (((64 - v.leading_zeros() as usize) + 3) / 4).max(width).max(1);
+        let digits = (64 - v.leading_zeros() as usize).div_ceil(4).max(width).max(1);
         for i in (0..digits).rev() {
             self.buf.push(HEX[((v >> (i * 4)) & 15) as usize]);
         }
