@@ -117,9 +117,9 @@ mod tests {
         assert_eq!(e.value("a_total", &[("kind", "minor")]), 42.0);
         assert_eq!(e.value("b", &[]), 1.5);
         assert_eq!(e.value("c_bucket", &[("le", "+Inf")]), 7.0);
-        let e = Exposition::parse("d_bucket{le=\"1.024e-6\"} 3\n");
-        assert_eq!(e.value("d_bucket", &[("le", "0.000001024")]), 3.0, "bounds compare as numbers");
         assert_eq!(e.types["a_total"], "counter");
         assert_eq!(e.get("a_total", &[("kind", "major")]), None);
+        let d = Exposition::parse("d_bucket{le=\"1.024e-6\"} 3\n");
+        assert_eq!(d.value("d_bucket", &[("le", "0.000001024")]), 3.0, "bounds compare as numbers");
     }
 }
