@@ -8,6 +8,7 @@ pub mod dmar;
 pub mod hist;
 pub mod iopf;
 pub mod pagefault;
+pub mod policy;
 
 #[cfg(feature = "user")]
 mod pod;

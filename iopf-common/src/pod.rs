@@ -32,3 +32,5 @@ unsafe impl aya::Pod for Consts {}
 unsafe impl aya::Pod for crate::dmar::DmarKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::dmar::DmarEvent {}
+// SAFETY: as above (u32 and u64 fields, no padding).
+unsafe impl aya::Pod for crate::policy::Rule {}

@@ -1,0 +1,132 @@
+//! Per-device policy as the kernel side sees it, and the verdict both sides compute the same
+//! way. The agent compiles YAML policies into one `Rule` per device slot; the eBPF programs
+//! check each fault against its device's rule and set violation bits in the verdict.
+
+use crate::iopf::Level;
+
+/// The rule is in force (an all-zero rule, the default for unlisted devices, checks nothing).
+pub const RULE_ACTIVE: u32 = 1;
+/// Enforce mode: the agent may act on violations (run a command, isolate the device).
+/// Monitor mode (flag clear) only counts, logs and alerts.
+pub const RULE_ENFORCE: u32 = 2;
+
+/// One device's compiled policy (`IOPF_POLICY` array value, indexed by device slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub flags: u32,
+    /// Bit `1 << Level as u8` set: a fault classified at that level is a violation
+    /// ("second level is pinned, so no second-level fault is expected").
+    pub forbidden_levels: u32,
+    /// Bit `1 << code` set: a page response with that code is acceptable. 0 accepts any.
+    /// Bit `1 << RESP_NONE` covers groups freed without a response.
+    pub allowed_codes: u32,
+    /// Index of the policy in the agent's loaded set (for labels), 0 when none.
+    pub policy_id: u32,
+    /// Report -> response longer than this is a violation. 0: no limit.
+    pub max_service_ns: u64,
+}
+
+impl Rule {
+    pub const NONE: Self = Self { flags: 0, forbidden_levels: 0, allowed_codes: 0, policy_id: 0, max_service_ns: 0 };
+}
+
+/// Verdict bits (the `verdict` field of an event; 0 = no rule or no violation).
+pub const VERDICT_CHECKED: u32 = 1;
+pub const VIOLATION_LEVEL: u32 = 1 << 1;
+pub const VIOLATION_LATENCY: u32 = 1 << 2;
+pub const VIOLATION_CODE: u32 = 1 << 3;
+/// Every violation bit, in label order.
+pub const VIOLATIONS: [(u32, &str); 3] =
+    [(VIOLATION_LEVEL, "level"), (VIOLATION_LATENCY, "service_latency"), (VIOLATION_CODE, "response_code")];
+
+/// Index of a violation bit in per-device violation counters.
+#[inline(always)]
+pub const fn violation_slot(bit: u32) -> usize {
+    match bit {
+        VIOLATION_LEVEL => 0,
+        VIOLATION_LATENCY => 1,
+        _ => 2,
+    }
+}
+
+/// Verdict at classification time (the group handler): the level check.
+#[inline(always)]
+pub fn verdict_level(r: &Rule, level: u8) -> u32 {
+    if r.flags & RULE_ACTIVE == 0 {
+        return 0;
+    }
+    let mut v = VERDICT_CHECKED;
+    // `level` is a `Level` (< 3); the mask keeps the shift in range for any input.
+    if r.forbidden_levels & (1u32 << (level & 31)) != 0 {
+        v |= VIOLATION_LEVEL;
+    }
+    v
+}
+
+/// Verdict at the answer (page response or free): response code and service latency.
+#[inline(always)]
+pub fn verdict_answer(r: &Rule, code: u8, service_ns: u64) -> u32 {
+    if r.flags & RULE_ACTIVE == 0 {
+        return 0;
+    }
+    let mut v = VERDICT_CHECKED;
+    if r.allowed_codes != 0 && code < 32 && r.allowed_codes & (1u32 << code) == 0 {
+        v |= VIOLATION_CODE;
+    }
+    if r.max_service_ns != 0 && service_ns > r.max_service_ns {
+        v |= VIOLATION_LATENCY;
+    }
+    v
+}
+
+/// `forbidden_levels` bit for a level.
+pub const fn level_bit(l: Level) -> u32 {
+    1 << (l as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iopf::{RESP_FAILURE, RESP_INVALID, RESP_NONE, RESP_SUCCESS};
+
+    const PINNED_S2: Rule = Rule {
+        flags: RULE_ACTIVE,
+        forbidden_levels: 1 << 2,
+        allowed_codes: 1 << RESP_SUCCESS | 1 << RESP_INVALID,
+        policy_id: 1,
+        max_service_ns: 50_000,
+    };
+
+    #[test]
+    fn no_rule_checks_nothing() {
+        assert_eq!(verdict_level(&Rule::NONE, Level::Second as u8), 0);
+        assert_eq!(verdict_answer(&Rule::NONE, RESP_FAILURE, u64::MAX), 0);
+    }
+
+    #[test]
+    fn second_level_fault_violates_pinned_stage2() {
+        assert_eq!(verdict_level(&PINNED_S2, Level::Second as u8), VERDICT_CHECKED | VIOLATION_LEVEL);
+        assert_eq!(verdict_level(&PINNED_S2, Level::First as u8), VERDICT_CHECKED);
+        assert_eq!(verdict_level(&PINNED_S2, Level::Unknown as u8), VERDICT_CHECKED);
+    }
+
+    #[test]
+    fn answers_checked_for_code_and_latency() {
+        assert_eq!(verdict_answer(&PINNED_S2, RESP_SUCCESS, 50_000), VERDICT_CHECKED);
+        assert_eq!(verdict_answer(&PINNED_S2, RESP_SUCCESS, 50_001), VERDICT_CHECKED | VIOLATION_LATENCY);
+        assert_eq!(verdict_answer(&PINNED_S2, RESP_FAILURE, 1), VERDICT_CHECKED | VIOLATION_CODE);
+        assert_eq!(
+            verdict_answer(&PINNED_S2, RESP_NONE, 60_000),
+            VERDICT_CHECKED | VIOLATION_CODE | VIOLATION_LATENCY
+        );
+        let any_code = Rule { allowed_codes: 0, max_service_ns: 0, ..PINNED_S2 };
+        assert_eq!(verdict_answer(&any_code, RESP_FAILURE, u64::MAX), VERDICT_CHECKED);
+    }
+
+    #[test]
+    fn violation_slots_are_distinct() {
+        let s: [usize; 3] = VIOLATIONS.map(|(b, _)| violation_slot(b));
+        assert_eq!(s, [0, 1, 2]);
+    }
+}
