@@ -113,7 +113,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "iopf_work",
-        why: "marks the task running IOPF work so handle_mm_fault can be attributed",
+        why: "the SVA work function: from its start to its page response is the mm fix time",
         target: Target::Functions {
             candidates: &["iommu_sva_handle_iopf", "iopf_handler", "iopf_handle_group"],
             module: None,
@@ -123,7 +123,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "mm_fault",
-        why: "page-fault count and latency (IOPF mm fix, and CPU faults in page-fault mode)",
+        why: "CPU page-fault count and latency (page-fault mode only; IOPF capture never hooks it)",
         target: Target::Functions {
             candidates: &["handle_mm_fault"],
             module: None,

@@ -28,8 +28,10 @@ pub struct Globals {
     pub tuple_keys: bool,
     /// Stream every answered fault to the ring buffer (trace/record), not only violations.
     pub events: bool,
-    /// CPUs the page-fault exit path scans for a migrated thread's entry (0: no scan).
-    pub pf_scan_cpus: u32,
+    /// CPUs the page-fault exit and the IOPF handler scan for a migrated thread's slot (0: no scan).
+    pub scan_cpus: u32,
+    /// Device slots for the per-device aggregates and rules (`--max-devices`).
+    pub dev_slots: u32,
 }
 
 impl Default for Globals {
@@ -40,7 +42,8 @@ impl Default for Globals {
             consts: Consts::ZERO,
             tuple_keys: false,
             events: false,
-            pf_scan_cpus: 0,
+            scan_cpus: 0,
+            dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
         }
     }
 }
@@ -58,7 +61,7 @@ impl Globals {
     pub fn with_btf(mut self, vmlinux: &crate::kabi::Btf) -> Self {
         if crate::kabi::has_percpu_lookup(vmlinux) {
             let cpus = aya::util::nr_cpus().map(|n| n.get()).unwrap_or(0);
-            self.pf_scan_cpus = cpus.min(iopf_common::pagefault::MAX_SCAN_CPUS);
+            self.scan_cpus = cpus.min(iopf_common::pagefault::MAX_SCAN_CPUS);
         }
         self
     }
@@ -103,7 +106,12 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         .override_global("CONSTS", &globals.consts, true)
         .override_global("TUPLE_KEYS", &tuple, true)
         .override_global("EVENTS_MODE", &events, true)
-        .override_global("PF_SCAN_CPUS", &globals.pf_scan_cpus, true)
+        .override_global("SCAN_CPUS", &globals.scan_cpus, true)
+        .override_global("DEV_SLOTS", &globals.dev_slots, true)
+        .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)
+        .map_max_entries("IOPF_POLICY", globals.dev_slots)
+        // Names past the slots map to slot 0; room for as many again before lookups miss.
+        .map_max_entries("IOPF_DEV_IDS", globals.dev_slots.saturating_mul(4))
         .load(OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })

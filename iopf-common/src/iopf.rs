@@ -252,7 +252,126 @@ pub struct Inflight {
     pub level: u8,
     pub method: u8,
     pub source: u8,
+    /// Device slot (`IOPF_DEV_IDS` value): index into the per-device aggregates and rules.
+    pub dev_idx: u32,
+    /// Verdict bits so far (the level check at classification).
+    pub verdict: u32,
     pub _pad: u32,
+}
+
+/// One slot of the in-flight table: an open-addressed array probed a few slots from the key's
+/// hash, claimed by a compare-and-exchange on `tag` (0 = free). Cheaper than a hash map's
+/// insert and delete, which lock a bucket and take an element from a free list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InflightSlot {
+    pub tag: u64,
+    pub key: InflightKey,
+    pub f: Inflight,
+}
+
+/// In-flight table size (a power of two) and how many slots an operation probes before it
+/// falls back to the `IOPF_INFLIGHT` hash map.
+pub const INFLIGHT_SLOTS: u32 = 16384;
+pub const INFLIGHT_PROBES: u32 = 4;
+
+/// The in-flight table's hash of a key: its first slot and its tag (never 0).
+#[inline(always)]
+pub fn inflight_hash(k: &InflightKey) -> (u32, u64) {
+    // Group pointers are slab addresses (low bits zero, high bits equal); a multiply mixes
+    // the varying middle bits into the top, where the slot index is taken from.
+    let h = (k.a ^ k.b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 50) as u32 & (INFLIGHT_SLOTS - 1), h | 1)
+}
+
+/// Device slot key: `dev_name()` and the source, so simulated faults never mix with real
+/// ones of a device that has the same name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevKey {
+    pub dev: [u8; DEV_NAME_LEN],
+    pub source: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Device slot 0 collects the devices seen after every other slot was taken.
+pub const DEV_SLOT_OVERFLOW: u32 = 0;
+/// Default number of device slots (the agent's `--max-devices`).
+pub const DEV_SLOTS_DEFAULT: u32 = 256;
+
+/// Response-code slots of the per-device counters: the four `RESP_*` codes, then the
+/// "reported" and "unrecoverable" pseudo-codes.
+pub const CODE_SLOTS: usize = 6;
+pub const CONFIG_SLOTS: usize = 5;
+pub const LEVEL_SLOTS: usize = 3;
+pub const COUNT_SLOTS: usize = CONFIG_SLOTS * LEVEL_SLOTS * CODE_SLOTS;
+
+#[inline(always)]
+pub const fn code_slot(code: u8) -> usize {
+    match code {
+        RESP_SUCCESS => 0,
+        RESP_INVALID => 1,
+        RESP_FAILURE => 2,
+        CODE_REPORTED => 4,
+        CODE_UNRECOVERABLE => 5,
+        _ => 3,
+    }
+}
+
+/// The code a slot stands for (inverse of `code_slot`).
+pub const fn slot_code(slot: usize) -> u8 {
+    match slot {
+        0 => RESP_SUCCESS,
+        1 => RESP_INVALID,
+        2 => RESP_FAILURE,
+        4 => CODE_REPORTED,
+        5 => CODE_UNRECOVERABLE,
+        _ => RESP_NONE,
+    }
+}
+
+/// Index into `DevAgg::counts`; always `< COUNT_SLOTS`, whatever the inputs.
+#[inline(always)]
+pub const fn count_index(config: u8, level: u8, code: u8) -> usize {
+    let c = if (config as usize) < CONFIG_SLOTS { config as usize } else { 0 };
+    let l = if (level as usize) < LEVEL_SLOTS { level as usize } else { 0 };
+    (c * LEVEL_SLOTS + l) * CODE_SLOTS + code_slot(code)
+}
+
+/// (config, level, code) of a `DevAgg::counts` index.
+pub const fn count_labels(i: usize) -> (u8, u8, u8) {
+    let code = slot_code(i % CODE_SLOTS);
+    let l = (i / CODE_SLOTS) % LEVEL_SLOTS;
+    let c = i / (CODE_SLOTS * LEVEL_SLOTS);
+    (c as u8, l as u8, code)
+}
+
+/// Per device slot, per CPU: counters, latency histograms and policy violations (one
+/// `IOPF_DEV_AGG` array value, so a fault touches one value, found without hashing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevAgg {
+    pub counts: [u64; COUNT_SLOTS],
+    pub hist: [crate::hist::Histogram; 3],
+    /// By `policy::violation_slot`.
+    pub violations: [u64; 3],
+}
+
+impl DevAgg {
+    pub const ZERO: Self =
+        Self { counts: [0; COUNT_SLOTS], hist: [crate::hist::Histogram::ZERO; 3], violations: [0; 3] };
+
+    pub fn merge(&mut self, o: &Self) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += *b;
+        }
+        for (a, b) in self.hist.iter_mut().zip(o.hist.iter()) {
+            a.merge(b);
+        }
+        for (a, b) in self.violations.iter_mut().zip(o.violations.iter()) {
+            *a += *b;
+        }
+    }
 }
 
 /// In-flight key: group pointer (6.9+: `a` = group, `b` = 0) or, up to 6.8,
@@ -264,7 +383,8 @@ pub struct InflightKey {
     pub b: u64,
 }
 
-/// Counter key: device x configuration x level x response code (x source).
+/// Counter key: device x configuration x level x response code (x source). The agent's
+/// view of the per-device counters (the kernel keeps them in `DevAgg` by slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CountKey {
@@ -334,6 +454,18 @@ pub struct IopfStats {
     pub not_page_req: u64,
     /// VT-d fault records still pending after the per-interrupt decode bound.
     pub dmar_records_undecoded: u64,
+    /// Group handlers that found no pending report of their task.
+    pub handler_unmatched: u64,
+    /// Reports kept in the `IOPF_PENDING` hash because this CPU's slot was taken (a report
+    /// asleep on it), and reports found on another CPU's slot (the task migrated).
+    pub pending_parked: u64,
+    pub pending_migrated: u64,
+    /// In-flight faults kept in the `IOPF_INFLIGHT` hash because their table slots were taken.
+    pub inflight_spilled: u64,
+    /// Devices first seen after every device slot was taken (counted in slot 0, "other").
+    pub devices_overflow: u64,
+    /// Faults with at least one policy violation.
+    pub violations: u64,
 }
 
 impl IopfStats {
@@ -351,6 +483,12 @@ impl IopfStats {
         self.report_errors += o.report_errors;
         self.not_page_req += o.not_page_req;
         self.dmar_records_undecoded += o.dmar_records_undecoded;
+        self.handler_unmatched += o.handler_unmatched;
+        self.pending_parked += o.pending_parked;
+        self.pending_migrated += o.pending_migrated;
+        self.inflight_spilled += o.inflight_spilled;
+        self.devices_overflow += o.devices_overflow;
+        self.violations += o.violations;
     }
 }
 
@@ -362,7 +500,18 @@ pub struct Pending {
     pub fault: Fault,
     pub report_ns: u64,
     pub source: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    pub dev_idx: u32,
+}
+
+/// Per CPU: the report in progress on it. `owner` is the reporting task's id + 1 (0 = free),
+/// set by a compare-and-exchange, so a report that sleeps and is overtaken on its CPU keeps
+/// its data (the second one goes to the `IOPF_PENDING` hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSlot {
+    pub owner: u64,
+    pub p: Pending,
 }
 
 /// Policy verdict slot in each event (filled by the policy engine; 0 = not evaluated).

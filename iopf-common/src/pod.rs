@@ -34,3 +34,7 @@ unsafe impl aya::Pod for crate::dmar::DmarKey {}
 unsafe impl aya::Pod for crate::dmar::DmarEvent {}
 // SAFETY: as above (u32 and u64 fields, no padding).
 unsafe impl aya::Pod for crate::policy::Rule {}
+// SAFETY: `#[repr(C)]` byte array, u8 and explicit padding: every bit pattern is valid.
+unsafe impl aya::Pod for crate::iopf::DevKey {}
+// SAFETY: `#[repr(C)]` u64 arrays and histograms of u64s only.
+unsafe impl aya::Pod for crate::iopf::DevAgg {}

@@ -3,10 +3,11 @@
 #![no_std]
 #![no_main]
 // Atomic add/exchange on map values: core::sync::atomic has no RMW on the BPF target;
-// compare-and-exchange is inline assembly (see pagefault::claim).
+// compare-and-exchange is inline assembly (see atomic.rs).
 #![allow(internal_features)]
 #![feature(core_intrinsics, asm_experimental_arch)]
 
+mod atomic;
 mod iopf;
 mod pagefault;
 mod probes;

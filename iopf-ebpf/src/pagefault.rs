@@ -13,8 +13,6 @@
 //! - a thread migrates while it sleeps: its exit finds the entry in the old CPU's slot by
 //!   scanning the other CPUs (`bpf_map_lookup_percpu_elem`, where the kernel has it).
 
-use core::intrinsics::{AtomicOrdering, atomic_xchg};
-
 use aya_ebpf::{
     Global,
     helpers::{
@@ -30,11 +28,12 @@ use iopf_common::pagefault::{FaultKind, MAX_CGROUP_LEVEL, MAX_SCAN_CPUS, PfCpu, 
 #[unsafe(no_mangle)]
 static PF_MODE: Global<u32> = Global::new(0);
 
-/// CPUs the exit path scans for a migrated thread's entry; 0 where the kernel lacks
+/// CPUs a slot lookup scans for a migrated thread's entry (page-fault exit, IOPF group
+/// handler); 0 where the kernel lacks
 /// `bpf_map_lookup_percpu_elem` (before 5.19), which leaves the scan as dead code the verifier
 /// never visits.
 #[unsafe(no_mangle)]
-static PF_SCAN_CPUS: Global<u32> = Global::new(0);
+pub static SCAN_CPUS: Global<u32> = Global::new(0);
 
 /// Process ids to trace in `Selected` mode.
 #[map]
@@ -92,26 +91,12 @@ fn traced_tid() -> Option<u32> {
 
 /// Claims `word` from `slot` if it still holds it: exactly one claimer wins an entry.
 ///
-/// BPF_CMPXCHG written as inline assembly: the nightly's LLVM bitcode for `cmpxchg` is not
-/// readable by bpf-linker's LLVM ("Invalid record"), while exchange and add are.
-///
 /// SAFETY (caller): `slot` points at a `PfCpu::slot` inside a map value that stays valid for
 /// the program's run; every writer of slots uses an atomic operation.
 #[inline(always)]
 unsafe fn claim(slot: *mut u64, word: u64) -> bool {
-    let seen: u64;
-    // SAFETY: one atomic compare-and-exchange on a valid, 8-aligned u64 (the caller's
-    // contract); r0 carries the expected value in and the old value out.
-    unsafe {
-        core::arch::asm!(
-            "r0 = cmpxchg_64({p} + 0, r0, {new})",
-            p = in(reg) slot,
-            new = in(reg) 0u64,
-            inout("r0") word => seen,
-            options(nostack),
-        );
-    }
-    seen == word
+    // SAFETY: the caller's contract is `cmpxchg`'s.
+    unsafe { crate::atomic::cmpxchg(slot, word, 0) == word }
 }
 
 #[inline(always)]
@@ -122,7 +107,7 @@ fn fault_entry() {
     let word = slot::pack(unsafe { bpf_ktime_get_ns() }, tid);
     // SAFETY: `cpu` is this CPU's map value, valid for the run; the slot is only ever written
     // atomically (a migrated thread may claim it from another CPU concurrently).
-    let old = unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&raw mut (*cpu).slot, word) };
+    let old = unsafe { crate::atomic::xchg(&raw mut (*cpu).slot, word) };
     if old == 0 {
         return;
     }
@@ -159,7 +144,7 @@ fn take_slow(cpu: *mut PfCpu, tid: u32) -> Option<u64> {
         let _ = PF_PARKED.remove(&tid);
         return Some(w);
     }
-    let n = PF_SCAN_CPUS.load();
+    let n = SCAN_CPUS.load();
     let key = 0u32;
     let mut c = 0u32;
     while c < MAX_SCAN_CPUS && c < n {

@@ -19,10 +19,13 @@ fn scenario(name: &str) -> Scenario {
 
 fn globals(events: bool) -> Globals {
     let g = Globals { events, ..Globals::default() };
-    match KernelBtf::load("/sys/kernel/btf".as_ref()).ok().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok()) {
-        Some(abi) => g.with_abi(&abi),
-        None => Globals { consts: CURRENT_CONSTS, ..g },
-    }
+    let btf = KernelBtf::load("/sys/kernel/btf".as_ref()).expect("kernel BTF");
+    let g = match IopfAbi::resolve(btf.vmlinux()) {
+        Ok(abi) => g.with_abi(&abi),
+        Err(_) => Globals { consts: CURRENT_CONSTS, ..g },
+    };
+    // Report and handler are separate test runs, possibly on different CPUs.
+    g.with_btf(btf.vmlinux())
 }
 
 #[test]

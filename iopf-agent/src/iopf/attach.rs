@@ -54,9 +54,6 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
             p("iopf_work_fentry", Some("iopf_work_fexit"), "iopf_work_kprobe", Some("iopf_work_kretprobe"))
         }
         ("dmar_fault", _) => p("iopf_dmar_fault_fentry", None, "iopf_dmar_fault_kprobe", None),
-        ("mm_fault", "handle_mm_fault") => {
-            p("iopf_mm_fentry", Some("iopf_mm_fexit"), "iopf_mm_kprobe", Some("iopf_mm_kretprobe"))
-        }
         _ => None,
     }
 }

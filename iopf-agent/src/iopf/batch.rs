@@ -25,7 +25,8 @@ struct BatchAttr {
 #[derive(Debug)]
 pub struct Unsupported(pub std::io::Error);
 
-/// Calls `f(key, per_cpu_values)` for every entry of a per-CPU hash map, `ncpus` values each.
+/// Calls `f(key, per_cpu_values)` for every entry of a per-CPU map, `ncpus` values each (a
+/// plain map with u64-sized values reads the same way with `ncpus` 1).
 pub fn for_each_percpu<K: Pod, V: Pod>(
     map: &MapData,
     ncpus: usize,

@@ -102,8 +102,8 @@ impl<'a> Injector<'a> {
         self.run("inject_response", &[key.a, key.b, code as u64, now])
     }
 
-    pub fn free(&mut self, key: InflightKey) -> Result<(), InjectError> {
-        self.run("inject_free", &[key.a, key.b])
+    pub fn free(&mut self, key: InflightKey, now: u64) -> Result<(), InjectError> {
+        self.run("inject_free", &[key.a, key.b, now])
     }
 
     /// Writes `bytes` (a synthetic device/event/group/domain laid out per the BTF under

@@ -4,12 +4,16 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, Pod,
-    maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
 };
 use iopf_common::{
     dmar::DmarKey,
     hist::Histogram,
-    iopf::{CountKey, HistKey, IopfStats},
+    iopf::{
+        COUNT_SLOTS, CountKey, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DevAgg, DevKey, HistKey, IopfStats, Latency,
+        count_labels,
+    },
+    policy::Rule,
 };
 use thiserror::Error;
 
@@ -21,17 +25,25 @@ pub enum MapsError {
     Map { map: &'static str, source: aya::maps::MapError },
 }
 
+/// Violation counter key: device name, source, violation slot (`policy::violation_slot`).
+pub type ViolationKey = ([u8; DEV_NAME_LEN], u8, usize);
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IopfSnapshot {
     pub counts: BTreeMap<CountKey, u64>,
     pub hists: BTreeMap<HistKey, Histogram>,
+    pub violations: BTreeMap<ViolationKey, u64>,
     pub stats: IopfStats,
     pub dmar: BTreeMap<DmarKey, u64>,
 }
 
+/// Name given to device slot 0, where devices past `--max-devices` are counted.
+pub const OVERFLOW_DEVICE: &str = "other";
+
 pub struct IopfMaps {
-    counts: PerCpuHashMap<MapData, CountKey, u64>,
-    hists: PerCpuHashMap<MapData, HistKey, Histogram>,
+    dev_ids: HashMap<MapData, DevKey, u64>,
+    dev_agg: PerCpuArray<MapData, DevAgg>,
+    policy: Array<MapData, Rule>,
     stats: PerCpuArray<MapData, IopfStats>,
     dmar: PerCpuHashMap<MapData, DmarKey, u64>,
     /// Possible CPUs: the number of values per key in a per-CPU map (0: unknown).
@@ -49,25 +61,61 @@ where
 impl IopfMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
-            counts: take(ebpf, "IOPF_COUNTS")?,
-            hists: take(ebpf, "IOPF_HIST")?,
+            dev_ids: take(ebpf, "IOPF_DEV_IDS")?,
+            dev_agg: take(ebpf, "IOPF_DEV_AGG")?,
+            policy: take(ebpf, "IOPF_POLICY")?,
             stats: take(ebpf, "IOPF_STATS")?,
             dmar: take(ebpf, "DMAR_COUNTS")?,
             ncpus: aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(0),
         })
     }
 
+    /// Device slots handed out so far: slot -> (name, source). Slot 0 gets `OVERFLOW_DEVICE`.
+    pub fn devices(&self) -> Result<BTreeMap<u32, DevKey>, MapsError> {
+        let mut out = BTreeMap::new();
+        let mut add = |k: DevKey, slot: u64| {
+            let slot = slot as u32;
+            let k = if slot == DEV_SLOT_OVERFLOW {
+                DevKey { dev: dev_bytes(OVERFLOW_DEVICE), ..k }
+            } else {
+                k
+            };
+            out.entry(slot).or_insert(k);
+        };
+        if super::batch::for_each_percpu(self.dev_ids.map(), 1, |k, v: &[u64]| add(k, v[0])).is_err() {
+            for item in self.dev_ids.iter() {
+                let (k, v) = item.map_err(|source| MapsError::Map { map: "IOPF_DEV_IDS", source })?;
+                add(k, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs `rule` for device slot `slot` (whole value, one syscall).
+    pub fn set_rule(&mut self, slot: u32, rule: &Rule) -> Result<(), MapsError> {
+        self.policy.set(slot, rule, 0).map_err(|source| MapsError::Map { map: "IOPF_POLICY", source })
+    }
+
     pub fn snapshot(&self) -> Result<IopfSnapshot, MapsError> {
         let mut s = IopfSnapshot::default();
-        sum_per_cpu(&self.counts, "IOPF_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
-            *s.counts.entry(k).or_default() += per_cpu.iter().sum::<u64>();
-        })?;
-        sum_per_cpu(&self.hists, "IOPF_HIST", self.ncpus, |k, per_cpu: &[Histogram]| {
-            let h = s.hists.entry(k).or_default();
+        let devices = self.devices()?;
+        let mut fold = |slot: u32, per_cpu: &[DevAgg]| {
+            let Some(k) = devices.get(&slot) else { return };
+            let mut a = DevAgg::ZERO;
             for c in per_cpu {
-                h.merge(c);
+                a.merge(c);
             }
-        })?;
+            add_device(&mut s, k, &a);
+        };
+        let read_all =
+            self.ncpus > 0 && super::batch::for_each_percpu(self.dev_agg.map(), self.ncpus, &mut fold).is_ok();
+        if !read_all {
+            for &slot in devices.keys() {
+                let per_cpu =
+                    self.dev_agg.get(&slot, 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_AGG", source })?;
+                fold(slot, &per_cpu);
+            }
+        }
         sum_per_cpu(&self.dmar, "DMAR_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
             *s.dmar.entry(k).or_default() += per_cpu.iter().sum::<u64>();
         })?;
@@ -76,6 +124,28 @@ impl IopfMaps {
             s.stats.merge(c);
         }
         Ok(s)
+    }
+}
+
+/// Adds one device slot's (CPU-summed) aggregates to the snapshot, non-zero entries only.
+fn add_device(s: &mut IopfSnapshot, k: &DevKey, a: &DevAgg) {
+    for (i, &v) in a.counts.iter().enumerate().take(COUNT_SLOTS) {
+        if v != 0 {
+            let (config, level, code) = count_labels(i);
+            let ck = CountKey { dev: k.dev, config, level, code, source: k.source, _pad: 0 };
+            *s.counts.entry(ck).or_default() += v;
+        }
+    }
+    for (l, h) in Latency::ALL.iter().zip(a.hist.iter()) {
+        if h.count != 0 {
+            let hk = HistKey { dev: k.dev, latency: *l as u8, source: k.source, _pad: [0; 6] };
+            s.hists.entry(hk).or_default().merge(h);
+        }
+    }
+    for (i, &v) in a.violations.iter().enumerate() {
+        if v != 0 {
+            *s.violations.entry((k.dev, k.source, i)).or_default() += v;
+        }
     }
 }
 

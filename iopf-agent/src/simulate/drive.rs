@@ -23,7 +23,8 @@ pub fn drive_with(inj: &mut Injector<'_>, plan: &FaultPlan, mut after_window: im
             if let Some((code, at)) = f.response {
                 inj.response(f.key, code, at)?;
             }
-            inj.free(f.key)?;
+            // Freed when answered, or (unanswered) right after its handler.
+            inj.free(f.key, f.response.map_or(f.handler_ns, |(_, at)| at))?;
         }
         after_window();
     }

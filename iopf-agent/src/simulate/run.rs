@@ -43,12 +43,19 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         None => None,
     };
     // The running kernel's constants when it has an IOPF ABI, else the newest generation's.
-    let abi = KernelBtf::load(&opts.btf_dir).ok().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
+    let btf = KernelBtf::load(&opts.btf_dir).ok();
+    let abi = btf.as_ref().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
     let base = Globals { events: opts.trace, ..Globals::default() };
-    let globals = match &abi {
+    let mut globals = match &abi {
         Some(a) => base.with_abi(a),
         None => Globals { consts: CURRENT_CONSTS, ..base },
     };
+    // Report and handler are separate test runs: the scan finds a report left on another
+    // CPU's slot when this thread migrated in between.
+    if let Some(b) = &btf {
+        globals = globals.with_btf(b.vmlinux());
+    }
+    drop(btf);
     let plan = model::plan(&scenario, &globals.consts);
     let mut ebpf = loader::load(globals)?;
     if opts.trace {

@@ -40,11 +40,11 @@ fn tuple_response(dev: u64, msg: u64) {
 }
 
 fn work_start(work: u64) {
-    // 6.9+: the work function gets &group->work. <= 6.8 work functions carry no group we
-    // can key on; their mm-fix time is attributed to no device.
+    // 6.9+: the work function gets &group->work. <= 6.8 work items carry no group we can key
+    // on (key 0): the response the same task sends is for the group it worked on.
     let group = read::group_of_work(work);
     let key = if TUPLE_KEYS.load() != 0 { InflightKey::default() } else { InflightKey { a: group, b: 0 } };
-    super::on_work_start(&key);
+    super::on_work_start(&key, now());
 }
 
 // ---- fentry/fexit rung ----
@@ -83,7 +83,7 @@ pub fn iopf_page_response_fentry(ctx: FEntryContext) -> u32 {
 
 #[fentry]
 pub fn iopf_free_group_fentry(ctx: FEntryContext) -> u32 {
-    super::on_free(&InflightKey { a: ctx.arg(0), b: 0 });
+    super::on_free(&InflightKey { a: ctx.arg(0), b: 0 }, now());
     0
 }
 
@@ -96,18 +96,6 @@ pub fn iopf_work_fentry(ctx: FEntryContext) -> u32 {
 #[fexit]
 pub fn iopf_work_fexit(_ctx: FExitContext) -> u32 {
     super::on_work_end();
-    0
-}
-
-#[fentry]
-pub fn iopf_mm_fentry(_ctx: FEntryContext) -> u32 {
-    super::on_mm_entry(now());
-    0
-}
-
-#[fexit]
-pub fn iopf_mm_fexit(_ctx: FExitContext) -> u32 {
-    super::on_mm_exit(now());
     0
 }
 
@@ -146,7 +134,7 @@ pub fn iopf_page_response_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn iopf_free_group_kprobe(ctx: ProbeContext) -> u32 {
-    super::on_free(&InflightKey { a: ctx.arg(0).unwrap_or(0), b: 0 });
+    super::on_free(&InflightKey { a: ctx.arg(0).unwrap_or(0), b: 0 }, now());
     0
 }
 
@@ -159,18 +147,6 @@ pub fn iopf_work_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn iopf_work_kretprobe(_ctx: RetProbeContext) -> u32 {
     super::on_work_end();
-    0
-}
-
-#[kprobe]
-pub fn iopf_mm_kprobe(_ctx: ProbeContext) -> u32 {
-    super::on_mm_entry(now());
-    0
-}
-
-#[kretprobe]
-pub fn iopf_mm_kretprobe(_ctx: RetProbeContext) -> u32 {
-    super::on_mm_exit(now());
     0
 }
 

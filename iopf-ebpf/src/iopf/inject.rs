@@ -64,10 +64,10 @@ pub fn inject_response(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// args: key.a, key.b
+/// args: key.a, key.b, now
 #[raw_tracepoint]
 pub fn inject_free(ctx: RawTracePointContext) -> i32 {
-    super::on_free(&InflightKey { a: ctx.arg(0), b: ctx.arg(1) });
+    super::on_free(&InflightKey { a: ctx.arg(0), b: ctx.arg(1) }, ctx.arg(2));
     0
 }
 
@@ -183,7 +183,7 @@ pub fn bench_iopf_lifecycle(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
     super::on_report(&dev, &f, t, Source::Simulated as u8, &key);
     super::on_handler(&key, c.dom_nested, false, t + 1_000);
     super::on_response(&key, iopf_common::iopf::RESP_SUCCESS, t + 50_000);
-    super::on_free(&key);
+    super::on_free(&key, t + 60_000);
     0
 }
 

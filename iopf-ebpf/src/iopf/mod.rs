@@ -8,17 +8,27 @@ pub mod read;
 
 use aya_ebpf::{
     Global,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_map_lookup_percpu_elem},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use iopf_common::{
-    hist::Histogram,
     iopf::{
-        CODE_REPORTED, Config, Consts, CountKey, DEV_NAME_LEN, EVENTS_ALL, Event, Fault, HistKey, Inflight,
-        InflightKey, IopfStats, Latency, Level, Method, Offsets, Pending, RESP_NONE, RESP_SUCCESS, Source,
-        VERDICT_NONE, classify_domain,
+        CODE_REPORTED, Config, Consts, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DEV_SLOTS_DEFAULT, DevAgg, DevKey, EVENTS_ALL,
+        Event, Fault, INFLIGHT_PROBES, INFLIGHT_SLOTS, Inflight, InflightKey, InflightSlot, IopfStats, Latency, Level,
+        Method, Offsets, Pending, PendingSlot, RESP_NONE, RESP_SUCCESS, Source, VERDICT_NONE, classify_domain,
+        count_index, inflight_hash,
     },
+    pagefault::MAX_SCAN_CPUS,
+    policy::{
+        Rule, VIOLATION_CODE, VIOLATION_LATENCY, VIOLATION_LEVEL, VIOLATIONS, verdict_answer, verdict_level,
+        violation_slot,
+    },
+};
+
+use crate::{
+    atomic::{add, cmpxchg, xchg},
+    pagefault::SCAN_CPUS,
 };
 
 #[unsafe(no_mangle)]
@@ -32,31 +42,58 @@ static EVENTS_MODE: Global<u32> = Global::new(0);
 /// keyed by group pointer at the group handler (6.9+).
 #[unsafe(no_mangle)]
 pub static TUPLE_KEYS: Global<u32> = Global::new(0);
+/// Device slots (`IOPF_DEV_AGG` and `IOPF_POLICY` entries; the agent sizes both to it).
+#[unsafe(no_mangle)]
+static DEV_SLOTS: Global<u32> = Global::new(DEV_SLOTS_DEFAULT);
 
+/// Per CPU: the report in progress (report -> group handler, same task, usually same CPU).
 #[map]
-static IOPF_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(4096, 0);
+static IOPF_PENDING_CPU: PerCpuArray<PendingSlot> = PerCpuArray::with_max_entries(1, 0);
+/// Reports whose CPU slot was taken by another, sleeping report. LRU: a report that never
+/// reaches a handler ages out.
+#[map]
+static IOPF_PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(4096, 0);
+/// In-flight faults, handler -> response / free (any task, any CPU).
+#[map]
+static IOPF_INFLIGHT_TABLE: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+/// In-flight faults whose table slots were all taken.
 #[map]
 static IOPF_INFLIGHT: HashMap<InflightKey, Inflight> = HashMap::with_max_entries(16384, 0);
-/// Task id -> in-flight key of the group whose work the task runs.
+/// Live entries: [0] in `IOPF_INFLIGHT`, [1] in `IOPF_PENDING`. Zero almost always, so the
+/// common path skips those hashes.
 #[map]
-static IOPF_WORK: HashMap<u32, InflightKey> = HashMap::with_max_entries(4096, 0);
-/// Tasks currently running IOPF work (all CPUs). Zero almost always: it lets every CPU
-/// page fault leave handle_mm_fault's hooks after one array read, without a hash lookup.
+static IOPF_SPILLED: Array<u64> = Array::with_max_entries(2, 0);
+/// Task id -> the group whose work the task runs and when it started.
+#[map]
+static IOPF_WORK: HashMap<u32, Work> = HashMap::with_max_entries(4096, 0);
+/// Tasks currently running IOPF work (all CPUs): lets a response skip `IOPF_WORK` when zero.
 #[map]
 static IOPF_WORKERS: Array<u64> = Array::with_max_entries(1, 0);
-/// Task id -> handle_mm_fault entry time, while under IOPF work.
+/// Device name + source -> device slot. Filled here at a device's first fault.
 #[map]
-static IOPF_MM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+static IOPF_DEV_IDS: HashMap<DevKey, u64> = HashMap::with_max_entries(4 * DEV_SLOTS_DEFAULT, 0);
+/// Last device slot handed out.
 #[map]
-static IOPF_COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+static IOPF_DEV_NEXT: Array<u64> = Array::with_max_entries(1, 0);
+/// Per device slot, per CPU: counters, histograms, violations.
 #[map]
-static IOPF_HIST: PerCpuHashMap<HistKey, Histogram> = PerCpuHashMap::with_max_entries(4096, 0);
+static IOPF_DEV_AGG: PerCpuArray<DevAgg> = PerCpuArray::with_max_entries(DEV_SLOTS_DEFAULT, 0);
+/// Per device slot: the compiled policy rule (written by the agent).
+#[map]
+static IOPF_POLICY: Array<Rule> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
 #[map]
 static IOPF_STATS: PerCpuArray<IopfStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static IOPF_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-static HIST_ZERO: Histogram = Histogram::ZERO;
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Work {
+    key: InflightKey,
+    start_ns: u64,
+}
+
+const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 fn tid() -> u32 {
@@ -72,30 +109,272 @@ pub fn stats(f: impl FnOnce(&mut IopfStats)) {
     }
 }
 
+/// Adds `delta` (two's complement) to an `IOPF_SPILLED` / `IOPF_WORKERS` style counter.
 #[inline(always)]
-pub fn count(dev: &[u8; DEV_NAME_LEN], config: u8, level: u8, code: u8, source: u8) {
-    let key = CountKey { dev: *dev, config, level, code, source, _pad: 0 };
-    if let Some(p) = IOPF_COUNTS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's value slot.
-        unsafe { *p += 1 };
+fn counter_add(map: &Array<u64>, i: u32, delta: u64) {
+    if let Some(p) = map.get_ptr_mut(i) {
+        // SAFETY: `p` is the map's u64 value, valid for the run; every writer adds atomically.
+        unsafe { add(p, delta) };
+    }
+}
+
+/// A possibly stale read of such a counter: stale non-zero costs a hash lookup, stale zero
+/// can only hide an entry during the instant it is being added.
+#[inline(always)]
+fn counter_zero(map: &Array<u64>, i: u32) -> bool {
+    // SAFETY: plain read of the map's u64 value.
+    map.get_ptr(i).is_none_or(|p| unsafe { core::ptr::read_volatile(p) } == 0)
+}
+
+// ---- device slots ----
+
+/// The device's slot, handing out a new one at its first fault.
+#[inline(always)]
+pub fn dev_slot(dev: &[u8; DEV_NAME_LEN], source: u8) -> u32 {
+    let k = DevKey { dev: *dev, source, _pad: [0; 7] };
+    // SAFETY: copied out.
+    if let Some(v) = unsafe { IOPF_DEV_IDS.get(&k) } {
+        return *v as u32;
+    }
+    dev_slot_new(&k)
+}
+
+#[inline(always)]
+fn dev_slot_new(k: &DevKey) -> u32 {
+    let Some(next) = IOPF_DEV_NEXT.get_ptr_mut(0) else { return DEV_SLOT_OVERFLOW };
+    // A compare-and-exchange loop, not a fetch-add: the add's return value needs BPF v3
+    // instructions, and first faults of new devices are rare enough that contention is too.
+    let mut n = u64::MAX;
+    // SAFETY: the map's u64, valid for the run; only ever changed atomically.
+    let mut cur = unsafe { core::ptr::read_volatile(next) };
+    let mut tries = 0;
+    while tries < 8 {
+        // SAFETY: as above.
+        let seen = unsafe { cmpxchg(next, cur, cur + 1) };
+        if seen == cur {
+            n = cur + 1;
+            break;
+        }
+        cur = seen;
+        tries += 1;
+    }
+    let slot = if n < DEV_SLOTS.load() as u64 {
+        n
     } else {
-        let _ = IOPF_COUNTS.insert(&key, &1, 0);
+        stats(|s| s.devices_overflow += 1);
+        DEV_SLOT_OVERFLOW as u64
+    };
+    if IOPF_DEV_IDS.insert(k, &slot, BPF_NOEXIST).is_err() {
+        // Another CPU named it first (its slot wins; ours stays unused), or the map is full.
+        // SAFETY: copied out.
+        return unsafe { IOPF_DEV_IDS.get(k) }.map_or(DEV_SLOT_OVERFLOW, |v| *v as u32);
+    }
+    slot as u32
+}
+
+/// This CPU's aggregates of device slot `idx`.
+#[inline(always)]
+fn agg(idx: u32) -> Option<&'static mut DevAgg> {
+    // SAFETY: this CPU's value, valid for the run; programs updating it do not nest on a CPU
+    // (a nested run would at worst lose an increment).
+    IOPF_DEV_AGG.get_ptr_mut(idx).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn rule(idx: u32) -> Rule {
+    // SAFETY: copied out; the agent replaces rules whole.
+    IOPF_POLICY.get(idx).copied().unwrap_or(Rule::NONE)
+}
+
+#[inline(always)]
+fn bump(a: &mut DevAgg, config: u8, level: u8, code: u8) {
+    if let Some(c) = a.counts.get_mut(count_index(config, level, code)) {
+        *c += 1;
     }
 }
 
 #[inline(always)]
-fn observe(dev: &[u8; DEV_NAME_LEN], latency: Latency, source: u8, ns: u64) {
-    let key = HistKey { dev: *dev, latency: latency as u8, source, _pad: [0; 6] };
-    let mut p = IOPF_HIST.get_ptr_mut(&key);
-    if p.is_none() {
-        // BPF_NOEXIST: a concurrent first insert on another CPU is fine (per-CPU values).
-        let _ = IOPF_HIST.insert(&key, &HIST_ZERO, 1);
-        p = IOPF_HIST.get_ptr_mut(&key);
+fn observe(a: &mut DevAgg, latency: Latency, ns: u64) {
+    if let Some(h) = a.hist.get_mut(latency as usize) {
+        h.record(ns);
     }
-    if let Some(p) = p {
-        // SAFETY: this CPU's value slot.
-        unsafe { &mut *p }.record(ns);
+}
+
+#[inline(always)]
+fn count_violations(a: &mut DevAgg, verdict: u32) {
+    for (bit, _) in VIOLATIONS {
+        if verdict & bit != 0
+            && let Some(v) = a.violations.get_mut(violation_slot(bit))
+        {
+            *v += 1;
+        }
     }
+}
+
+/// Counts a fault under its device without the in-flight machinery (unrecoverable faults).
+#[inline(always)]
+pub fn count(dev: &[u8; DEV_NAME_LEN], config: u8, level: u8, code: u8, source: u8) {
+    if let Some(a) = agg(dev_slot(dev, source)) {
+        bump(a, config, level, code);
+    }
+}
+
+// ---- pending reports: per-CPU slot, hash when taken, scan when migrated ----
+
+#[inline(always)]
+fn pending_put(p: &Pending) {
+    let me = tid() as u64 + 1;
+    if let Some(s) = IOPF_PENDING_CPU.get_ptr_mut(0) {
+        // SAFETY: this CPU's value, valid for the run; `owner` is only written atomically,
+        // and `p` only by the owner.
+        unsafe {
+            let owner = &raw mut (*s).owner;
+            let seen = cmpxchg(owner, 0, me);
+            // A slot already ours is a report that never reached a handler: reuse it.
+            if seen == 0 || seen == me {
+                (*s).p = *p;
+                return;
+            }
+        }
+    }
+    // Another task's report sleeps on this CPU's slot.
+    if IOPF_PENDING.insert(&(me as u32).wrapping_sub(1), p, 0).is_ok() {
+        counter_add(&IOPF_SPILLED, 1, 1);
+        stats(|s| s.pending_parked += 1);
+    }
+}
+
+/// Copies the slot's report out and frees the slot if `me` owns it.
+///
+/// SAFETY (caller): `s` is a `PendingSlot` map value valid for the run.
+#[inline(always)]
+unsafe fn pending_claim(s: *mut PendingSlot, me: u64) -> Option<Pending> {
+    // SAFETY: the caller's contract; only the owner writes `p`, and it is us.
+    unsafe {
+        let owner = &raw mut (*s).owner;
+        if core::ptr::read_volatile(owner) != me {
+            return None;
+        }
+        let p = (*s).p;
+        xchg(owner, 0);
+        Some(p)
+    }
+}
+
+#[inline(always)]
+fn pending_take() -> Option<Pending> {
+    let me = tid() as u64 + 1;
+    let s = IOPF_PENDING_CPU.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value.
+    if let Some(p) = unsafe { pending_claim(s, me) } {
+        return Some(p);
+    }
+    pending_take_slow(me)
+}
+
+#[inline(always)]
+fn pending_take_slow(me: u64) -> Option<Pending> {
+    let t = (me as u32).wrapping_sub(1);
+    if !counter_zero(&IOPF_SPILLED, 1) {
+        // SAFETY: copied out before the removal.
+        if let Some(p) = unsafe { IOPF_PENDING.get(&t) }.copied() {
+            if IOPF_PENDING.remove(&t).is_ok() {
+                counter_add(&IOPF_SPILLED, 1, u64::MAX);
+            }
+            return Some(p);
+        }
+    }
+    let n = SCAN_CPUS.load();
+    let key = 0u32;
+    let mut c = 0u32;
+    while c < MAX_SCAN_CPUS && c < n {
+        // SAFETY: helper call on our own map with a valid key; returns that CPU's value or null.
+        let other = unsafe {
+            bpf_map_lookup_percpu_elem(&raw const IOPF_PENDING_CPU as *mut _, &raw const key as *const _, c)
+        } as *mut PendingSlot;
+        // SAFETY: non-null map value, valid for the run.
+        if !other.is_null()
+            && let Some(p) = unsafe { pending_claim(other, me) }
+        {
+            stats(|s| s.pending_migrated += 1);
+            return Some(p);
+        }
+        c += 1;
+    }
+    None
+}
+
+// ---- in-flight faults: open-addressed table, hash when a key's slots are taken ----
+
+#[inline(always)]
+fn inflight_put(key: &InflightKey, f: &Inflight) {
+    let (h, tag) = inflight_hash(key);
+    let mut i = 0;
+    while i < INFLIGHT_PROBES {
+        if let Some(s) = IOPF_INFLIGHT_TABLE.get_ptr_mut((h + i) & (INFLIGHT_SLOTS - 1)) {
+            // SAFETY: a table value, valid for the run; `tag` is only written atomically and
+            // the rest only by the task that claimed the tag.
+            unsafe {
+                let t = &raw mut (*s).tag;
+                if core::ptr::read_volatile(t) == 0 && cmpxchg(t, 0, tag) == 0 {
+                    (*s).key = *key;
+                    (*s).f = *f;
+                    return;
+                }
+            }
+        }
+        i += 1;
+    }
+    if IOPF_INFLIGHT.insert(key, f, 0).is_ok() {
+        counter_add(&IOPF_SPILLED, 0, 1);
+        stats(|s| s.inflight_spilled += 1);
+    } else {
+        stats(|s| s.inflight_full += 1);
+    }
+}
+
+/// The table slot holding `key`, if any.
+#[inline(always)]
+fn inflight_slot(key: &InflightKey) -> Option<(*mut InflightSlot, u64)> {
+    let (h, tag) = inflight_hash(key);
+    let mut i = 0;
+    while i < INFLIGHT_PROBES {
+        if let Some(s) = IOPF_INFLIGHT_TABLE.get_ptr_mut((h + i) & (INFLIGHT_SLOTS - 1)) {
+            // SAFETY: a table value, valid for the run.
+            let hit = unsafe { core::ptr::read_volatile(&raw const (*s).tag) == tag && (*s).key == *key };
+            if hit {
+                return Some((s, tag));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Removes `key`'s in-flight fault and returns it; exactly one taker wins.
+#[inline(always)]
+fn inflight_take(key: &InflightKey) -> Option<Inflight> {
+    if let Some((s, tag)) = inflight_slot(key) {
+        // SAFETY: a table value, valid for the run; the copy happens before the release, and
+        // nobody rewrites a slot whose tag is set.
+        unsafe {
+            let f = (*s).f;
+            if cmpxchg(&raw mut (*s).tag, tag, 0) == tag {
+                return Some(f);
+            }
+        }
+        return None;
+    }
+    if counter_zero(&IOPF_SPILLED, 0) {
+        return None;
+    }
+    // SAFETY: copied out before the removal.
+    let f = unsafe { IOPF_INFLIGHT.get(key) }.copied()?;
+    if IOPF_INFLIGHT.remove(key).is_err() {
+        return None;
+    }
+    counter_add(&IOPF_SPILLED, 0, u64::MAX);
+    Some(f)
 }
 
 /// Fault reported (`iommu_report_device_fault` entry, or injected). `tuple_key` is the
@@ -112,6 +391,7 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
         stats(|s| s.partial += 1);
         return;
     }
+    let dev_idx = dev_slot(dev, source);
     if TUPLE_KEYS.load() != 0 {
         // <= 6.8: no group and no domain at report time; before 6.9 every consumer of a
         // recoverable fault is SVA (iommu_sva_find / iopf_handler -> SVA domain), so a
@@ -121,178 +401,180 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
         } else {
             (Config::Unknown, Level::Unknown, Method::None)
         };
-        start_inflight(dev, fault, now, 0, source, tuple_key, config, level, method);
+        let p = Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 3], dev_idx };
+        start_inflight(&p, None, tuple_key, config, level, method);
         return;
     }
-    let p = Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 7] };
-    let _ = IOPF_PENDING.insert(&tid(), &p, 0);
+    pending_put(&Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 3], dev_idx });
 }
 
-/// Report returned `ret` (int-returning generations).
+/// Report returned `ret` (int-returning generations): a report that never reached a handler
+/// leaves nothing pending.
 #[inline(always)]
 pub fn on_report_return(ret: i64) {
     if ret != 0 {
         stats(|s| s.report_errors += 1);
     }
-    // A report that never reached a handler leaves nothing pending.
-    let _ = IOPF_PENDING.remove(&tid());
+    let me = tid() as u64 + 1;
+    if let Some(s) = IOPF_PENDING_CPU.get_ptr_mut(0) {
+        // SAFETY: this CPU's value; frees the slot only if it is ours.
+        unsafe { cmpxchg(&raw mut (*s).owner, me, 0) };
+    }
+    if !counter_zero(&IOPF_SPILLED, 1) && IOPF_PENDING.remove(&tid()).is_ok() {
+        counter_add(&IOPF_SPILLED, 1, u64::MAX);
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Classified: count the fault, check the level against the device's rule, keep it in flight.
 #[inline(always)]
 fn start_inflight(
-    dev: &[u8; DEV_NAME_LEN],
-    fault: &Fault,
-    report_ns: u64,
-    dispatch_ns: u64,
-    source: u8,
+    p: &Pending,
+    dispatch_ns: Option<u64>,
     key: &InflightKey,
     config: Config,
     level: Level,
     method: Method,
 ) {
+    let verdict = verdict_level(&rule(p.dev_idx), level as u8);
+    if let Some(a) = agg(p.dev_idx) {
+        bump(a, config as u8, level as u8, CODE_REPORTED);
+        if let Some(ns) = dispatch_ns {
+            observe(a, Latency::Dispatch, ns);
+        }
+        count_violations(a, verdict);
+    }
     let f = Inflight {
-        dev: *dev,
-        fault: *fault,
-        report_ns,
-        dispatch_ns,
+        dev: p.dev,
+        fault: p.fault,
+        report_ns: p.report_ns,
+        dispatch_ns: dispatch_ns.unwrap_or(0),
         mm_fix_ns: 0,
         config: config as u8,
         level: level as u8,
         method: method as u8,
-        source,
+        source: p.source,
+        dev_idx: p.dev_idx,
+        verdict,
         _pad: 0,
     };
-    if IOPF_INFLIGHT.insert(key, &f, 0).is_err() {
-        stats(|s| s.inflight_full += 1);
-    }
+    inflight_put(key, &f);
     stats(|s| s.handled += 1);
-    count(dev, config as u8, level as u8, CODE_REPORTED, source);
 }
 
 /// The group handler got the current task's pending report: classify from the domain type.
 #[inline(always)]
 pub fn on_handler(key: &InflightKey, dom_type: u32, nest_parent: bool, now: u64) {
-    let t = tid();
-    // SAFETY: copied out before removal.
-    let Some(p) = (unsafe { IOPF_PENDING.get(&t) }).copied() else {
+    let Some(p) = pending_take() else {
+        stats(|s| s.handler_unmatched += 1);
         return;
     };
-    let _ = IOPF_PENDING.remove(&t);
     let (config, level, method) = classify_domain(&CONSTS.load(), dom_type, nest_parent);
-    let dispatch = now.saturating_sub(p.report_ns);
-    observe(&p.dev, Latency::Dispatch, p.source, dispatch);
-    start_inflight(&p.dev, &p.fault, p.report_ns, dispatch, p.source, key, config, level, method);
+    start_inflight(&p, Some(now.saturating_sub(p.report_ns)), key, config, level, method);
+}
+
+/// The time the current task has spent on IOPF work for `key` (6.9+: the SVA work function
+/// from its start up to its page response: mmap lock, VMA lookup, handle_mm_fault per fault).
+#[inline(always)]
+fn work_fix_ns(key: &InflightKey, now: u64) -> Option<u64> {
+    if counter_zero(&IOPF_WORKERS, 0) {
+        return None;
+    }
+    // SAFETY: copied out.
+    let w = unsafe { IOPF_WORK.get(&tid()) }.copied()?;
+    // <= 6.8 work items carry no group (key 0): the task answering is the one that fixed it.
+    if w.key.a != 0 && w.key != *key {
+        return None;
+    }
+    Some(now.saturating_sub(w.start_ns))
+}
+
+/// Counts, observes and checks an answered (or freed) fault; emits it when asked or violating.
+#[inline(always)]
+fn finish(f: &mut Inflight, code: u8, now: u64, fix_ns: Option<u64>) {
+    let service = now.saturating_sub(f.report_ns);
+    let verdict = f.verdict | verdict_answer(&rule(f.dev_idx), code, service);
+    let answer_bits = verdict & (VIOLATION_CODE | VIOLATION_LATENCY);
+    if let Some(a) = agg(f.dev_idx) {
+        bump(a, f.config, f.level, code);
+        // A freed group was never answered: it has no service time.
+        if code != RESP_NONE {
+            observe(a, Latency::Service, service);
+        }
+        if let Some(ns) = fix_ns {
+            observe(a, Latency::MmFix, ns);
+        }
+        count_violations(a, answer_bits);
+    }
+    if let Some(ns) = fix_ns {
+        f.mm_fix_ns += ns;
+    }
+    let violated = verdict & (VIOLATION_LEVEL | VIOLATION_CODE | VIOLATION_LATENCY) != 0;
+    if violated {
+        stats(|s| s.violations += 1);
+    }
+    // Tracing streams answered faults; a violation is streamed whatever the mode.
+    if violated || (code != RESP_NONE && EVENTS_MODE.load() == EVENTS_ALL) {
+        emit(f, code, service, verdict);
+    }
 }
 
 /// Page response with `code` for the in-flight fault `key`.
 #[inline(always)]
 pub fn on_response(key: &InflightKey, code: u8, now: u64) {
-    // SAFETY: copied out before removal.
-    let Some(f) = (unsafe { IOPF_INFLIGHT.get(key) }).copied() else {
+    let Some(mut f) = inflight_take(key) else {
         stats(|s| s.response_unmatched += 1);
         return;
     };
-    let _ = IOPF_INFLIGHT.remove(key);
-    let service = now.saturating_sub(f.report_ns);
     stats(|s| s.responses += 1);
-    count(&f.dev, f.config, f.level, code, f.source);
-    observe(&f.dev, Latency::Service, f.source, service);
-    if EVENTS_MODE.load() == EVENTS_ALL {
-        emit(&f, code, service);
-    }
+    let fix = work_fix_ns(key, now);
+    finish(&mut f, code, now, fix);
 }
 
 /// The group is freed: anything still in flight was never answered through the core.
 #[inline(always)]
-pub fn on_free(key: &InflightKey) {
-    // SAFETY: copied out before removal.
-    if let Some(f) = (unsafe { IOPF_INFLIGHT.get(key) }).copied() {
-        let _ = IOPF_INFLIGHT.remove(key);
+pub fn on_free(key: &InflightKey, now: u64) {
+    if let Some(mut f) = inflight_take(key) {
         stats(|s| s.freed_unanswered += 1);
-        count(&f.dev, f.config, f.level, RESP_NONE, f.source);
-    }
-}
-
-/// Adds `delta` (two's complement) to the worker count with an atomic add (BPF_XADD);
-/// `core::sync::atomic` offers no read-modify-write on the BPF target.
-#[inline(always)]
-fn workers_add(delta: u64) {
-    if let Some(p) = IOPF_WORKERS.get_ptr_mut(0) {
-        // SAFETY: `p` points at the map's u64 value, valid for the program's run; every
-        // writer uses this atomic add.
-        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta) };
+        finish(&mut f, RESP_NONE, now, None);
     }
 }
 
 /// The current task starts IOPF work for group `key` (work function entry).
 #[inline(always)]
-pub fn on_work_start(key: &InflightKey) {
-    if IOPF_WORK.insert(&tid(), key, 0).is_ok() {
-        workers_add(1);
+pub fn on_work_start(key: &InflightKey, now: u64) {
+    if IOPF_WORK.insert(&tid(), &Work { key: *key, start_ns: now }, 0).is_ok() {
+        counter_add(&IOPF_WORKERS, 0, 1);
     }
 }
 
 #[inline(always)]
 pub fn on_work_end() {
-    let t = tid();
-    if IOPF_WORK.remove(&t).is_ok() {
-        workers_add(u64::MAX);
+    if IOPF_WORK.remove(&tid()).is_ok() {
+        counter_add(&IOPF_WORKERS, 0, u64::MAX);
     }
-    let _ = IOPF_MM_START.remove(&t);
 }
 
-/// True when no task runs IOPF work: the early exit every CPU page fault takes.
-#[inline(always)]
-fn no_workers() -> bool {
-    // SAFETY: a plain (possibly stale) read of the map's u64; a stale non-zero only costs the
-    // hash lookup, a stale zero only during the instant a worker starts.
-    IOPF_WORKERS.get_ptr(0).is_none_or(|p| unsafe { core::ptr::read_volatile(p) } == 0)
-}
-
-/// handle_mm_fault entry: only tasks marked by the IOPF work function are timed.
-#[inline(always)]
-pub fn on_mm_entry(now: u64) {
-    if no_workers() {
-        return;
-    }
-    let t = tid();
-    // SAFETY: presence check only.
-    if unsafe { IOPF_WORK.get(&t) }.is_none() {
-        return;
-    }
-    let _ = IOPF_MM_START.insert(&t, &now, 0);
-}
-
-#[inline(always)]
-pub fn on_mm_exit(now: u64) {
-    if no_workers() {
-        return;
-    }
-    let t = tid();
-    // SAFETY: copied out.
-    let Some(start) = (unsafe { IOPF_MM_START.get(&t) }).copied() else {
-        return;
-    };
-    let _ = IOPF_MM_START.remove(&t);
-    // SAFETY: copied out.
-    let Some(key) = (unsafe { IOPF_WORK.get(&t) }).copied() else {
-        return;
-    };
-    mm_fix(&key, now.saturating_sub(start));
-}
-
-/// Adds `ns` of mm-fix time to the in-flight fault `key` and its device's histogram.
+/// Adds `ns` of mm-fix time to the in-flight fault `key` and its device's histogram
+/// (injection: the simulator's per-fault fix time).
 #[inline(always)]
 pub fn mm_fix(key: &InflightKey, ns: u64) {
-    if let Some(f) = IOPF_INFLIGHT.get_ptr_mut(key) {
-        // SAFETY: in-flight entries are only written by the task working on that group.
-        let f = unsafe { &mut *f };
-        f.mm_fix_ns += ns;
-        let (dev, source) = (f.dev, f.source);
-        observe(&dev, Latency::MmFix, source, ns);
-    } else {
-        observe(&[0; DEV_NAME_LEN], Latency::MmFix, 0, ns);
+    let f = match inflight_slot(key) {
+        // SAFETY: the slot's record, valid for the run; written only by the task working on it.
+        Some((s, _)) => Some(unsafe { &raw mut (*s).f }),
+        None if !counter_zero(&IOPF_SPILLED, 0) => IOPF_INFLIGHT.get_ptr_mut(key),
+        None => None,
+    };
+    let idx = match f {
+        Some(f) => {
+            // SAFETY: as above.
+            let f = unsafe { &mut *f };
+            f.mm_fix_ns += ns;
+            f.dev_idx
+        }
+        None => dev_slot(&[0; DEV_NAME_LEN], Source::Kernel as u8),
+    };
+    if let Some(a) = agg(idx) {
+        observe(a, Latency::MmFix, ns);
     }
 }
 
@@ -320,13 +602,15 @@ pub fn emit_synthetic(seq: u64) {
         level: Level::First as u8,
         method: Method::Domain as u8,
         source: Source::Simulated as u8,
+        dev_idx: 0,
+        verdict: 0,
         _pad: 0,
     };
-    emit(&f, RESP_SUCCESS, 2000);
+    emit(&f, RESP_SUCCESS, 2000, VERDICT_NONE);
 }
 
 #[inline(always)]
-fn emit(f: &Inflight, code: u8, service: u64) {
+fn emit(f: &Inflight, code: u8, service: u64, verdict: u32) {
     match IOPF_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
             e.write(Event {
@@ -336,7 +620,7 @@ fn emit(f: &Inflight, code: u8, service: u64) {
                 dispatch_ns: f.dispatch_ns,
                 service_ns: service,
                 mm_fix_ns: f.mm_fix_ns,
-                verdict: VERDICT_NONE,
+                verdict,
                 config: f.config,
                 level: f.level,
                 method: f.method,

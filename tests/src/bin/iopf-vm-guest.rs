@@ -210,15 +210,16 @@ fn dmar(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Benchmark (not a test): page faults that are NOT IOPF work, with the agent's IOPF hooks
-/// on `rung` (handle_mm_fault entry/exit take the early exit) against no tracer, and CPU page
-/// faults traced by --page-faults on the same rung. Interleaved, medians, ratios only.
+/// Benchmark (not a test): page faults that are NOT IOPF work, with the agent's IOPF capture
+/// on `rung` (report, handlers, work, response, free: none is on the CPU fault path) against
+/// no tracer, and CPU page faults traced by --page-faults (handle_mm_fault) on the same rung.
+/// Interleaved, medians, ratios only.
 fn bench_mm(a: &Args, rung: &str) -> Result<(), String> {
     const PAGES: usize = 4096;
     let (mut base, mut iopf, mut pf) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         base.extend((0..4).map(|_| fault_ns(PAGES)));
-        let ag = start_agent(a, &["--force-rung", rung, "--require", "mm_fault"])?;
+        let ag = start_agent(a, &["--force-rung", rung, "--require", "report", "--require", "iopf_work"])?;
         iopf.extend((0..4).map(|_| fault_ns(PAGES)));
         ag.stop();
         let ag = start_agent(a, &["--force-rung", rung, "--page-faults"])?;

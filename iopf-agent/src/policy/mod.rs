@@ -1,0 +1,661 @@
+//! Per-device policies: YAML `DevicePolicy` files (file.rs) compiled into the kernel side's
+//! `iopf_common::policy::Rule`, and their selectors resolved against sysfs into one rule per
+//! concrete device name (select.rs).
+//!
+//! Both steps are all-or-nothing: a load returns every policy or every error it found, a
+//! resolution returns the whole device -> rule map or an error, never a partial state.
+
+mod file;
+mod select;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use iopf_common::policy::Rule;
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use select::{SysfsDevice, enumerate};
+
+pub const API_VERSION: &str = "iopf.dev/v1alpha1";
+pub const KIND: &str = "DevicePolicy";
+/// Where `PolicySet::resolve` looks for devices on a live system.
+pub const SYSFS_ROOT: &str = "/sys";
+
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// YAML syntax, unknown keys, wrong types, unknown names (located by serde-saphyr).
+    #[error("{}: {message}", located(.path, *.line, *.column))]
+    Syntax { path: String, line: usize, column: usize, message: String },
+    /// A well-formed value that is not acceptable; `field` is its path in the document.
+    #[error("{}: {field}: {message}", located(.path, *.line, *.column))]
+    Invalid { path: String, line: usize, column: usize, field: String, message: String },
+    /// A problem of a whole file or directory (nothing in it to point at).
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    /// Two policies select the same device; `*_at` are `file:line:column` of their names.
+    #[error("device `{device}` is selected by two policies: `{first}` ({first_at}) and `{second}` ({second_at})")]
+    Conflict { device: String, first: String, first_at: String, second: String, second_at: String },
+    /// Several of the above, one per line.
+    #[error("{}", lines(.0))]
+    Many(Vec<PolicyError>),
+}
+
+/// `file:line:column`, or just `file` when the parser gave no position.
+fn located(path: &str, line: usize, column: usize) -> String {
+    if line == 0 { path.to_owned() } else { format!("{path}:{line}:{column}") }
+}
+
+fn lines(errors: &[PolicyError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+impl PolicyError {
+    /// One error as itself, several as `Many`; `None` when there is none.
+    fn from_list(mut errors: Vec<PolicyError>) -> Option<PolicyError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(PolicyError::Many(errors)),
+        }
+    }
+
+    /// The individual errors (itself unless `Many`).
+    pub fn errors(&self) -> Vec<&PolicyError> {
+        match self {
+            PolicyError::Many(v) => v.iter().collect(),
+            e => vec![e],
+        }
+    }
+}
+
+/// `monitor` counts, logs and alerts; `enforce` also lets the agent act on violations.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Monitor,
+    Enforce,
+}
+
+impl Mode {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// Which devices a policy applies to: every given key must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Exact `dev_name()`, on any bus.
+    pub name: Option<String>,
+    /// PCI address, lower case; matches devices on bus `pci` only.
+    pub pci: Option<String>,
+    /// PCI vendor and device ID.
+    pub vendor_device: Option<(u16, u16)>,
+    /// Name of the bound driver.
+    pub driver: Option<String>,
+    /// IOMMU group number.
+    pub iommu_group: Option<u32>,
+}
+
+/// One validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    name: String,
+    mode: Mode,
+    source: PathBuf,
+    /// Position of `metadata.name` in `source`.
+    line: usize,
+    column: usize,
+    selector: Selector,
+    rule: Rule,
+}
+
+impl Policy {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// The file the policy was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+    /// `file:line:column` of the policy's `metadata.name`.
+    pub fn location(&self) -> String {
+        located(&self.source.display().to_string(), self.line, self.column)
+    }
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+    /// The compiled rule, `policy_id` included.
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+}
+
+/// The rule a device gets, and the name of the policy it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub policy: String,
+    pub rule: Rule,
+}
+
+/// A resolution: the rule of every selected device, and the policies that selected none
+/// (in load order), so the agent can log "policy X matches no device".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub devices: BTreeMap<String, DeviceRule>,
+    pub unmatched: Vec<String>,
+}
+
+/// Loaded, validated policies in load order (`Rule::policy_id` = 1 + index).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    /// Loads files and directories (a directory: its `*.yaml`/`*.yml` files sorted by name,
+    /// not recursive, dotfiles skipped). All errors are collected and returned together.
+    pub fn load(paths: &[PathBuf]) -> Result<PolicySet, PolicyError> {
+        let mut errors = Vec::new();
+        let mut policies = Vec::new();
+        for path in paths {
+            for f in files(path, &mut errors) {
+                policies.extend(file::load_file(&f, &mut errors));
+            }
+        }
+        Self::finish(policies, errors)
+    }
+
+    /// Parses one file's text (`path` only names it); for tests and callers holding text.
+    pub fn parse(path: &Path, text: &str) -> Result<PolicySet, PolicyError> {
+        let mut errors = Vec::new();
+        let policies = file::parse_file(path, text, &mut errors);
+        Self::finish(policies, errors)
+    }
+
+    /// Cross-file checks (unique names) and policy ids.
+    fn finish(mut policies: Vec<Policy>, mut errors: Vec<PolicyError>) -> Result<PolicySet, PolicyError> {
+        check_unique_names(&policies, &mut errors);
+        if let Some(e) = PolicyError::from_list(errors) {
+            return Err(e);
+        }
+        for (i, p) in policies.iter_mut().enumerate() {
+            // 0 means "no policy" to the kernel side, hence 1-based.
+            p.rule.policy_id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        }
+        Ok(PolicySet { policies })
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Resolves selectors against the devices under `sysfs_root` (`/sys` on a live system).
+    pub fn resolve(&self, sysfs_root: &Path) -> Result<Resolved, PolicyError> {
+        self.resolve_devices(&enumerate(sysfs_root)?)
+    }
+
+    /// Resolves selectors against an already enumerated device list.
+    pub fn resolve_devices(&self, devices: &[SysfsDevice]) -> Result<Resolved, PolicyError> {
+        select::resolve(&self.policies, devices)
+    }
+}
+
+/// The policy files a path names: itself, or a directory's YAML files sorted by name.
+fn files(path: &Path, errors: &mut Vec<PolicyError>) -> Vec<PathBuf> {
+    let p = path.display().to_string();
+    if !path.is_dir() {
+        return vec![path.to_path_buf()];
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(source) => {
+            errors.push(PolicyError::Read { path: p, source });
+            return Vec::new();
+        }
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) if is_policy_file(&e.path()) => found.push(e.path()),
+            Ok(_) => {}
+            Err(source) => errors.push(PolicyError::Read { path: p.clone(), source }),
+        }
+    }
+    if found.is_empty() {
+        errors.push(PolicyError::File { path: p, message: "no *.yaml or *.yml file".into() });
+    }
+    found.sort();
+    found
+}
+
+/// `*.yaml`/`*.yml` regular files (or links to them); dotfiles are editor or VCS debris.
+fn is_policy_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
+    let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+    yaml && !name.starts_with('.') && path.is_file()
+}
+
+fn check_unique_names(policies: &[Policy], errors: &mut Vec<PolicyError>) {
+    let mut first: BTreeMap<&str, &Policy> = BTreeMap::new();
+    for p in policies {
+        match first.get(p.name()) {
+            Some(earlier) => errors.push(PolicyError::Invalid {
+                path: p.source.display().to_string(),
+                line: p.line,
+                column: p.column,
+                field: "metadata.name".into(),
+                message: format!("`{}` is already defined at {}", p.name, earlier.location()),
+            }),
+            None => {
+                first.insert(p.name(), p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use iopf_common::policy::{RULE_ACTIVE, RULE_ENFORCE};
+
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub(crate) PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("iopf-policy-{}-{tag}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        pub(crate) fn write(&self, rel: &str, text: &str) -> PathBuf {
+            let path = self.0.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) const FULL: &str = "apiVersion: iopf.dev/v1alpha1
+kind: DevicePolicy
+metadata:
+  name: dsa-pinned-s2
+spec:
+  mode: monitor
+  selector:
+    name: \"0000:6a:01.0\"
+    pci: \"0000:6a:01.0\"
+    vendorDevice: \"8086:0b25\"
+    driver: idxd
+    iommuGroup: 12
+  expect:
+    levels: [first]
+    responses: [success, invalid]
+    maxServiceLatency: 50us
+";
+
+    /// A minimal valid policy named `name` selecting `selector` (a one-line flow mapping).
+    pub(crate) fn policy(name: &str, selector: &str) -> String {
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: monitor\n  selector: {selector}\n  expect:\n    levels: [first]\n"
+        )
+    }
+
+    fn parse(text: &str) -> Result<PolicySet, PolicyError> {
+        PolicySet::parse(Path::new("t.yaml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const EXPECT_BLOCK: &str =
+        "  expect:\n    levels: [first]\n    responses: [success, invalid]\n    maxServiceLatency: 50us\n";
+    const SELECTOR_BLOCK: &str = "  selector:\n    name: \"0000:6a:01.0\"\n    pci: \"0000:6a:01.0\"\n    vendorDevice: \"8086:0b25\"\n    driver: idxd\n    iommuGroup: 12\n";
+
+    #[test]
+    fn full_example_compiles_to_exact_rule() {
+        let set = parse(FULL).unwrap();
+        let [p] = set.policies() else { panic!("one policy expected") };
+        assert_eq!(p.name(), "dsa-pinned-s2");
+        assert_eq!(p.mode(), Mode::Monitor);
+        assert_eq!(p.source(), Path::new("t.yaml"));
+        assert_eq!(p.location(), "t.yaml:4:9");
+        assert_eq!(
+            p.selector(),
+            &Selector {
+                name: Some("0000:6a:01.0".into()),
+                pci: Some("0000:6a:01.0".into()),
+                vendor_device: Some((0x8086, 0x0b25)),
+                driver: Some("idxd".into()),
+                iommu_group: Some(12),
+            }
+        );
+        // Unknown (bit 0) and second (bit 2) are forbidden; success (0) and invalid (1) allowed.
+        let want = Rule {
+            flags: RULE_ACTIVE,
+            forbidden_levels: 0b101,
+            allowed_codes: 0b011,
+            policy_id: 1,
+            max_service_ns: 50_000,
+        };
+        assert_eq!(p.rule(), want);
+    }
+
+    #[test]
+    fn enforce_mode_and_absent_expect_keys() {
+        let text = FULL
+            .replace("mode: monitor", "mode: enforce")
+            .replace(EXPECT_BLOCK, "  expect:\n    responses: [failure, none]\n");
+        let set = parse(&text).unwrap();
+        let p = &set.policies()[0];
+        assert_eq!(p.mode(), Mode::Enforce);
+        let want = Rule {
+            flags: RULE_ACTIVE | RULE_ENFORCE,
+            forbidden_levels: 0,
+            allowed_codes: 0b1100,
+            policy_id: 1,
+            max_service_ns: 0,
+        };
+        assert_eq!(p.rule(), want);
+
+        let text =
+            FULL.replace(EXPECT_BLOCK, "  expect:\n    levels: [unknown, first, second]\n    maxServiceLatency: 2s\n");
+        let r = parse(&text).unwrap().policies()[0].rule();
+        assert_eq!((r.forbidden_levels, r.allowed_codes, r.max_service_ns), (0, 0, 2_000_000_000));
+    }
+
+    #[test]
+    fn upper_case_pci_address_is_normalized() {
+        let set = parse(&FULL.replace("pci: \"0000:6a:01.0\"", "pci: \"0000:6A:01.0\"")).unwrap();
+        assert_eq!(set.policies()[0].selector().pci.as_deref(), Some("0000:6a:01.0"));
+    }
+
+    #[test]
+    fn documents_of_a_file_get_ids_in_order() {
+        let second = FULL.replace("dsa-pinned-s2", "second").replace("mode: monitor", "mode: enforce");
+        let set = parse(&format!("{FULL}---\n{second}")).unwrap();
+        let got: Vec<_> = set.policies().iter().map(|p| (p.name(), p.location(), p.rule().policy_id)).collect();
+        assert_eq!(got, [("dsa-pinned-s2", "t.yaml:4:9".into(), 1), ("second", "t.yaml:21:9".into(), 2)]);
+    }
+
+    #[test]
+    fn envelope_errors() {
+        assert_eq!(
+            err(&FULL.replace("iopf.dev/v1alpha1", "iopf.dev/v9")),
+            "t.yaml:1:13: apiVersion: `iopf.dev/v9` is not supported (expected `iopf.dev/v1alpha1`)"
+        );
+        // A scenario file is reported by kind, not by its unknown `spec` keys.
+        assert_eq!(
+            err(&FULL.replace("kind: DevicePolicy", "kind: Scenario")),
+            "t.yaml:2:7: kind: `Scenario` is not `DevicePolicy`"
+        );
+        assert_eq!(err("# nothing\n"), "t.yaml: no `DevicePolicy` document");
+        assert_eq!(
+            err(&FULL.replace("metadata:\n", "metadata:\n  labels: {}\n")),
+            "t.yaml:4:3: unknown field `labels`, expected one of name"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_located() {
+        assert_eq!(
+            err(&FULL.replace("  mode: monitor\n", "  mode: monitor\n  moed: x\n")),
+            "t.yaml:7:3: unknown field `moed`, expected one of mode, selector, expect"
+        );
+        assert_eq!(
+            err(&FULL.replace("    driver: idxd\n", "    driver: idxd\n    bus: pci\n")),
+            "t.yaml:12:5: unknown field `bus`, expected one of name, pci, vendorDevice, driver, iommuGroup"
+        );
+        assert_eq!(
+            err(&FULL.replace("    levels: [first]\n", "    level: [first]\n")),
+            "t.yaml:14:5: unknown field `level`, expected one of levels, responses, maxServiceLatency"
+        );
+    }
+
+    #[test]
+    fn mode_is_required_and_checked() {
+        assert_eq!(err(&FULL.replace("  mode: monitor\n", "")), "t.yaml:12:3: missing field `mode`");
+        assert_eq!(
+            err(&FULL.replace("mode: monitor", "mode: audit")),
+            "t.yaml:6:9: unknown variant `audit`, expected one of monitor, enforce"
+        );
+    }
+
+    #[test]
+    fn selector_errors() {
+        assert_eq!(
+            err(&FULL.replace(SELECTOR_BLOCK, "  selector: {}\n")),
+            "t.yaml:7:13: spec.selector: needs at least one of name, pci, vendorDevice, driver, iommuGroup"
+        );
+        assert_eq!(
+            err(&FULL.replace("pci: \"0000:6a:01.0\"", "pci: \"0000:6a:1.0\"")),
+            "t.yaml:9:10: spec.selector.pci: `0000:6a:1.0` is not a PCI address (expected domain:bus:device.function, e.g. 0000:6a:01.0)"
+        );
+        assert_eq!(
+            err(&FULL.replace("8086:0b25", "8086:b25")),
+            "t.yaml:10:19: spec.selector.vendorDevice: `8086:b25` is not a PCI vendor:device ID (expected four hex digits each, e.g. 8086:0b25)"
+        );
+        assert_eq!(
+            err(&FULL.replace("driver: idxd", "driver: \"\"")),
+            "t.yaml:11:13: spec.selector.driver: must be non-empty and contain no `/`"
+        );
+        assert_eq!(
+            err(&FULL.replace("name: \"0000:6a:01.0\"", "name: \"pci/0000:6a:01.0\"")),
+            "t.yaml:8:11: spec.selector.name: must be non-empty and contain no `/`"
+        );
+        assert_eq!(
+            err(&FULL.replace("iommuGroup: 12", "iommuGroup: -1")),
+            "t.yaml:12:17: spec.selector.iommuGroup: `-1` is not an IOMMU group number (0 to 4294967295)"
+        );
+    }
+
+    #[test]
+    fn pci_and_vendor_device_forms() {
+        for ok in ["0000:00:00.0", "0000:6a:1f.7", "10000:e1:00.0", "ffffffff:ff:1f.7"] {
+            assert_eq!(file::parse_pci(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "0000:6a:01",
+            "000:6a:01.0",
+            "0000:6a:20.0",
+            "0000:6a:01.8",
+            "0000:6a:01.00",
+            "0000:g0:01.0",
+            "0000-6a-01.0",
+            "100000000:00:00.0",
+            "0000:6a:01.0 ",
+        ] {
+            assert!(file::parse_pci(bad).is_err(), "{bad}");
+        }
+        assert_eq!(file::parse_vendor_device("8086:0B25"), Ok((0x8086, 0x0b25)));
+        for bad in ["", "8086", "8086:", "8086:0b25:0", "0x8086:0b25", "8086:0b2g", "+086:0b25"] {
+            assert!(file::parse_vendor_device(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn level_and_response_errors() {
+        assert_eq!(
+            err(&FULL.replace("[first]", "[first, third]")),
+            "t.yaml:14:21: unknown variant `third`, expected one of unknown, first, second"
+        );
+        assert_eq!(
+            err(&FULL.replace("[success, invalid]", "[success, timeout]")),
+            "t.yaml:15:26: unknown variant `timeout`, expected one of success, invalid, failure, none"
+        );
+        assert_eq!(
+            err(&FULL.replace("[first]", "[]")),
+            "t.yaml:14:13: spec.expect.levels: must not be empty (omit the key to accept any)"
+        );
+        assert_eq!(
+            err(&FULL.replace("[success, invalid]", "[]")),
+            "t.yaml:15:16: spec.expect.responses: must not be empty (omit the key to accept any)"
+        );
+        assert_eq!(
+            err(&FULL.replace("[first]", "[first, first]")),
+            "t.yaml:14:21: spec.expect.levels[1]: repeats an earlier entry"
+        );
+    }
+
+    #[test]
+    fn duration_errors() {
+        let at = "t.yaml:16:24: spec.expect.maxServiceLatency: ";
+        let form = "(expected an integer followed by ns, us, ms or s, e.g. 50us)";
+        assert_eq!(err(&FULL.replace("50us", "50")), format!("{at}`50` has no unit {form}"));
+        assert_eq!(err(&FULL.replace("50us", "0ms")), format!("{at}must be greater than 0"));
+        assert_eq!(
+            err(&FULL.replace("50us", "18446744073709552s")),
+            format!("{at}`18446744073709552s` is out of range (at most 18446744073709551615ns)")
+        );
+        assert_eq!(
+            err(&FULL.replace("50us", "99999999999999999999ns")),
+            format!("{at}`99999999999999999999ns` is out of range (at most 18446744073709551615ns)")
+        );
+        for bad in ["fast", "-5us", "5 us", "us", "5.5ms", "+5us", "5min"] {
+            assert_eq!(err(&FULL.replace("50us", bad)), format!("{at}`{bad}` is not a duration {form}"), "{bad}");
+        }
+        let ns = |s: &str| file::parse_duration(s);
+        assert_eq!((ns("7ns"), ns("7us"), ns("7ms"), ns("7s")), (Ok(7), Ok(7_000), Ok(7_000_000), Ok(7_000_000_000)));
+        assert_eq!(ns("18446744073709551615ns"), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn expect_needs_a_key() {
+        let msg = "spec.expect: needs at least one of levels, responses, maxServiceLatency";
+        assert_eq!(err(&FULL.replace(EXPECT_BLOCK, "")), format!("t.yaml:6:3: {msg}"));
+        assert_eq!(err(&FULL.replace(EXPECT_BLOCK, "  expect: {}\n")), format!("t.yaml:13:11: {msg}"));
+    }
+
+    #[test]
+    fn metadata_name_is_checked() {
+        assert_eq!(
+            err(&FULL.replace("name: dsa-pinned-s2", "name: \"dsa pinned\"")),
+            "t.yaml:4:9: metadata.name: `dsa pinned` must be 1 to 63 characters of A-Z, a-z, 0-9, `-`, `_`, `.`"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_is_located() {
+        assert_eq!(
+            err(&FULL.replace("levels: [first]", "levels: [first")),
+            "t.yaml:15:14: illegal placement of ':' indicator"
+        );
+    }
+
+    #[test]
+    fn all_errors_of_a_load_are_reported() {
+        let text = FULL.replace("8086:0b25", "8086:b25").replace("50us", "0ms").replace("[first]", "[]");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.errors().len(), 3);
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:10:19: spec.selector.vendorDevice: `8086:b25` is not a PCI vendor:device ID (expected four hex digits each, e.g. 8086:0b25)\n\
+             t.yaml:14:13: spec.expect.levels: must not be empty (omit the key to accept any)\n\
+             t.yaml:16:24: spec.expect.maxServiceLatency: must be greater than 0"
+        );
+        // Errors of later documents are found too.
+        let second = FULL.replace("dsa-pinned-s2", "second").replace("8086:0b25", "80860b25");
+        let e = err(&format!("{FULL}---\n{second}"));
+        assert!(e.starts_with("t.yaml:27:19: spec.selector.vendorDevice: `80860b25` is not"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_across_files() {
+        let dir = TempDir::new("dup");
+        let a = dir.write("a.yaml", &policy("same", "{driver: idxd}"));
+        let b = dir.write("b.yaml", &policy("same", "{driver: vfio-pci}"));
+        let e = PolicySet::load(&[a.clone(), b.clone()]).unwrap_err().to_string();
+        assert_eq!(e, format!("{}:4:9: metadata.name: `same` is already defined at {}:4:9", b.display(), a.display()));
+        let e = PolicySet::load(&[a.clone(), a.clone()]).unwrap_err().to_string();
+        assert!(e.contains("is already defined at"), "{e}");
+    }
+
+    #[test]
+    fn errors_of_several_files_are_collected() {
+        let dir = TempDir::new("many");
+        let a = dir.write("a.yaml", &policy("a", "{}"));
+        let b = dir.write("b.yaml", "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\n");
+        let missing = dir.0.join("missing.yaml");
+        let e = PolicySet::load(&[a.clone(), b.clone(), missing.clone()]).unwrap_err();
+        let lines: Vec<String> = e.errors().iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert_eq!(
+            lines[0],
+            format!(
+                "{}:7:13: spec.selector: needs at least one of name, pci, vendorDevice, driver, iommuGroup",
+                a.display()
+            )
+        );
+        assert_eq!(lines[1], format!("{}:2:1: missing field `metadata`", b.display()));
+        assert!(lines[2].starts_with(&format!("{}: cannot read: ", missing.display())), "{}", lines[2]);
+    }
+
+    #[test]
+    fn directory_is_loaded_in_name_order() {
+        let dir = TempDir::new("order");
+        dir.write("20-b.yaml", &policy("b", "{driver: idxd}"));
+        dir.write("10-a.yml", &policy("a", "{driver: vfio-pci}"));
+        dir.write("30-c.yaml", &format!("{}---\n{}", policy("c1", "{iommuGroup: 3}"), policy("c2", "{iommuGroup: 4}")));
+        // Neither a policy file nor a visible one: ignored.
+        dir.write("README.md", "not yaml");
+        dir.write(".05-hidden.yaml", "not: a policy");
+        dir.write("40-d.yaml~", "not: a policy");
+        std::fs::create_dir(dir.0.join("50-sub.yaml")).unwrap();
+        let extra = dir.write("extra/z.yaml", &policy("z", "{name: x}"));
+        let set = PolicySet::load(&[extra, dir.0.clone()]).unwrap();
+        let got: Vec<_> = set.policies().iter().map(|p| (p.name(), p.rule().policy_id)).collect();
+        assert_eq!(got, [("z", 1), ("a", 2), ("b", 3), ("c1", 4), ("c2", 5)]);
+        assert_eq!(set.policies()[1].source(), dir.0.join("10-a.yml"));
+    }
+
+    #[test]
+    fn empty_directory_is_an_error() {
+        let dir = TempDir::new("empty");
+        let e = PolicySet::load(std::slice::from_ref(&dir.0)).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: no *.yaml or *.yml file", dir.0.display()));
+        assert!(PolicySet::load(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn examples_directory_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+        let set = PolicySet::load(&[dir]).unwrap();
+        let names: Vec<_> = set.policies().iter().map(Policy::name).collect();
+        assert_eq!(names, ["iommufd-mock", "dsa-pinned-s2"]);
+        let mock = &set.policies()[0];
+        assert_eq!(mock.selector().name.as_deref(), Some("iommufd_mock0"));
+        let s2 = set.policies()[1].rule();
+        assert_eq!(s2.forbidden_levels & iopf_common::policy::level_bit(iopf_common::iopf::Level::Second), 4);
+        assert_eq!(s2.flags, RULE_ACTIVE);
+    }
+}

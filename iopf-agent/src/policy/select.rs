@@ -1,0 +1,324 @@
+//! Selector resolution: the devices sysfs lists under `bus/*/devices/*`, their driver,
+//! IOMMU group and PCI IDs, and the policy each of them falls under.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
+
+use super::{DeviceRule, Policy, PolicyError, Resolved, Selector};
+
+/// What a selector can look at for one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SysfsDevice {
+    /// `dev_name()`: the entry name under `bus/<bus>/devices`.
+    pub name: String,
+    pub bus: String,
+    /// Basename of the `driver` link, when bound.
+    pub driver: Option<String>,
+    /// Basename of the `iommu_group` link, when the device has one.
+    pub iommu_group: Option<u32>,
+    /// `vendor` and `device` attributes, PCI devices only.
+    pub vendor_device: Option<(u16, u16)>,
+}
+
+/// Every device of every bus under `<sysfs_root>/bus`, sorted by bus then name.
+///
+/// Only the bus and device directories must be readable; a missing or unreadable attribute
+/// (a device going away mid-walk, say) leaves that field `None`, which no selector key matches.
+pub fn enumerate(sysfs_root: &Path) -> Result<Vec<SysfsDevice>, PolicyError> {
+    let buses = sysfs_root.join("bus");
+    let mut out = Vec::new();
+    for bus in entry_names(&buses)? {
+        let dir = buses.join(&bus).join("devices");
+        if !dir.is_dir() {
+            continue;
+        }
+        for name in entry_names(&dir)? {
+            out.push(read_device(&dir.join(&name), &bus, name));
+        }
+    }
+    Ok(out)
+}
+
+/// Entry names of a directory, sorted; names that are not UTF-8 cannot be selected by a
+/// YAML string, so they are left out.
+fn entry_names(dir: &Path) -> Result<Vec<String>, PolicyError> {
+    let read_err = |source| PolicyError::Read { path: dir.display().to_string(), source };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        if let Ok(name) = entry.map_err(read_err)?.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn read_device(dir: &Path, bus: &str, name: String) -> SysfsDevice {
+    let vendor_device = if bus == "pci" { pci_ids(dir) } else { None };
+    SysfsDevice {
+        name,
+        bus: bus.to_owned(),
+        driver: link_name(&dir.join("driver")),
+        iommu_group: link_name(&dir.join("iommu_group")).and_then(|g| g.parse().ok()),
+        vendor_device,
+    }
+}
+
+/// Basename of a symlink's target (`driver -> ../../bus/pci/drivers/idxd` gives `idxd`).
+fn link_name(link: &Path) -> Option<String> {
+    std::fs::read_link(link).ok()?.file_name()?.to_str().map(str::to_owned)
+}
+
+fn pci_ids(dir: &Path) -> Option<(u16, u16)> {
+    Some((hex_attr(&dir.join("vendor"))?, hex_attr(&dir.join("device"))?))
+}
+
+/// A sysfs hex attribute such as `0x8086\n`.
+fn hex_attr(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let t = text.trim();
+    u16::from_str_radix(t.strip_prefix("0x").unwrap_or(t), 16).ok()
+}
+
+impl Selector {
+    /// Every key given must match; an absent attribute matches no key that asks for it.
+    pub fn matches(&self, d: &SysfsDevice) -> bool {
+        self.name.as_ref().is_none_or(|n| *n == d.name)
+            && self.pci.as_ref().is_none_or(|a| d.bus == "pci" && *a == d.name)
+            && self.vendor_device.is_none_or(|vd| d.vendor_device == Some(vd))
+            && self.driver.as_ref().is_none_or(|x| d.driver.as_ref() == Some(x))
+            && self.iommu_group.is_none_or(|g| d.iommu_group == Some(g))
+    }
+}
+
+/// One rule per selected device name; any device selected by two policies fails the whole
+/// resolution (every such device is reported).
+pub(super) fn resolve(policies: &[Policy], devices: &[SysfsDevice]) -> Result<Resolved, PolicyError> {
+    let mut owner: BTreeMap<&str, &Policy> = BTreeMap::new();
+    let mut conflicts: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
+    let mut errors = Vec::new();
+    for p in policies {
+        for d in devices.iter().filter(|d| p.selector().matches(d)) {
+            match owner.get(d.name.as_str()) {
+                None => {
+                    owner.insert(&d.name, p);
+                }
+                // The same name on two buses, both selected by this policy: one device slot.
+                Some(q) if q.name() == p.name() => {}
+                Some(q) => {
+                    if conflicts.insert((&d.name, q.name(), p.name())) {
+                        errors.push(conflict(&d.name, q, p));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = PolicyError::from_list(errors) {
+        return Err(e);
+    }
+    let used: BTreeSet<&str> = owner.values().map(|p| p.name()).collect();
+    let unmatched = policies.iter().filter(|p| !used.contains(p.name())).map(|p| p.name().to_owned()).collect();
+    let devices = owner
+        .into_iter()
+        .map(|(dev, p)| (dev.to_owned(), DeviceRule { policy: p.name().to_owned(), rule: p.rule() }))
+        .collect();
+    Ok(Resolved { devices, unmatched })
+}
+
+fn conflict(device: &str, first: &Policy, second: &Policy) -> PolicyError {
+    PolicyError::Conflict {
+        device: device.to_owned(),
+        first: first.name().to_owned(),
+        first_at: first.location(),
+        second: second.name().to_owned(),
+        second_at: second.location(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::symlink, path::PathBuf};
+
+    use iopf_common::policy::{RULE_ACTIVE, RULE_ENFORCE, Rule};
+
+    use super::super::{
+        PolicySet,
+        tests::{TempDir, policy},
+    };
+    use super::*;
+
+    /// A PCI device laid out as sysfs does: the real directory under `devices/`, a link to
+    /// it under `bus/pci/devices/`, and `driver`/`iommu_group` links inside it.
+    fn pci(root: &Path, name: &str, ids: Option<(&str, &str)>, driver: Option<&str>, group: Option<u32>) {
+        let real = root.join("devices/pci0000:00").join(name);
+        std::fs::create_dir_all(&real).unwrap();
+        if let Some((vendor, device)) = ids {
+            std::fs::write(real.join("vendor"), format!("{vendor}\n")).unwrap();
+            std::fs::write(real.join("device"), format!("{device}\n")).unwrap();
+        }
+        links(&real, driver.map(|d| format!("../../../bus/pci/drivers/{d}")), group);
+        let bus = root.join("bus/pci/devices");
+        std::fs::create_dir_all(&bus).unwrap();
+        symlink(format!("../../../devices/pci0000:00/{name}"), bus.join(name)).unwrap();
+    }
+
+    /// A device of another bus, as a plain directory (enumeration must not need the links).
+    fn other(root: &Path, bus: &str, name: &str, driver: Option<&str>, group: Option<u32>) -> PathBuf {
+        let dir = root.join("bus").join(bus).join("devices").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        links(&dir, driver.map(|d| format!("../../../../bus/{bus}/drivers/{d}")), group);
+        dir
+    }
+
+    fn links(dev: &Path, driver: Option<String>, group: Option<u32>) {
+        if let Some(d) = driver {
+            symlink(d, dev.join("driver")).unwrap();
+        }
+        if let Some(g) = group {
+            symlink(format!("../../../kernel/iommu_groups/{g}"), dev.join("iommu_group")).unwrap();
+        }
+    }
+
+    fn tree() -> TempDir {
+        let t = TempDir::new("sysfs");
+        let r = &t.0;
+        pci(r, "0000:6a:01.0", Some(("0x8086", "0x0b25")), Some("idxd"), Some(12));
+        pci(r, "0000:6a:02.0", Some(("0x8086", "0x0b25")), Some("vfio-pci"), Some(13));
+        pci(r, "0000:00:02.0", Some(("0x8086", "0x9a49")), Some("i915"), Some(0));
+        // Unreadable IDs and no links: every attribute absent.
+        pci(r, "0000:00:1f.3", Some(("garbage", "0x1234")), None, None);
+        other(r, "iommufd_mock", "iommufd_mock0", None, Some(20));
+        // A non-PCI device with a PCI-looking name, and vendor files that must be ignored.
+        let p = other(r, "platform", "0000:6a:03.0", Some("serial8250"), None);
+        std::fs::write(p.join("vendor"), "0x8086\n").unwrap();
+        std::fs::write(p.join("device"), "0x0b25\n").unwrap();
+        // A bus without a devices directory is skipped.
+        std::fs::create_dir_all(r.join("bus/empty")).unwrap();
+        t
+    }
+
+    fn dev(
+        bus: &str,
+        name: &str,
+        driver: Option<&str>,
+        iommu_group: Option<u32>,
+        vendor_device: Option<(u16, u16)>,
+    ) -> SysfsDevice {
+        SysfsDevice { name: name.into(), bus: bus.into(), driver: driver.map(Into::into), iommu_group, vendor_device }
+    }
+
+    fn set(docs: &[String]) -> PolicySet {
+        PolicySet::parse(Path::new("p.yaml"), &docs.join("---\n")).unwrap()
+    }
+
+    #[test]
+    fn enumerate_reads_links_and_ids() {
+        let t = tree();
+        let got = enumerate(&t.0).unwrap();
+        let want = [
+            dev("iommufd_mock", "iommufd_mock0", None, Some(20), None),
+            dev("pci", "0000:00:02.0", Some("i915"), Some(0), Some((0x8086, 0x9a49))),
+            dev("pci", "0000:00:1f.3", None, None, None),
+            dev("pci", "0000:6a:01.0", Some("idxd"), Some(12), Some((0x8086, 0x0b25))),
+            dev("pci", "0000:6a:02.0", Some("vfio-pci"), Some(13), Some((0x8086, 0x0b25))),
+            dev("platform", "0000:6a:03.0", Some("serial8250"), None, None),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn missing_sysfs_is_an_error() {
+        let t = TempDir::new("nosys");
+        let e = enumerate(&t.0.join("nope")).unwrap_err().to_string();
+        assert_eq!(e, format!("{}/nope/bus: cannot read: No such file or directory (os error 2)", t.0.display()));
+    }
+
+    #[test]
+    fn selector_keys_are_anded() {
+        let d = dev("pci", "0000:6a:01.0", Some("idxd"), Some(12), Some((0x8086, 0x0b25)));
+        let s = |f: fn(&mut Selector)| {
+            let mut s = Selector::default();
+            f(&mut s);
+            s.matches(&d)
+        };
+        assert!(s(|s| s.pci = Some("0000:6a:01.0".into())));
+        assert!(s(|s| {
+            s.driver = Some("idxd".into());
+            s.iommu_group = Some(12);
+            s.vendor_device = Some((0x8086, 0x0b25));
+        }));
+        assert!(!s(|s| {
+            s.driver = Some("idxd".into());
+            s.iommu_group = Some(13);
+        }));
+        assert!(!s(|s| s.vendor_device = Some((0x8086, 0x0b26))));
+        let bare = dev("pci", "0000:00:1f.3", None, None, None);
+        let by_driver = Selector { driver: Some("idxd".into()), ..Selector::default() };
+        assert!(!by_driver.matches(&bare));
+    }
+
+    #[test]
+    fn resolves_devices_and_lists_unmatched() {
+        let t = tree();
+        let policies = set(&[
+            policy("dsa", "{vendorDevice: \"8086:0b25\", driver: idxd}"),
+            policy("vfio", "{driver: vfio-pci, iommuGroup: 13}").replace("mode: monitor", "mode: enforce"),
+            policy("mock", "{name: iommufd_mock0}"),
+            // The platform device has this name but is not on bus pci.
+            policy("pci-only", "{pci: \"0000:6a:03.0\"}"),
+            policy("nvme", "{driver: nvme}"),
+            policy("platform", "{name: \"0000:6a:03.0\"}"),
+        ]);
+        let r = policies.resolve(&t.0).unwrap();
+        let rule = |flags, policy_id| Rule { flags, forbidden_levels: 0b101, policy_id, ..Rule::NONE };
+        let want: BTreeMap<String, DeviceRule> = [
+            ("0000:6a:01.0", "dsa", rule(RULE_ACTIVE, 1)),
+            ("0000:6a:02.0", "vfio", rule(RULE_ACTIVE | RULE_ENFORCE, 2)),
+            ("iommufd_mock0", "mock", rule(RULE_ACTIVE, 3)),
+            ("0000:6a:03.0", "platform", rule(RULE_ACTIVE, 6)),
+        ]
+        .into_iter()
+        .map(|(d, p, rule)| (d.to_owned(), DeviceRule { policy: p.to_owned(), rule }))
+        .collect();
+        assert_eq!(r.devices, want);
+        assert_eq!(r.unmatched, ["pci-only", "nvme"]);
+    }
+
+    #[test]
+    fn one_policy_may_select_many_devices() {
+        let t = tree();
+        let r = set(&[policy("intel", "{vendorDevice: \"8086:0b25\"}")]).resolve(&t.0).unwrap();
+        let names: Vec<_> = r.devices.keys().map(String::as_str).collect();
+        assert_eq!(names, ["0000:6a:01.0", "0000:6a:02.0"]);
+        assert!(r.unmatched.is_empty());
+    }
+
+    #[test]
+    fn device_selected_twice_is_a_conflict() {
+        let t = tree();
+        let policies = set(&[
+            policy("by-id", "{vendorDevice: \"8086:0b25\"}"),
+            policy("by-group", "{iommuGroup: 12}"),
+            policy("by-driver", "{driver: idxd}"),
+        ]);
+        let e = policies.resolve(&t.0).unwrap_err();
+        let lines: Vec<String> = e.errors().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "device `0000:6a:01.0` is selected by two policies: `by-id` (p.yaml:4:9) and `by-group` (p.yaml:14:9)",
+                "device `0000:6a:01.0` is selected by two policies: `by-id` (p.yaml:4:9) and `by-driver` (p.yaml:24:9)",
+            ]
+        );
+    }
+
+    #[test]
+    fn same_name_on_two_buses_is_one_device() {
+        let t = tree();
+        other(&t.0, "faux", "0000:6a:01.0", None, Some(12));
+        let r = set(&[policy("group", "{iommuGroup: 12}")]).resolve(&t.0).unwrap();
+        assert_eq!(r.devices.keys().collect::<Vec<_>>(), ["0000:6a:01.0"]);
+    }
+}
