@@ -46,6 +46,15 @@ enum Cmd {
         /// Stream every answered IOPF fault as an NDJSON event on stdout.
         #[arg(long)]
         trace: bool,
+        /// DevicePolicy file or directory (every *.yaml in it); repeatable. SIGHUP reloads
+        /// them; a set with errors is refused and the last good one stays in force.
+        #[arg(long = "policy", value_name = "PATH")]
+        policies: Vec<PathBuf>,
+        /// Devices with their own counters, histograms and rule; later ones are counted
+        /// together as device "other".
+        #[arg(long, default_value_t = iopf_common::iopf::DEV_SLOTS_DEFAULT - 1,
+              value_parser = clap::value_parser!(u32).range(1..=65535))]
+        max_devices: u32,
         /// Trace page faults of this process id; repeatable; implies --page-faults.
         #[arg(long = "pid", value_name = "PID")]
         pids: Vec<u32>,
@@ -66,6 +75,10 @@ enum Cmd {
         /// Serve the metrics here until SIGINT/SIGTERM.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// DevicePolicy file or directory to check the scenario's faults against (by device
+        /// name); repeatable.
+        #[arg(long = "policy", value_name = "PATH")]
+        policies: Vec<PathBuf>,
         /// Print every answered fault as an NDJSON event on stdout.
         #[arg(long)]
         trace: bool,
@@ -94,6 +107,9 @@ pub struct PlanOptions {
 pub struct RunOptions {
     pub listen: SocketAddr,
     pub trace: bool,
+    pub policies: Vec<PathBuf>,
+    /// Device slots including the "other" slot 0.
+    pub dev_slots: u32,
     pub page_faults: bool,
     pub selection: crate::pagefault::Selection,
     pub plan: PlanOptions,
@@ -129,15 +145,19 @@ impl From<Common> for PlanOptions {
 /// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
 pub fn parse() -> Command {
     match Cli::parse().cmd {
-        Cmd::Run { listen, page_faults, trace, pids, cgroups, common } => Command::Run(RunOptions {
-            listen,
-            trace,
-            page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
-            selection: crate::pagefault::Selection { pids, cgroups },
-            plan: common.into(),
-        }),
-        Cmd::Simulate { scenario, listen, trace, btf_dir } => {
-            Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, trace, btf_dir })
+        Cmd::Run { listen, page_faults, trace, policies, max_devices, pids, cgroups, common } => {
+            Command::Run(RunOptions {
+                listen,
+                trace,
+                policies,
+                dev_slots: max_devices + 1,
+                page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
+                selection: crate::pagefault::Selection { pids, cgroups },
+                plan: common.into(),
+            })
+        }
+        Cmd::Simulate { scenario, listen, trace, btf_dir, policies } => {
+            Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, trace, btf_dir, policies })
         }
         Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
     }

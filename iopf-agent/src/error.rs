@@ -28,10 +28,28 @@ pub enum AgentError {
     Inject(#[from] crate::iopf::inject::InjectError),
     #[error("reading IOPF maps failed")]
     Maps(#[from] crate::iopf::maps::MapsError),
+    /// Boxed: it carries the program, hook and target names.
     #[error("attaching IOPF hooks failed")]
-    Attach(#[from] crate::iopf::attach::AttachError),
+    Attach(#[source] Box<crate::iopf::attach::AttachError>),
+    /// Boxed: the policy error carries every problem of a load.
+    #[error(transparent)]
+    Policy(Box<crate::policy::PolicyError>),
+    #[error("installing policies failed")]
+    Install(#[from] crate::policy::install::InstallError),
     #[error("the kernel's counters differ from the scenario's expected totals")]
     SimulationMismatch,
+}
+
+impl From<crate::iopf::attach::AttachError> for AgentError {
+    fn from(e: crate::iopf::attach::AttachError) -> Self {
+        AgentError::Attach(Box::new(e))
+    }
+}
+
+impl From<crate::policy::PolicyError> for AgentError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        AgentError::Policy(Box::new(e))
+    }
 }
 
 impl AgentError {
@@ -41,7 +59,9 @@ impl AgentError {
             AgentError::Load(LoadError::Refused(_)) => 4,
             AgentError::PageFault(_) | AgentError::Required { .. } => 4,
             AgentError::Serve(ServeError::InUse { .. } | ServeError::Bind { .. }) => 5,
-            AgentError::UnknownHook(_) | AgentError::Scenario(_) => 2,
+            AgentError::UnknownHook(_) | AgentError::Scenario(_) | AgentError::Policy(_) => 2,
+            AgentError::Install(crate::policy::install::InstallError::Slots { .. }) => 2,
+            AgentError::Install(_) => 1,
             AgentError::Inject(_) | AgentError::Attach(_) => 4,
             AgentError::Maps(_) | AgentError::SimulationMismatch => 1,
             AgentError::Serve(ServeError::Serve(_)) | AgentError::Io(_) => 1,

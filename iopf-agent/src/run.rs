@@ -1,17 +1,23 @@
 //! `iopf-agent run`: bind, load, attach, serve.
 
-use std::sync::Mutex;
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
-use iopf_common::pagefault::PfMode;
+use iopf_common::{iopf::Source, pagefault::PfMode};
 
 use crate::{
     cli::RunOptions,
     doctor,
     error::AgentError,
     hooks::Rung,
+    iopf::maps::IopfMaps,
     loader::Globals,
     metrics::{PageFaultSource, PlanSource, Registry},
-    pagefault, server,
+    pagefault,
+    policy::{PolicySet, Resolved, SYSFS_ROOT, install::Installed},
+    server,
 };
 
 pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
@@ -22,8 +28,12 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         (true, true) => PfMode::All,
         (true, false) => PfMode::Selected,
     };
-    let (mut ebpf, report, btf) =
-        doctor::survey(&opts.plan, Globals { pf_mode, events: opts.trace, ..Globals::default() })?;
+    // Policies are read and resolved before anything is loaded: a bad file changes nothing.
+    let policies = PolicySet::load(&opts.policies)?;
+    let resolved = policies.resolve(Path::new(SYSFS_ROOT))?;
+    log_policies(&policies, &resolved);
+    let globals = Globals { pf_mode, events: opts.trace, dev_slots: opts.dev_slots, ..Globals::default() };
+    let (mut ebpf, report, btf) = doctor::survey(&opts.plan, globals)?;
     for p in &report.hooks {
         let target = p.target.as_deref().unwrap_or("-");
         let note = if p.reason.is_empty() { String::new() } else { format!(" ({})", p.reason) };
@@ -32,6 +42,12 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     doctor::check_required(&opts.plan, &report.hooks)?;
 
     let registry = Registry::default();
+    // Device slots and rules go in before attach, so a policy device's first fault is checked.
+    let mut iopf_maps = crate::iopf::maps::IopfMaps::take(&mut ebpf)?;
+    let mut installed = Installed::new(&resolved, Source::Kernel as u8);
+    installed.reserve(&mut iopf_maps, opts.dev_slots)?;
+    let iopf_maps = Arc::new(Mutex::new(iopf_maps));
+    let installed = Arc::new(Mutex::new(installed));
     let abi = report.iopf_abi.as_ref().ok();
     for (hook, res) in crate::iopf::attach::attach_all(&mut ebpf, &report.hooks, abi) {
         match res {
@@ -40,8 +56,8 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             Err(e) => eprintln!("iopf-agent: skipped {hook}: {}", crate::error::chain(&e)),
         }
     }
-    let iopf_maps = crate::iopf::maps::IopfMaps::take(&mut ebpf)?;
-    registry.add(crate::iopf::metrics::IopfSource { maps: Mutex::new(iopf_maps) });
+    registry.add(crate::iopf::metrics::IopfSource::new(iopf_maps.clone(), Some(installed.clone())));
+    tokio::spawn(keep_policies(opts.policies.clone(), iopf_maps, installed));
     if opts.page_faults {
         let plan = report.hooks.iter().find(|p| p.name == "mm_fault").cloned().expect("mm_fault is a known hook");
         pagefault::attach(&mut ebpf, &plan)?;
@@ -57,14 +73,27 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     registry.add(PlanSource { kernel: report.kernel.clone(), plans: report.hooks.clone() });
 
+    let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
+    let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
     if opts.trace {
-        let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
-        let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
         tokio::spawn(async move {
             if let Err(e) = reader.stream_ndjson(|b, e| crate::iopf::ndjson::write_event(b, e, &consts)).await {
                 eprintln!("iopf-agent: event stream stopped: {e}");
             }
         });
+    } else {
+        // Without --trace the ring carries violations only: one log line each.
+        tokio::spawn(async move {
+            let line = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
+                b.extend_from_slice(b"iopf-agent: policy violation: ");
+                crate::iopf::ndjson::write_event(b, e, &consts);
+            };
+            if let Err(e) = reader.stream(std::io::stderr, line).await {
+                eprintln!("iopf-agent: violation log stopped: {e}");
+            }
+        });
+    }
+    if opts.trace {
         let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS")?;
         tokio::spawn(async move {
             if let Err(e) = dmar.stream_ndjson(crate::iopf::ndjson::write_dmar).await {
@@ -83,6 +112,66 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     eprintln!("iopf-agent: stopped");
     drop(ebpf);
     Ok(())
+}
+
+fn log_policies(set: &PolicySet, resolved: &Resolved) {
+    for p in set.policies() {
+        let devs: Vec<&str> =
+            resolved.devices.iter().filter(|(_, r)| r.policy == p.name()).map(|(d, _)| d.as_str()).collect();
+        eprintln!(
+            "iopf-agent: policy {} ({}, {}): devices [{}]",
+            p.name(),
+            p.mode().label(),
+            p.location(),
+            devs.join(", ")
+        );
+    }
+    for p in &resolved.unmatched {
+        eprintln!("iopf-agent: policy {p} selects no device present now");
+    }
+}
+
+/// Reloads the policies on SIGHUP (all or nothing: a set with errors leaves the last good one
+/// in force) and installs rules for policy devices that got their slot since (first fault).
+async fn keep_policies(paths: Vec<PathBuf>, maps: Arc<Mutex<IopfMaps>>, installed: Arc<Mutex<Installed>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("iopf-agent: no SIGHUP handler, policies will not reload: {e}");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let reload = tokio::select! {
+            _ = tick.tick() => false,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inst = installed.lock().unwrap_or_else(|e| e.into_inner());
+        if reload {
+            match PolicySet::load(&paths).and_then(|set| set.resolve(Path::new(SYSFS_ROOT)).map(|r| (set, r))) {
+                Ok((set, resolved)) => {
+                    log_policies(&set, &resolved);
+                    match inst.replace(&mut maps, &resolved) {
+                        Ok(n) => eprintln!(
+                            "iopf-agent: policies reloaded: {} policies, {n} device rules changed",
+                            set.policies().len()
+                        ),
+                        Err(e) => {
+                            eprintln!("iopf-agent: policies reloaded but not installed: {}", crate::error::chain(&e))
+                        }
+                    }
+                }
+                Err(e) => eprintln!("iopf-agent: policy reload refused, the previous policies stay in force:\n{e}"),
+            }
+        } else if inst.pending() > 0
+            && let Err(e) = inst.sync(&mut maps)
+        {
+            eprintln!("iopf-agent: installing policy rules failed: {}", crate::error::chain(&e));
+        }
+    }
 }
 
 fn rung_label(r: Rung) -> &'static str {

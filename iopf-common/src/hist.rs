@@ -106,6 +106,6 @@ mod tests {
         assert_eq!(a.buckets.iter().sum::<u64>(), 7);
         assert_eq!(a.buckets[bucket(1000)], 2);
         assert_eq!(a.buckets[0], 2);
-        assert_eq!(a.sum_ns, 0u64 + 1 + 2 + 3 + 1000 + (1 << 50) + 1000);
+        assert_eq!(a.sum_ns, 1u64 + 2 + 3 + 1000 + (1 << 50) + 1000);
     }
 }

@@ -116,10 +116,7 @@ mod tests {
         assert_eq!(verdict_answer(&PINNED_S2, RESP_SUCCESS, 50_000), VERDICT_CHECKED);
         assert_eq!(verdict_answer(&PINNED_S2, RESP_SUCCESS, 50_001), VERDICT_CHECKED | VIOLATION_LATENCY);
         assert_eq!(verdict_answer(&PINNED_S2, RESP_FAILURE, 1), VERDICT_CHECKED | VIOLATION_CODE);
-        assert_eq!(
-            verdict_answer(&PINNED_S2, RESP_NONE, 60_000),
-            VERDICT_CHECKED | VIOLATION_CODE | VIOLATION_LATENCY
-        );
+        assert_eq!(verdict_answer(&PINNED_S2, RESP_NONE, 60_000), VERDICT_CHECKED | VIOLATION_CODE | VIOLATION_LATENCY);
         let any_code = Rule { allowed_codes: 0, max_service_ns: 0, ..PINNED_S2 };
         assert_eq!(verdict_answer(&any_code, RESP_FAILURE, u64::MAX), VERDICT_CHECKED);
     }

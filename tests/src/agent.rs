@@ -62,6 +62,7 @@ impl Agent {
         loop {
             let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("iopf-agent did not start serving; log so far: {log:#?}")
             });
             log.push(line.clone());
@@ -70,6 +71,23 @@ impl Agent {
                 return Agent { child, addr, log, rest: rx };
             }
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (up to 20 s) for a stderr line containing `want`; lines before it are dropped.
+    pub fn wait_line(&self, want: &str) -> Option<String> {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.rest.recv_timeout(left) {
+                Ok(l) if l.contains(want) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// SIGTERM, wait, return (exit code, remaining stderr lines).

@@ -40,7 +40,8 @@ fn ten_thousand_faults_counted_exactly() {
     let mut ebpf = loader::load(g).expect("load");
     drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
     let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
-    let want = model::expected(&plan, None);
+    let want =
+        model::expected(&plan, model::EventsExpect { all: false, capacity: model::RING_RECORDS }, &model::Rules::new());
     assert_eq!(got.stats, want.stats);
     assert_eq!(got.counts.len(), want.counts.len(), "same counter series");
     for (k, v) in &want.counts {
@@ -66,8 +67,9 @@ fn ring_buffer_overflow_drops_are_counted_exactly() {
     // 1 MiB ring, 8-byte record header + 112-byte event: 8738 records fit, nobody reads.
     let capacity = (1u64 << 20) / (8 + size_of::<iopf_common::iopf::Event>() as u64);
     assert_eq!(capacity, 8738);
+    assert_eq!(capacity, model::RING_RECORDS);
     let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
-    let want = model::expected(&plan, Some(capacity));
+    let want = model::expected(&plan, model::EventsExpect { all: true, capacity }, &model::Rules::new());
     assert!(want.stats.events_dropped > 0, "the scenario overflows the ring");
     assert_eq!(got.stats, want.stats);
     assert_eq!(got.counts, want.counts, "counters stay exact while events drop");

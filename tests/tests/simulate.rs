@@ -30,7 +30,11 @@ fn simulate_serves_the_expected_totals() {
         .and_then(|b| IopfAbi::resolve(b.vmlinux()).ok())
         .map(|a| a.consts)
         .unwrap_or(CURRENT_CONSTS);
-    let want = model::expected(&model::plan(&scenario, &consts), None);
+    let want = model::expected(
+        &model::plan(&scenario, &consts),
+        model::EventsExpect { all: false, capacity: model::RING_RECORDS },
+        &model::Rules::new(),
+    );
 
     let agent = Agent::start_with(&["simulate", "--scenario", &path, "--listen", "127.0.0.1:0"]);
     let (status, body) = http_get(agent.addr, "/metrics").unwrap();

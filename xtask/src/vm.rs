@@ -99,7 +99,7 @@ fn debian_kernel(search: &str, prefix: &str, suffix: &str) -> anyhow::Result<Pat
             .is_some_and(|mid| !mid.is_empty() && mid.chars().all(|c| c.is_ascii_digit()))
     };
     let mut pkgs: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| ok(n)).collect();
-    pkgs.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    pkgs.sort_by_key(|p| version_key(p));
     let pkg =
         pkgs.last().ok_or_else(|| anyhow!("no package {prefix}N{suffix} in apt: run apt-get update"))?.to_string();
     let root = cache_dir().join(&pkg);

@@ -16,7 +16,7 @@ pub enum AttachError {
     #[error("program `{0}` missing from the eBPF object")]
     Missing(&'static str),
     #[error("hook `{hook}`: program `{prog}` could not attach to `{target}`")]
-    Program { hook: &'static str, prog: &'static str, target: String, source: aya::programs::ProgramError },
+    Program { hook: &'static str, prog: &'static str, target: String, source: Box<aya::programs::ProgramError> },
     #[error("kernel BTF needed for fentry")]
     Btf(#[source] aya::BtfError),
 }
@@ -79,7 +79,7 @@ fn attach_one(
         let err = |prog: &'static str, target: &str| {
             let target = target.to_owned();
             let hook = plan.name;
-            move |source| AttachError::Program { hook, prog, target, source }
+            move |source| AttachError::Program { hook, prog, target, source: Box::new(source) }
         };
         if plan.name == "io_page_fault" && plan.rung == Rung::Tracepoint {
             let p: &mut TracePoint = prog(ebpf, "iopf_io_page_fault")?;
@@ -126,6 +126,6 @@ where
         hook: "-",
         prog: name,
         target: String::new(),
-        source,
+        source: Box::new(source),
     })
 }

@@ -78,6 +78,11 @@ impl<T: Copy> Ring<T> {
 
     /// Writes records as NDJSON to stdout as they arrive, waking on the ring's fd.
     pub async fn stream_ndjson(self, render: impl Fn(&mut Vec<u8>, &T)) -> std::io::Result<()> {
+        self.stream(std::io::stdout, render).await
+    }
+
+    /// Writes what `render` makes of each record to `out()` as records arrive.
+    pub async fn stream<W: Write>(self, out: impl Fn() -> W, render: impl Fn(&mut Vec<u8>, &T)) -> std::io::Result<()> {
         let readable = tokio::io::Interest::READABLE;
         // SAFETY: the fd is the ring buffer map's, owned by `self.ring` (MapData) for as long
         // as the AsyncFd owns `self`, and `as_raw_fd` always returns that same fd.
@@ -86,8 +91,7 @@ impl<T: Copy> Ring<T> {
         let mut buf = Vec::with_capacity(2 * FLUSH_AT);
         loop {
             let mut guard = afd.readable_mut().await?;
-            let mut out = std::io::stdout().lock();
-            guard.get_inner_mut().pump(&mut buf, &mut out, &render)?;
+            guard.get_inner_mut().pump(&mut buf, &mut out(), &render)?;
             guard.clear_ready();
         }
     }

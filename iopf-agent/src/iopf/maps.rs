@@ -42,6 +42,7 @@ pub const OVERFLOW_DEVICE: &str = "other";
 
 pub struct IopfMaps {
     dev_ids: HashMap<MapData, DevKey, u64>,
+    dev_next: Array<MapData, u64>,
     dev_agg: PerCpuArray<MapData, DevAgg>,
     policy: Array<MapData, Rule>,
     stats: PerCpuArray<MapData, IopfStats>,
@@ -62,6 +63,7 @@ impl IopfMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             dev_ids: take(ebpf, "IOPF_DEV_IDS")?,
+            dev_next: take(ebpf, "IOPF_DEV_NEXT")?,
             dev_agg: take(ebpf, "IOPF_DEV_AGG")?,
             policy: take(ebpf, "IOPF_POLICY")?,
             stats: take(ebpf, "IOPF_STATS")?,
@@ -75,11 +77,7 @@ impl IopfMaps {
         let mut out = BTreeMap::new();
         let mut add = |k: DevKey, slot: u64| {
             let slot = slot as u32;
-            let k = if slot == DEV_SLOT_OVERFLOW {
-                DevKey { dev: dev_bytes(OVERFLOW_DEVICE), ..k }
-            } else {
-                k
-            };
+            let k = if slot == DEV_SLOT_OVERFLOW { DevKey { dev: dev_bytes(OVERFLOW_DEVICE), ..k } } else { k };
             out.entry(slot).or_insert(k);
         };
         if super::batch::for_each_percpu(self.dev_ids.map(), 1, |k, v: &[u64]| add(k, v[0])).is_err() {
@@ -89,6 +87,24 @@ impl IopfMaps {
             }
         }
         Ok(out)
+    }
+
+    /// The slot the kernel side would hand out next.
+    pub fn next_slot(&self) -> Result<u32, MapsError> {
+        let n = self.dev_next.get(&0, 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_NEXT", source })?;
+        Ok(n as u32 + 1)
+    }
+
+    /// Names devices ahead of their first fault: `names[i]` gets slot `first + i`. Only
+    /// before the programs are attached: the kernel side hands out slots from the same counter
+    /// without locking against this writer.
+    pub fn reserve_slots(&mut self, first: u32, names: &[DevKey]) -> Result<(), MapsError> {
+        let map = |source| MapsError::Map { map: "IOPF_DEV_IDS", source };
+        for (i, k) in names.iter().enumerate() {
+            self.dev_ids.insert(k, &(first as u64 + i as u64), 1 /* BPF_NOEXIST */).map_err(map)?;
+        }
+        let last = (first as u64 + names.len() as u64).saturating_sub(1);
+        self.dev_next.set(0, &last, 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_NEXT", source })
     }
 
     /// Installs `rule` for device slot `slot` (whole value, one syscall).

@@ -1,14 +1,23 @@
 //! IOPF metric families, read from the aggregation maps at scrape time.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use iopf_common::iopf::{CODE_REPORTED, CODE_UNRECOVERABLE, Config, Latency, Level, Source, response_label};
 
 use super::maps::{IopfMaps, dev_str};
 use crate::metrics::{Family, Kind, Source as MetricSource, counter, family, histogram};
+use crate::policy::install::Installed;
 
 pub struct IopfSource {
-    pub maps: Mutex<IopfMaps>,
+    pub maps: Arc<Mutex<IopfMaps>>,
+    /// Which policy each device is under (labels of the violation counters).
+    pub policy: Option<Arc<Mutex<Installed>>>,
+}
+
+impl IopfSource {
+    pub fn new(maps: Arc<Mutex<IopfMaps>>, policy: Option<Arc<Mutex<Installed>>>) -> Self {
+        Self { maps, policy }
+    }
 }
 
 impl MetricSource for IopfSource {
@@ -73,9 +82,35 @@ impl MetricSource for IopfSource {
             .collect();
         out.push(family(
             "iopf_latency_seconds",
-            "IOPF latencies: dispatch (report -> handler), service (report -> response), mm_fix (handle_mm_fault).",
+            "IOPF latencies: dispatch (report -> handler), service (report -> response), mm_fix (SVA work: start -> response).",
             Kind::Histogram,
             hists,
+        ));
+        let installed = self.policy.as_ref().map(|p| p.lock().unwrap_or_else(|e| e.into_inner()));
+        let violations = snap
+            .violations
+            .iter()
+            .map(|((dev, source, slot), v)| {
+                let dev = dev_str(dev);
+                let policy = installed.as_ref().and_then(|i| i.policy_of(&dev)).unwrap_or("none").to_owned();
+                let what = iopf_common::policy::VIOLATIONS.get(*slot).map_or("unknown", |(_, n)| n);
+                counter(
+                    &[
+                        ("device", &dev),
+                        ("policy", &policy),
+                        ("violation", what),
+                        ("source", Source::from_u8(*source).label()),
+                    ],
+                    *v,
+                )
+            })
+            .collect();
+        drop(installed);
+        out.push(family(
+            "iopf_policy_violations_total",
+            "Faults that broke their device's policy, by violation (level, service_latency, response_code).",
+            Kind::Counter,
+            violations,
         ));
         let s = snap.stats;
         out.push(family(
@@ -92,6 +127,12 @@ impl MetricSource for IopfSource {
                 ("response_unmatched", s.response_unmatched),
                 ("freed_unanswered", s.freed_unanswered),
                 ("inflight_full", s.inflight_full),
+                ("inflight_spilled", s.inflight_spilled),
+                ("handler_unmatched", s.handler_unmatched),
+                ("pending_parked", s.pending_parked),
+                ("pending_migrated", s.pending_migrated),
+                ("devices_overflow", s.devices_overflow),
+                ("violations", s.violations),
                 ("unrecoverable", s.unrecoverable),
                 ("dmar_records_undecoded", s.dmar_records_undecoded),
             ]

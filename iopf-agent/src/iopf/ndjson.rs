@@ -5,6 +5,7 @@
 use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::{Config, Consts, Event, Level, Method, Source, response_label},
+    policy::VIOLATIONS,
 };
 
 /// A JSON object under construction: `{"k":v,...}` followed by a newline.
@@ -72,6 +73,21 @@ impl<'a> Obj<'a> {
         self.buf.push(b'"');
     }
 
+    /// An array of plain (unescaped) names.
+    fn names(&mut self, k: &str, v: impl Iterator<Item = &'static str>) {
+        self.key(k);
+        self.buf.push(b'[');
+        for (i, n) in v.enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(n.as_bytes());
+            self.buf.push(b'"');
+        }
+        self.buf.push(b']');
+    }
+
     fn end(self) {
         self.buf.extend_from_slice(b"}\n");
     }
@@ -102,6 +118,7 @@ pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts) {
     o.uint("service_ns", e.service_ns);
     o.uint("mm_fix_ns", e.mm_fix_ns);
     o.uint("verdict", e.verdict.into());
+    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
     o.str("source", Source::from_u8(e.source).label().as_bytes());
     o.end();
 }
@@ -172,9 +189,19 @@ mod tests {
                 "perm": 2, "addr": "0xdeadb000", "flags": CURRENT_CONSTS.flag_pasid_valid | 1,
                 "config": "nested", "level": "first", "method": "domain", "response": "invalid",
                 "report_ns": 1, "dispatch_ns": 20, "service_ns": 300, "mm_fix_ns": u64::MAX,
-                "verdict": 0, "source": "simulated",
+                "verdict": 0, "violations": [], "source": "simulated",
             })
         );
+    }
+
+    #[test]
+    fn violations_are_named() {
+        use iopf_common::policy::{VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_LEVEL};
+        let e = Event { verdict: VERDICT_CHECKED | VIOLATION_LEVEL | VIOLATION_CODE, ..unsafe_zeroed_event() };
+        let mut buf = Vec::new();
+        write_event(&mut buf, &e, &CURRENT_CONSTS);
+        assert_eq!(parse(&buf)["violations"], json!(["level", "response_code"]));
+        assert_eq!(parse(&buf)["verdict"], json!(11));
     }
 
     #[test]

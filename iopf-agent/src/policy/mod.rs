@@ -6,6 +6,7 @@
 //! resolution returns the whole device -> rule map or an error, never a partial state.
 
 mod file;
+pub mod install;
 mod select;
 
 use std::{

@@ -9,6 +9,8 @@ use iopf_common::{
     },
 };
 
+use iopf_common::policy::{Rule, VERDICT_CHECKED, VIOLATIONS, verdict_answer, verdict_level, violation_slot};
+
 use super::scenario::{Configuration, Perm, Range, Response, Scenario};
 use crate::iopf::maps::{IopfSnapshot, dev_bytes};
 
@@ -142,9 +144,29 @@ pub fn plan(s: &Scenario, consts: &Consts) -> FaultPlan {
     FaultPlan { faults, window: s.spec.window as usize }
 }
 
+/// Compiled rules of simulated devices, by device name.
+pub type Rules = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], Rule>;
+
+/// How the ring buffer is used while a plan is driven.
+#[derive(Debug, Clone, Copy)]
+pub struct EventsExpect {
+    /// Every answered fault is streamed (trace), not only violations.
+    pub all: bool,
+    /// Records that fit before the ring is full (`u64::MAX` when it is drained as it goes).
+    pub capacity: u64,
+}
+
+/// Records of the 1 MiB event ring that fit when nobody reads: 8-byte header + event each.
+pub const RING_RECORDS: u64 = (1 << 20) / (8 + size_of::<iopf_common::iopf::Event>() as u64);
+
+/// The verdict the kernel reaches for `f` under `rule`, with the free time `drive` uses.
+pub fn verdict(f: &PlannedFault, rule: &Rule) -> u32 {
+    let (code, at) = f.response.unwrap_or((RESP_NONE, f.handler_ns));
+    verdict_level(rule, f.level as u8) | verdict_answer(rule, code, at - f.report_ns)
+}
+
 /// What the kernel maps must hold after `plan` is driven (simulated source).
-/// `events_capacity`: ring-buffer records that fit when events are on and nobody reads.
-pub fn expected(plan: &FaultPlan, events_capacity: Option<u64>) -> IopfSnapshot {
+pub fn expected(plan: &FaultPlan, events: EventsExpect, rules: &Rules) -> IopfSnapshot {
     let mut s = IopfSnapshot::default();
     let src = Source::Simulated as u8;
     let ck = |f: &PlannedFault, code: u8| CountKey {
@@ -157,7 +179,8 @@ pub fn expected(plan: &FaultPlan, events_capacity: Option<u64>) -> IopfSnapshot 
     };
     let hk = |f: &PlannedFault, l: Latency| HistKey { dev: f.dev, latency: l as u8, source: src, _pad: [0; 6] };
     let mut observe = |k: HistKey, ns: u64| s.hists.entry(k).or_insert(Histogram::ZERO).record(ns);
-    let mut answered = 0u64;
+    let mut emitted = 0u64;
+    let mut violating = 0u64;
     for f in &plan.faults {
         observe(hk(f, Latency::Dispatch), f.handler_ns - f.report_ns);
         if let Some(ns) = f.mm_fix_ns {
@@ -170,18 +193,24 @@ pub fn expected(plan: &FaultPlan, events_capacity: Option<u64>) -> IopfSnapshot 
     for f in &plan.faults {
         *s.counts.entry(ck(f, CODE_REPORTED)).or_default() += 1;
         match f.response {
-            Some((code, _)) => {
-                answered += 1;
-                *s.counts.entry(ck(f, code)).or_default() += 1;
-            }
+            Some((code, _)) => *s.counts.entry(ck(f, code)).or_default() += 1,
             None => *s.counts.entry(ck(f, RESP_NONE)).or_default() += 1,
         }
+        let v = rules.get(&f.dev).map_or(0, |r| verdict(f, r));
+        for (bit, _) in VIOLATIONS {
+            if v & bit != 0 {
+                *s.violations.entry((f.dev, src, violation_slot(bit))).or_default() += 1;
+            }
+        }
+        let violated = v & !VERDICT_CHECKED != 0;
+        violating += violated as u64;
+        if violated || (events.all && f.response.is_some()) {
+            emitted += 1;
+        }
     }
+    let answered = plan.faults.iter().filter(|f| f.response.is_some()).count() as u64;
     let n = plan.faults.len() as u64;
-    let (events, dropped) = match events_capacity {
-        Some(cap) => (answered.min(cap), answered.saturating_sub(cap)),
-        None => (0, 0),
-    };
+    let (events, dropped) = (emitted.min(events.capacity), emitted.saturating_sub(events.capacity));
     s.stats = IopfStats {
         reports: n,
         handled: n,
@@ -189,6 +218,7 @@ pub fn expected(plan: &FaultPlan, events_capacity: Option<u64>) -> IopfSnapshot 
         freed_unanswered: n - answered,
         events,
         events_dropped: dropped,
+        violations: violating,
         ..IopfStats::default()
     };
     s

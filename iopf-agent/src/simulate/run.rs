@@ -1,6 +1,9 @@
 //! The `simulate` command.
 
-use std::{path::PathBuf, sync::Mutex};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use std::io::Write as _;
 
@@ -14,7 +17,7 @@ use crate::{
     iopf::{
         events::EventReader,
         inject::Injector,
-        maps::{IopfMaps, dev_str},
+        maps::{IopfMaps, dev_bytes, dev_str},
         metrics::IopfSource,
         ndjson::write_event,
     },
@@ -24,8 +27,10 @@ use crate::{
     },
     loader::{self, Globals},
     metrics::Registry,
+    policy::{PolicySet, SysfsDevice, install::Installed},
     server,
 };
+use iopf_common::iopf::Source;
 
 #[derive(Debug, Clone)]
 pub struct SimulateOptions {
@@ -34,10 +39,24 @@ pub struct SimulateOptions {
     /// Print every event as NDJSON on stdout (the totals table then goes to stderr).
     pub trace: bool,
     pub btf_dir: PathBuf,
+    /// `DevicePolicy` files or directories, checked against the scenario's devices (by name).
+    pub policies: Vec<PathBuf>,
 }
 
 pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     let scenario = Scenario::load(&opts.scenario)?;
+    // Scenario devices exist nowhere in sysfs: only `name` selectors can match them.
+    let devices: Vec<SysfsDevice> = scenario
+        .spec
+        .devices
+        .iter()
+        .map(|d| SysfsDevice { name: d.name.clone(), bus: "simulated".into(), ..SysfsDevice::default() })
+        .collect();
+    let resolved = PolicySet::load(&opts.policies)?.resolve_devices(&devices)?;
+    for p in &resolved.unmatched {
+        eprintln!("iopf-agent: policy {p} selects no device of the scenario");
+    }
+    let rules: model::Rules = resolved.devices.iter().map(|(d, r)| (dev_bytes(d), r.rule)).collect();
     let listener = match opts.listen {
         Some(a) => Some(server::bind(a).await?),
         None => None,
@@ -57,7 +76,12 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     }
     drop(btf);
     let plan = model::plan(&scenario, &globals.consts);
+    // A slot for every scenario device (and the overflow slot), whatever their number.
+    globals.dev_slots = globals.dev_slots.max(devices.len() as u32 + 1);
     let mut ebpf = loader::load(globals)?;
+    let mut maps = IopfMaps::take(&mut ebpf)?;
+    let mut installed = Installed::new(&resolved, Source::Simulated as u8);
+    installed.reserve(&mut maps, globals.dev_slots)?;
     if opts.trace {
         let mut reader = EventReader::take(&mut ebpf)?;
         let consts = globals.consts;
@@ -71,10 +95,11 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     } else {
         drive(&mut Injector::new(&mut ebpf)?, &plan)?;
     }
-    let maps = IopfMaps::take(&mut ebpf)?;
     let got = maps.snapshot()?;
-    let answered = plan.faults.iter().filter(|f| f.response.is_some()).count() as u64;
-    let want = model::expected(&plan, opts.trace.then_some(answered));
+    // Traced runs drain the ring after every window; otherwise only violations are written
+    // and nobody reads them here.
+    let capacity = if opts.trace { u64::MAX } else { model::RING_RECORDS };
+    let want = model::expected(&plan, model::EventsExpect { all: opts.trace, capacity }, &rules);
     // The table goes where it does not mix with NDJSON.
     let mut table: Box<dyn std::io::Write> =
         if opts.trace { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
@@ -109,6 +134,17 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         let _ =
             writeln!(table, "{dev:<20} {cfg:<12} {lvl:<8} {:>8} {:>8} {:>8} {:>8} {:>8}", r[0], r[1], r[2], r[3], r[4]);
     }
+    if !rules.is_empty() {
+        let _ = writeln!(table, "{:<20} {:>10} {:>10} {:>10}", "device", "level", "latency", "code");
+        let mut by_dev: std::collections::BTreeMap<String, [u64; 3]> = Default::default();
+        for (&(dev, _, slot), &n) in &want.violations {
+            by_dev.entry(dev_str(&dev)).or_default()[slot.min(2)] += n;
+        }
+        for (dev, v) in &by_dev {
+            let _ = writeln!(table, "{dev:<20} {:>10} {:>10} {:>10}", v[0], v[1], v[2]);
+        }
+        let _ = writeln!(table, "faults violating a policy: {}", want.stats.violations);
+    }
     let matches = got == want;
     let _ = writeln!(
         table,
@@ -120,7 +156,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     }
     if let Some(listener) = listener {
         let registry = Registry::default();
-        registry.add(IopfSource { maps: Mutex::new(maps) });
+        registry.add(IopfSource::new(Arc::new(Mutex::new(maps)), Some(Arc::new(Mutex::new(installed)))));
         let addr = listener.local_addr()?;
         eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
         server::serve(listener, registry, crate::run::shutdown_signal()).await?;

@@ -289,9 +289,9 @@ fn pending_take_slow(me: u64) -> Option<Pending> {
     let mut c = 0u32;
     while c < MAX_SCAN_CPUS && c < n {
         // SAFETY: helper call on our own map with a valid key; returns that CPU's value or null.
-        let other = unsafe {
-            bpf_map_lookup_percpu_elem(&raw const IOPF_PENDING_CPU as *mut _, &raw const key as *const _, c)
-        } as *mut PendingSlot;
+        let other =
+            unsafe { bpf_map_lookup_percpu_elem(&raw const IOPF_PENDING_CPU as *mut _, &raw const key as *const _, c) }
+                as *mut PendingSlot;
         // SAFETY: non-null map value, valid for the run.
         if !other.is_null()
             && let Some(p) = unsafe { pending_claim(other, me) }

@@ -273,9 +273,10 @@ fn test_run_ns(ebpf: &Ebpf, name: &str) -> f64 {
     p.test_run(opts).expect("test run").duration.as_nanos() as f64
 }
 
-/// 3. In-kernel cost per IOPF: one whole fault (report, handler + classification, response
-/// with counts and histograms, free) per run, test-run with repeat, against an empty program
-/// timed the same way, interleaved. Also the per-program run time over the mixed scenario.
+/// Item 3, in-kernel cost per IOPF: one whole fault per run (report; handler with
+/// classification and the level check; response with counts, histograms and the code and
+/// latency checks; free), test-run with repeat, against an empty program timed the same
+/// way, interleaved. Also the per-program run time over the mixed scenario.
 fn bench_iopf() -> (Vec<Row>, serde_json::Value) {
     let mut ebpf = loader::load(Globals { consts: CURRENT_CONSTS, ..Globals::default() }).unwrap();
     for p in ["bench_iopf_lifecycle", "bench_empty"] {

@@ -1,0 +1,141 @@
+//! Policies end to end: YAML files compiled into kernel rules, faults checked in the kernel,
+//! violations counted exactly and served; bad files refused with their location; reloads
+//! all or nothing.
+
+use std::path::PathBuf;
+
+use iopf_tests::{
+    agent::{Agent, run_to_end},
+    prom::{Exposition, http_get},
+    require_root,
+};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("iopf-policy-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn device(name: &str, faults: u32, config: &str, responses: &str, service_ns: u64) -> String {
+    format!(
+        "    - name: \"{name}\"\n      faults: {faults}\n      configuration: {config}\n      responses: {responses}\n      dispatchNs: {{min: 100, max: 100}}\n      serviceNs: {{min: {service_ns}, max: {service_ns}}}\n"
+    )
+}
+
+fn policy(name: &str, device: &str, expect: &str) -> String {
+    format!(
+        "---\napiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: monitor\n  selector:\n    name: \"{device}\"\n  expect:\n    {expect}\n"
+    )
+}
+
+#[test]
+fn simulated_faults_break_their_policies_exactly() {
+    if !require_root("simulated_faults_break_their_policies_exactly") {
+        return;
+    }
+    let d = dir("sim");
+    let mut scn =
+        String::from("apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: p\nspec:\n  devices:\n");
+    scn += &device("0000:6a:01.0", 40, "nested_parent", "{success: 1}", 1000);
+    scn += &device("0000:6a:02.0", 30, "nested", "{failure: 1}", 1000);
+    scn += &device("0000:6a:03.0", 20, "flat_sva", "{success: 1}", 5000);
+    scn += &device("0000:6a:04.0", 10, "nested_parent", "{success: 1}", 1000);
+    scn += &device("0000:6a:05.0", 12, "nested", "{none: 1}", 1000);
+    std::fs::write(d.join("scenario.yaml"), scn).unwrap();
+    let mut pol = policy("stage2-pinned", "0000:6a:01.0", "levels: [first]");
+    pol += &policy("no-failure", "0000:6a:02.0", "responses: [success, invalid]");
+    pol += &policy("fast", "0000:6a:03.0", "maxServiceLatency: 4us");
+    pol += &policy("answered", "0000:6a:05.0", "responses: [success]");
+    pol += &policy("absent", "0000:ff:00.0", "levels: [first]");
+    std::fs::write(d.join("policies.yaml"), pol).unwrap();
+
+    let scn = d.join("scenario.yaml");
+    let pol = d.join("policies.yaml");
+    let agent = Agent::start_with(&[
+        "simulate",
+        "--scenario",
+        scn.to_str().unwrap(),
+        "--policy",
+        pol.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(agent.log.iter().any(|l| l == "iopf-agent: policy absent selects no device of the scenario"));
+    let (status, body) = http_get(agent.addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let _ = agent.stop();
+    let e = Exposition::parse(&body);
+    let v = |dev: &str, policy: &str, what: &str| {
+        e.get(
+            "iopf_policy_violations_total",
+            &[("device", dev), ("policy", policy), ("violation", what), ("source", "simulated")],
+        )
+    };
+    // Every fault of a device breaks its rule in exactly one way; the unlisted device none.
+    assert_eq!(v("0000:6a:01.0", "stage2-pinned", "level"), Some(40.0));
+    assert_eq!(v("0000:6a:02.0", "no-failure", "response_code"), Some(30.0));
+    assert_eq!(v("0000:6a:03.0", "fast", "service_latency"), Some(20.0));
+    assert_eq!(v("0000:6a:05.0", "answered", "response_code"), Some(12.0));
+    let series = e.samples.iter().filter(|s| s.name == "iopf_policy_violations_total").count();
+    assert_eq!(series, 4, "no other violation series");
+    assert_eq!(e.get("iopf_pipeline_total", &[("stage", "violations")]), Some(102.0));
+    // Violations are streamed whatever the mode: one event each, none dropped.
+    assert_eq!(e.get("iopf_events_total", &[]), Some(102.0));
+    assert_eq!(e.get("iopf_events_dropped_total", &[]), Some(0.0));
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn a_bad_policy_is_refused_with_its_location_before_anything_loads() {
+    let d = dir("bad");
+    let bad = d.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: x\nspec:\n  mode: monitor\n  selector:\n    pci: \"6a:01\"\n  expect:\n    levels: [first]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_to_end(&["run", "--listen", "127.0.0.1:0", "--policy", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    let first = err.lines().find(|l| l.contains("bad.yaml")).unwrap_or_default();
+    assert!(first.contains("bad.yaml:8:10: spec.selector.pci:"), "{err}");
+    assert!(!err.contains("attached"), "nothing was attached: {err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn policy_reload_is_all_or_nothing() {
+    if !require_root("policy_reload_is_all_or_nothing") {
+        return;
+    }
+    let d = dir("reload");
+    let file = d.join("p.yaml");
+    let good = policy("cpu-watch", "cpu0", "levels: [first]");
+    std::fs::write(&file, &good).unwrap();
+    let agent = Agent::start(&["--policy", file.to_str().unwrap()]);
+    assert!(
+        agent
+            .log
+            .iter()
+            .any(|l| l.starts_with("iopf-agent: policy cpu-watch (monitor, ") && l.ends_with("devices [cpu0]")),
+        "{:#?}",
+        agent.log
+    );
+    let pid = agent.pid();
+    let hup = |want: &str| {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        agent.wait_line(want)
+    };
+    std::fs::write(&file, good.replace("levels: [first]", "levels: [third]")).unwrap();
+    let refused = hup("iopf-agent: policy reload refused");
+    assert!(refused.is_some(), "bad reload refused");
+    let next = agent.wait_line("p.yaml:");
+    assert!(next.is_some_and(|l| l.contains("p.yaml:11:")), "the error says where");
+    std::fs::write(&file, good.replace("cpu-watch", "cpu-watch-2")).unwrap();
+    let ok = hup("iopf-agent: policies reloaded: 1 policies");
+    assert!(ok.is_some(), "good reload applied");
+    let (code, _) = agent.stop();
+    assert_eq!(code, Some(0));
+    std::fs::remove_dir_all(&d).ok();
+}
