@@ -17,6 +17,17 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Argument `n` of an fentry program as a plain number. Reading it from the context directly
+/// gives the verifier's typed kernel pointer, which may only be dereferenced or compared: the
+/// core hashes group and device pointers into in-flight keys, so it needs the value itself.
+#[inline(always)]
+fn scalar_arg(ctx: &FEntryContext, n: usize) -> u64 {
+    let p = (ctx.as_ptr() as *const u64).wrapping_add(n);
+    // SAFETY: reads one u64 of the program's own argument array through the helper, which
+    // checks the address; a failed read yields 0, which no hook treats as a real object.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(p) }.unwrap_or(0)
+}
+
 fn report(dev: u64, evt: u64) {
     let f = read::fault(evt);
     let name = read::dev_name(dev);
@@ -51,7 +62,7 @@ fn work_start(work: u64) {
 
 #[fentry]
 pub fn iopf_report_fentry(ctx: FEntryContext) -> u32 {
-    report(ctx.arg(0), ctx.arg(1));
+    report(scalar_arg(&ctx, 0), scalar_arg(&ctx, 1));
     0
 }
 
@@ -65,31 +76,31 @@ pub fn iopf_report_fexit(ctx: FExitContext) -> u32 {
 
 #[fentry]
 pub fn iopf_handler_fentry(ctx: FEntryContext) -> u32 {
-    handler(ctx.arg(0));
+    handler(scalar_arg(&ctx, 0));
     0
 }
 
 #[fentry]
 pub fn iopf_group_response_fentry(ctx: FEntryContext) -> u32 {
-    group_response(ctx.arg(0), ctx.arg(1));
+    group_response(scalar_arg(&ctx, 0), scalar_arg(&ctx, 1));
     0
 }
 
 #[fentry]
 pub fn iopf_page_response_fentry(ctx: FEntryContext) -> u32 {
-    tuple_response(ctx.arg(0), ctx.arg(1));
+    tuple_response(scalar_arg(&ctx, 0), scalar_arg(&ctx, 1));
     0
 }
 
 #[fentry]
 pub fn iopf_free_group_fentry(ctx: FEntryContext) -> u32 {
-    super::on_free(&InflightKey { a: ctx.arg(0), b: 0 }, now());
+    super::on_free(&InflightKey { a: scalar_arg(&ctx, 0), b: 0 }, now());
     0
 }
 
 #[fentry]
 pub fn iopf_work_fentry(ctx: FEntryContext) -> u32 {
-    work_start(ctx.arg(0));
+    work_start(scalar_arg(&ctx, 0));
     0
 }
 
