@@ -15,6 +15,8 @@ pub trait Source: Send + Sync {
 #[derive(Default, Clone)]
 pub struct Registry {
     sources: Arc<Mutex<Vec<Box<dyn Source>>>>,
+    /// Size of the last exposition (a capacity hint for the next).
+    last_len: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Registry {
@@ -28,10 +30,14 @@ impl Registry {
         for s in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             s.collect(&mut fams);
         }
-        let mut out = String::with_capacity(64 * 1024);
+        // Sized from the previous scrape: growing a multi-megabyte body by doubling copies
+        // it several times over.
+        let hint = self.last_len.load(std::sync::atomic::Ordering::Relaxed);
+        let mut out = String::with_capacity((hint + hint / 8).max(64 * 1024));
         for f in &fams {
             f.encode(&mut out);
         }
+        self.last_len.store(out.len(), std::sync::atomic::Ordering::Relaxed);
         out
     }
 }
@@ -122,12 +128,12 @@ pub fn histogram(l: &[(&str, &str)], h: &hist::Histogram) -> Series {
     Series { labels: labels(l), value: Value::Histogram(Box::new(*h)) }
 }
 
-/// `le` values of the finite buckets, in seconds, formatted once; exponent form keeps the
+/// `le="…"` labels of the finite buckets, in seconds, formatted once; exponent form keeps the
 /// exposition short (it is most of the bytes of a large scrape).
 fn le_strings() -> &'static [String] {
     static LE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     LE.get_or_init(|| {
-        (0..hist::BUCKETS).filter_map(hist::upper_bound_ns).map(|ns| format!("{:e}", ns as f64 / 1e9)).collect()
+        (0..hist::BUCKETS).filter_map(hist::upper_bound_ns).map(|ns| format!("le=\"{:e}\"", ns as f64 / 1e9)).collect()
     })
 }
 
@@ -187,15 +193,10 @@ impl Family {
                 Value::Histogram(h) => {
                     let mut cum = 0u64;
                     let les = le_strings();
-                    let mut le = String::with_capacity(24);
                     for (i, n) in h.buckets.iter().enumerate() {
                         cum += n;
-                        let Some(bound) = les.get(i) else { break };
-                        le.clear();
-                        le.push_str("le=\"");
-                        le.push_str(bound);
-                        le.push('"');
-                        sample(out, "_bucket", &le);
+                        let Some(le) = les.get(i) else { break };
+                        sample(out, "_bucket", le);
                         out.push_str(num.format(cum));
                         out.push('\n');
                     }

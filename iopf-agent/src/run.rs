@@ -57,7 +57,9 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         }
     }
     registry.add(crate::iopf::metrics::IopfSource::new(iopf_maps.clone(), Some(installed.clone())));
-    tokio::spawn(keep_policies(opts.policies.clone(), iopf_maps, installed));
+    if !opts.policies.is_empty() {
+        tokio::spawn(keep_policies(opts.policies.clone(), iopf_maps, installed));
+    }
     if opts.page_faults {
         let plan = report.hooks.iter().find(|p| p.name == "mm_fault").cloned().expect("mm_fault is a known hook");
         pagefault::attach(&mut ebpf, &plan)?;
@@ -73,16 +75,18 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     registry.add(PlanSource { kernel: report.kernel.clone(), plans: report.hooks.clone() });
 
-    let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
     let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
     if opts.trace {
+        let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
         tokio::spawn(async move {
             if let Err(e) = reader.stream_ndjson(|b, e| crate::iopf::ndjson::write_event(b, e, &consts)).await {
                 eprintln!("iopf-agent: event stream stopped: {e}");
             }
         });
-    } else {
-        // Without --trace the ring carries violations only: one log line each.
+    } else if !opts.policies.is_empty() {
+        // Without --trace the ring carries violations only: one log line each. (Without
+        // policies there are none, and the ring stays unmapped.)
+        let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
         tokio::spawn(async move {
             let line = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
                 b.extend_from_slice(b"iopf-agent: policy violation: ");
@@ -144,8 +148,10 @@ async fn keep_policies(paths: Vec<PathBuf>, maps: Arc<Mutex<IopfMaps>>, installe
     };
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
+        // The 1 s pass only runs while a policy device still waits for its slot.
+        let pending = installed.lock().unwrap_or_else(|e| e.into_inner()).pending() > 0;
         let reload = tokio::select! {
-            _ = tick.tick() => false,
+            _ = tick.tick(), if pending => false,
             Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());

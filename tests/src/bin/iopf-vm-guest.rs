@@ -219,7 +219,7 @@ fn bench_mm(a: &Args, rung: &str) -> Result<(), String> {
     let (mut base, mut iopf, mut pf) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         base.extend((0..4).map(|_| fault_ns(PAGES)));
-        let ag = start_agent(a, &["--force-rung", rung, "--require", "report", "--require", "iopf_work"])?;
+        let ag = start_agent(a, &["--force-rung", rung, "--require", "report", "--require", "page_response"])?;
         iopf.extend((0..4).map(|_| fault_ns(PAGES)));
         ag.stop();
         let ag = start_agent(a, &["--force-rung", rung, "--page-faults"])?;
