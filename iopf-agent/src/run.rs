@@ -58,7 +58,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     registry.add(crate::iopf::metrics::IopfSource::new(iopf_maps.clone(), Some(installed.clone())));
     if !opts.policies.is_empty() {
-        tokio::spawn(keep_policies(opts.policies.clone(), iopf_maps, installed));
+        tokio::spawn(keep_policies(opts.policies.clone(), opts.dev_slots, iopf_maps, installed));
     }
     if opts.page_faults {
         let plan = report.hooks.iter().find(|p| p.name == "mm_fault").cloned().expect("mm_fault is a known hook");
@@ -135,47 +135,37 @@ fn log_policies(set: &PolicySet, resolved: &Resolved) {
     }
 }
 
-/// Reloads the policies on SIGHUP (all or nothing: a set with errors leaves the last good one
-/// in force) and installs rules for policy devices that got their slot since (first fault).
-async fn keep_policies(paths: Vec<PathBuf>, maps: Arc<Mutex<IopfMaps>>, installed: Arc<Mutex<Installed>>) {
+/// Reloads the policies on SIGHUP, all or nothing: a set with errors, or one that needs more
+/// device slots than are free, leaves the last good one in force.
+async fn keep_policies(paths: Vec<PathBuf>, slots: u32, maps: Arc<Mutex<IopfMaps>>, installed: Arc<Mutex<Installed>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
+        Ok(s) => s,
         Err(e) => {
             eprintln!("iopf-agent: no SIGHUP handler, policies will not reload: {e}");
-            None
+            return;
         }
     };
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        // The 1 s pass only runs while a policy device still waits for its slot.
-        let pending = installed.lock().unwrap_or_else(|e| e.into_inner()).pending() > 0;
-        let reload = tokio::select! {
-            _ = tick.tick(), if pending => false,
-            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+    while hup.recv().await.is_some() {
+        let loaded = PolicySet::load(&paths).and_then(|set| set.resolve(Path::new(SYSFS_ROOT)).map(|r| (set, r)));
+        let (set, resolved) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("iopf-agent: policy reload refused, the previous policies stay in force:\n{e}");
+                continue;
+            }
         };
         let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
         let mut inst = installed.lock().unwrap_or_else(|e| e.into_inner());
-        if reload {
-            match PolicySet::load(&paths).and_then(|set| set.resolve(Path::new(SYSFS_ROOT)).map(|r| (set, r))) {
-                Ok((set, resolved)) => {
-                    log_policies(&set, &resolved);
-                    match inst.replace(&mut maps, &resolved) {
-                        Ok(n) => eprintln!(
-                            "iopf-agent: policies reloaded: {} policies, {n} device rules changed",
-                            set.policies().len()
-                        ),
-                        Err(e) => {
-                            eprintln!("iopf-agent: policies reloaded but not installed: {}", crate::error::chain(&e))
-                        }
-                    }
-                }
-                Err(e) => eprintln!("iopf-agent: policy reload refused, the previous policies stay in force:\n{e}"),
+        match inst.replace(&mut maps, &resolved, slots) {
+            Ok(n) => {
+                log_policies(&set, &resolved);
+                eprintln!("iopf-agent: policies reloaded: {} policies, {n} device rules changed", set.policies().len());
             }
-        } else if inst.pending() > 0
-            && let Err(e) = inst.sync(&mut maps)
-        {
-            eprintln!("iopf-agent: installing policy rules failed: {}", crate::error::chain(&e));
+            Err(e) => eprintln!(
+                "iopf-agent: policy reload refused, the previous policies stay in force: {}",
+                crate::error::chain(&e)
+            ),
         }
     }
 }

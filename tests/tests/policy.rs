@@ -132,10 +132,27 @@ fn policy_reload_is_all_or_nothing() {
     assert!(refused.is_some(), "bad reload refused");
     let next = agent.wait_line("p.yaml:");
     assert!(next.is_some_and(|l| l.contains("p.yaml:11:")), "the error says where");
-    std::fs::write(&file, good.replace("cpu-watch", "cpu-watch-2")).unwrap();
-    let ok = hup("iopf-agent: policies reloaded: 1 policies");
-    assert!(ok.is_some(), "good reload applied");
+    // A renamed policy (same rule for cpu0) and a new one for another device, which gets its
+    // device slot and rule at the reload: one rule written.
+    let other = other_device();
+    let two = good.replace("cpu-watch", "cpu-watch-2") + &policy("other-watch", &other, "levels: [first]");
+    std::fs::write(&file, two).unwrap();
+    let ok = hup("iopf-agent: policies reloaded:");
+    assert_eq!(ok.as_deref(), Some("iopf-agent: policies reloaded: 2 policies, 1 device rules changed"));
     let (code, _) = agent.stop();
     assert_eq!(code, Some(0));
     std::fs::remove_dir_all(&d).ok();
+}
+
+/// A device of this machine other than cpu0, with a name no other bus repeats.
+fn other_device() -> String {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for bus in std::fs::read_dir("/sys/bus").unwrap().flatten() {
+        if let Ok(devs) = std::fs::read_dir(bus.path().join("devices")) {
+            for d in devs.flatten() {
+                *seen.entry(d.file_name().to_string_lossy().into_owned()).or_default() += 1;
+            }
+        }
+    }
+    seen.into_iter().find(|(n, c)| *c == 1 && n != "cpu0").map(|(n, _)| n).expect("a second device in sysfs")
 }

@@ -89,22 +89,54 @@ impl IopfMaps {
         Ok(out)
     }
 
-    /// The slot the kernel side would hand out next.
-    pub fn next_slot(&self) -> Result<u32, MapsError> {
-        let n = self.dev_next.get(&0, 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_NEXT", source })?;
-        Ok(n as u32 + 1)
+    fn dev_next(&self, i: u32) -> Result<u64, MapsError> {
+        self.dev_next.get(&i, 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_NEXT", source })
     }
 
-    /// Names devices ahead of their first fault: `names[i]` gets slot `first + i`. Only
-    /// before the programs are attached: the kernel side hands out slots from the same counter
-    /// without locking against this writer.
-    pub fn reserve_slots(&mut self, first: u32, names: &[DevKey]) -> Result<(), MapsError> {
-        let map = |source| MapsError::Map { map: "IOPF_DEV_IDS", source };
-        for (i, k) in names.iter().enumerate() {
-            self.dev_ids.insert(k, &(first as u64 + i as u64), 1 /* BPF_NOEXIST */).map_err(map)?;
+    /// Slots the agent may still take from the top: below its lowest so far, and a margin
+    /// above the kernel's last (a first fault on every CPU may be claiming one right now).
+    pub fn free_top_slots(&self, slots: u32) -> Result<u32, MapsError> {
+        let kernel_last = self.dev_next(0)?;
+        let top = match self.dev_next(1)? {
+            0 => slots as u64,
+            t => t,
+        };
+        let margin = (self.ncpus.clamp(1, 64) + 1) as u64;
+        Ok(top.saturating_sub(1).saturating_sub(kernel_last + margin) as u32)
+    }
+
+    /// Names a device ahead of its first fault, its rule already in place, while the kernel
+    /// side may be handing out slots: the agent takes them from the top down, the kernel from
+    /// 1 up. Returns the device's slot (an existing one if the kernel named it first), or None
+    /// when no slot is free.
+    pub fn reserve_top(&mut self, key: &DevKey, rule: &Rule, slots: u32) -> Result<Option<u32>, MapsError> {
+        let ids = |source| MapsError::Map { map: "IOPF_DEV_IDS", source };
+        if let Ok(s) = self.dev_ids.get(key, 0) {
+            // A device counted as "other" cannot get a rule of its own.
+            if s as u32 == DEV_SLOT_OVERFLOW {
+                return Ok(None);
+            }
+            self.set_rule(s as u32, rule)?;
+            return Ok(Some(s as u32));
         }
-        let last = (first as u64 + names.len() as u64).saturating_sub(1);
-        self.dev_next.set(0, &last, 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_NEXT", source })
+        if self.free_top_slots(slots)? == 0 {
+            return Ok(None);
+        }
+        let slot = match self.dev_next(1)? {
+            0 => slots - 1,
+            t => t as u32 - 1,
+        };
+        self.dev_next.set(1, &(slot as u64), 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_NEXT", source })?;
+        // Rule first, name second: the first fault that finds the name finds the rule.
+        self.set_rule(slot, rule)?;
+        if self.dev_ids.insert(key, &(slot as u64), 1 /* BPF_NOEXIST */).is_err() {
+            // The device faulted meanwhile and has the kernel's slot: the rule goes there.
+            let s = self.dev_ids.get(key, 0).map_err(ids)? as u32;
+            self.set_rule(s, rule)?;
+            self.set_rule(slot, &Rule::NONE)?;
+            return Ok(Some(s));
+        }
+        Ok(Some(slot))
     }
 
     /// Installs `rule` for device slot `slot` (whole value, one syscall).

@@ -13,7 +13,7 @@ use crate::iopf::maps::{IopfMaps, MapsError, dev_bytes, dev_str};
 #[derive(Debug, Error)]
 pub enum InstallError {
     #[error(
-        "the policies select {wanted} devices but only {free} device slots are free (of {slots}); raise --max-devices"
+        "the policies select {wanted} devices without a device slot but only {free} of {slots} slots are free; raise --max-devices"
     )]
     Slots { wanted: usize, free: u32, slots: u32 },
     #[error(transparent)]
@@ -26,7 +26,6 @@ pub struct Installed {
     source: u8,
     wanted: BTreeMap<String, (String, Rule)>,
     rules: BTreeMap<u32, Rule>,
-    names: BTreeMap<u32, String>,
 }
 
 impl Installed {
@@ -45,34 +44,40 @@ impl Installed {
         DevKey { dev: dev_bytes(dev), source: self.source, _pad: [0; 7] }
     }
 
-    /// Before attach: gives every wanted device without a slot the next free ones, all or
-    /// none, then installs the rules.
-    pub fn reserve(&mut self, maps: &mut IopfMaps, slots: u32) -> Result<(), InstallError> {
-        let have = maps.devices()?;
-        let named: Vec<DevKey> = have.values().copied().collect();
-        let missing: Vec<DevKey> = self.wanted.keys().map(|d| self.key(d)).filter(|k| !named.contains(k)).collect();
-        let first = maps.next_slot()?.max(have.keys().max().map_or(1, |m| m + 1));
-        let free = slots.saturating_sub(first);
+    /// Gives every wanted device without a slot one now, with its rule, so its first fault
+    /// is checked; all or none (the room is checked first). Safe while the programs run.
+    pub fn reserve(&mut self, maps: &mut IopfMaps, slots: u32) -> Result<usize, InstallError> {
+        let have: Vec<DevKey> = maps.devices()?.into_values().collect();
+        let missing: Vec<(DevKey, Rule)> =
+            self.wanted.iter().map(|(d, (_, r))| (self.key(d), *r)).filter(|(k, _)| !have.contains(k)).collect();
+        let free = maps.free_top_slots(slots)?;
         if missing.len() > free as usize {
             return Err(InstallError::Slots { wanted: missing.len(), free, slots });
         }
-        if !missing.is_empty() {
-            maps.reserve_slots(first, &missing)?;
+        for (k, r) in &missing {
+            if maps.reserve_top(k, r, slots)?.is_none() {
+                return Err(InstallError::Slots { wanted: missing.len(), free: 0, slots });
+            }
         }
-        self.sync(maps)?;
-        Ok(())
+        Ok(self.sync(maps)?)
     }
 
-    /// Replaces the wanted rules (a reload) and installs them.
-    pub fn replace(&mut self, maps: &mut IopfMaps, resolved: &Resolved) -> Result<usize, MapsError> {
+    /// Replaces the wanted rules (a reload): devices newly selected get their slot and rule
+    /// now, the rest are rewritten where they changed.
+    pub fn replace(&mut self, maps: &mut IopfMaps, resolved: &Resolved, slots: u32) -> Result<usize, InstallError> {
+        let before = std::mem::take(&mut self.wanted);
         self.want(resolved);
-        self.sync(maps)
+        let r = self.reserve(maps, slots);
+        if matches!(r, Err(InstallError::Slots { .. })) {
+            // Nothing was written: the previous set stays in force.
+            self.wanted = before;
+        }
+        r
     }
 
     /// Writes the rule of every slot whose device's wanted rule differs from what is
     /// installed (devices no policy selects any more get the empty rule). Returns how many
-    /// slots changed. Devices without a slot yet get theirs at their first fault; the next
-    /// sync installs their rule.
+    /// slots changed.
     pub fn sync(&mut self, maps: &mut IopfMaps) -> Result<usize, MapsError> {
         let mut changed = 0;
         for (slot, k) in maps.devices()? {
@@ -86,7 +91,6 @@ impl Installed {
                 self.rules.insert(slot, want);
                 changed += 1;
             }
-            self.names.insert(slot, dev);
         }
         Ok(changed)
     }
@@ -94,10 +98,5 @@ impl Installed {
     /// The policy in force for device `dev`, if any.
     pub fn policy_of(&self, dev: &str) -> Option<&str> {
         self.wanted.get(dev).map(|(p, _)| p.as_str())
-    }
-
-    /// Wanted devices that have no slot yet (no fault seen, not reserved).
-    pub fn pending(&self) -> usize {
-        self.wanted.keys().filter(|d| !self.names.values().any(|n| n == *d)).count()
     }
 }

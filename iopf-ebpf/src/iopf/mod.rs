@@ -72,9 +72,10 @@ static IOPF_WORKERS: Array<u64> = Array::with_max_entries(1, 0);
 /// Device name + source -> device slot. Filled here at a device's first fault.
 #[map]
 static IOPF_DEV_IDS: HashMap<DevKey, u64> = HashMap::with_max_entries(4 * DEV_SLOTS_DEFAULT, 0);
-/// Last device slot handed out.
+/// [0]: last device slot this side handed out (from 1 up). [1]: lowest slot the agent
+/// handed out (from the top down, to devices its policies name; 0 while none).
 #[map]
-static IOPF_DEV_NEXT: Array<u64> = Array::with_max_entries(1, 0);
+static IOPF_DEV_NEXT: Array<u64> = Array::with_max_entries(2, 0);
 /// Per device slot, per CPU: counters, histograms, violations.
 #[map]
 static IOPF_DEV_AGG: PerCpuArray<DevAgg> = PerCpuArray::with_max_entries(DEV_SLOTS_DEFAULT, 0);
@@ -158,7 +159,11 @@ fn dev_slot_new(k: &DevKey) -> u32 {
         cur = seen;
         tries += 1;
     }
-    let slot = if n < DEV_SLOTS.load() as u64 {
+    // The agent's lowest slot is read after the claim: a slot the agent took meanwhile is
+    // never used twice (the agent also keeps a margin above the last slot claimed here).
+    let top = IOPF_DEV_NEXT.get(1).copied().unwrap_or(0);
+    let limit = if top != 0 { top } else { DEV_SLOTS.load() as u64 };
+    let slot = if n < limit {
         n
     } else {
         stats(|s| s.devices_overflow += 1);

@@ -18,6 +18,7 @@ use iopf_tests::{
     prom::{Exposition, http_get},
     workload::TouchPages,
 };
+use serde_json::json;
 
 /// Service latency may exceed the injected delay by at most this much: the fault fd read,
 /// the response write and the agent's own work, under TCG emulation (no KVM here).
@@ -95,10 +96,24 @@ fn check(cond: bool, what: impl Into<String>) -> Result<(), String> {
 
 /// Scenario 1: N mock faults with chosen pasid/grpid/perm/addr, delays and response codes.
 fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
+    // The mock device exists before the agent starts, so a policy can select it by name:
+    // every fault must be answered SUCCESS; the test answers every other one INVALID.
+    let mut mock = MockIopf::new()?;
+    let mock_dev = mock_device_name()?;
+    let policy = std::env::temp_dir().join("iopf-mock-policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: mock-success\nspec:\n  mode: monitor\n  selector:\n    name: \"{mock_dev}\"\n  expect:\n    responses: [success]\n"
+        ),
+    )
+    .map_err(|e| format!("write policy: {e}"))?;
     let agent = start_agent(
         a,
         &[
             "--trace",
+            "--policy",
+            policy.to_str().unwrap_or_default(),
             "--force-rung",
             rung,
             "--require",
@@ -109,11 +124,15 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
             "page_response",
         ],
     )?;
+    let selected = format!("devices [{mock_dev}]");
+    check(
+        agent.log.iter().any(|l| l.starts_with("iopf-agent: policy mock-success ") && l.ends_with(&selected)),
+        format!("policy did not select {mock_dev}"),
+    )?;
     let attached = |h: &str| agent.log.iter().any(|l| l.starts_with(&format!("iopf-agent: attached {h}: {rung} ")));
     for h in ["report", "iommufd_handler", "page_response", "free_group"] {
         check(attached(h), format!("hook {h} not attached on the {rung} rung"))?;
     }
-    let mut mock = MockIopf::new()?;
     let mut delays = Vec::new();
     for i in 0..MOCK_FAULTS {
         let (pasid, grpid, addr) = (1 + i % 3, 0x10 + i, 0xdead_0000u64 + i as u64 * 0x1000);
@@ -151,6 +170,12 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
         let c = e.get("iopf_latency_seconds_count", &l(&[("latency", lat)]));
         check(c == Some(n), format!("{lat} histogram count {c:?}"))?;
     }
+    check(dev == mock_dev, format!("faults counted under {dev}, the policy selected {mock_dev}"))?;
+    let viol = e.get("iopf_policy_violations_total", &l(&[("policy", "mock-success"), ("violation", "response_code")]));
+    check(viol == Some(n / 2.0), format!("response_code violations {viol:?}, want {}", n / 2.0))?;
+    let any_other =
+        e.samples.iter().any(|s| s.name == "iopf_policy_violations_total" && s.labels["violation"] != "response_code");
+    check(!any_other, "only response_code violations".to_owned())?;
     check(events.len() == MOCK_FAULTS as usize, format!("{} trace events, want {MOCK_FAULTS}", events.len()))?;
     for (i, (line, delay)) in events.iter().zip(&delays).enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("event {i}: {e}"))?;
@@ -162,6 +187,9 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
         check(v["grpid"] == 0x10 + i as u64, format!("event {i} grpid {}", v["grpid"]))?;
         let want = if i % 2 == 0 { "success" } else { "invalid" };
         check(v["response"] == want, format!("event {i} response {}", v["response"]))?;
+        // Checked by the kernel against the policy: 1 = checked, 9 = checked + response code.
+        let (verdict, violations) = if i % 2 == 0 { (1, json!([])) } else { (9, json!(["response_code"])) };
+        check(v["verdict"] == verdict && v["violations"] == violations, format!("event {i} verdict {v}"))?;
     }
     Ok(())
 }
@@ -254,6 +282,19 @@ fn pagefault(a: &Args, rung: &str) -> Result<(), String> {
     let count = e.get("iopf_page_fault_latency_seconds_count", &[("kind", "minor")]);
     check(count == Some(minor), format!("histogram count {count:?} != faults {minor}"))?;
     Ok(())
+}
+
+/// The dev_name() of the one iommufd mock device (bus `iommufd_mock`).
+fn mock_device_name() -> Result<String, String> {
+    let dir = "/sys/bus/iommufd_mock/devices";
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!("{dir}: want one mock device, found {names:?}")),
+    }
 }
 
 /// No hook reported unavailable that the kernel has (kallsyms / tracefs).
