@@ -12,6 +12,9 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no channel in iopf-ebpf/rust-toolchain.toml"))?
         .to_owned();
     println!("cargo::rerun-if-changed={root}/rust-toolchain.toml");
+    // The object compiles iopf-common too (shared layouts and logic): a change there must
+    // rebuild it, or agent and object would disagree.
+    println!("cargo::rerun-if-changed={}/../iopf-common", env!("CARGO_MANIFEST_DIR"));
     aya_build::build_ebpf(
         [aya_build::Package { name: "iopf-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&channel),
