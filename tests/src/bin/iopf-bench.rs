@@ -36,7 +36,7 @@ use serde_json::json;
 use std::os::fd::AsRawFd as _;
 
 const PAGES: usize = 16_384;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const REPS: usize = 6;
 
 /// Empty programs on the same hooks as the agent's tracepoint rung.
@@ -200,21 +200,51 @@ fn main() {
 /// 1. Page-fault hot path on this host's rung: base / floor / agent / bpftrace, interleaved.
 fn bench_pagefault() -> (Vec<Row>, serde_json::Value) {
     let (mut base, mut fl, mut ag, mut bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Per round, each condition's fastest repetition, and the ratio from them: the load drifts
+    // between rounds, so conditions are compared within a round, and the order alternates.
+    let (mut ratios, mut ratios_bt) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         eprintln!("[bench] page faults: round {}/{ROUNDS}", round + 1);
-        base.extend((0..REPS).map(|_| fault_ns(PAGES)));
-        let f = floor();
-        fl.extend((0..REPS).map(|_| fault_ns(PAGES)));
-        drop(f);
-        let a = agent(&["--page-faults"]);
-        ag.extend((0..REPS).map(|_| fault_ns(PAGES)));
-        stop(a.child);
-        let b = bpftrace();
-        bt.extend((0..REPS).map(|_| fault_ns(PAGES)));
-        stop(b);
+        let mut r = [0f64; 4];
+        let order: [usize; 4] = if round % 2 == 0 { [0, 1, 2, 3] } else { [3, 2, 1, 0] };
+        for c in order {
+            let ns: Vec<f64> = match c {
+                0 => (0..REPS).map(|_| fault_ns(PAGES)).collect(),
+                1 => {
+                    let f = floor();
+                    let v = (0..REPS).map(|_| fault_ns(PAGES)).collect();
+                    drop(f);
+                    v
+                }
+                2 => {
+                    let a = agent(&["--page-faults"]);
+                    let v = (0..REPS).map(|_| fault_ns(PAGES)).collect();
+                    stop(a.child);
+                    v
+                }
+                _ => {
+                    let b = bpftrace();
+                    let v = (0..REPS).map(|_| fault_ns(PAGES)).collect();
+                    stop(b);
+                    v
+                }
+            };
+            // The fastest repetition: the host's noise (other tenants, steal) only ever adds
+            // time, so the minimum is the closest estimate of each condition's own cost.
+            r[c] = ns.iter().copied().fold(f64::INFINITY, f64::min);
+            [&mut base, &mut fl, &mut ag, &mut bt][c].extend(ns);
+        }
+        ratios.push((r[2] - r[0]) / (r[1] - r[0]));
+        ratios_bt.push((r[3] - r[0]) / (r[1] - r[0]));
     }
     let (mb, mf, ma, mt) = (median(base), median(fl), median(ag), median(bt));
-    let ratio = (ma - mb) / (mf - mb);
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.2} .. {hi:.2}")
+    };
+    let (range, range_bt) = (spread(&ratios), spread(&ratios_bt));
+    let (ratio, ratio_bt) = (median(ratios.clone()), median(ratios_bt.clone()));
     // Where the agent's extra time goes: the programs' own run time per fault (kernel BPF
     // statistics), floor programs against the agent's.
     let stats_fd = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
@@ -227,20 +257,22 @@ fn bench_pagefault() -> (Vec<Row>, serde_json::Value) {
     let agent_prog = prog_ns_per_fault(&["pf_tp_entry", "pf_perf_exit_mi", "pf_perf_exit_ma"]);
     stop(a.child);
     drop(stats_fd);
-    let ratio_bt = (mt - mb) / (mf - mb);
     let rows = vec![
         ("page fault, no tracer (ns/fault)", format!("{mb:.0}"), String::new()),
         ("page fault, empty BPF on the same hooks (ns/fault)", format!("{mf:.0}"), String::new()),
         ("page fault, iopf-agent --page-faults (ns/fault)", format!("{ma:.0}"), String::new()),
         ("page fault, bpftrace count+hist (ns/fault)", format!("{mt:.0}"), String::new()),
-        ("(agent - base) / (floor - base)", format!("{ratio:.2}"), "<= 1.25".into()),
+        ("(agent - base) / (floor - base), median of per-round ratios", format!("{ratio:.2}"), "<= 1.25".into()),
+        ("  per-round range", range, String::new()),
         ("BPF run time per fault, floor programs (ns)", format!("{floor_prog:.0}"), String::new()),
         ("BPF run time per fault, agent programs (ns)", format!("{agent_prog:.0}"), String::new()),
-        ("(bpftrace - base) / (floor - base)", format!("{ratio_bt:.2}"), "agent below it".into()),
+        ("(bpftrace - base) / (floor - base), median of per-round ratios", format!("{ratio_bt:.2}"), "agent below it".into()),
+        ("  per-round range", range_bt, String::new()),
     ];
     let j = json!({"pages": PAGES, "rounds": ROUNDS, "reps_per_round": REPS,
         "base_ns": mb, "floor_ns": mf, "agent_ns": ma, "bpftrace_ns": mt,
         "agent_ratio": ratio, "bpftrace_ratio": ratio_bt,
+        "agent_ratio_per_round": ratios, "bpftrace_ratio_per_round": ratios_bt,
         "floor_prog_ns_per_fault": floor_prog, "agent_prog_ns_per_fault": agent_prog});
     (rows, j)
 }
