@@ -58,7 +58,14 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     registry.add(crate::iopf::metrics::IopfSource::new(iopf_maps.clone(), Some(installed.clone())));
     if !opts.policies.is_empty() {
-        tokio::spawn(keep_policies(opts.policies.clone(), opts.dev_slots, iopf_maps, installed));
+        // The handler is installed here, before the agent says it is serving: SIGHUP's default
+        // action would end the process.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(keep_policies(hup, opts.policies.clone(), opts.dev_slots, iopf_maps, installed));
+            }
+            Err(e) => eprintln!("iopf-agent: no SIGHUP handler, policies will not reload: {e}"),
+        }
     }
     if opts.page_faults {
         let plan = report.hooks.iter().find(|p| p.name == "mm_fault").cloned().expect("mm_fault is a known hook");
@@ -137,15 +144,13 @@ fn log_policies(set: &PolicySet, resolved: &Resolved) {
 
 /// Reloads the policies on SIGHUP, all or nothing: a set with errors, or one that needs more
 /// device slots than are free, leaves the last good one in force.
-async fn keep_policies(paths: Vec<PathBuf>, slots: u32, maps: Arc<Mutex<IopfMaps>>, installed: Arc<Mutex<Installed>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("iopf-agent: no SIGHUP handler, policies will not reload: {e}");
-            return;
-        }
-    };
+async fn keep_policies(
+    mut hup: tokio::signal::unix::Signal,
+    paths: Vec<PathBuf>,
+    slots: u32,
+    maps: Arc<Mutex<IopfMaps>>,
+    installed: Arc<Mutex<Installed>>,
+) {
     while hup.recv().await.is_some() {
         let loaded = PolicySet::load(&paths).and_then(|set| set.resolve(Path::new(SYSFS_ROOT)).map(|r| (set, r)));
         let (set, resolved) = match loaded {

@@ -266,7 +266,11 @@ fn bench_pagefault() -> (Vec<Row>, serde_json::Value) {
         ("  per-round range", range, String::new()),
         ("BPF run time per fault, floor programs (ns)", format!("{floor_prog:.0}"), String::new()),
         ("BPF run time per fault, agent programs (ns)", format!("{agent_prog:.0}"), String::new()),
-        ("(bpftrace - base) / (floor - base), median of per-round ratios", format!("{ratio_bt:.2}"), "agent below it".into()),
+        (
+            "(bpftrace - base) / (floor - base), median of per-round ratios",
+            format!("{ratio_bt:.2}"),
+            "agent below it".into(),
+        ),
         ("  per-round range", range_bt, String::new()),
     ];
     let j = json!({"pages": PAGES, "rounds": ROUNDS, "reps_per_round": REPS,
