@@ -1,0 +1,191 @@
+//! The shipped alert rules and dashboards against real tools: promtool's unit tests for every
+//! alert, and a real Prometheus that scrapes the agent, loads the rules and evaluates every
+//! dashboard query; every metric they name is one the agent serves.
+
+use std::{
+    collections::BTreeSet,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use iopf_tests::{agent::Agent, prom::http_get, require_root};
+
+fn dashboards() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
+}
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+fn need(bin: &str) {
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "{bin} missing: install Debian's `prometheus` package (scripts/bootstrap.sh does)"
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_unit_tests() {
+    need(PROMTOOL);
+    let d = dashboards();
+    let check = Command::new(PROMTOOL).args(["check", "rules", "iopf-alerts.yml"]).current_dir(&d).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 4 rules found"));
+    let test = Command::new(PROMTOOL).args(["test", "rules", "iopf-alerts.test.yml"]).current_dir(&d).output().unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+}
+
+/// Every PromQL expression of the dashboards, with their variables set to match anything.
+fn dashboard_queries() -> Vec<String> {
+    let mut out = Vec::new();
+    for f in ["iopf-faults.json", "iopf-pagefaults.json"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dashboards().join(f)).unwrap()).unwrap();
+        for p in v["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let e = t["expr"].as_str().unwrap();
+                out.push(e.replace("$instance", ".*").replace("$device", ".*"));
+            }
+        }
+    }
+    out
+}
+
+/// `iopf_*` metric family names an expression refers to (histogram suffixes removed).
+fn families(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while let Some(p) = expr[i..].find("iopf_") {
+        let s = i + p;
+        let mut e = s;
+        while e < b.len() && (b[e].is_ascii_lowercase() || b[e].is_ascii_digit() || b[e] == b'_') {
+            e += 1;
+        }
+        let name = &expr[s..e];
+        let fam = ["_bucket", "_count", "_sum"].iter().find_map(|x| name.strip_suffix(x)).unwrap_or(name);
+        out.insert(fam.to_owned());
+        i = e;
+    }
+    out
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+        })
+        .collect()
+}
+
+fn api(prom: SocketAddr, path: &str) -> serde_json::Value {
+    let (_, body) = http_get(prom, path).unwrap_or_default();
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
+    if !require_root("prometheus_loads_the_rules_and_evaluates_every_dashboard_query") {
+        return;
+    }
+    need(PROMETHEUS);
+    let dir = std::env::temp_dir().join(format!("iopf-dash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two agents: `run` (hooks, agent info, page faults) and `simulate` with a policy that
+    // its scenario breaks (IOPF families, violations).
+    let pol = dir.join("p.yaml");
+    std::fs::write(&pol, "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: pinned\nspec:\n  mode: monitor\n  selector:\n    name: \"0000:00:04.0\"\n  expect:\n    levels: [second]\n").unwrap();
+    let scn = format!("{}/../examples/scenarios/small.yaml", env!("CARGO_MANIFEST_DIR"));
+    let sim = Agent::start_with(&[
+        "simulate",
+        "--scenario",
+        &scn,
+        "--policy",
+        pol.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let run = Agent::start(&["--page-faults"]);
+    let web = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: iopf\n    static_configs:\n      - targets: ['{}', '{}']\n",
+            dashboards().join("iopf-alerts.yml").display(),
+            sim.addr,
+            run.addr
+        ),
+    )
+    .unwrap();
+    let mut prom = Command::new(PROMETHEUS)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+
+    // Both targets up and every rule evaluated at least once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut rules, mut names) = (serde_json::Value::Null, BTreeSet::new());
+    while Instant::now() < deadline {
+        let up = api(web, &format!("/api/v1/query?query={}", encode("sum(up{job=\"iopf\"})")));
+        rules = api(web, "/api/v1/rules");
+        let evaluated = rules["data"]["groups"][0]["rules"].as_array().is_some_and(|r| {
+            r.len() == 4 && r.iter().all(|x| x["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
+        });
+        if up["data"]["result"][0]["value"][1] == "2" && evaluated {
+            let v = api(web, "/api/v1/label/__name__/values");
+            names = v["data"].as_array().unwrap().iter().filter_map(|n| n.as_str().map(str::to_owned)).collect();
+            if names.contains("iopf_policy_violations_total") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let queries: Vec<(String, serde_json::Value)> = dashboard_queries()
+        .into_iter()
+        .map(|q| (q.clone(), api(web, &format!("/api/v1/query?query={}", encode(&q)))))
+        .collect();
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let _ = sim.stop();
+    let _ = run.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let groups = rules["data"]["groups"].as_array().expect("rule groups");
+    assert_eq!(groups.len(), 1);
+    for r in groups[0]["rules"].as_array().unwrap() {
+        assert_eq!(r["health"], "ok", "rule {} evaluates: {r}", r["name"]);
+    }
+    // Families only a real fault path produces: VT-d records (VM tier, dmar-edu) and
+    // report_iommu_fault's tracepoint.
+    let real_path_only = ["iopf_dmar_faults_total", "iopf_unrecoverable_faults_total"];
+    let mut referenced = BTreeSet::new();
+    for (q, v) in &queries {
+        assert_eq!(v["status"], "success", "dashboard query `{q}`: {v}");
+        referenced.extend(families(q));
+    }
+    let rules_text = std::fs::read_to_string(dashboards().join("iopf-alerts.yml")).unwrap();
+    referenced.extend(families(&rules_text));
+    for f in &referenced {
+        let served = names
+            .iter()
+            .any(|n| n == f || n.strip_prefix(f.as_str()).is_some_and(|s| ["_bucket", "_count", "_sum"].contains(&s)));
+        assert!(
+            served || real_path_only.contains(&f.as_str()),
+            "{f} is used by a dashboard or rule but the agent does not serve it"
+        );
+    }
+    assert!(referenced.len() >= 12, "queries name the families: {referenced:?}");
+}
