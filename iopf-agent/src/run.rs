@@ -16,7 +16,7 @@ use crate::{
     loader::Globals,
     metrics::{PageFaultSource, PlanSource, Registry},
     pagefault,
-    policy::{PolicySet, Resolved, SYSFS_ROOT, install::Installed},
+    policy::{PolicySet, Resolved, SYSFS_ROOT, install::Installed, uevent::Uevents},
     server,
 };
 
@@ -62,7 +62,23 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         // action would end the process.
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hup) => {
-                tokio::spawn(keep_policies(hup, opts.policies.clone(), opts.dev_slots, iopf_maps, installed));
+                let uevents = match Uevents::open() {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        eprintln!(
+                            "iopf-agent: no kernel uevents ({e}): devices that appear later are covered from the next SIGHUP"
+                        );
+                        None
+                    }
+                };
+                let keeper = Keeper {
+                    paths: opts.policies.clone(),
+                    set: policies,
+                    slots: opts.dev_slots,
+                    maps: iopf_maps,
+                    installed,
+                };
+                tokio::spawn(keeper.run(hup, uevents));
             }
             Err(e) => eprintln!("iopf-agent: no SIGHUP handler, policies will not reload: {e}"),
         }
@@ -142,36 +158,89 @@ fn log_policies(set: &PolicySet, resolved: &Resolved) {
     }
 }
 
-/// Reloads the policies on SIGHUP, all or nothing: a set with errors, or one that needs more
-/// device slots than are free, leaves the last good one in force.
-async fn keep_policies(
-    mut hup: tokio::signal::unix::Signal,
+/// Keeps the installed rules in step with the policy files (SIGHUP) and with the devices
+/// present (kernel uevents).
+struct Keeper {
     paths: Vec<PathBuf>,
+    set: PolicySet,
     slots: u32,
     maps: Arc<Mutex<IopfMaps>>,
     installed: Arc<Mutex<Installed>>,
-) {
-    while hup.recv().await.is_some() {
-        let loaded = PolicySet::load(&paths).and_then(|set| set.resolve(Path::new(SYSFS_ROOT)).map(|r| (set, r)));
+}
+
+impl Keeper {
+    async fn run(mut self, mut hup: tokio::signal::unix::Signal, mut uevents: Option<Uevents>) {
+        loop {
+            let reload = tokio::select! {
+                r = hup.recv() => match r {
+                    Some(()) => true,
+                    None => return,
+                },
+                r = async { uevents.as_mut().map(|u| u.changed()).expect("guarded").await }, if uevents.is_some() => {
+                    if let Err(e) = r {
+                        eprintln!("iopf-agent: kernel uevents stopped ({e}): devices that appear later are covered from the next SIGHUP");
+                        uevents = None;
+                    }
+                    false
+                }
+            };
+            if reload {
+                self.reload();
+            } else {
+                self.devices_changed();
+            }
+        }
+    }
+
+    /// SIGHUP: the files again, all or nothing. A set with errors, or one that needs more
+    /// device slots than are free, leaves the last good one in force.
+    fn reload(&mut self) {
+        let loaded = PolicySet::load(&self.paths).and_then(|set| set.resolve(Path::new(SYSFS_ROOT)).map(|r| (set, r)));
         let (set, resolved) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("iopf-agent: policy reload refused, the previous policies stay in force:\n{e}");
-                continue;
+                return;
             }
         };
-        let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
-        let mut inst = installed.lock().unwrap_or_else(|e| e.into_inner());
-        match inst.replace(&mut maps, &resolved, slots) {
+        match self.install(&resolved) {
             Ok(n) => {
                 log_policies(&set, &resolved);
                 eprintln!("iopf-agent: policies reloaded: {} policies, {n} device rules changed", set.policies().len());
+                self.set = set;
             }
             Err(e) => eprintln!(
                 "iopf-agent: policy reload refused, the previous policies stay in force: {}",
                 crate::error::chain(&e)
             ),
         }
+    }
+
+    /// A device came, went, or changed driver: the same policies, resolved again.
+    fn devices_changed(&mut self) {
+        let resolved = match self.set.resolve(Path::new(SYSFS_ROOT)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("iopf-agent: policies not re-resolved after a device change: {e}");
+                return;
+            }
+        };
+        if self.installed.lock().unwrap_or_else(|e| e.into_inner()).selects_same(&resolved) {
+            return;
+        }
+        match self.install(&resolved) {
+            Ok(n) => {
+                log_policies(&self.set, &resolved);
+                eprintln!("iopf-agent: policy devices changed: {n} device rules changed");
+            }
+            Err(e) => eprintln!("iopf-agent: policy devices changed but not installed: {}", crate::error::chain(&e)),
+        }
+    }
+
+    fn install(&self, resolved: &Resolved) -> Result<usize, crate::policy::install::InstallError> {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inst = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        inst.replace(&mut maps, resolved, self.slots)
     }
 }
 

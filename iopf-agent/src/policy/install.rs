@@ -95,6 +95,15 @@ impl Installed {
         Ok(changed)
     }
 
+    /// True when `resolved` selects the same devices with the same rules as are wanted now.
+    pub fn selects_same(&self, resolved: &Resolved) -> bool {
+        resolved.devices.len() == self.wanted.len()
+            && resolved
+                .devices
+                .iter()
+                .all(|(d, r)| self.wanted.get(d).is_some_and(|(p, w)| *p == r.policy && *w == r.rule))
+    }
+
     /// The policy in force for device `dev`, if any.
     pub fn policy_of(&self, dev: &str) -> Option<&str> {
         self.wanted.get(dev).map(|(p, _)| p.as_str())

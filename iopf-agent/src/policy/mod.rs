@@ -8,6 +8,7 @@
 mod file;
 pub mod install;
 mod select;
+pub mod uevent;
 
 use std::{
     collections::BTreeMap,

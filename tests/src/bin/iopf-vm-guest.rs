@@ -35,6 +35,8 @@ struct RunningAgent {
     addr: std::net::SocketAddr,
     log: Vec<String>,
     stdout: Option<std::process::ChildStdout>,
+    /// stderr lines after the "serving" line.
+    rest: mpsc::Receiver<String>,
 }
 
 fn start_agent(a: &Args, args: &[&str]) -> Result<RunningAgent, String> {
@@ -62,7 +64,7 @@ fn start_agent(a: &Args, args: &[&str]) -> Result<RunningAgent, String> {
                     let addr = u.trim_end_matches("/metrics").parse().map_err(|e| format!("addr: {e}"))?;
                     log.push(l);
                     let stdout = child.stdout.take();
-                    return Ok(RunningAgent { child, addr, log, stdout });
+                    return Ok(RunningAgent { child, addr, log, stdout, rest: rx });
                 }
                 log.push(l);
             }
@@ -78,6 +80,19 @@ fn start_agent(a: &Args, args: &[&str]) -> Result<RunningAgent, String> {
 }
 
 impl RunningAgent {
+    /// Waits (up to 60 s, TCG is slow) for a stderr line containing `want`.
+    fn wait_line(&self, want: &str) -> Option<String> {
+        let end = Instant::now() + Duration::from_secs(60);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.rest.recv_timeout(left) {
+                Ok(l) if l.contains(want) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     fn stop(mut self) -> Vec<String> {
         // SAFETY: kill(2) on our child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -96,10 +111,13 @@ fn check(cond: bool, what: impl Into<String>) -> Result<(), String> {
 
 /// Scenario 1: N mock faults with chosen pasid/grpid/perm/addr, delays and response codes.
 fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
-    // The mock device exists before the agent starts, so a policy can select it by name:
-    // every fault must be answered SUCCESS; the test answers every other one INVALID.
-    let mut mock = MockIopf::new()?;
-    let mock_dev = mock_device_name()?;
+    // A policy selects the mock device by name: every fault must be answered SUCCESS; the
+    // test answers every other one INVALID. On the fentry rung the device appears after the
+    // agent started (the agent learns of it from the kernel's uevent); on the kprobe rung it
+    // exists before (resolved at start).
+    let hotplug = rung == "fentry";
+    let mut early = if hotplug { None } else { Some(MockIopf::new()?) };
+    let mock_dev = if hotplug { "iommufd_mock0".to_owned() } else { mock_device_name()? };
     let policy = std::env::temp_dir().join("iopf-mock-policy.yaml");
     std::fs::write(
         &policy,
@@ -125,10 +143,29 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
         ],
     )?;
     let selected = format!("devices [{mock_dev}]");
-    check(
-        agent.log.iter().any(|l| l.starts_with("iopf-agent: policy mock-success ") && l.ends_with(&selected)),
-        format!("policy did not select {mock_dev}"),
-    )?;
+    let mut mock = match early.take() {
+        Some(m) => {
+            check(
+                agent.log.iter().any(|l| l.starts_with("iopf-agent: policy mock-success ") && l.ends_with(&selected)),
+                format!("policy did not select {mock_dev} at start"),
+            )?;
+            m
+        }
+        None => {
+            check(
+                agent.log.iter().any(|l| l == "iopf-agent: policy mock-success selects no device present now"),
+                "no mock device before it is created",
+            )?;
+            let m = MockIopf::new()?;
+            check(mock_device_name()? == mock_dev, format!("the new mock device is not {mock_dev}"))?;
+            let changed = agent.wait_line("iopf-agent: policy devices changed:");
+            check(
+                changed.as_deref() == Some("iopf-agent: policy devices changed: 1 device rules changed"),
+                format!("agent did not install the new device's rule: {changed:?}"),
+            )?;
+            m
+        }
+    };
     let attached = |h: &str| agent.log.iter().any(|l| l.starts_with(&format!("iopf-agent: attached {h}: {rung} ")));
     for h in ["report", "iommufd_handler", "page_response", "free_group"] {
         check(attached(h), format!("hook {h} not attached on the {rung} rung"))?;
