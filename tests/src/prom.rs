@@ -105,6 +105,64 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body.to_owned()))
 }
 
+/// Debian's `prometheus` package binary (scripts/bootstrap.sh installs it).
+pub const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// A real Prometheus with `config` (YAML), its data in `dir`, serving its API on a free
+/// loopback port; stopped when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    pub web: SocketAddr,
+}
+
+impl Prometheus {
+    pub fn start(dir: &std::path::Path, config: &str) -> Self {
+        assert!(
+            std::path::Path::new(PROMETHEUS).exists(),
+            "{PROMETHEUS} missing: install Debian's `prometheus` package (scripts/bootstrap.sh does)"
+        );
+        let cfg = dir.join("prometheus.yml");
+        std::fs::write(&cfg, config).expect("write prometheus.yml");
+        let web = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let child = std::process::Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Self { child, web }
+    }
+
+    /// GET an API path, parsed as JSON (`Null` when unreachable or not JSON).
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let (_, body) = http_get(self.web, path).unwrap_or_default();
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Instant query, the whole response.
+    pub fn query(&self, q: &str) -> serde_json::Value {
+        self.api(&format!("/api/v1/query?query={}", url_encode(q)))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes a query string value.
+pub fn url_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,20 +4,18 @@
 
 use std::{
     collections::BTreeSet,
-    net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use iopf_tests::{agent::Agent, prom::http_get, require_root};
+use iopf_tests::{agent::Agent, prom::Prometheus, require_root};
 
 fn dashboards() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
 }
 
 const PROMTOOL: &str = "/usr/bin/promtool";
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 fn need(bin: &str) {
     assert!(
@@ -77,25 +75,11 @@ fn families(expr: &str) -> BTreeSet<String> {
     out
 }
 
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
-        })
-        .collect()
-}
-
-fn api(prom: SocketAddr, path: &str) -> serde_json::Value {
-    let (_, body) = http_get(prom, path).unwrap_or_default();
-    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
-}
-
 #[test]
 fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
     if !require_root("prometheus_loads_the_rules_and_evaluates_every_dashboard_query") {
         return;
     }
-    need(PROMETHEUS);
     let dir = std::env::temp_dir().join(format!("iopf-dash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -114,38 +98,27 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
         "127.0.0.1:0",
     ]);
     let run = Agent::start(&["--page-faults"]);
-    let web = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let prom = Prometheus::start(
+        &dir,
+        &format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: iopf\n    static_configs:\n      - targets: ['{}', '{}']\n",
             dashboards().join("iopf-alerts.yml").display(),
             sim.addr,
             run.addr
         ),
-    )
-    .unwrap();
-    let mut prom = Command::new(PROMETHEUS)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
+    );
 
     // Both targets up and every rule evaluated at least once.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut rules, mut names) = (serde_json::Value::Null, BTreeSet::new());
     while Instant::now() < deadline {
-        let up = api(web, &format!("/api/v1/query?query={}", encode("sum(up{job=\"iopf\"})")));
-        rules = api(web, "/api/v1/rules");
+        let up = prom.query("sum(up{job=\"iopf\"})");
+        rules = prom.api("/api/v1/rules");
         let evaluated = rules["data"]["groups"][0]["rules"].as_array().is_some_and(|r| {
             r.len() == 4 && r.iter().all(|x| x["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
         });
         if up["data"]["result"][0]["value"][1] == "2" && evaluated {
-            let v = api(web, "/api/v1/label/__name__/values");
+            let v = prom.api("/api/v1/label/__name__/values");
             names = v["data"].as_array().unwrap().iter().filter_map(|n| n.as_str().map(str::to_owned)).collect();
             if names.contains("iopf_policy_violations_total") {
                 break;
@@ -153,12 +126,9 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let queries: Vec<(String, serde_json::Value)> = dashboard_queries()
-        .into_iter()
-        .map(|q| (q.clone(), api(web, &format!("/api/v1/query?query={}", encode(&q)))))
-        .collect();
-    let _ = prom.kill();
-    let _ = prom.wait();
+    let queries: Vec<(String, serde_json::Value)> =
+        dashboard_queries().into_iter().map(|q| (q.clone(), prom.query(&q))).collect();
+    drop(prom);
     let _ = sim.stop();
     let _ = run.stop();
     let _ = std::fs::remove_dir_all(&dir);

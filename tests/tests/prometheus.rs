@@ -1,37 +1,18 @@
 //! A real Prometheus (Debian's package) scrapes the agent; what it stores equals what the
 //! agent serves.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use iopf_tests::{
     agent::Agent,
-    prom::{Exposition, http_get},
+    prom::{Exposition, Prometheus, http_get},
     require_root,
     workload::TouchPages,
 };
 
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().unwrap()
-}
-
 /// Instant query; returns the single result's value when there is exactly one series.
-fn query(prom: SocketAddr, q: &str) -> Option<f64> {
-    let enc: String = q
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
-        })
-        .collect();
-    let (status, body) = http_get(prom, &format!("/api/v1/query?query={enc}")).ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+fn query(prom: &Prometheus, q: &str) -> Option<f64> {
+    let v = prom.query(q);
     let res = v["data"]["result"].as_array()?;
     if res.len() != 1 {
         return None;
@@ -44,11 +25,6 @@ fn prometheus_scrapes_the_agent() {
     if !require_root("prometheus_scrapes_the_agent") {
         return;
     }
-    let prom_bin = "/usr/bin/prometheus";
-    assert!(
-        std::path::Path::new(prom_bin).exists(),
-        "{prom_bin} missing: install Debian's `prometheus` package (scripts/bootstrap.sh does)"
-    );
     let mut child = TouchPages::spawn(env!("CARGO_BIN_EXE_touch-pages"), 4096);
     let pid = child.pid().to_string();
     let agent = Agent::start(&["--pid", &pid]);
@@ -56,24 +32,13 @@ fn prometheus_scrapes_the_agent() {
 
     let dir = std::env::temp_dir().join(format!("iopf-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let prom = Prometheus::start(
+        &dir,
+        &format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: iopf\n    static_configs:\n      - targets: ['{}']\n",
             agent.addr
         ),
-    )
-    .unwrap();
-    let web = free_port();
-    let mut prom = Command::new(prom_bin)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
+    );
 
     // Direct scrape: the values Prometheus must end up with (the child is idle now).
     let (_, body) = http_get(agent.addr, "/metrics").expect("scrape");
@@ -84,18 +49,17 @@ fn prometheus_scrapes_the_agent() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = None;
     while Instant::now() < deadline {
-        if query(web, "up{job=\"iopf\"}") == Some(1.0)
-            && let Some(v) = query(web, "iopf_page_faults_total{kind=\"minor\"}")
+        if query(&prom, "up{job=\"iopf\"}") == Some(1.0)
+            && let Some(v) = query(&prom, "iopf_page_faults_total{kind=\"minor\"}")
         {
             got = Some(v);
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let stored_count = query(web, "iopf_page_fault_latency_seconds_count{kind=\"minor\"}");
-    let hook = query(web, "iopf_hook_rung{hook=\"mm_fault\"}");
-    let _ = prom.kill();
-    let _ = prom.wait();
+    let stored_count = query(&prom, "iopf_page_fault_latency_seconds_count{kind=\"minor\"}");
+    let hook = query(&prom, "iopf_hook_rung{hook=\"mm_fault\"}");
+    drop(prom);
     let _ = std::fs::remove_dir_all(&dir);
     child.finish();
     let _ = agent.stop();
