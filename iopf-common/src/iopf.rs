@@ -404,7 +404,8 @@ pub enum Latency {
     Dispatch = 0,
     /// Report -> page response.
     Service = 1,
-    /// handle_mm_fault under IOPF work.
+    /// The SVA work function fixing the group: its start to its page response (simulated:
+    /// the scenario's per-fault fix time).
     MmFix = 2,
 }
 

@@ -46,6 +46,7 @@ impl Installed {
 
     /// Gives every wanted device without a slot one now, with its rule, so its first fault
     /// is checked; all or none (the room is checked first). Safe while the programs run.
+    /// Returns how many device rules were written.
     pub fn reserve(&mut self, maps: &mut IopfMaps, slots: u32) -> Result<usize, InstallError> {
         let have: Vec<DevKey> = maps.devices()?.into_values().collect();
         let missing: Vec<(DevKey, Rule)> =
@@ -55,11 +56,16 @@ impl Installed {
             return Err(InstallError::Slots { wanted: missing.len(), free, slots });
         }
         for (k, r) in &missing {
-            if maps.reserve_top(k, r, slots)?.is_none() {
-                return Err(InstallError::Slots { wanted: missing.len(), free: 0, slots });
+            match maps.reserve_top(k, r, slots)? {
+                // reserve_top wrote the rule (before the name): remember it, so sync does not
+                // write it again.
+                Some(slot) => {
+                    self.rules.insert(slot, *r);
+                }
+                None => return Err(InstallError::Slots { wanted: missing.len(), free: 0, slots }),
             }
         }
-        Ok(self.sync(maps)?)
+        Ok(missing.len() + self.sync(maps)?)
     }
 
     /// Replaces the wanted rules (a reload): devices newly selected get their slot and rule

@@ -226,9 +226,16 @@ pub fn count(dev: &[u8; DEV_NAME_LEN], config: u8, level: u8, code: u8, source: 
 
 // ---- pending reports: per-CPU slot, hash when taken, scan when migrated ----
 
+/// The slot owner word of task `t` (never 0, which means free).
+#[inline(always)]
+fn owner(t: u32) -> u64 {
+    t as u64 + 1
+}
+
 #[inline(always)]
 fn pending_put(p: &Pending) {
-    let me = tid() as u64 + 1;
+    let t = tid();
+    let me = owner(t);
     if let Some(s) = IOPF_PENDING_CPU.get_ptr_mut(0) {
         // SAFETY: this CPU's value, valid for the run; `owner` is only written atomically,
         // and `p` only by the owner.
@@ -243,7 +250,7 @@ fn pending_put(p: &Pending) {
         }
     }
     // Another task's report sleeps on this CPU's slot.
-    if IOPF_PENDING.insert(&(me as u32).wrapping_sub(1), p, 0).is_ok() {
+    if IOPF_PENDING.insert(&t, p, 0).is_ok() {
         counter_add(&IOPF_SPILLED, 1, 1);
         stats(|s| s.pending_parked += 1);
     }
@@ -268,18 +275,18 @@ unsafe fn pending_claim(s: *mut PendingSlot, me: u64) -> Option<Pending> {
 
 #[inline(always)]
 fn pending_take() -> Option<Pending> {
-    let me = tid() as u64 + 1;
+    let t = tid();
     let s = IOPF_PENDING_CPU.get_ptr_mut(0)?;
     // SAFETY: this CPU's value.
-    if let Some(p) = unsafe { pending_claim(s, me) } {
+    if let Some(p) = unsafe { pending_claim(s, owner(t)) } {
         return Some(p);
     }
-    pending_take_slow(me)
+    pending_take_slow(t)
 }
 
 #[inline(always)]
-fn pending_take_slow(me: u64) -> Option<Pending> {
-    let t = (me as u32).wrapping_sub(1);
+fn pending_take_slow(t: u32) -> Option<Pending> {
+    let me = owner(t);
     if !counter_zero(&IOPF_SPILLED, 1) {
         // SAFETY: copied out before the removal.
         if let Some(p) = unsafe { IOPF_PENDING.get(&t) }.copied() {
@@ -420,12 +427,12 @@ pub fn on_report_return(ret: i64) {
     if ret != 0 {
         stats(|s| s.report_errors += 1);
     }
-    let me = tid() as u64 + 1;
+    let t = tid();
     if let Some(s) = IOPF_PENDING_CPU.get_ptr_mut(0) {
         // SAFETY: this CPU's value; frees the slot only if it is ours.
-        unsafe { cmpxchg(&raw mut (*s).owner, me, 0) };
+        unsafe { cmpxchg(&raw mut (*s).owner, owner(t), 0) };
     }
-    if !counter_zero(&IOPF_SPILLED, 1) && IOPF_PENDING.remove(&tid()).is_ok() {
+    if !counter_zero(&IOPF_SPILLED, 1) && IOPF_PENDING.remove(&t).is_ok() {
         counter_add(&IOPF_SPILLED, 1, u64::MAX);
     }
 }
