@@ -115,7 +115,10 @@ pub const HOOKS: &[Hook] = &[
         name: "iopf_work",
         why: "the SVA work function: from its start to its page response is the mm fix time",
         target: Target::Functions {
-            candidates: &["iommu_sva_handle_iopf", "iopf_handler", "iopf_handle_group"],
+            // The work function of each generation: 6.7/6.8 `iopf_handler`, <= 6.6
+            // `iopf_handle_group`, 6.9+ `iommu_sva_handle_iopf`. Before 6.9 that last name is
+            // the per-fault SVA function, so the older work functions come first.
+            candidates: &["iopf_handler", "iopf_handle_group", "iommu_sva_handle_iopf"],
             module: None,
             tracepoint: None,
             missing: "CONFIG_IOMMU_SVA off?",
@@ -152,10 +155,42 @@ pub fn hook(name: &str) -> Option<&'static Hook> {
     HOOKS.iter().find(|h| h.name == name)
 }
 
+/// Where a hook stands: planned by the ladder, then what the attach attempt made of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookState {
+    /// A rung was chosen; nothing attached yet (`doctor`, or before `run` attaches).
+    Planned,
+    /// Attached on `rung`.
+    Attached,
+    /// A rung was chosen but attaching failed; `rung` is then `unavailable` and `reason` says why.
+    Failed,
+    /// The kernel offers no rung for it; `reason` says why.
+    Absent,
+    /// The kernel has it, but this run does not use it; `reason` says why.
+    Unused,
+}
+
+impl HookState {
+    pub const ALL: [HookState; 5] =
+        [HookState::Planned, HookState::Attached, HookState::Failed, HookState::Absent, HookState::Unused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookState::Planned => "planned",
+            HookState::Attached => "attached",
+            HookState::Failed => "failed",
+            HookState::Absent => "absent",
+            HookState::Unused => "unused",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub name: &'static str,
     pub rung: Rung,
+    pub state: HookState,
     /// Function or `category:name` the rung attaches to.
     pub target: Option<String>,
     /// Module defining the function, when not vmlinux.
@@ -191,7 +226,26 @@ pub fn plan(
     features: &Features,
     force: Option<Rung>,
 ) -> Plan {
-    let mut p = Plan { name: hook.name, rung: Rung::Unavailable, target: None, module: None, reason: String::new() };
+    let mut p = plan_rung(hook, btf, kallsyms, features, force);
+    p.state = if p.rung == Rung::Unavailable { HookState::Absent } else { HookState::Planned };
+    p
+}
+
+fn plan_rung(
+    hook: &Hook,
+    btf: Option<&KernelBtf>,
+    kallsyms: &Kallsyms,
+    features: &Features,
+    force: Option<Rung>,
+) -> Plan {
+    let mut p = Plan {
+        name: hook.name,
+        rung: Rung::Unavailable,
+        state: HookState::Absent,
+        target: None,
+        module: None,
+        reason: String::new(),
+    };
     let allowed = |r: Rung| force.is_none_or(|f| f == r);
     let mut why: Vec<String> = Vec::new();
     match hook.target {
@@ -256,6 +310,28 @@ pub fn plan(
     }
     p.reason = why.join("; ");
     p
+}
+
+impl Plan {
+    /// Records the outcome of attaching this hook.
+    pub fn settle(&mut self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => self.state = HookState::Attached,
+            Err(why) => {
+                self.state = HookState::Failed;
+                self.reason = format!("{} attach failed: {why}", self.rung.as_str());
+                self.rung = Rung::Unavailable;
+            }
+        }
+    }
+
+    /// Marks a planned hook as not used by this run, with the reason.
+    pub fn unused(&mut self, why: &str) {
+        if self.state == HookState::Planned {
+            self.state = HookState::Unused;
+            self.reason = why.to_owned();
+        }
+    }
 }
 
 /// Plans every known hook.

@@ -231,9 +231,15 @@ impl Source for PlanSource {
         ));
         out.push(family(
             "iopf_hook_rung",
-            "1 for the attach rung each hook is on (unavailable when it cannot attach).",
+            "1 for the rung each hook is attached on after the attach attempt (unavailable when the kernel offers none or the attach failed).",
             Kind::Gauge,
             self.plans.iter().map(|p| gauge(&[("hook", p.name), ("rung", p.rung.as_str())], 1.0)).collect(),
+        ));
+        out.push(family(
+            "iopf_hook_state",
+            "1 for each hook's state: attached, failed (planned, the attach failed), absent (no rung on this kernel), unused (not needed by this run).",
+            Kind::Gauge,
+            self.plans.iter().map(|p| gauge(&[("hook", p.name), ("state", p.state.as_str())], 1.0)).collect(),
         ));
     }
 }

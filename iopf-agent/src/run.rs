@@ -49,12 +49,16 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     let iopf_maps = Arc::new(Mutex::new(iopf_maps));
     let installed = Arc::new(Mutex::new(installed));
     let abi = report.iopf_abi.as_ref().ok();
-    for (hook, res) in crate::iopf::attach::attach_all(&mut ebpf, &report.hooks, abi) {
-        match res {
-            Ok(what) => eprintln!("iopf-agent: attached {hook}: {what}"),
-            Err(e) if opts.plan.require.iter().any(|r| r == hook) => return Err(e.into()),
-            Err(e) => eprintln!("iopf-agent: skipped {hook}: {}", crate::error::chain(&e)),
+    let mut plans = report.hooks.clone();
+    for (hook, e) in crate::iopf::attach::attach_all(&mut ebpf, &mut plans, abi) {
+        if opts.plan.require.iter().any(|r| r == hook) {
+            return Err(e.into());
         }
+    }
+    if !opts.page_faults
+        && let Some(p) = plans.iter_mut().find(|p| p.name == "mm_fault")
+    {
+        p.unused("page-fault tracing not requested (--page-faults, --pid, --cgroup)");
     }
     registry.add(crate::iopf::metrics::IopfSource::new(iopf_maps.clone(), Some(installed.clone())));
     if !opts.policies.is_empty() {
@@ -84,8 +88,10 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         }
     }
     if opts.page_faults {
-        let plan = report.hooks.iter().find(|p| p.name == "mm_fault").cloned().expect("mm_fault is a known hook");
-        pagefault::attach(&mut ebpf, &plan)?;
+        let plan = plans.iter_mut().find(|p| p.name == "mm_fault").expect("mm_fault is a known hook");
+        pagefault::attach(&mut ebpf, plan)?;
+        plan.settle(Ok(()));
+        let plan = plan.clone();
         pagefault::select(&mut ebpf, &opts.selection)?;
         let maps = pagefault::PfMaps::take(&mut ebpf)?;
         let what = if opts.selection.is_all() {
@@ -96,7 +102,8 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         eprintln!("iopf-agent: page-fault tracing on the {} rung for {what}", plan.rung.as_str());
         registry.add(PageFaultSource { maps: Mutex::new(maps), rung: rung_label(plan.rung) });
     }
-    registry.add(PlanSource { kernel: report.kernel.clone(), plans: report.hooks.clone() });
+    log_hooks(&plans);
+    registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
     let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
     if opts.trace {
@@ -257,5 +264,20 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// One line per hook: what is attached, what failed and why, what this run leaves unused.
+fn log_hooks(plans: &[crate::hooks::Plan]) {
+    use crate::hooks::HookState;
+    for p in plans {
+        let target = p.target.as_deref().unwrap_or("-");
+        match p.state {
+            HookState::Attached => eprintln!("iopf-agent: attached {}: {} {target}", p.name, p.rung.as_str()),
+            HookState::Failed => eprintln!("iopf-agent: failed {}: {}", p.name, p.reason),
+            HookState::Unused => eprintln!("iopf-agent: unused {}: {target} ({})", p.name, p.reason),
+            HookState::Absent => eprintln!("iopf-agent: absent {}: {}", p.name, p.reason),
+            HookState::Planned => eprintln!("iopf-agent: planned {}: {} {target} (not attached)", p.name, p.rung.as_str()),
+        }
     }
 }

@@ -41,8 +41,14 @@ impl Agent {
 
     /// Starts `iopf-agent ARGS` (which must serve) and waits until it does.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_env(args, &[])
+    }
+
+    /// As `start_with`, with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(agent_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

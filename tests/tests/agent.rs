@@ -39,7 +39,12 @@ fn serves_page_fault_metrics_for_a_selected_process() {
     for h in iopf_agent::hooks::HOOKS {
         let n = e.samples.iter().filter(|s| s.name == "iopf_hook_rung" && s.labels["hook"] == h.name).count();
         assert_eq!(n, 1, "hook {} has one rung sample", h.name);
+        let n = e.samples.iter().filter(|s| s.name == "iopf_hook_state" && s.labels["hook"] == h.name).count();
+        assert_eq!(n, 1, "hook {} has one state sample", h.name);
     }
+    assert_eq!(e.value("iopf_hook_state", &[("hook", "mm_fault"), ("state", "attached")]), 1.0);
+    let attached_line = format!("iopf-agent: attached mm_fault: {rung} ");
+    assert!(agent.log.iter().any(|l| l.starts_with(&attached_line)), "{attached_line} in {:#?}", agent.log);
 
     let minor = e.value("iopf_page_faults_total", &[("kind", "minor"), ("rung", &rung)]);
     assert!((PAGES as f64..=PAGES as f64 + SLACK).contains(&minor), "minor faults {minor}");
@@ -144,4 +149,33 @@ fn doctor_json_has_every_hook_and_requiring_an_unavailable_one_fails() {
         assert_eq!(code, Some(4), "{err}");
         assert!(err.contains(&format!("required hook `{name}` cannot attach: ")), "{err}");
     }
+}
+
+/// A hook whose attach the kernel refuses is reported as failed and unavailable, not as the
+/// rung it was planned on. `IOPF_TEST_BREAK_HOOK` points `io_page_fault`'s program at a
+/// tracepoint that does not exist, so the refusal is the kernel's own.
+#[test]
+fn refused_attach_is_reported_failed_in_metrics_and_log() {
+    if !require_root("refused_attach_is_reported_failed_in_metrics_and_log") {
+        return;
+    }
+    let has_tp = std::path::Path::new("/sys/kernel/tracing/events/iommu/io_page_fault").exists();
+    assert!(has_tp, "this test needs the iommu:io_page_fault tracepoint (CONFIG_IOMMU_API)");
+    let agent = Agent::start_env(&["run", "--listen", "127.0.0.1:0"], &[("IOPF_TEST_BREAK_HOOK", "io_page_fault")]);
+    let failed = agent.log.iter().find(|l| l.starts_with("iopf-agent: failed io_page_fault: ")).cloned();
+    let (status, body) = http_get(agent.addr, "/metrics").expect("scrape");
+    let (code, _) = agent.stop();
+    assert_eq!(code, Some(0));
+    assert_eq!(status, 200);
+    let failed = failed.expect("a `failed io_page_fault` log line");
+    assert!(failed.contains("iommu:iopf_test_absent"), "{failed}");
+    let e = Exposition::parse(&body);
+    assert_eq!(e.value("iopf_hook_state", &[("hook", "io_page_fault"), ("state", "failed")]), 1.0);
+    assert_eq!(e.value("iopf_hook_rung", &[("hook", "io_page_fault"), ("rung", "unavailable")]), 1.0);
+    let other_states = e
+        .samples
+        .iter()
+        .filter(|s| s.name == "iopf_hook_state" && s.labels["hook"] == "io_page_fault" && s.labels["state"] != "failed")
+        .count();
+    assert_eq!(other_states, 0);
 }

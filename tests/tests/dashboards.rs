@@ -30,7 +30,7 @@ fn alert_rules_pass_promtool_unit_tests() {
     let d = dashboards();
     let check = Command::new(PROMTOOL).args(["check", "rules", "iopf-alerts.yml"]).current_dir(&d).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 4 rules found"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 5 rules found"));
     let test = Command::new(PROMTOOL).args(["test", "rules", "iopf-alerts.test.yml"]).current_dir(&d).output().unwrap();
     assert!(
         test.status.success(),
@@ -97,7 +97,12 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let run = Agent::start(&["--page-faults"]);
+    // This agent's io_page_fault attach is refused by the kernel (IOPF_TEST_BREAK_HOOK), so
+    // IopfHookAttachFailed must fire for it.
+    let run = Agent::start_env(
+        &["run", "--listen", "127.0.0.1:0", "--page-faults"],
+        &[("IOPF_TEST_BREAK_HOOK", "io_page_fault")],
+    );
     let prom = Prometheus::start(
         &dir,
         &format!(
@@ -111,16 +116,26 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
     // Both targets up and every rule evaluated at least once.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut rules, mut names) = (serde_json::Value::Null, BTreeSet::new());
+    let mut attach_failed_fired = false;
     while Instant::now() < deadline {
         let up = prom.query("sum(up{job=\"iopf\"})");
         rules = prom.api("/api/v1/rules");
         let evaluated = rules["data"]["groups"][0]["rules"].as_array().is_some_and(|r| {
-            r.len() == 4 && r.iter().all(|x| x["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
+            r.len() == 5 && r.iter().all(|x| x["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
         });
         if up["data"]["result"][0]["value"][1] == "2" && evaluated {
             let v = prom.api("/api/v1/label/__name__/values");
             names = v["data"].as_array().unwrap().iter().filter_map(|n| n.as_str().map(str::to_owned)).collect();
-            if names.contains("iopf_policy_violations_total") {
+            let alerts = prom.api("/api/v1/alerts");
+            let firing = alerts["data"]["alerts"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["labels"]["alertname"] == "IopfHookAttachFailed"
+                        && x["labels"]["hook"] == "io_page_fault"
+                        && x["state"] == "firing"
+                })
+            });
+            if names.contains("iopf_policy_violations_total") && firing {
+                attach_failed_fired = true;
                 break;
             }
         }
@@ -133,6 +148,7 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
     let _ = run.stop();
     let _ = std::fs::remove_dir_all(&dir);
 
+    assert!(attach_failed_fired, "IopfHookAttachFailed fired for the refused io_page_fault attach");
     let groups = rules["data"]["groups"].as_array().expect("rule groups");
     assert_eq!(groups.len(), 1);
     for r in groups[0]["rules"].as_array().unwrap() {

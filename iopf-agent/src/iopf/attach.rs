@@ -7,7 +7,7 @@ use aya::{
 use thiserror::Error;
 
 use crate::{
-    hooks::{Plan, Rung},
+    hooks::{HookState, Plan, Rung},
     kabi::iopf::IopfAbi,
 };
 
@@ -39,9 +39,10 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
             p("iopf_report_fentry", Some("iopf_report_fexit"), "iopf_report_kprobe", Some("iopf_report_kretprobe"))
         }
         ("report", _) => p("iopf_report_fentry", None, "iopf_report_kprobe", None),
-        ("sva_handler", "iommu_sva_iopf_handler") | ("iommufd_handler", _) => {
-            p("iopf_handler_fentry", None, "iopf_handler_kprobe", None)
+        ("sva_handler", "iommu_sva_iopf_handler") => {
+            p("iopf_sva_handler_fentry", None, "iopf_sva_handler_kprobe", None)
         }
+        ("iommufd_handler", _) => p("iopf_iommufd_handler_fentry", None, "iopf_iommufd_handler_kprobe", None),
         ("page_response", "iopf_group_response") => {
             p("iopf_group_response_fentry", None, "iopf_group_response_kprobe", None)
         }
@@ -58,15 +59,36 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
     }
 }
 
-/// Attaches every IOPF hook whose plan has a rung. Returns, per hook, what was attached or
-/// why it failed; the caller decides whether a failure is fatal (the user required it).
-pub fn attach_all(
-    ebpf: &mut Ebpf,
-    plans: &[Plan],
-    abi: Option<&IopfAbi>,
-) -> Vec<(&'static str, Result<String, AttachError>)> {
+/// Attaches every IOPF hook whose plan has a rung and records the outcome in its plan
+/// (`Plan::settle` / `Plan::unused`), so the plan says what is attached, not what was hoped
+/// for. Returns the failures; the caller decides whether one is fatal (the user required it).
+/// `mm_fault` is left to page-fault tracing.
+pub fn attach_all(ebpf: &mut Ebpf, plans: &mut [Plan], abi: Option<&IopfAbi>) -> Vec<(&'static str, AttachError)> {
     let mut btf = None;
-    plans.iter().filter_map(|plan| attach_one(ebpf, plan, abi, &mut btf).transpose().map(|r| (plan.name, r))).collect()
+    let mut failed = Vec::new();
+    for plan in plans.iter_mut().filter(|p| p.name != "mm_fault" && p.state == HookState::Planned) {
+        match attach_one(ebpf, plan, abi, &mut btf) {
+            Ok(Used::Attached) => plan.settle(Ok(())),
+            Ok(Used::Not(why)) => plan.unused(why),
+            Err(e) => {
+                plan.settle(Err(crate::error::chain(&e)));
+                failed.push((plan.name, e));
+            }
+        }
+    }
+    failed
+}
+
+enum Used {
+    Attached,
+    Not(&'static str),
+}
+
+/// Test hook (`IOPF_TEST_BREAK_HOOK=io_page_fault`): attach that hook's program to a
+/// tracepoint that does not exist, so the kernel refuses it and the failure path runs for
+/// real (metrics, alert).
+fn broken_for_test(hook: &str) -> bool {
+    std::env::var("IOPF_TEST_BREAK_HOOK").is_ok_and(|v| v.split(',').any(|h| h == hook))
 }
 
 fn attach_one(
@@ -74,7 +96,7 @@ fn attach_one(
     plan: &Plan,
     abi: Option<&IopfAbi>,
     btf: &mut Option<Btf>,
-) -> Result<Option<String>, AttachError> {
+) -> Result<Used, AttachError> {
     {
         let err = |prog: &'static str, target: &str| {
             let target = target.to_owned();
@@ -84,11 +106,16 @@ fn attach_one(
         if plan.name == "io_page_fault" && plan.rung == Rung::Tracepoint {
             let p: &mut TracePoint = prog(ebpf, "iopf_io_page_fault")?;
             p.load().map_err(err("iopf_io_page_fault", "iommu:io_page_fault"))?;
-            p.attach("iommu", "io_page_fault").map_err(err("iopf_io_page_fault", "iommu:io_page_fault"))?;
-            return Ok(Some("tracepoint iommu:io_page_fault".to_owned()));
+            let name = if broken_for_test(plan.name) { "iopf_test_absent" } else { "io_page_fault" };
+            p.attach("iommu", name).map_err(err("iopf_io_page_fault", &format!("iommu:{name}")))?;
+            return Ok(Used::Attached);
         }
-        let Some(abi) = abi else { return Ok(None) };
-        let Some(progs) = programs(plan, abi) else { return Ok(None) };
+        let Some(abi) = abi else { return Ok(Used::Not("no IOPF ABI in kernel BTF")) };
+        let Some(progs) = programs(plan, abi) else {
+            return Ok(Used::Not(
+                "<= 6.8: faults are classified and keyed at report; this per-fault SVA function adds nothing",
+            ));
+        };
         let target = plan.target.clone().unwrap_or_default();
         match plan.rung {
             Rung::Fentry => {
@@ -112,9 +139,9 @@ fn attach_one(
                     p.attach(&target, 0).map_err(err(name, &target))?;
                 }
             }
-            Rung::Tracepoint | Rung::Unavailable => return Ok(None),
+            Rung::Tracepoint | Rung::Unavailable => return Ok(Used::Not("no program for this rung")),
         }
-        Ok(Some(format!("{} {target}", plan.rung.as_str())))
+        Ok(Used::Attached)
     }
 }
 

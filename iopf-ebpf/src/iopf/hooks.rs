@@ -74,8 +74,17 @@ pub fn iopf_report_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
+/// SVA group handler. An fentry program is bound to one target at load, so each group
+/// handler a kernel may have at once (SVA and iommufd) has its own program.
 #[fentry]
-pub fn iopf_handler_fentry(ctx: FEntryContext) -> u32 {
+pub fn iopf_sva_handler_fentry(ctx: FEntryContext) -> u32 {
+    handler(scalar_arg(&ctx, 0));
+    0
+}
+
+/// iommufd group handler (user and nested domains).
+#[fentry]
+pub fn iopf_iommufd_handler_fentry(ctx: FEntryContext) -> u32 {
     handler(scalar_arg(&ctx, 0));
     0
 }
@@ -126,7 +135,13 @@ pub fn iopf_report_kretprobe(ctx: RetProbeContext) -> u32 {
 }
 
 #[kprobe]
-pub fn iopf_handler_kprobe(ctx: ProbeContext) -> u32 {
+pub fn iopf_sva_handler_kprobe(ctx: ProbeContext) -> u32 {
+    handler(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn iopf_iommufd_handler_kprobe(ctx: ProbeContext) -> u32 {
     handler(ctx.arg(0).unwrap_or(0));
     0
 }
