@@ -25,13 +25,11 @@ fn simulate_serves_the_expected_totals() {
     }
     let path = format!("{}/../examples/scenarios/mixed-10k.yaml", env!("CARGO_MANIFEST_DIR"));
     let scenario = Scenario::load(path.as_ref()).unwrap();
-    let consts = KernelBtf::load("/sys/kernel/btf".as_ref())
-        .ok()
-        .and_then(|b| IopfAbi::resolve(b.vmlinux()).ok())
-        .map(|a| a.consts)
-        .unwrap_or(CURRENT_CONSTS);
+    let abi = KernelBtf::load("/sys/kernel/btf".as_ref()).ok().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
+    let consts = abi.as_ref().map(|a| a.consts).unwrap_or(CURRENT_CONSTS);
+    let tuple = abi.as_ref().is_some_and(|a| a.tuple_keys);
     let want = model::expected(
-        &model::plan(&scenario, &consts),
+        &model::plan(&scenario, &consts, tuple),
         model::EventsExpect { all: false, capacity: model::RING_RECORDS },
         &model::Rules::new(),
     );
@@ -99,7 +97,7 @@ fn simulate_trace_prints_one_ndjson_event_per_answered_fault() {
     }
     let path = format!("{}/../examples/scenarios/mixed-10k.yaml", env!("CARGO_MANIFEST_DIR"));
     let scenario = Scenario::load(path.as_ref()).unwrap();
-    let plan = model::plan(&scenario, &CURRENT_CONSTS);
+    let plan = model::plan(&scenario, &CURRENT_CONSTS, false);
     let answered: Vec<_> = plan.faults.iter().filter(|f| f.response.is_some()).collect();
     let (code, out, err) = iopf_tests::agent::run_to_end(&["simulate", "--scenario", &path, "--trace"]);
     assert_eq!(code, Some(0), "{err}");

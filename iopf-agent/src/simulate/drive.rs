@@ -13,8 +13,13 @@ pub fn drive(inj: &mut Injector<'_>, plan: &FaultPlan) -> Result<(), InjectError
 pub fn drive_with(inj: &mut Injector<'_>, plan: &FaultPlan, mut after_window: impl FnMut()) -> Result<(), InjectError> {
     for window in plan.faults.chunks(plan.window.max(1)) {
         for f in window {
-            inj.report(&f.dev, &f.fault, f.report_ns, Default::default())?;
-            inj.handler(f.key, f.dom_type, f.nest_parent, f.handler_ns)?;
+            if plan.tuple_keys {
+                // <= 6.8: keyed and classified at report; there is no group handler.
+                inj.report(&f.dev, &f.fault, f.report_ns, f.key)?;
+            } else {
+                inj.report(&f.dev, &f.fault, f.report_ns, Default::default())?;
+                inj.handler(f.key, f.dom_type, f.nest_parent, f.handler_ns)?;
+            }
             if let Some(ns) = f.mm_fix_ns {
                 inj.mm_fix(f.key, ns)?;
             }

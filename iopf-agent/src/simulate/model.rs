@@ -50,6 +50,9 @@ pub struct PlannedFault {
 pub struct FaultPlan {
     pub faults: Vec<PlannedFault>,
     pub window: usize,
+    /// The <= 6.8 flow: faults are keyed by device + grpid at report and classified there
+    /// (no group handler, so no dispatch latency and no domain type).
+    pub tuple_keys: bool,
 }
 
 /// Domain type, nest-parent flag, and the classification the scenario expects.
@@ -86,7 +89,15 @@ fn code_of(r: Response) -> Option<u8> {
 /// Group pointers in injected faults: high, distinct, never a real kernel address we key on.
 const KEY_BASE: u64 = 0x5157_0000_0000_0000;
 
-pub fn plan(s: &Scenario, consts: &Consts) -> FaultPlan {
+/// What a <= 6.8 kernel can say at report time, with no domain to look at: a PASID fault
+/// goes to SVA (every recoverable-fault consumer of those kernels), so first level on the
+/// CPU's table; without a PASID nothing is known. The scenario's configuration is what the
+/// device really has; this is what such a kernel reports for it.
+fn tuple_classification(pasid: u32) -> (Config, Level) {
+    if pasid != 0 { (Config::FlatSva, Level::First) } else { (Config::Unknown, Level::Unknown) }
+}
+
+pub fn plan(s: &Scenario, consts: &Consts, tuple_keys: bool) -> FaultPlan {
     let mut rng = Rng(s.spec.seed);
     let mut per_dev: Vec<u32> = vec![0; s.spec.devices.len()];
     let total: u64 = s.spec.devices.iter().map(|d| d.faults as u64).sum();
@@ -102,6 +113,7 @@ pub fn plan(s: &Scenario, consts: &Consts) -> FaultPlan {
             per_dev[di] += 1;
             let pasid = d.pasids[i as usize % d.pasids.len()];
             let (dom_type, nest_parent, config, level) = domain_of(d.configuration, consts);
+            let (config, level) = if tuple_keys { tuple_classification(pasid) } else { (config, level) };
             let fault = Fault {
                 addr: d.address_base.wrapping_add(i as u64 * 4096),
                 fault_type: consts.fault_page_req,
@@ -129,7 +141,12 @@ pub fn plan(s: &Scenario, consts: &Consts) -> FaultPlan {
             faults.push(PlannedFault {
                 dev: dev_bytes(&d.name),
                 fault,
-                key: InflightKey { a: KEY_BASE + faults.len() as u64, b: 0 },
+                // <= 6.8: the key a report carries (a device word and the grpid); one device
+                // word per fault keeps keys of a window distinct.
+                key: InflightKey {
+                    a: KEY_BASE + faults.len() as u64,
+                    b: if tuple_keys { fault.grpid as u64 } else { 0 },
+                },
                 dom_type,
                 nest_parent,
                 config,
@@ -141,7 +158,7 @@ pub fn plan(s: &Scenario, consts: &Consts) -> FaultPlan {
             });
         }
     }
-    FaultPlan { faults, window: s.spec.window as usize }
+    FaultPlan { faults, window: s.spec.window as usize, tuple_keys }
 }
 
 /// Compiled rules of simulated devices, by device name.
@@ -182,7 +199,9 @@ pub fn expected(plan: &FaultPlan, events: EventsExpect, rules: &Rules) -> IopfSn
     let mut emitted = 0u64;
     let mut violating = 0u64;
     for f in &plan.faults {
-        observe(hk(f, Latency::Dispatch), f.handler_ns - f.report_ns);
+        if !plan.tuple_keys {
+            observe(hk(f, Latency::Dispatch), f.handler_ns - f.report_ns);
+        }
         if let Some(ns) = f.mm_fix_ns {
             observe(hk(f, Latency::MmFix), ns);
         }
@@ -222,4 +241,39 @@ pub fn expected(plan: &FaultPlan, events: EventsExpect, rules: &Rules) -> IopfSn
         ..IopfStats::default()
     };
     s
+}
+
+/// How the kernel's maps differ from the expected totals, one line per differing counter,
+/// series or histogram (empty when they agree). The slow-path counters `pending_parked` and
+/// `pending_migrated` depend on where the scheduler ran each test run (a report and its
+/// handler run separately and may land on different CPUs): correct either way, so not compared.
+pub fn mismatches(got: &IopfSnapshot, want: &IopfSnapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut g = got.stats;
+    g.pending_parked = want.stats.pending_parked;
+    g.pending_migrated = want.stats.pending_migrated;
+    if g != want.stats {
+        out.push(format!("pipeline counters: got {g:?}, want {:?}", want.stats));
+    }
+    fn diff<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+        what: &str,
+        got: &std::collections::BTreeMap<K, V>,
+        want: &std::collections::BTreeMap<K, V>,
+        out: &mut Vec<String>,
+    ) {
+        for (k, w) in want {
+            match got.get(k) {
+                Some(v) if v == w => {}
+                v => out.push(format!("{what} {k:?}: got {v:?}, want {w:?}")),
+            }
+        }
+        for k in got.keys().filter(|k| !want.contains_key(k)) {
+            out.push(format!("{what} {k:?}: present, not expected"));
+        }
+    }
+    diff("count", &got.counts, &want.counts, &mut out);
+    diff("histogram", &got.hists, &want.hists, &mut out);
+    diff("violations", &got.violations, &want.violations, &mut out);
+    diff("dmar", &got.dmar, &want.dmar, &mut out);
+    out
 }

@@ -75,7 +75,12 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         globals = globals.with_btf(b.vmlinux());
     }
     drop(btf);
-    let plan = model::plan(&scenario, &globals.consts);
+    let plan = model::plan(&scenario, &globals.consts, globals.tuple_keys);
+    if globals.tuple_keys {
+        eprintln!(
+            "iopf-agent: this kernel's IOPF ABI is <= 6.8: faults are keyed by device + grpid and classified at report (PASID -> flat_sva, else unknown), as its hooks would"
+        );
+    }
     // A slot for every scenario device (and the overflow slot), whatever their number.
     globals.dev_slots = globals.dev_slots.max(devices.len() as u32 + 1);
     let mut ebpf = loader::load(globals)?;
@@ -145,7 +150,21 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         }
         let _ = writeln!(table, "faults violating a policy: {}", want.stats.violations);
     }
-    let matches = got == want;
+    let differ = model::mismatches(&got, &want);
+    let matches = differ.is_empty();
+    if got.stats.pending_migrated + got.stats.pending_parked > 0 {
+        let _ = writeln!(
+            table,
+            "slow paths taken (scheduler-dependent, not compared): {} parked, {} migrated",
+            got.stats.pending_parked, got.stats.pending_migrated
+        );
+    }
+    for d in differ.iter().take(20) {
+        let _ = writeln!(table, "mismatch: {d}");
+    }
+    if differ.len() > 20 {
+        let _ = writeln!(table, "mismatch: … and {} more", differ.len() - 20);
+    }
     let _ = writeln!(
         table,
         "kernel counters and histograms {} the expected totals",

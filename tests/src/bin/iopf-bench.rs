@@ -357,7 +357,7 @@ fn bench_iopf() -> (Vec<Row>, serde_json::Value) {
     // scenario, for where the time goes.
     let scenario =
         Scenario::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scenarios/mixed-10k.yaml").as_ref()).unwrap();
-    let plan = model::plan(&scenario, &CURRENT_CONSTS);
+    let plan = model::plan(&scenario, &CURRENT_CONSTS, false);
     let stats_fd = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
     let mut ebpf = loader::load(Globals { consts: CURRENT_CONSTS, ..Globals::default() }).unwrap();
     drive(&mut Injector::new(&mut ebpf).unwrap(), &plan).unwrap();
