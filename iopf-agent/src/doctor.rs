@@ -18,6 +18,8 @@ pub struct Report {
     pub kernel: String,
     pub hooks: Vec<Plan>,
     pub capabilities: Features,
+    /// Which kinds of fault this kernel can produce, with the evidence.
+    pub fault_paths: Vec<crate::paths::FaultPath>,
     /// The IOPF ABI generation decided from BTF, or why there is none.
     #[serde(serialize_with = "ser_abi")]
     pub iopf_abi: Result<IopfAbi, String>,
@@ -63,7 +65,9 @@ pub fn survey(
     let btf = btf.ok();
     let features = Features::probe(&mut ebpf, &opts.btf_dir);
     let plans = hooks::plan_all(btf.as_ref(), &features, opts.force_rung);
-    let report = Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, iopf_abi: abi };
+    let fault_paths = crate::paths::survey(&hooks::Kallsyms::read());
+    let report =
+        Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, fault_paths, iopf_abi: abi };
     Ok((ebpf, report, btf))
 }
 
@@ -102,6 +106,10 @@ pub fn render_text(r: &Report) -> String {
         Err(e) => {
             let _ = writeln!(s, "iopf abi: none: {e}");
         }
+    }
+    let _ = writeln!(s, "fault paths:");
+    for p in &r.fault_paths {
+        let _ = writeln!(s, "  {:<20} {:<3}  {}", p.path, if p.possible { "yes" } else { "no" }, p.evidence);
     }
     let _ = writeln!(s, "hooks:");
     for p in &r.hooks {

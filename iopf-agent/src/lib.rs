@@ -10,6 +10,7 @@ pub mod kabi;
 pub mod loader;
 pub mod metrics;
 pub mod pagefault;
+pub mod paths;
 pub mod policy;
 pub mod run;
 pub mod server;

@@ -1,0 +1,89 @@
+//! Which kinds of fault this kernel can produce at all, with the evidence, in words a kernel
+//! engineer recognises. A path that cannot occur is a state of the kernel, not an error.
+
+use serde::Serialize;
+
+use crate::hooks::Kallsyms;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultPath {
+    pub path: &'static str,
+    pub possible: bool,
+    /// Why, naming the symbols looked up in /proc/kallsyms.
+    pub evidence: String,
+}
+
+fn has(k: &Kallsyms, s: &str) -> bool {
+    k.contains(s)
+}
+
+/// Decides each fault path from the kernel's symbols (kallsyms lists every function that
+/// was built, including static ones BTF or inlining may hide).
+pub fn survey(k: &Kallsyms) -> Vec<FaultPath> {
+    let mut out = Vec::new();
+    let report = has(k, "iommu_report_device_fault");
+    out.push(FaultPath {
+        path: "recoverable",
+        possible: report,
+        evidence: if report {
+            "iommu_report_device_fault is built: PRI page requests and stall events can be reported".into()
+        } else {
+            "recoverable faults cannot occur: iommu_report_device_fault is not built (CONFIG_IOMMU_IOPF off)".into()
+        },
+    });
+    let sva = has(k, "iommu_sva_iopf_handler") || (has(k, "iommu_sva_handle_iopf") && report);
+    let bind = has(k, "iommu_sva_bind_device");
+    out.push(FaultPath {
+        path: "sva",
+        possible: sva && report,
+        evidence: match (sva, bind) {
+            (true, _) if report => "the SVA fault handler is built (iommu_sva_iopf_handler / iommu_sva_handle_iopf)".into(),
+            (true, _) => "the SVA handler is built but nothing reports recoverable faults".into(),
+            (false, true) => "SVA faults cannot occur: iommu_sva_bind_device is built but iommu_sva_iopf_handler is not, so binding fails before any fault (Debian/stable 6.12.69+ disables SVA on x86)".into(),
+            (false, false) => "SVA faults cannot occur: no SVA code is built (CONFIG_IOMMU_SVA off)".into(),
+        },
+    });
+    let iommufd = has(k, "iommufd_fault_iopf_handler");
+    out.push(FaultPath {
+        path: "iommufd",
+        possible: iommufd && report,
+        evidence: if iommufd {
+            "iommufd's fault handler is built: user (flat_user) and nested faults reach a fault fd".into()
+        } else if has(k, "iommufd_fops_open") || has(k, "iommufd_fops_ioctl") {
+            "iommufd is built without IOPF fault objects (older than 6.11): no user/nested recoverable faults".into()
+        } else {
+            "user and nested recoverable faults cannot occur: iommufd is not built or not loaded (every Debian kernel has CONFIG_IOMMUFD off)".into()
+        },
+    });
+    let dequeue = has(k, "iopf_group_dequeue");
+    out.push(FaultPath {
+        path: "iommufd_delivery",
+        possible: dequeue && iommufd,
+        evidence: if dequeue {
+            "iopf_group_dequeue is built: iommufd takes each group off the pending list before user space reads it (7.2+, Debian 6.12.115+)".into()
+        } else {
+            "iopf_group_dequeue is not built (before 7.2 and Debian 6.12.115, or CONFIG_IOMMU_IOPF off): a response to a group already answered is not refused by the kernel".into()
+        },
+    });
+    let dmar = has(k, "dmar_fault");
+    out.push(FaultPath {
+        path: "vtd_unrecoverable",
+        possible: dmar,
+        evidence: if dmar {
+            "dmar_fault is built: VT-d fault records (reason code gives the stage) are read at the interrupt; needs an Intel IOMMU and intel_iommu=on".into()
+        } else {
+            "VT-d unrecoverable faults cannot occur: dmar_fault is not built (CONFIG_INTEL_IOMMU off)".into()
+        },
+    });
+    let rif = has(k, "report_iommu_fault");
+    out.push(FaultPath {
+        path: "report_iommu_fault",
+        possible: rif,
+        evidence: if rif {
+            "report_iommu_fault is built: AMD-Vi, arm-smmu v1/v2 and others report unrecoverable faults through iommu:io_page_fault".into()
+        } else {
+            "report_iommu_fault is not built (CONFIG_IOMMU_API off)".into()
+        },
+    });
+    out
+}
