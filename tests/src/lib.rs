@@ -5,6 +5,7 @@ pub mod edu;
 pub mod iommufd;
 pub mod pages;
 pub mod prom;
+pub mod sva;
 pub mod workload;
 
 /// Root tests need root. Without it they fail loudly, unless IOPF_SKIP_ROOT_TESTS=1 says the
