@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask run`, `cargo xtask test`.
 
+mod apt;
 mod vm;
 
 use std::{path::PathBuf, process::Command, time::Duration};
