@@ -6,7 +6,7 @@
 //! kernel's scenarios. The guest prints `VMTEST PASS|FAIL name` lines on the serial console.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -26,11 +26,24 @@ pub struct KernelSpec {
 }
 
 enum Source {
-    /// Newest Debian package named `prefix` + digits + `suffix` (apt-cache search `search`).
-    Debian { search: &'static str, prefix: &'static str, suffix: &'static str },
+    /// Newest Debian package named `prefix` + N + `abi` [+ `.R`] + `flavour` (N, R digits) in
+    /// the private apt lists (apt.rs).
+    Debian { prefix: &'static str, abi: &'static str, flavour: &'static str, layout: Layout },
     /// A file relative to the repository root.
     File(&'static str),
 }
+
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Up to 6.12: `linux-image-*-unsigned` holds boot/vmlinuz-* and lib/modules.
+    Image,
+    /// From 7.x: `linux-binary-unsigned-*` holds usr/lib/modules/<kver>/vmlinuz.unsigned; its
+    /// `linux-modules-*` the modules and `linux-base-*` modules.builtin and the config.
+    Split,
+}
+
+const DEBIAN_IOMMU_QEMU: &[&str] =
+    &["-machine", "q35,kernel-irqchip=split", "-device", "intel-iommu,intremap=on,caching-mode=on", "-device", "edu"];
 
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
@@ -40,46 +53,85 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &[],
         qemu: &["-machine", "q35"],
         append: "",
-        scenarios: &["doctor", "mock-iopf-fentry", "mock-iopf-kprobe", "pagefault-fentry"],
+        scenarios: &["doctor", "mock-iopf-fentry", "mock-iopf-kprobe", "pagefault-fentry", "simulate"],
+    },
+    KernelSpec {
+        name: "iopf-7.3",
+        what: "../shared/vm/bzImage-7.3.4-iopf (iommufd test mock, SVA on), no vIOMMU",
+        source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
+        modules: &[],
+        qemu: &["-machine", "q35"],
+        append: "",
+        scenarios: &["doctor", "mock-iopf-fentry", "mock-iopf-kprobe", "attach-fentry", "simulate"],
+    },
+    KernelSpec {
+        name: "debian-7.3",
+        what: "Debian trixie-backports linux-binary-unsigned-7.3.*+deb13-amd64 (6.15+ domain layout), intel-iommu + edu",
+        source: Source::Debian {
+            prefix: "linux-binary-unsigned-7.3.",
+            abi: "+deb13",
+            flavour: "-amd64",
+            layout: Layout::Split,
+        },
+        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        qemu: DEBIAN_IOMMU_QEMU,
+        append: "intel_iommu=on",
+        scenarios: &["doctor", "dmar-edu", "pagefault-fentry", "attach-fentry", "attach-kprobe", "simulate"],
     },
     KernelSpec {
         name: "debian-6.12",
-        what: "Debian linux-image-6.12.*+deb12-amd64-unsigned, intel-iommu + edu",
+        what: "Debian trixie linux-image-6.12.*+deb13-amd64-unsigned, intel-iommu + edu",
         source: Source::Debian {
-            search: "linux-image-6.12",
             prefix: "linux-image-6.12.",
-            suffix: "+deb12-amd64-unsigned",
+            abi: "+deb13",
+            flavour: "-amd64-unsigned",
+            layout: Layout::Image,
         },
-        modules: &["9p", "9pnet_virtio"],
-        qemu: &[
-            "-machine",
-            "q35,kernel-irqchip=split",
-            "-device",
-            "intel-iommu,intremap=on,caching-mode=on",
-            "-device",
-            "edu",
-        ],
+        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
-        scenarios: &["doctor", "dmar-edu", "pagefault-fentry", "pagefault-kprobe", "attach-fentry", "attach-kprobe"],
+        scenarios: &[
+            "doctor",
+            "dmar-edu",
+            "pagefault-fentry",
+            "pagefault-kprobe",
+            "attach-fentry",
+            "attach-kprobe",
+            "simulate",
+        ],
     },
     KernelSpec {
         name: "debian-6.1",
-        what: "Debian linux-image-6.1.*-amd64-unsigned (<= 6.8 ABI)",
-        source: Source::Debian { search: "linux-image-6.1", prefix: "linux-image-6.1.0-", suffix: "-amd64-unsigned" },
+        what: "Debian bookworm linux-image-6.1.0-*-amd64-unsigned (<= 6.8 ABI)",
+        source: Source::Debian {
+            prefix: "linux-image-6.1.0-",
+            abi: "",
+            flavour: "-amd64-unsigned",
+            layout: Layout::Image,
+        },
         modules: &["virtio_pci", "9p", "9pnet_virtio"],
         qemu: &["-machine", "q35"],
         append: "",
-        scenarios: &["doctor", "attach-fentry", "attach-kprobe", "pagefault-fentry"],
+        scenarios: &["doctor", "attach-fentry", "attach-kprobe", "pagefault-fentry", "simulate"],
+    },
+    KernelSpec {
+        name: "debian-5.10",
+        what: "Debian bullseye linux-image-5.10.0-*-amd64-unsigned (before the IOPF queue)",
+        source: Source::Debian {
+            prefix: "linux-image-5.10.0-",
+            abi: "",
+            flavour: "-amd64-unsigned",
+            layout: Layout::Image,
+        },
+        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        qemu: &["-machine", "q35"],
+        append: "",
+        scenarios: &["doctor", "attach-fentry", "attach-kprobe", "pagefault-fentry", "simulate"],
     },
 ];
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("IOPF_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/iopf")
-        })
-        .join("kernels")
+    crate::apt::cache_root().join("kernels")
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
@@ -90,33 +142,91 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Extracted kernel package root (cached): holds boot/vmlinuz-* and lib/modules/*.
-fn debian_kernel(search: &str, prefix: &str, suffix: &str) -> anyhow::Result<PathBuf> {
-    let list = run(Command::new("apt-cache").args(["search", "--names-only", search]), "apt-cache search")?;
-    let ok = |n: &str| {
-        n.strip_prefix(prefix)
-            .and_then(|r| r.strip_suffix(suffix))
-            .is_some_and(|mid| !mid.is_empty() && mid.chars().all(|c| c.is_ascii_digit()))
-    };
-    let mut pkgs: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| ok(n)).collect();
-    pkgs.sort_by_key(|p| version_key(p));
-    let pkg =
-        pkgs.last().ok_or_else(|| anyhow!("no package {prefix}N{suffix} in apt: run apt-get update"))?.to_string();
-    let root = cache_dir().join(&pkg);
+/// Whether `name` is `prefix` + N + `abi` [+ `.R`] + `flavour`, N and R digits.
+fn debian_name_matches(name: &str, prefix: &str, abi: &str, flavour: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    let Some(mid) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(flavour)) else { return false };
+    let (n, rest) = mid.split_at(mid.find(|c: char| !c.is_ascii_digit()).unwrap_or(mid.len()));
+    let Some(respin) = rest.strip_prefix(abi) else { return false };
+    digits(n) && (respin.is_empty() || respin.strip_prefix('.').is_some_and(digits))
+}
+
+/// The newest package of the series in `names`.
+fn newest<'a>(names: &'a [String], prefix: &str, abi: &str, flavour: &str) -> Option<&'a str> {
+    names
+        .iter()
+        .filter(|n| debian_name_matches(n, prefix, abi, flavour))
+        .max_by_key(|n| version_key(n.strip_suffix(flavour).unwrap_or(n)))
+        .map(String::as_str)
+}
+
+/// Extracted kernel packages (cached): the root holds the image and the modules.
+fn debian_kernel(prefix: &str, abi: &str, flavour: &str, layout: Layout) -> anyhow::Result<PathBuf> {
+    let apt = crate::apt::get()?;
+    let names = apt.names(prefix)?;
+    let pkg = newest(&names, prefix, abi, flavour).ok_or_else(|| {
+        anyhow!("no package {prefix}N{abi}{flavour} in the private apt lists (is the suite that carries it reachable?)")
+    })?;
+    let mut pkgs = vec![pkg.to_owned()];
+    if let Layout::Split = layout {
+        let kver = pkg
+            .strip_prefix("linux-binary-unsigned-")
+            .or_else(|| pkg.strip_prefix("linux-binary-"))
+            .ok_or_else(|| anyhow!("{pkg}: not a linux-binary-* package"))?;
+        for part in ["linux-modules-", "linux-base-"] {
+            let p = format!("{part}{kver}");
+            if apt.names(&p)?.iter().all(|n| *n != p) {
+                bail!("{pkg} is in the private apt lists but {p} is not (the suite is half synced: retry later)");
+            }
+            pkgs.push(p);
+        }
+    }
+    let root = cache_dir().join(pkg);
     if root.join(".extracted").exists() {
         return Ok(root);
     }
-    std::fs::create_dir_all(&root)?;
-    eprintln!("[vm-test] downloading {pkg}");
-    run(Command::new("apt-get").args(["download", &pkg]).current_dir(&root), "apt-get download")?;
-    let deb = std::fs::read_dir(&root)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| anyhow!("downloaded .deb not found in {}", root.display()))?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root), "dpkg-deb -x")?;
-    std::fs::write(root.join(".extracted"), "")?;
+    let debs = root.join(".debs");
+    let _ = std::fs::remove_dir_all(&debs);
+    for p in &pkgs {
+        eprintln!("[vm-test] downloading {p}");
+        let deb = apt.download(p, &debs)?;
+        crate::apt::extract(&deb, &root)?;
+    }
+    let _ = std::fs::remove_dir_all(&debs);
+    std::fs::write(root.join(".extracted"), pkgs.join("\n"))?;
     Ok(root)
+}
+
+/// The kernel image of an extracted package root.
+fn debian_vmlinuz(root: &Path) -> anyhow::Result<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(d) = std::fs::read_dir(root.join("boot")) {
+        found.extend(
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-"))),
+        );
+    }
+    for mods in module_dirs(root) {
+        for kver in std::fs::read_dir(&mods).into_iter().flatten().flatten() {
+            for f in ["vmlinuz.unsigned", "vmlinuz"] {
+                let p = kver.path().join(f);
+                if p.is_file() {
+                    found.push(p);
+                }
+            }
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no kernel image (boot/vmlinuz-*, usr/lib/modules/*/vmlinuz.unsigned) in {}", root.display()),
+        _ => bail!("more than one kernel image in {} (delete it to fetch it again)", root.display()),
+    }
+}
+
+/// `lib/modules` and `usr/lib/modules` of a package root, those that exist.
+fn module_dirs(root: &Path) -> Vec<PathBuf> {
+    ["lib/modules", "usr/lib/modules"].iter().map(|d| root.join(d)).filter(|d| d.is_dir()).collect()
 }
 
 fn version_key(s: &str) -> Vec<u64> {
@@ -138,20 +248,29 @@ fn module_deps(path: &Path) -> anyhow::Result<(Vec<u8>, Vec<String>)> {
     Ok((bytes, deps))
 }
 
-/// Modules `wanted` and their dependencies, dependencies first: (file name, bytes).
+/// Modules `wanted` and their dependencies, dependencies first: (file name, bytes). A wanted
+/// module without a file must be listed in modules.builtin.
 fn module_closure(root: &Path, wanted: &[&str]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mods = root.join("lib/modules");
-    let mut index = std::collections::HashMap::new();
-    let mut stack = vec![mods.clone()];
+    let dirs = module_dirs(root);
+    if dirs.is_empty() && !wanted.is_empty() {
+        bail!("no lib/modules or usr/lib/modules in {} (delete it to fetch it again)", root.display());
+    }
+    let mut index = HashMap::new();
+    let mut builtin = BTreeSet::new();
+    let mut stack = dirs;
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)?.flatten() {
             let p = e.path();
+            let Some(n) = p.file_name().and_then(|n| n.to_str()) else { continue };
             if p.is_dir() {
                 stack.push(p);
-            } else if let Some(n) = p.file_name().and_then(|n| n.to_str())
-                && let Some(stem) = n.strip_suffix(".ko.xz").or_else(|| n.strip_suffix(".ko"))
-            {
+            } else if let Some(stem) = n.strip_suffix(".ko.xz").or_else(|| n.strip_suffix(".ko")) {
                 index.insert(stem.replace('-', "_"), p.clone());
+            } else if n == "modules.builtin" {
+                let text = std::fs::read_to_string(&p)?;
+                builtin.extend(text.lines().filter_map(|l| {
+                    Path::new(l.trim()).file_name()?.to_str()?.strip_suffix(".ko").map(|m| m.replace('-', "_"))
+                }));
             }
         }
     }
@@ -159,7 +278,8 @@ fn module_closure(root: &Path, wanted: &[&str]) -> anyhow::Result<Vec<(String, V
     let mut seen = BTreeSet::new();
     fn visit(
         m: &str,
-        index: &std::collections::HashMap<String, PathBuf>,
+        index: &HashMap<String, PathBuf>,
+        builtin: &BTreeSet<String>,
         seen: &mut BTreeSet<String>,
         order: &mut Vec<(String, Vec<u8>)>,
     ) -> anyhow::Result<()> {
@@ -167,17 +287,21 @@ fn module_closure(root: &Path, wanted: &[&str]) -> anyhow::Result<Vec<(String, V
         if !seen.insert(m.clone()) {
             return Ok(());
         }
-        // Not a module file: built into this kernel.
-        let Some(path) = index.get(&m) else { return Ok(()) };
+        let Some(path) = index.get(&m) else {
+            if builtin.contains(&m) {
+                return Ok(());
+            }
+            bail!("module {m}: no {m}.ko in the modules package and not in modules.builtin");
+        };
         let (bytes, deps) = module_deps(path)?;
         for d in deps {
-            visit(&d, index, seen, order)?;
+            visit(&d, index, builtin, seen, order)?;
         }
         order.push((format!("{m}.ko"), bytes));
         Ok(())
     }
     for w in wanted {
-        visit(w, &index, &mut seen, &mut order)?;
+        visit(w, &index, &builtin, &mut seen, &mut order)?;
     }
     Ok(order)
 }
@@ -257,14 +381,10 @@ pub fn run_kernel(
             }
             (p, Vec::new())
         }
-        Source::Debian { search, prefix, suffix } => {
-            let root = debian_kernel(search, prefix, suffix)?;
-            let vmlinuz = std::fs::read_dir(root.join("boot"))?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
-                .ok_or_else(|| anyhow!("no vmlinuz in {}", root.display()))?;
-            (vmlinuz, module_closure(&root, spec.modules)?)
+        Source::Debian { prefix, abi, flavour, layout } => {
+            let root = debian_kernel(prefix, abi, flavour, *layout)?;
+            let modules = module_closure(&root, spec.modules).with_context(|| format!("kernel {}", spec.name))?;
+            (debian_vmlinuz(&root)?, modules)
         }
     };
     let initrd = build_initramfs(&work, &modules)?;
@@ -333,4 +453,54 @@ pub fn run_kernel(
     }
     eprintln!("[vm-test] {}: finished in {:.0} s", spec.name, start.elapsed().as_secs_f64());
     Ok(Outcome { kernel: spec.name, results })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_of_a_series() {
+        let names: Vec<String> = [
+            "linux-image-6.12.115+deb13-amd64-unsigned",
+            "linux-image-6.12.115+deb13.1-amd64-unsigned",
+            "linux-image-6.12.118+deb13-cloud-amd64-unsigned",
+            "linux-image-6.12.99+deb13-amd64-unsigned",
+            "linux-image-6.12.117+deb12-amd64-unsigned",
+            "linux-image-6.12.116+deb13-amd64",
+        ]
+        .map(String::from)
+        .to_vec();
+        let n = |p, a, f| newest(&names, p, a, f);
+        assert_eq!(
+            n("linux-image-6.12.", "+deb13", "-amd64-unsigned"),
+            Some("linux-image-6.12.115+deb13.1-amd64-unsigned")
+        );
+        assert_eq!(
+            n("linux-image-6.12.", "+deb12", "-amd64-unsigned"),
+            Some("linux-image-6.12.117+deb12-amd64-unsigned")
+        );
+        let old: Vec<String> = [
+            "linux-image-6.1.0-9-amd64-unsigned",
+            "linux-image-6.1.0-57-amd64-unsigned",
+            "linux-image-6.1.0-0.deb11.52-amd64-unsigned",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            newest(&old, "linux-image-6.1.0-", "", "-amd64-unsigned"),
+            Some("linux-image-6.1.0-57-amd64-unsigned")
+        );
+        let split: Vec<String> = [
+            "linux-binary-unsigned-7.3.4+deb13-amd64",
+            "linux-binary-unsigned-7.3.12+deb13-amd64",
+            "linux-binary-unsigned-7.3.13+deb13-rt-amd64",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            newest(&split, "linux-binary-unsigned-7.3.", "+deb13", "-amd64"),
+            Some("linux-binary-unsigned-7.3.12+deb13-amd64")
+        );
+    }
 }
