@@ -7,7 +7,7 @@
 #   scripts/build-sva-kmod.sh            # IOPF_KBUILD_TARBALL=... to use another tarball
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-tarball="${IOPF_KBUILD_TARBALL:-$here/../shared/vm/linux-kbuild-7.3.4-iopf.tar.xz}"
+tarball="${IOPF_KBUILD_TARBALL:-$(dirname "$here")/shared/vm/linux-kbuild-7.3.4-iopf.tar.xz}"
 cache="${IOPF_CACHE:-$HOME/.cache/iopf}/kbuild"
 out="$here/target/kmod"
 say() { printf '[build-sva-kmod] %s\n' "$*"; }
@@ -37,4 +37,4 @@ say "building against $(basename "$tree") with $(gcc -dumpfullversion)"
 start=$(date +%s)
 make -s -C "$tree" M="$build" -j"$(nproc)" modules
 cp "$build/iopf_sva_test.ko" "$out/iopf_sva_test.ko"
-say "done in $(( $(date +%s) - start ))s: $out/iopf_sva_test.ko ($(tr '\0' '\n' <"$out/iopf_sva_test.ko" | sed -n 's/^vermagic=//p'))"
+say "done in $(( $(date +%s) - start ))s: $out/iopf_sva_test.ko ($(tr '\0' '\n' <"$out/iopf_sva_test.ko" | sed -n 's/^vermagic=\(.*[^ ]\) *$/\1/p'))"
