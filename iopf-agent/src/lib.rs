@@ -15,3 +15,4 @@ pub mod policy;
 pub mod run;
 pub mod server;
 pub mod simulate;
+pub mod tracefs;

@@ -91,6 +91,8 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
     }
     let mode = globals.pf_mode as u32;
     let tuple = globals.tuple_keys as u32;
+    // Where iommu:io_page_fault keeps its device name, from the tracepoint's own format.
+    let io_pf_dev = crate::tracefs::field_offset("iommu", "io_page_fault", "device").unwrap_or(Offsets::ABSENT);
     let events = if globals.events { EVENTS_ALL } else { EVENTS_OFF };
     // aya defaults to the verifier's debug log, whose text for the bigger programs runs to
     // megabytes (slow under emulation, ENOSPC past the log buffer). Statistics only, unless
@@ -105,6 +107,7 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         .override_global("OFFSETS", &globals.offsets, true)
         .override_global("CONSTS", &globals.consts, true)
         .override_global("TUPLE_KEYS", &tuple, true)
+        .override_global("IO_PAGE_FAULT_DEVICE", &io_pf_dev, true)
         .override_global("EVENTS_MODE", &events, true)
         .override_global("SCAN_CPUS", &globals.scan_cpus, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)

@@ -2,12 +2,12 @@
 //! and calls the core. fentry/fexit and kprobe/kretprobe variants share one body.
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext as _, Global,
     helpers::bpf_ktime_get_ns,
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use iopf_common::iopf::{CODE_UNRECOVERABLE, Config, DEV_NAME_LEN, InflightKey, Level, Source};
+use iopf_common::iopf::{CODE_UNRECOVERABLE, Config, DEV_NAME_LEN, InflightKey, Level, Offsets, Source};
 
 use super::{TUPLE_KEYS, read};
 
@@ -178,16 +178,24 @@ pub fn iopf_work_kretprobe(_ctx: RetProbeContext) -> u32 {
 
 // ---- tracepoint: unrecoverable faults through report_iommu_fault ----
 
-/// `iommu:io_page_fault`: `__data_loc char[] device` at offset 8 (stable in every version).
+/// Offset of `iommu:io_page_fault`'s `__data_loc char[] device` word, from the tracepoint's
+/// tracefs format (`Offsets::ABSENT` when unreadable: the fault is then counted nameless).
+#[unsafe(no_mangle)]
+static IO_PAGE_FAULT_DEVICE: Global<u32> = Global::new(Offsets::ABSENT);
+
+/// `iommu:io_page_fault`: unrecoverable faults through `report_iommu_fault`.
 #[tracepoint]
 pub fn iopf_io_page_fault(ctx: TracePointContext) -> u32 {
+    let at = IO_PAGE_FAULT_DEVICE.load();
     // SAFETY: reads within the tracepoint record; the data_loc word gives offset | len << 16.
-    let loc: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    let loc: u32 = if at == Offsets::ABSENT { 0 } else { unsafe { ctx.read_at(at as usize) }.unwrap_or(0) };
     let mut name = [0u8; DEV_NAME_LEN];
     let off = (loc & 0xffff) as usize;
     let base = ctx.as_ptr() as usize;
-    // SAFETY: bounded copy from the record; the helper checks the address.
-    let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name) };
+    if loc != 0 {
+        // SAFETY: bounded copy from the record; the helper checks the address.
+        let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name) };
+    }
     super::stats(|s| s.unrecoverable += 1);
     super::count(&name, Config::Unknown as u8, Level::Unknown as u8, CODE_UNRECOVERABLE, Source::Kernel as u8);
     0
