@@ -231,6 +231,96 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Real SVA faults through our software IOMMU module (custom 7.3 kernel): page requests on
+/// touched, never-touched and no-VMA addresses of this process run the kernel's own SVA path
+/// (`iommu_sva_iopf_handler` → `iommu_sva_handle_iopf` → `handle_mm_fault` →
+/// `iopf_group_response`). The module records the code each request was answered with; the
+/// agent's counts must equal them, fault by fault.
+fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
+    use iopf_tests::sva::{self, ProbeConfig, RESP_INVALID as SVA_INVALID, RESP_SUCCESS as SVA_SUCCESS};
+    let ko = std::path::PathBuf::from("/repo/target/kmod/iopf_sva_test.ko");
+    check(ko.exists(), format!("{} missing (scripts/build-sva-kmod.sh builds it)", ko.display()))?;
+    let agent = start_agent(
+        a,
+        &[
+            "--trace",
+            "--force-rung",
+            rung,
+            "--require",
+            "report",
+            "--require",
+            "sva_handler",
+            "--require",
+            "page_response",
+            "--require",
+            "free_group",
+            "--require",
+            "iopf_work",
+        ],
+    )?;
+    let cfg = ProbeConfig { module: Some(ko), touched: 4, fresh: 16, no_vma: 4, ..ProbeConfig::default() };
+    let report = sva::probe(&cfg)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    let e = Exposition::parse(&body);
+    let events = agent.stop();
+
+    // The kernel's answers, as the module's page_response saw them.
+    let codes: Vec<u32> = report.results.iter().map(|r| r.req.code).collect();
+    let success = codes.iter().filter(|c| **c == SVA_SUCCESS).count();
+    let invalid = codes.iter().filter(|c| **c == SVA_INVALID).count();
+    println!("  module saw {} requests: {success} SUCCESS, {invalid} INVALID", codes.len());
+    check(codes.len() == 24 && success == 20 && invalid == 4, format!("module codes {codes:?}"))?;
+    // Independent of the agent: the mm's own RSS grew by one page per fresh page written.
+    for p in &report.phases {
+        println!("  {:?}: {} requests, counters {:?}", p.target, p.requests, p.delta);
+    }
+    let fresh_rss: i64 = report.phases.iter().filter(|p| format!("{:?}", p.target) == "Fresh").map(|p| p.delta.rss_anon_pages).sum();
+    check(fresh_rss == 16, format!("RssAnon grew by {fresh_rss} pages for 16 fresh pages"))?;
+    let resident = report.results.iter().filter(|r| r.resident_after == Some(true)).count();
+    check(resident == 20, format!("{resident} pages resident after, want 20"))?;
+
+    let dev = e
+        .samples
+        .iter()
+        .find(|s| s.name == "iopf_faults_total" && s.labels["source"] == "kernel")
+        .map(|s| s.labels["device"].clone())
+        .ok_or("no iopf_faults_total for the SVA test device")?;
+    let l = |extra: &[(&'static str, &'static str)]| {
+        let mut v = vec![("device", dev.as_str()), ("source", "kernel")];
+        v.extend_from_slice(extra);
+        v
+    };
+    let faults = e.get("iopf_faults_total", &l(&[("config", "flat_sva"), ("level", "first")]));
+    check(faults == Some(24.0), format!("faults flat_sva/first {faults:?}, want 24"))?;
+    let got = |code: &'static str| e.get("iopf_responses_total", &l(&[("config", "flat_sva"), ("code", code)]));
+    let (s, i, n) = (got("success"), got("invalid"), got("none"));
+    check(
+        s == Some(20.0) && i == Some(4.0) && n.unwrap_or(0.0) == 0.0,
+        format!("responses success {s:?} invalid {i:?} none {n:?}, want 20/4/0"),
+    )?;
+    for lat in ["dispatch", "service", "mm_fix"] {
+        let c = e.get("iopf_latency_seconds_count", &l(&[("latency", lat)]));
+        check(c == Some(24.0), format!("{lat} histogram count {c:?}, want 24"))?;
+    }
+    check(events.len() == 24, format!("{} trace events, want 24", events.len()))?;
+    for (i, line) in events.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("event {i}: {e}"))?;
+        check(v["config"] == "flat_sva" && v["level"] == "first" && v["method"] == "domain", format!("event {i}: {v}"))?;
+        check(v["mm_fix_ns"].as_u64().unwrap_or(0) > 0, format!("event {i} has no mm fix time: {v}"))?;
+    }
+    // Each event's response equals the module's record for its grpid.
+    for r in &report.results {
+        let want = if r.req.code == SVA_SUCCESS { "success" } else { "invalid" };
+        let found = events.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| {
+            v["grpid"] == r.req.grpid as u64 && v["addr"].as_str() == Some(&format!("{:#x}", r.req.addr))
+        });
+        let got = found.as_ref().map(|v| v["response"].clone());
+        check(got == Some(serde_json::Value::from(want)), format!("grpid {} addr {:#x}: event {found:?}, want {want}", r.req.grpid, r.req.addr))?;
+    }
+    Ok(())
+}
+
 /// Real DMAR faults: edu DMAs to unmapped IOVAs; the agent decodes every fault record.
 fn dmar(a: &Args) -> Result<(), String> {
     use iopf_tests::edu::{Access, Edu};
@@ -467,6 +557,8 @@ fn main() {
             "attach-kprobe" => attach_all(&args, "kprobe"),
             "doctor" => doctor(&args),
             "simulate" => simulate(&args),
+            "sva-kmod-fentry" => sva_kmod(&args, "fentry"),
+            "sva-kmod-kprobe" => sva_kmod(&args, "kprobe"),
             "dmar-edu" => dmar(&args),
             "bench-mm-fentry" => bench_mm(&args, "fentry"),
             "bench-mm-kprobe" => bench_mm(&args, "kprobe"),
