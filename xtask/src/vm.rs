@@ -62,7 +62,15 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &[],
         qemu: &["-machine", "q35"],
         append: "",
-        scenarios: &["doctor", "mock-iopf-fentry", "mock-iopf-kprobe", "attach-fentry", "simulate"],
+        scenarios: &[
+            "doctor",
+            "mock-iopf-fentry",
+            "mock-iopf-kprobe",
+            "sva-kmod-fentry",
+            "sva-kmod-kprobe",
+            "attach-fentry",
+            "simulate",
+        ],
     },
     KernelSpec {
         name: "debian-7.3",
