@@ -102,6 +102,16 @@ pub const HOOKS: &[Hook] = &[
         },
     },
     Hook {
+        name: "dequeue",
+        why: "iommufd hands the group to user space: splits service time into kernel and user (7.2+, Debian 6.12.115+)",
+        target: Target::Functions {
+            candidates: &["iopf_group_dequeue"],
+            module: None,
+            tracepoint: None,
+            missing: "before 7.2 / Debian 6.12.115, or CONFIG_IOMMU_IOPF off",
+        },
+    },
+    Hook {
         name: "free_group",
         why: "end of a fault group's life: in-flight cleanup",
         target: Target::Functions {

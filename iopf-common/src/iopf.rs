@@ -257,6 +257,11 @@ pub struct Inflight {
     /// Verdict bits so far (the level check at classification).
     pub verdict: u32,
     pub _pad: u32,
+    /// When iommufd took the group for user space (`iopf_group_dequeue`); 0 = not (yet).
+    pub delivered_ns: u64,
+    /// Set (by compare-and-exchange, so one responder wins) at the first page response when
+    /// groups stay in flight until freed: a second response then counts as a double response.
+    pub answered: u64,
 }
 
 /// One slot of the in-flight table: an open-addressed array probed a few slots from the key's
@@ -274,6 +279,10 @@ pub struct InflightSlot {
 /// falls back to the `IOPF_INFLIGHT` hash map.
 pub const INFLIGHT_SLOTS: u32 = 16384;
 pub const INFLIGHT_PROBES: u32 = 4;
+/// <= 6.8 kernels have no group-free hook, so an unanswered tuple-keyed fault would stay in
+/// flight for ever: one older than this (far beyond any PRI response timeout) gives up its
+/// slot to a new fault and is counted as evicted, answered `none`.
+pub const INFLIGHT_MAX_AGE_NS: u64 = 60_000_000_000;
 
 /// The in-flight table's hash of a key: its first slot and its tag (never 0).
 #[inline(always)]
@@ -352,14 +361,14 @@ pub const fn count_labels(i: usize) -> (u8, u8, u8) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DevAgg {
     pub counts: [u64; COUNT_SLOTS],
-    pub hist: [crate::hist::Histogram; 3],
+    pub hist: [crate::hist::Histogram; Latency::ALL.len()],
     /// By `policy::violation_slot`.
     pub violations: [u64; 3],
 }
 
 impl DevAgg {
     pub const ZERO: Self =
-        Self { counts: [0; COUNT_SLOTS], hist: [crate::hist::Histogram::ZERO; 3], violations: [0; 3] };
+        Self { counts: [0; COUNT_SLOTS], hist: [crate::hist::Histogram::ZERO; Latency::ALL.len()], violations: [0; 3] };
 
     pub fn merge(&mut self, o: &Self) {
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
@@ -407,15 +416,19 @@ pub enum Latency {
     /// The SVA work function fixing the group: its start to its page response (simulated:
     /// the scenario's per-fault fix time).
     MmFix = 2,
+    /// iommufd handed the group to user space (`iopf_group_dequeue`) -> page response: the
+    /// part of the service time user space (the VMM, the guest) held it.
+    User = 3,
 }
 
 impl Latency {
-    pub const ALL: [Latency; 3] = [Latency::Dispatch, Latency::Service, Latency::MmFix];
+    pub const ALL: [Latency; 4] = [Latency::Dispatch, Latency::Service, Latency::MmFix, Latency::User];
     pub const fn label(self) -> &'static str {
         match self {
             Self::Dispatch => "dispatch",
             Self::Service => "service",
             Self::MmFix => "mm_fix",
+            Self::User => "user",
         }
     }
 }
@@ -467,6 +480,14 @@ pub struct IopfStats {
     pub devices_overflow: u64,
     /// Faults with at least one policy violation.
     pub violations: u64,
+    /// Page responses to a group already answered (counted, not timed again).
+    pub double_responses: u64,
+    /// Groups iommufd handed to user space (`iopf_group_dequeue`).
+    pub delivered: u64,
+    /// In-flight faults (<= 6.8, no free hook) evicted unanswered after `INFLIGHT_MAX_AGE_NS`
+    /// to make room, and ones superseded by a new report with the same device + grpid.
+    pub inflight_evicted: u64,
+    pub inflight_superseded: u64,
 }
 
 impl IopfStats {
@@ -490,6 +511,10 @@ impl IopfStats {
         self.inflight_spilled += o.inflight_spilled;
         self.devices_overflow += o.devices_overflow;
         self.violations += o.violations;
+        self.double_responses += o.double_responses;
+        self.delivered += o.delivered;
+        self.inflight_evicted += o.inflight_evicted;
+        self.inflight_superseded += o.inflight_superseded;
     }
 }
 
@@ -528,6 +553,8 @@ pub struct Event {
     pub dispatch_ns: u64,
     pub service_ns: u64,
     pub mm_fix_ns: u64,
+    /// Time user space held the group (delivered -> answered); 0 when not delivered.
+    pub user_ns: u64,
     pub verdict: u32,
     pub config: u8,
     pub level: u8,

@@ -89,9 +89,10 @@ fn ring_buffer_overflow_drops_are_counted_exactly() {
     let mut ebpf = loader::load(g).expect("load");
     let mut events = EventReader::take(&mut ebpf).unwrap();
     drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
-    // 1 MiB ring, 8-byte record header + 112-byte event: 8738 records fit, nobody reads.
-    let capacity = (1u64 << 20) / (8 + size_of::<iopf_common::iopf::Event>() as u64);
-    assert_eq!(capacity, 8738);
+    // 1 MiB ring, 8-byte record header + 120-byte event = 128 bytes: 8191 records fit (the
+    // kernel keeps unread bytes below the ring size), nobody reads.
+    let capacity = ((1u64 << 20) - 1) / (8 + size_of::<iopf_common::iopf::Event>() as u64);
+    assert_eq!(capacity, 8191);
     assert_eq!(capacity, model::RING_RECORDS);
     let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
     let want = model::expected(&plan, model::EventsExpect { all: true, capacity }, &model::Rules::new());
@@ -114,4 +115,108 @@ fn ring_buffer_overflow_drops_are_counted_exactly() {
         assert_eq!((e.config, e.level), (f.config as u8, f.level as u8));
         assert_eq!(e.source, iopf_common::iopf::Source::Simulated as u8);
     }
+}
+
+fn one_fault(grpid: u32) -> iopf_common::iopf::Fault {
+    let c = globals(false).consts;
+    iopf_common::iopf::Fault {
+        addr: 0x1234_5000,
+        fault_type: c.fault_page_req,
+        flags: c.flag_last_page | c.flag_pasid_valid,
+        pasid: 3,
+        grpid,
+        perm: 1,
+        _pad: 0,
+    }
+}
+
+fn dev(name: &str) -> [u8; iopf_common::iopf::DEV_NAME_LEN] {
+    iopf_agent::iopf::maps::dev_bytes(name)
+}
+
+/// 6.9+ with the free hook: a group handed to user space (iopf_group_dequeue) and answered
+/// twice. The user-space part of the service time is its own histogram, the second response
+/// is a double response (counted, not timed), and the free ends the group without a `none`.
+#[test]
+fn dequeue_splits_service_and_a_double_response_is_counted_once() {
+    use iopf_common::iopf::{HistKey, InflightKey, Latency, RESP_SUCCESS, Source};
+    if !require_root("dequeue_splits_service_and_a_double_response_is_counted_once") {
+        return;
+    }
+    let g = Globals { tuple_keys: false, ..globals(false) };
+    let mut ebpf = loader::load(g).expect("load");
+    let d = dev("0000:00:09.0");
+    let key = InflightKey { a: 0x5157_0000_0000_1000, b: 0 };
+    {
+        let mut inj = Injector::new(&mut ebpf).expect("injector");
+        inj.keep_until_free(true).unwrap();
+        inj.report(&d, &one_fault(7), 1_000, InflightKey::default()).unwrap();
+        inj.handler(key, g.consts.dom_nested, false, 3_000).unwrap();
+        inj.dequeue(key, 5_000).unwrap();
+        inj.response(key, RESP_SUCCESS, 50_000).unwrap();
+        inj.response(key, RESP_SUCCESS, 60_000).unwrap();
+        inj.free(key, 61_000).unwrap();
+    }
+    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    assert_eq!(got.stats.responses, 1);
+    assert_eq!(got.stats.double_responses, 1);
+    assert_eq!(got.stats.delivered, 1);
+    assert_eq!(got.stats.freed_unanswered, 0);
+    assert_eq!(got.stats.response_unmatched, 0);
+    let src = Source::Simulated as u8;
+    let h = |l: Latency| got.hists.get(&HistKey { dev: d, latency: l as u8, source: src, _pad: [0; 6] }).copied();
+    let service = h(Latency::Service).expect("service histogram");
+    assert_eq!((service.count, service.sum_ns), (1, 49_000));
+    let user = h(Latency::User).expect("user histogram");
+    assert_eq!((user.count, user.sum_ns), (1, 45_000));
+    let answered: u64 = got.counts.iter().filter(|(k, _)| k.code == RESP_SUCCESS).map(|(_, v)| v).sum();
+    assert_eq!(answered, 1, "one success counted: {:?}", got.counts);
+}
+
+/// Without the free hook (flag off) the first response ends the fault: a second one finds
+/// nothing and is unmatched; nothing is timed twice.
+#[test]
+fn without_the_free_hook_a_second_response_is_unmatched() {
+    use iopf_common::iopf::{InflightKey, RESP_SUCCESS};
+    if !require_root("without_the_free_hook_a_second_response_is_unmatched") {
+        return;
+    }
+    let g = Globals { tuple_keys: false, ..globals(false) };
+    let mut ebpf = loader::load(g).expect("load");
+    let key = InflightKey { a: 0x5157_0000_0000_2000, b: 0 };
+    {
+        let mut inj = Injector::new(&mut ebpf).expect("injector");
+        inj.keep_until_free(false).unwrap();
+        inj.report(&dev("0000:00:0a.0"), &one_fault(8), 1_000, InflightKey::default()).unwrap();
+        inj.handler(key, g.consts.dom_nested, false, 3_000).unwrap();
+        inj.response(key, RESP_SUCCESS, 50_000).unwrap();
+        inj.response(key, RESP_SUCCESS, 60_000).unwrap();
+    }
+    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    assert_eq!((got.stats.responses, got.stats.response_unmatched, got.stats.double_responses), (1, 1, 0));
+}
+
+/// <= 6.8: a report whose device + grpid key is still in flight supersedes it; the old fault
+/// is answered `none` and counted, and the new one is matched by its response.
+#[test]
+fn tuple_key_reuse_supersedes_the_stale_fault() {
+    use iopf_common::iopf::{InflightKey, RESP_NONE, RESP_SUCCESS};
+    if !require_root("tuple_key_reuse_supersedes_the_stale_fault") {
+        return;
+    }
+    let g = Globals { tuple_keys: true, ..globals(false) };
+    let mut ebpf = loader::load(g).expect("load");
+    let d = dev("0000:00:0b.0");
+    let key = InflightKey { a: 0x5157_0000_0000_3000, b: 9 };
+    {
+        let mut inj = Injector::new(&mut ebpf).expect("injector");
+        inj.report(&d, &one_fault(9), 1_000, key).unwrap();
+        inj.report(&d, &one_fault(9), 2_000, key).unwrap();
+        inj.response(key, RESP_SUCCESS, 9_000).unwrap();
+    }
+    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    assert_eq!(got.stats.inflight_superseded, 1);
+    assert_eq!((got.stats.responses, got.stats.response_unmatched), (1, 0));
+    let by_code = |c: u8| got.counts.iter().filter(|(k, _)| k.dev == d && k.code == c).map(|(_, v)| v).sum::<u64>();
+    assert_eq!((by_code(RESP_NONE), by_code(RESP_SUCCESS)), (1, 1));
 }

@@ -50,6 +50,7 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
             p("iopf_page_response_fentry", None, "iopf_page_response_kprobe", None)
         }
         ("free_group", _) => p("iopf_free_group_fentry", None, "iopf_free_group_kprobe", None),
+        ("dequeue", _) => p("iopf_dequeue_fentry", None, "iopf_dequeue_kprobe", None),
         ("iopf_work", "iommu_sva_handle_iopf") if !abi.work_takes_work_struct => None,
         ("iopf_work", _) => {
             p("iopf_work_fentry", Some("iopf_work_fexit"), "iopf_work_kprobe", Some("iopf_work_kretprobe"))
@@ -75,6 +76,16 @@ pub fn attach_all(ebpf: &mut Ebpf, plans: &mut [Plan], abi: Option<&IopfAbi>) ->
                 failed.push((plan.name, e));
             }
         }
+    }
+    // With the free hook on, a group stays in flight from its first response to its free,
+    // so a second response to it is recognised (and not timed twice).
+    let keep = plans.iter().any(|p| p.name == "free_group" && p.state == HookState::Attached);
+    if let Err(e) = crate::iopf::maps::set_keep_until_free(ebpf, keep) {
+        eprintln!("iopf-agent: double responses will not be told apart: {}", crate::error::chain(&e));
+    } else if !keep {
+        eprintln!(
+            "iopf-agent: free_group is not attached: the first response ends a fault, double responses are counted as unmatched"
+        );
     }
     failed
 }

@@ -18,6 +18,8 @@ pub enum InjectError {
     Program { prog: &'static str, source: aya::programs::ProgramError },
     #[error("injection program `{prog}` returned {ret}")]
     Returned { prog: &'static str, ret: u32 },
+    #[error("run-time flags unusable")]
+    Flags(#[source] crate::iopf::maps::MapsError),
     #[error("test record map unusable")]
     Map(#[source] aya::maps::MapError),
 }
@@ -25,8 +27,15 @@ pub enum InjectError {
 /// Byte layout of `IOPF_TEST_REC`.
 pub use iopf_common::iopf::test_rec as rec;
 
-const PROGS: [&str; 6] =
-    ["inject_report", "inject_handler", "inject_mm_fix", "inject_response", "inject_free", "inject_record"];
+const PROGS: [&str; 7] = [
+    "inject_report",
+    "inject_handler",
+    "inject_mm_fix",
+    "inject_response",
+    "inject_dequeue",
+    "inject_free",
+    "inject_record",
+];
 
 pub struct Injector<'a> {
     ebpf: &'a mut Ebpf,
@@ -100,6 +109,16 @@ impl<'a> Injector<'a> {
 
     pub fn response(&mut self, key: InflightKey, code: u8, now: u64) -> Result<(), InjectError> {
         self.run("inject_response", &[key.a, key.b, code as u64, now])
+    }
+
+    /// iommufd takes the group for user space (`iopf_group_dequeue`).
+    pub fn dequeue(&mut self, key: InflightKey, now: u64) -> Result<(), InjectError> {
+        self.run("inject_dequeue", &[key.a, key.b, now])
+    }
+
+    /// Groups stay in flight until freed, as when the agent has the free hook attached.
+    pub fn keep_until_free(&mut self, keep: bool) -> Result<(), InjectError> {
+        crate::iopf::maps::set_keep_until_free(self.ebpf, keep).map_err(InjectError::Flags)
     }
 
     pub fn free(&mut self, key: InflightKey, now: u64) -> Result<(), InjectError> {

@@ -11,6 +11,8 @@ pub fn drive(inj: &mut Injector<'_>, plan: &FaultPlan) -> Result<(), InjectError
 
 /// As `drive`, calling `after_window` after each window (e.g. to drain events).
 pub fn drive_with(inj: &mut Injector<'_>, plan: &FaultPlan, mut after_window: impl FnMut()) -> Result<(), InjectError> {
+    // As the agent runs on a kernel with the free hook: a group stays until freed (6.9+).
+    inj.keep_until_free(!plan.tuple_keys)?;
     for window in plan.faults.chunks(plan.window.max(1)) {
         for f in window {
             if plan.tuple_keys {

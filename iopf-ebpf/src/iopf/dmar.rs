@@ -63,8 +63,8 @@ fn decode(iommu: u64) {
         let level = reason_level(reason) as u8;
         let key = DmarKey { source_id: sid, reason, read, level, _pad: [0; 3] };
         if let Some(p) = DMAR_COUNTS.get_ptr_mut(&key) {
-            // SAFETY: this CPU's value slot.
-            unsafe { *p += 1 };
+            // SAFETY: this CPU's value slot; added atomically because programs can nest.
+            unsafe { crate::atomic::add(p, 1) };
         } else {
             let _ = DMAR_COUNTS.insert(&key, &1, 0);
         }
@@ -81,9 +81,9 @@ fn decode(iommu: u64) {
             });
             e.submit(0);
         } else {
-            super::stats(|s| s.events_dropped += 1);
+            crate::stat!(events_dropped);
         }
-        super::stats(|s| s.unrecoverable += 1);
+        crate::stat!(unrecoverable);
         idx += 1;
         i += 1;
     }
@@ -93,7 +93,7 @@ fn decode(iommu: u64) {
         }
         let hi: u32 = rd(base + idx as u64 * 16 + 12);
         if hi >> 31 != 0 {
-            super::stats(|s| s.dmar_records_undecoded += 1);
+            crate::stat!(dmar_records_undecoded);
         }
     }
 }

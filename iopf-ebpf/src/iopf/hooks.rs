@@ -101,6 +101,13 @@ pub fn iopf_page_response_fentry(ctx: FEntryContext) -> u32 {
     0
 }
 
+/// `iopf_group_dequeue(group)`: iommufd takes the group for user space.
+#[fentry]
+pub fn iopf_dequeue_fentry(ctx: FEntryContext) -> u32 {
+    super::on_dequeue(&InflightKey { a: scalar_arg(&ctx, 0), b: 0 }, now());
+    0
+}
+
 #[fentry]
 pub fn iopf_free_group_fentry(ctx: FEntryContext) -> u32 {
     super::on_free(&InflightKey { a: scalar_arg(&ctx, 0), b: 0 }, now());
@@ -159,6 +166,12 @@ pub fn iopf_page_response_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[kprobe]
+pub fn iopf_dequeue_kprobe(ctx: ProbeContext) -> u32 {
+    super::on_dequeue(&InflightKey { a: ctx.arg(0).unwrap_or(0), b: 0 }, now());
+    0
+}
+
+#[kprobe]
 pub fn iopf_free_group_kprobe(ctx: ProbeContext) -> u32 {
     super::on_free(&InflightKey { a: ctx.arg(0).unwrap_or(0), b: 0 }, now());
     0
@@ -196,7 +209,7 @@ pub fn iopf_io_page_fault(ctx: TracePointContext) -> u32 {
         // SAFETY: bounded copy from the record; the helper checks the address.
         let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name) };
     }
-    super::stats(|s| s.unrecoverable += 1);
+    crate::stat!(unrecoverable);
     super::count(&name, Config::Unknown as u8, Level::Unknown as u8, CODE_UNRECOVERABLE, Source::Kernel as u8);
     0
 }

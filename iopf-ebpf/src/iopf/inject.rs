@@ -66,6 +66,13 @@ pub fn inject_response(ctx: RawTracePointContext) -> i32 {
 
 /// args: key.a, key.b, now
 #[raw_tracepoint]
+pub fn inject_dequeue(ctx: RawTracePointContext) -> i32 {
+    super::on_dequeue(&InflightKey { a: ctx.arg(0), b: ctx.arg(1) }, ctx.arg(2));
+    0
+}
+
+/// args: key.a, key.b, now
+#[raw_tracepoint]
 pub fn inject_free(ctx: RawTracePointContext) -> i32 {
     super::on_free(&InflightKey { a: ctx.arg(0), b: ctx.arg(1) }, ctx.arg(2));
     0

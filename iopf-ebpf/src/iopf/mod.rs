@@ -15,7 +15,8 @@ use aya_ebpf::{
 use iopf_common::{
     iopf::{
         CODE_REPORTED, Config, Consts, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DEV_SLOTS_DEFAULT, DevAgg, DevKey, EVENTS_ALL,
-        Event, Fault, INFLIGHT_PROBES, INFLIGHT_SLOTS, Inflight, InflightKey, InflightSlot, IopfStats, Latency, Level,
+        Event, Fault, INFLIGHT_MAX_AGE_NS, INFLIGHT_PROBES, INFLIGHT_SLOTS, Inflight, InflightKey, InflightSlot,
+        IopfStats, Latency, Level,
         Method, Offsets, Pending, PendingSlot, RESP_NONE, RESP_SUCCESS, Source, VERDICT_NONE, classify_domain,
         count_index, inflight_hash,
     },
@@ -84,6 +85,11 @@ static IOPF_DEV_AGG: PerCpuArray<DevAgg> = PerCpuArray::with_max_entries(DEV_SLO
 static IOPF_POLICY: Array<Rule> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
 #[map]
 static IOPF_STATS: PerCpuArray<IopfStats> = PerCpuArray::with_max_entries(1, 0);
+/// Run-time switches the agent sets after attaching. [0]: 1 when groups stay in flight from
+/// their first response until `iopf_free_group` (the free hook is attached), so a second
+/// response to a group is seen as such; 0: the first response ends the fault.
+#[map]
+static IOPF_FLAGS: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static IOPF_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -101,13 +107,23 @@ fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// This CPU's pipeline counters.
 #[inline(always)]
-pub fn stats(f: impl FnOnce(&mut IopfStats)) {
-    if let Some(p) = IOPF_STATS.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; BPF programs of these types do not nest on one CPU while
-        // updating it (a nested run would at worst lose an increment, never corrupt memory).
-        f(unsafe { &mut *p });
-    }
+pub fn stats_ptr() -> Option<*mut IopfStats> {
+    IOPF_STATS.get_ptr_mut(0)
+}
+
+/// Adds one to a pipeline counter: `stat!(reports)`. Atomic although the slot is this CPU's:
+/// a program under a hard IRQ (`dmar_fault`) can nest inside another on the same CPU, and a
+/// plain read-modify-write would lose one of the two increments.
+#[macro_export]
+macro_rules! stat {
+    ($field:ident) => {
+        if let Some(p) = $crate::iopf::stats_ptr() {
+            // SAFETY: this CPU's map value, valid for the run; every writer adds atomically.
+            unsafe { $crate::atomic::add(&raw mut (*p).$field, 1) };
+        }
+    };
 }
 
 /// Adds `delta` (two's complement) to an `IOPF_SPILLED` / `IOPF_WORKERS` style counter.
@@ -166,7 +182,7 @@ fn dev_slot_new(k: &DevKey) -> u32 {
     let slot = if n < limit {
         n
     } else {
-        stats(|s| s.devices_overflow += 1);
+        crate::stat!(devices_overflow);
         DEV_SLOT_OVERFLOW as u64
     };
     if IOPF_DEV_IDS.insert(k, &slot, BPF_NOEXIST).is_err() {
@@ -177,12 +193,11 @@ fn dev_slot_new(k: &DevKey) -> u32 {
     slot as u32
 }
 
-/// This CPU's aggregates of device slot `idx`.
+/// This CPU's aggregates of device slot `idx`. Only ever updated with atomic adds (see
+/// `stat!`): programs can nest on one CPU.
 #[inline(always)]
-fn agg(idx: u32) -> Option<&'static mut DevAgg> {
-    // SAFETY: this CPU's value, valid for the run; programs updating it do not nest on a CPU
-    // (a nested run would at worst lose an increment).
-    IOPF_DEV_AGG.get_ptr_mut(idx).map(|p| unsafe { &mut *p })
+fn agg(idx: u32) -> Option<*mut DevAgg> {
+    IOPF_DEV_AGG.get_ptr_mut(idx)
 }
 
 #[inline(always)]
@@ -192,26 +207,40 @@ fn rule(idx: u32) -> Rule {
 }
 
 #[inline(always)]
-fn bump(a: &mut DevAgg, config: u8, level: u8, code: u8) {
-    if let Some(c) = a.counts.get_mut(count_index(config, level, code)) {
-        *c += 1;
+fn bump(a: *mut DevAgg, config: u8, level: u8, code: u8) {
+    // SAFETY: `a` is a map value valid for the run; the index is bounds-checked by `get_mut`.
+    if let Some(c) = unsafe { (*a).counts.get_mut(count_index(config, level, code)) } {
+        // SAFETY: a u64 inside that value; every writer adds atomically.
+        unsafe { add(c, 1) };
     }
 }
 
 #[inline(always)]
-fn observe(a: &mut DevAgg, latency: Latency, ns: u64) {
-    if let Some(h) = a.hist.get_mut(latency as usize) {
-        h.record(ns);
+fn observe(a: *mut DevAgg, latency: Latency, ns: u64) {
+    // SAFETY: as in `bump`.
+    if let Some(h) = unsafe { (*a).hist.get_mut(latency as usize) } {
+        let b = iopf_common::hist::bucket(ns);
+        // SAFETY: u64s inside the map value; every writer adds atomically. The mask keeps
+        // the verifier's bounds proof simple (`bucket` is always < BUCKETS).
+        unsafe {
+            if let Some(slot) = h.buckets.get_mut(b & 63) {
+                add(slot, 1);
+            }
+            add(&raw mut h.count, 1);
+            add(&raw mut h.sum_ns, ns);
+        }
     }
 }
 
 #[inline(always)]
-fn count_violations(a: &mut DevAgg, verdict: u32) {
+fn count_violations(a: *mut DevAgg, verdict: u32) {
     for (bit, _) in VIOLATIONS {
+        // SAFETY: as in `bump`.
         if verdict & bit != 0
-            && let Some(v) = a.violations.get_mut(violation_slot(bit))
+            && let Some(v) = unsafe { (*a).violations.get_mut(violation_slot(bit)) }
         {
-            *v += 1;
+            // SAFETY: as in `bump`.
+            unsafe { add(v, 1) };
         }
     }
 }
@@ -252,7 +281,7 @@ fn pending_put(p: &Pending) {
     // Another task's report sleeps on this CPU's slot.
     if IOPF_PENDING.insert(&t, p, 0).is_ok() {
         counter_add(&IOPF_SPILLED, 1, 1);
-        stats(|s| s.pending_parked += 1);
+        crate::stat!(pending_parked);
     }
 }
 
@@ -308,7 +337,7 @@ fn pending_take_slow(t: u32) -> Option<Pending> {
         if !other.is_null()
             && let Some(p) = unsafe { pending_claim(other, me) }
         {
-            stats(|s| s.pending_migrated += 1);
+            crate::stat!(pending_migrated);
             return Some(p);
         }
         c += 1;
@@ -337,12 +366,47 @@ fn inflight_put(key: &InflightKey, f: &Inflight) {
         }
         i += 1;
     }
+    if TUPLE_KEYS.load() != 0 && inflight_evict(key, f) {
+        return;
+    }
     if IOPF_INFLIGHT.insert(key, f, 0).is_ok() {
         counter_add(&IOPF_SPILLED, 0, 1);
-        stats(|s| s.inflight_spilled += 1);
+        crate::stat!(inflight_spilled);
     } else {
-        stats(|s| s.inflight_full += 1);
+        crate::stat!(inflight_full);
     }
+}
+
+/// <= 6.8 (no free hook): takes over a probe slot whose fault is older than
+/// `INFLIGHT_MAX_AGE_NS`, ending that fault unanswered. True when `f` got the slot. A
+/// separate BPF function, as `supersede`.
+#[inline(never)]
+fn inflight_evict(key: &InflightKey, f: &Inflight) -> bool {
+    let (h, tag) = inflight_hash(key);
+    let mut i = 0;
+    while i < INFLIGHT_PROBES {
+        if let Some(s) = IOPF_INFLIGHT_TABLE.get_ptr_mut((h + i) & (INFLIGHT_SLOTS - 1)) {
+            // SAFETY: a table value, valid for the run; the old record is copied before the
+            // tag moves to us, and nobody rewrites a slot whose tag is set but its claimer.
+            unsafe {
+                let t = &raw mut (*s).tag;
+                let seen = core::ptr::read_volatile(t);
+                if seen != 0
+                    && f.report_ns.saturating_sub((*s).f.report_ns) > INFLIGHT_MAX_AGE_NS
+                    && cmpxchg(t, seen, tag) == seen
+                {
+                    // The slot is ours now: end the old fault in place, then take it over.
+                    crate::stat!(inflight_evicted);
+                    finish(&mut (*s).f, RESP_NONE, f.report_ns, None);
+                    (*s).key = *key;
+                    (*s).f = *f;
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The table slot holding `key`, if any.
@@ -394,13 +458,13 @@ fn inflight_take(key: &InflightKey) -> Option<Inflight> {
 #[inline(always)]
 pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, tuple_key: &InflightKey) {
     let c = CONSTS.load();
-    stats(|s| s.reports += 1);
+    crate::stat!(reports);
     if fault.fault_type != c.fault_page_req {
-        stats(|s| s.not_page_req += 1);
+        crate::stat!(not_page_req);
         return;
     }
     if fault.flags & c.flag_last_page == 0 {
-        stats(|s| s.partial += 1);
+        crate::stat!(partial);
         return;
     }
     let dev_idx = dev_slot(dev, source);
@@ -414,10 +478,22 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
             (Config::Unknown, Level::Unknown, Method::None)
         };
         let p = Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 3], dev_idx };
+        supersede(tuple_key, now);
         start_inflight(&p, None, tuple_key, config, level, method);
         return;
     }
     pending_put(&Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 3], dev_idx });
+}
+
+/// <= 6.8: the device reused a group id whose fault we never saw answered; that fault is
+/// over. A separate BPF function (not inlined): rare, and its stack would otherwise add to
+/// every caller's frame.
+#[inline(never)]
+fn supersede(key: &InflightKey, now: u64) {
+    if let Some(mut old) = inflight_take(key) {
+        crate::stat!(inflight_superseded);
+        finish(&mut old, RESP_NONE, now, None);
+    }
 }
 
 /// Report returned `ret` (int-returning generations): a report that never reached a handler
@@ -425,7 +501,7 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
 #[inline(always)]
 pub fn on_report_return(ret: i64) {
     if ret != 0 {
-        stats(|s| s.report_errors += 1);
+        crate::stat!(report_errors);
     }
     let t = tid();
     if let Some(s) = IOPF_PENDING_CPU.get_ptr_mut(0) {
@@ -468,16 +544,18 @@ fn start_inflight(
         dev_idx: p.dev_idx,
         verdict,
         _pad: 0,
+        delivered_ns: 0,
+        answered: 0,
     };
     inflight_put(key, &f);
-    stats(|s| s.handled += 1);
+    crate::stat!(handled);
 }
 
 /// The group handler got the current task's pending report: classify from the domain type.
 #[inline(always)]
 pub fn on_handler(key: &InflightKey, dom_type: u32, nest_parent: bool, now: u64) {
     let Some(p) = pending_take() else {
-        stats(|s| s.handler_unmatched += 1);
+        crate::stat!(handler_unmatched);
         return;
     };
     let (config, level, method) = classify_domain(&CONSTS.load(), dom_type, nest_parent);
@@ -515,6 +593,9 @@ fn finish(f: &mut Inflight, code: u8, now: u64, fix_ns: Option<u64>) {
         if let Some(ns) = fix_ns {
             observe(a, Latency::MmFix, ns);
         }
+        if code != RESP_NONE && f.delivered_ns != 0 {
+            observe(a, Latency::User, user_ns(f, code, now));
+        }
         count_violations(a, answer_bits);
     }
     if let Some(ns) = fix_ns {
@@ -522,7 +603,7 @@ fn finish(f: &mut Inflight, code: u8, now: u64, fix_ns: Option<u64>) {
     }
     let violated = verdict & (VIOLATION_LEVEL | VIOLATION_CODE | VIOLATION_LATENCY) != 0;
     if violated {
-        stats(|s| s.violations += 1);
+        crate::stat!(violations);
     }
     // Tracing streams answered faults; a violation is streamed whatever the mode.
     if violated || (code != RESP_NONE && EVENTS_MODE.load() == EVENTS_ALL) {
@@ -530,24 +611,73 @@ fn finish(f: &mut Inflight, code: u8, now: u64, fix_ns: Option<u64>) {
     }
 }
 
+/// Groups stay in flight until freed (`IOPF_FLAGS[0]`), for group-keyed generations only:
+/// <= 6.8 has no free hook, so there the first response ends the fault.
+#[inline(always)]
+fn keep_until_free() -> bool {
+    TUPLE_KEYS.load() == 0 && IOPF_FLAGS.get(0).copied().unwrap_or(0) != 0
+}
+
+/// The in-flight record of `key`, in place (table slot or spilled hash).
+#[inline(always)]
+fn inflight_ref(key: &InflightKey) -> Option<*mut Inflight> {
+    match inflight_slot(key) {
+        // SAFETY: the slot's record, valid for the run.
+        Some((s, _)) => Some(unsafe { &raw mut (*s).f }),
+        None if !counter_zero(&IOPF_SPILLED, 0) => IOPF_INFLIGHT.get_ptr_mut(key),
+        None => None,
+    }
+}
+
 /// Page response with `code` for the in-flight fault `key`.
 #[inline(always)]
 pub fn on_response(key: &InflightKey, code: u8, now: u64) {
+    if keep_until_free() {
+        let Some(f) = inflight_ref(key) else {
+            crate::stat!(response_unmatched);
+            return;
+        };
+        // SAFETY: `f` is a map value valid for the run; `answered` is only changed atomically,
+        // so exactly one response wins.
+        if unsafe { cmpxchg(&raw mut (*f).answered, 0, 1) } != 0 {
+            crate::stat!(double_responses);
+            return;
+        }
+        crate::stat!(responses);
+        let fix = work_fix_ns(key, now);
+        // SAFETY: as above; this response owns the record's answer (it won `answered`), the
+        // record stays for the free.
+        finish(unsafe { &mut *f }, code, now, fix);
+        return;
+    }
     let Some(mut f) = inflight_take(key) else {
-        stats(|s| s.response_unmatched += 1);
+        crate::stat!(response_unmatched);
         return;
     };
-    stats(|s| s.responses += 1);
+    crate::stat!(responses);
     let fix = work_fix_ns(key, now);
     finish(&mut f, code, now, fix);
 }
 
-/// The group is freed: anything still in flight was never answered through the core.
+/// The group is freed: anything still in flight and unanswered was never answered through
+/// the core.
 #[inline(always)]
 pub fn on_free(key: &InflightKey, now: u64) {
-    if let Some(mut f) = inflight_take(key) {
-        stats(|s| s.freed_unanswered += 1);
+    if let Some(mut f) = inflight_take(key)
+        && f.answered == 0
+    {
+        crate::stat!(freed_unanswered);
         finish(&mut f, RESP_NONE, now, None);
+    }
+}
+
+/// iommufd takes the group for user space (`iopf_group_dequeue`).
+#[inline(always)]
+pub fn on_dequeue(key: &InflightKey, now: u64) {
+    if let Some(f) = inflight_ref(key) {
+        // SAFETY: the record, valid for the run; only the delivering task writes this field.
+        unsafe { (*f).delivered_ns = now };
+        crate::stat!(delivered);
     }
 }
 
@@ -570,13 +700,7 @@ pub fn on_work_end() {
 /// (injection: the simulator's per-fault fix time).
 #[inline(always)]
 pub fn mm_fix(key: &InflightKey, ns: u64) {
-    let f = match inflight_slot(key) {
-        // SAFETY: the slot's record, valid for the run; written only by the task working on it.
-        Some((s, _)) => Some(unsafe { &raw mut (*s).f }),
-        None if !counter_zero(&IOPF_SPILLED, 0) => IOPF_INFLIGHT.get_ptr_mut(key),
-        None => None,
-    };
-    let idx = match f {
+    let idx = match inflight_ref(key) {
         Some(f) => {
             // SAFETY: as above.
             let f = unsafe { &mut *f };
@@ -617,8 +741,22 @@ pub fn emit_synthetic(seq: u64) {
         dev_idx: 0,
         verdict: 0,
         _pad: 0,
+        delivered_ns: 0,
+        answered: 0,
     };
     emit(&f, RESP_SUCCESS, 2000, VERDICT_NONE);
+}
+
+/// The answer time of `f` given its service time.
+#[inline(always)]
+fn report_plus(f: &Inflight, service: u64) -> u64 {
+    f.report_ns.wrapping_add(service)
+}
+
+/// How long user space held `f`: delivered -> answered (0 when never delivered or unanswered).
+#[inline(always)]
+fn user_ns(f: &Inflight, code: u8, now: u64) -> u64 {
+    if code == RESP_NONE || f.delivered_ns == 0 { 0 } else { now.saturating_sub(f.delivered_ns) }
 }
 
 #[inline(always)]
@@ -632,6 +770,7 @@ fn emit(f: &Inflight, code: u8, service: u64, verdict: u32) {
                 dispatch_ns: f.dispatch_ns,
                 service_ns: service,
                 mm_fix_ns: f.mm_fix_ns,
+                user_ns: user_ns(f, code, report_plus(f, service)),
                 verdict,
                 config: f.config,
                 level: f.level,
@@ -641,8 +780,8 @@ fn emit(f: &Inflight, code: u8, service: u64, verdict: u32) {
                 _pad: [0; 7],
             });
             e.submit(0);
-            stats(|s| s.events += 1);
+            crate::stat!(events);
         }
-        None => stats(|s| s.events_dropped += 1),
+        None => crate::stat!(events_dropped),
     }
 }
