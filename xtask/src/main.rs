@@ -152,25 +152,45 @@ fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result
             Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
         )?;
     }
-    let (mut passed, mut failed) = (0, 0);
-    for spec in vm::KERNELS.iter().filter(|s| kernels.is_empty() || kernels.iter().any(|k| k == s.name)) {
-        let outcome = match vm::run_kernel(&repo, spec, None, timeout) {
-            Ok(o) => o,
-            Err(e) => vm::Outcome { kernel: spec.name, results: vec![("setup".into(), Err(format!("{e:#}")))] },
-        };
-        for (name, r) in &outcome.results {
-            match r {
-                Ok(detail) => {
-                    passed += 1;
-                    println!("vm-test {}/{name} ... ok ({detail})", outcome.kernel);
+    // Each TCG guest runs on one core (-smp 1): boot two at a time (IOPF_VM_JOBS to change it).
+    let specs: Vec<&vm::KernelSpec> =
+        vm::KERNELS.iter().filter(|s| kernels.is_empty() || kernels.iter().any(|k| k == s.name)).collect();
+    let jobs = std::env::var("IOPF_VM_JOBS")
+        .ok()
+        .and_then(|j| j.parse::<usize>().ok())
+        .unwrap_or(2)
+        .clamp(1, specs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let counts = std::sync::Mutex::new((0, 0));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while let Some(spec) = specs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                    let outcome = match vm::run_kernel(&repo, spec, None, timeout) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            vm::Outcome { kernel: spec.name, results: vec![("setup".into(), Err(format!("{e:#}")))] }
+                        }
+                    };
+                    // One kernel's lines together, whichever guest finishes first.
+                    let mut counts = counts.lock().expect("no panics while printing");
+                    for (name, r) in &outcome.results {
+                        match r {
+                            Ok(detail) => {
+                                counts.0 += 1;
+                                println!("vm-test {}/{name} ... ok ({detail})", outcome.kernel);
+                            }
+                            Err(why) => {
+                                counts.1 += 1;
+                                println!("vm-test {}/{name} ... FAILED: {why}", outcome.kernel);
+                            }
+                        }
+                    }
                 }
-                Err(why) => {
-                    failed += 1;
-                    println!("vm-test {}/{name} ... FAILED: {why}", outcome.kernel);
-                }
-            }
+            });
         }
-    }
+    });
+    let (passed, failed) = counts.into_inner().expect("no panics while printing");
     println!("vm-test: {passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
         bail!("VM tier failed");
