@@ -116,11 +116,11 @@ impl Apt {
             .context("running apt-get update (is apt installed?)")?;
         if !out.status.success() {
             bail!(
-                "apt-get update of the private configuration in {} failed: {} (check that the mirror in \
-                 /etc/apt/sources.list.d is reachable and carries the suites {}; the signatures are checked \
+                "apt-get update of the private configuration in {} failed: {} (check that the mirror of the \
+                 machine's apt sources is reachable and carries the suites {}; the signatures are checked \
                  against {KEYRING})",
                 self.dir.display(),
-                last_lines(&out.stderr, 6),
+                last_lines(&out.stderr, 2),
                 SUITES.join(", ")
             );
         }
@@ -188,10 +188,21 @@ pub fn extract(deb: &Path, dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// apt's error lines (else its last lines), deduplicated, at most `n` of them.
 fn last_lines(b: &[u8], n: usize) -> String {
     let s = String::from_utf8_lossy(b);
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" / ")
+    let mut lines: Vec<&str> = s.lines().map(str::trim).filter(|l| l.starts_with("E:")).collect();
+    if lines.is_empty() {
+        lines = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        lines.drain(..lines.len().saturating_sub(n));
+    }
+    lines.dedup_by(|a, b| a.split(':').nth(1) == b.split(':').nth(1));
+    let more = lines.len().saturating_sub(n);
+    let mut text = lines[..lines.len().min(n)].join(" / ");
+    if more > 0 {
+        text.push_str(&format!(" (and {more} more)"));
+    }
+    text
 }
 
 fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
