@@ -326,25 +326,25 @@ mod tests {
 
     #[test]
     fn one_line_sources() {
-        let t = "# c\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main # x\n\
-                 deb-src http://m.example/debian bookworm main\n\
-                 deb http://s.example/debian-security bookworm-security main\n";
+        let t = "# c\ndeb [arch=amd64 signed-by=/k.gpg] file:/srv/main/debian bookworm main # x\n\
+                 deb-src file:/srv/main/debian bookworm main\n\
+                 deb file:/srv/sec/debian-security bookworm-security main\n";
         let e = parse_one_line(t);
         assert_eq!(e.len(), 3);
-        assert!(e[0].deb && e[0].uris == ["http://m.example/debian"] && e[0].suites == ["bookworm"]);
+        assert!(e[0].deb && e[0].uris == ["file:/srv/main/debian"] && e[0].suites == ["bookworm"]);
         assert!(!e[1].deb);
         assert_eq!(e[2].suites, ["bookworm-security"]);
     }
 
     #[test]
     fn deb822_sources() {
-        let t = "Types: deb\n# comment\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\n\
+        let t = "Types: deb\n# comment\nURIs: file:/srv/main/debian\nSuites: bookworm bookworm-updates\n\
                  Components: main\nSigned-By: -----BEGIN PGP\n aaa\n .\n bbb\n\n\
-                 Types: deb\nURIs: http://s.example/debian-security\nSuites: bookworm-security\n\n\
-                 Types: deb\nURIs: http://off.example/\nSuites: trixie\nEnabled: no\n";
+                 Types: deb\nURIs: file:/srv/sec/debian-security\nSuites: bookworm-security\n\n\
+                 Types: deb\nURIs: file:/srv/off\nSuites: trixie\nEnabled: no\n";
         let e = parse_deb822(t);
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].suites, ["bookworm", "bookworm-updates"]);
-        assert_eq!(e[1].uris, ["http://s.example/debian-security"]);
+        assert_eq!(e[1].uris, ["file:/srv/sec/debian-security"]);
     }
 }
