@@ -21,10 +21,15 @@ const IOMMU_TEST_CMD: u64 = io(0x80 + 32);
 
 const TEST_OP_MOCK_DOMAIN: u32 = 2;
 const TEST_OP_MOCK_DOMAIN_REPLACE: u32 = 10;
+const TEST_OP_MOCK_DOMAIN_FLAGS: u32 = 12;
 const TEST_OP_TRIGGER_IOPF: u32 = 15;
+/// 6.13+ selftest ops (after DEV_CHECK_CACHE and TRIGGER_VEVENT).
+const TEST_OP_PASID_ATTACH: u32 = 18;
+const MOCK_FLAGS_DEVICE_PASID: u32 = 1 << 2;
 
 const HWPT_ALLOC_NEST_PARENT: u32 = 1 << 0;
 const HWPT_FAULT_ID_VALID: u32 = 1 << 2;
+const HWPT_ALLOC_PASID: u32 = 1 << 3;
 const HWPT_DATA_SELFTEST: u32 = 0xdead;
 const TEST_IOTLB_DEFAULT: u32 = 0xbadbeef;
 
@@ -159,6 +164,79 @@ impl MockIopf {
         };
         replace.union[0] = nested.out_hwpt_id as u64;
         ioctl(fd, IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")?;
+        Ok(Self { iommufd, fault, dev_id: idev_id })
+    }
+
+    /// 7.3+: a PASID-capable mock device with a fault-capable NESTED hwpt at its RID (as
+    /// `new`) and a fault-capable flat paging hwpt (iommufd owns the one table: `flat_user`)
+    /// attached at `pasid`. Faults with that PASID go to the flat hwpt, faults without a
+    /// PASID to the nested one; both reach the same fault fd.
+    pub fn with_flat_pasid(pasid: u32) -> Result<Self, String> {
+        let iommufd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/iommu")
+            .map_err(|e| format!("/dev/iommu: {e} (kernel without CONFIG_IOMMUFD?)"))?;
+        let fd = iommufd.as_raw_fd();
+        let mut ioas = IoasAlloc { size: size_of::<IoasAlloc>() as u32, ..Default::default() };
+        ioctl(fd, IOMMU_IOAS_ALLOC, &mut ioas, "IOMMU_IOAS_ALLOC")?;
+        let mut md = TestCmd {
+            size: size_of::<TestCmd>() as u32,
+            op: TEST_OP_MOCK_DOMAIN_FLAGS,
+            id: ioas.out_ioas_id,
+            ..Default::default()
+        };
+        // mock_domain_flags: out_stdev_id, out_hwpt_id, out_idev_id, dev_flags.
+        md.union[1] = (MOCK_FLAGS_DEVICE_PASID as u64) << 32;
+        ioctl(fd, IOMMU_TEST_CMD, &mut md, "IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS(DEVICE_PASID)")?;
+        let stdev_id = md.union[0] as u32;
+        let idev_id = md.union[1] as u32;
+        let mut fq = FaultAlloc { size: size_of::<FaultAlloc>() as u32, ..Default::default() };
+        ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &mut fq, "IOMMU_FAULT_QUEUE_ALLOC")?;
+        // SAFETY: the kernel just returned this fd to us; we own it from here on.
+        let fault = unsafe { File::from_raw_fd(fq.out_fault_fd as i32) };
+        let mut parent = HwptAlloc {
+            size: size_of::<HwptAlloc>() as u32,
+            flags: HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_PASID,
+            dev_id: idev_id,
+            pt_id: ioas.out_ioas_id,
+            ..Default::default()
+        };
+        ioctl(fd, IOMMU_HWPT_ALLOC, &mut parent, "IOMMU_HWPT_ALLOC(NEST_PARENT|PASID)")?;
+        let mut data = TEST_IOTLB_DEFAULT;
+        let mut nested = HwptAlloc {
+            size: size_of::<HwptAlloc>() as u32,
+            flags: HWPT_FAULT_ID_VALID | HWPT_ALLOC_PASID,
+            dev_id: idev_id,
+            pt_id: parent.out_hwpt_id,
+            data_type: HWPT_DATA_SELFTEST,
+            data_len: 4,
+            data_uptr: &mut data as *mut u32 as u64,
+            fault_id: fq.out_fault_id,
+            ..Default::default()
+        };
+        ioctl(fd, IOMMU_HWPT_ALLOC, &mut nested, "IOMMU_HWPT_ALLOC(nested, FAULT_ID_VALID|PASID)")?;
+        let mut replace = TestCmd {
+            size: size_of::<TestCmd>() as u32,
+            op: TEST_OP_MOCK_DOMAIN_REPLACE,
+            id: stdev_id,
+            ..Default::default()
+        };
+        replace.union[0] = nested.out_hwpt_id as u64;
+        ioctl(fd, IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")?;
+        let mut flat = HwptAlloc {
+            size: size_of::<HwptAlloc>() as u32,
+            flags: HWPT_FAULT_ID_VALID | HWPT_ALLOC_PASID,
+            dev_id: idev_id,
+            pt_id: ioas.out_ioas_id,
+            fault_id: fq.out_fault_id,
+            ..Default::default()
+        };
+        ioctl(fd, IOMMU_HWPT_ALLOC, &mut flat, "IOMMU_HWPT_ALLOC(paging, FAULT_ID_VALID|PASID): 7.3+ only")?;
+        let mut attach =
+            TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_PASID_ATTACH, id: stdev_id, ..Default::default() };
+        attach.union[0] = pasid as u64 | (flat.out_hwpt_id as u64) << 32;
+        ioctl(fd, IOMMU_TEST_CMD, &mut attach, "IOMMU_TEST_OP_PASID_ATTACH")?;
         Ok(Self { iommufd, fault, dev_id: idev_id })
     }
 

@@ -68,6 +68,7 @@ pub const KERNELS: &[KernelSpec] = &[
             "mock-iopf-kprobe",
             "sva-kmod-fentry",
             "sva-kmod-kprobe",
+            "mock-flat-pasid",
             "attach-fentry",
             "simulate",
         ],
