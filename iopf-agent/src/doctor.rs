@@ -96,6 +96,7 @@ pub fn render_text(r: &Report) -> String {
         ("bpf_stats", &c.bpf_stats),
         ("fentry", &c.fentry),
         ("kprobe", &c.kprobe),
+        ("preempt_full", &c.preempt_full),
     ] {
         let _ = writeln!(s, "  {name:<12} {:<3}  {}", if cap.available { "yes" } else { "no" }, cap.detail);
     }

@@ -38,8 +38,45 @@ pub struct Features {
     pub bpf_stats: Capability,
     pub fentry: Capability,
     pub kprobe: Capability,
+    /// Whether the kernel can preempt a running fentry/fexit program (full preemption). Then
+    /// a second task hitting the same hook on that CPU is skipped by the trampoline
+    /// (counted in `iopf_program_misses_total`); kprobes run with preemption off.
+    pub preempt_full: Capability,
     #[serde(skip)]
     pub tracefs_path: Option<PathBuf>,
+}
+
+/// The preemption model: the live one from debugfs where the kernel can switch it
+/// (PREEMPT_DYNAMIC), else the one the kernel was built with, from its build banner.
+fn preemption() -> Capability {
+    if let Ok(s) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt") {
+        // "none voluntary (full) lazy": the current model is in parentheses.
+        let cur = s.split_whitespace().find(|w| w.starts_with('(')).map(|w| w.trim_matches(|c| c == '(' || c == ')'));
+        return match cur {
+            Some(m @ ("full" | "lazy")) => Capability::yes(format!(
+                "preemption model {m} (debugfs): a preempted fentry program is skipped by the next task on its CPU; the skips are counted (iopf_program_misses_total); --force-rung kprobe avoids them"
+            )),
+            Some(m) => Capability::no(format!("preemption model {m} (debugfs): BPF programs are not preempted")),
+            None => Capability::no(format!("unreadable preemption model {s:?}")),
+        };
+    }
+    parse_build_preemption(&std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default())
+}
+
+/// From the build banner (`uname -v`), e.g. `#1 SMP PREEMPT_DYNAMIC ...` or `#1 SMP PREEMPT ...`.
+pub fn parse_build_preemption(banner: &str) -> Capability {
+    let words: Vec<&str> = banner.split_whitespace().collect();
+    if words.iter().any(|w| *w == "PREEMPT_RT" || *w == "PREEMPT") {
+        Capability::yes(
+            "built with full preemption (kernel banner): a preempted fentry program is skipped by the next task on its CPU; the skips are counted (iopf_program_misses_total); --force-rung kprobe avoids them",
+        )
+    } else if words.contains(&"PREEMPT_DYNAMIC") {
+        Capability::no(
+            "PREEMPT_DYNAMIC, the boot-time model is not readable here (mount debugfs to see it): under `full` a preempted fentry program is skipped by the next task on its CPU, and the skips are counted (iopf_program_misses_total)",
+        )
+    } else {
+        Capability::no("built without full preemption (kernel banner): BPF programs are not preempted")
+    }
 }
 
 pub fn kernel_release() -> String {
@@ -71,7 +108,8 @@ impl Features {
         };
         let fentry = probe_fentry(ebpf);
         let kprobe = probe_kprobe(ebpf);
-        Features { kernel: kernel_release(), btf, tracefs, ring_buffer, bpf_stats, fentry, kprobe, tracefs_path }
+        let preempt_full = preemption();
+        Features { kernel: kernel_release(), btf, tracefs, ring_buffer, bpf_stats, fentry, kprobe, preempt_full, tracefs_path }
     }
 }
 
@@ -145,4 +183,17 @@ fn probe_kprobe(ebpf: &mut Ebpf) -> Capability {
     };
     let _ = prog.unload();
     res
+}
+
+#[cfg(test)]
+mod preempt_tests {
+    use super::parse_build_preemption;
+
+    #[test]
+    fn banner_words_decide_the_model() {
+        assert!(parse_build_preemption("#1 SMP PREEMPT Tue Dec  1 10:00:00 UTC 2026").available);
+        assert!(parse_build_preemption("#1 SMP PREEMPT_RT Tue Dec  1").available);
+        assert!(!parse_build_preemption("#1 SMP PREEMPT_DYNAMIC Debian 7.3.4-1").available);
+        assert!(!parse_build_preemption("#1 SMP Debian 5.10.0-46").available);
+    }
 }

@@ -227,6 +227,23 @@ fn tracepoint_exists(features: &Features, category: &str, name: &str) -> bool {
     features.tracefs_path.as_deref().is_some_and(|p| p.join("events").join(category).join(name).is_dir())
 }
 
+/// Hooks that several tasks (kworkers, user-space threads answering faults) can run at once
+/// on one CPU, where losing a run loses a fault's answer.
+const CONCURRENT_HOOKS: [&str; 4] = ["page_response", "free_group", "iopf_work", "dequeue"];
+
+/// On a fully preemptible kernel, concurrent hooks go on kprobes when kprobes work and no rung
+/// was forced: a preempted fentry program makes the trampoline skip that program for the
+/// next task on the CPU (counted in recursion_misses), while a kprobe handler runs with
+/// preemption off. These hooks fire once per fault group, so the kprobe's extra cost is small.
+fn prefer_kprobe(hook: &Hook, kallsyms: &Kallsyms, features: &Features, force: Option<Rung>) -> bool {
+    let Target::Functions { candidates, .. } = hook.target else { return false };
+    force.is_none()
+        && features.preempt_full.available
+        && features.kprobe.available
+        && CONCURRENT_HOOKS.contains(&hook.name)
+        && candidates.iter().any(|c| kallsyms.contains(c))
+}
+
 /// Decides the rung for `hook`. `force` pins a rung (testing lower rungs on capable kernels):
 /// when the forced rung cannot run, the hook is unavailable with that reason.
 pub fn plan(
@@ -279,6 +296,9 @@ fn plan_rung(
                 (_, None) => why.push("fentry: no kernel BTF".into()),
                 (None, Some(_)) => why.push(format!("{}: not in kernel BTF ({missing})", candidates.join("/"))),
                 (Some(_), _) if !features.fentry.available => why.push(format!("fentry: {}", features.fentry.detail)),
+                (Some(_), _) if prefer_kprobe(hook, kallsyms, features, force) => why.push(
+                    "fentry: full preemption here, and concurrent workers run this hook: a preempted fentry program is skipped for the next worker, a kprobe is not".into(),
+                ),
                 (Some(_), _) if !allowed(Rung::Fentry) => why.push("fentry: not allowed by --force-rung".into()),
                 (Some((f, site)), _) => {
                     p.rung = Rung::Fentry;

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pagefault;
 pub mod paths;
 pub mod policy;
+pub mod progstats;
 pub mod run;
 pub mod server;
 pub mod simulate;

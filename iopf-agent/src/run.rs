@@ -40,6 +40,16 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         eprintln!("iopf-agent: hook {}: {} {}{}", p.name, p.rung.as_str(), target, note);
     }
     doctor::check_required(&opts.plan, &report.hooks)?;
+    if report.capabilities.preempt_full.available
+        && report.hooks.iter().any(|p| {
+            p.rung == Rung::Fentry && matches!(p.name, "page_response" | "free_group" | "iopf_work" | "dequeue")
+        })
+    {
+        eprintln!(
+            "iopf-agent: warning: {}: page responses answered by concurrent workers can be missed on the fentry rung",
+            report.capabilities.preempt_full.detail
+        );
+    }
 
     let registry = Registry::default();
     // Device slots and rules go in before attach, so a policy device's first fault is checked.
@@ -103,6 +113,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         registry.add(PageFaultSource { maps: Mutex::new(maps), rung: rung_label(plan.rung) });
     }
     log_hooks(&plans);
+    registry.add(crate::progstats::ProgramSource { progs: crate::progstats::track_loaded(&ebpf) });
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
     let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);

@@ -45,7 +45,8 @@ enum Cmd {
     BuildKernel,
     /// The VM tier: boot real kernels under QEMU (TCG) and run the guest scenarios.
     VmTest {
-        /// Kernel to boot (repeatable): iopf-6.12, debian-6.12, debian-6.1. Default: all.
+        /// Kernel to boot (repeatable): iopf-6.12, iopf-7.3, debian-5.10, debian-6.1,
+        /// debian-6.12, debian-7.3. Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
         /// Seconds before a guest is declared hung.
@@ -132,6 +133,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn specs_want(kernels: &[String], name: &str) -> bool {
+    kernels.is_empty() || kernels.iter().any(|k| k == name)
+}
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the repository").to_path_buf()
 }
@@ -151,6 +156,10 @@ fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result
             "build for the guest",
             Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
         )?;
+    }
+    // The SVA test module for the custom 7.3 kernel (seconds, from ../shared/vm's build tree).
+    if build && specs_want(kernels, "iopf-7.3") {
+        sh("build the SVA test module", &mut Command::new(repo.join("scripts/build-sva-kmod.sh")))?;
     }
     // Each TCG guest runs on one core (-smp 1): boot two at a time (IOPF_VM_JOBS to change it).
     let specs: Vec<&vm::KernelSpec> =

@@ -333,6 +333,7 @@ mount -t 9p -o $o,ro hostetc etc || echo "VMTEST FAIL boot: 9p hostetc"
 mount -t 9p -o $o,ro repo repo || echo "VMTEST FAIL boot: 9p repo"
 ln -s usr/bin bin; ln -s usr/lib lib; ln -s usr/lib64 lib64; ln -s usr/sbin sbin
 mount -t proc proc proc; mount -t sysfs sys sys; mount -t devtmpfs dev dev
+mount -t debugfs debugfs sys/kernel/debug 2>/dev/null || true
 scen=$(sed -n 's/.*iopf_scenarios=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
 echo "VMTEST BOOTED $(uname -r)"
 chroot /newroot /repo/target/release/iopf-vm-guest --agent /repo/target/release/iopf-agent \

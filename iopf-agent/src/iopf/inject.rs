@@ -27,7 +27,7 @@ pub enum InjectError {
 /// Byte layout of `IOPF_TEST_REC`.
 pub use iopf_common::iopf::test_rec as rec;
 
-const PROGS: [&str; 7] = [
+const PROGS: [&str; 8] = [
     "inject_report",
     "inject_handler",
     "inject_mm_fix",
@@ -35,6 +35,7 @@ const PROGS: [&str; 7] = [
     "inject_dequeue",
     "inject_free",
     "inject_record",
+    "inject_record_handler",
 ];
 
 pub struct Injector<'a> {
@@ -132,6 +133,48 @@ impl<'a> Injector<'a> {
             Array::try_from(self.ebpf.map_mut("IOPF_TEST_REC").ok_or(InjectError::Missing("IOPF_TEST_REC"))?)
                 .map_err(InjectError::Map)?;
         m.set(0, bytes, 0).map_err(InjectError::Map)?;
-        self.run("inject_record", &[now, key.a, key.b])
+        // Report and handler are two test runs; keep this thread on one CPU between them so
+        // the handler finds the report in that CPU's slot (as in the kernel, where both run
+        // in the reporting task) whether or not the cross-CPU scan is on.
+        let _pin = PinnedToCpu::current();
+        self.run("inject_record", &[now, key.a, key.b])?;
+        self.run("inject_record_handler", &[now, key.a, key.b])
+    }
+}
+
+/// Pins the calling thread to the CPU it is on until dropped (then restores its mask).
+struct PinnedToCpu {
+    old: Option<libc::cpu_set_t>,
+}
+
+impl PinnedToCpu {
+    fn current() -> Self {
+        // SAFETY: cpu_set_t is plain data; the calls get/set the calling thread's mask (pid 0)
+        // with the right size; on failure nothing changes and the guard restores nothing.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+                return Self { old: None };
+            }
+            let cpu = libc::sched_getcpu();
+            if cpu < 0 {
+                return Self { old: None };
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
+                return Self { old: None };
+            }
+            Self { old: Some(old) }
+        }
+    }
+}
+
+impl Drop for PinnedToCpu {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old {
+            // SAFETY: restores the mask saved above for the calling thread.
+            unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), old) };
+        }
     }
 }

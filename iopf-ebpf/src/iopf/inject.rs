@@ -127,8 +127,23 @@ pub fn inject_record(ctx: RawTracePointContext) -> i32 {
     let tuple = super::TUPLE_KEYS.load() != 0;
     let tkey = if tuple { read::tuple_key_for_request(key.a, &f) } else { InflightKey::default() };
     super::on_report(&name, &f, now, Source::Simulated as u8, &tkey);
-    if !tuple && let Some(t) = read::group_domain_type(base + REC_GROUP as u64) {
-        super::on_handler(&key, t, false, now);
+    0
+}
+
+/// The group handler's side of the synthetic record (6.9+): reads the domain type through
+/// group -> (handle ->) domain. A program of its own (run right after `inject_record` on the
+/// same CPU), so each side has the stack a real hook program has. args: now, key.a, key.b
+#[raw_tracepoint]
+pub fn inject_record_handler(ctx: RawTracePointContext) -> i32 {
+    let Some(rec) = IOPF_TEST_REC.get_ptr_mut(0) else {
+        return 1;
+    };
+    let base = rec as u64;
+    let key = InflightKey { a: ctx.arg(1), b: ctx.arg(2) };
+    if super::TUPLE_KEYS.load() == 0
+        && let Some(t) = read::group_domain_type(base + REC_GROUP as u64)
+    {
+        super::on_handler(&key, t, false, ctx.arg(0));
     }
     0
 }
@@ -187,11 +202,34 @@ pub fn bench_iopf_lifecycle(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
     // A group pointer stand-in (6.9+ keys in-flight faults by group).
     let key = InflightKey { a: 0xffff_8880_0000_0000 | n << 6, b: 0 };
     let t = n * 100_000;
-    super::on_report(&dev, &f, t, Source::Simulated as u8, &key);
-    super::on_handler(&key, c.dom_nested, false, t + 1_000);
-    super::on_response(&key, iopf_common::iopf::RESP_SUCCESS, t + 50_000);
-    super::on_free(&key, t + 60_000);
+    step_report(&dev, &f, t, &key);
+    step_handler(&key, c.dom_nested, t + 1_000);
+    step_response(&key, t + 50_000);
+    step_free(&key, t + 60_000);
     0
+}
+
+// A fault's steps as BPF functions of their own, for the programs that run several of them
+// (the adapter test, the lifecycle benchmark). In the kernel each hook is its own program with
+// its own stack; inlined into one program their frames would add up past the 512-byte limit.
+#[inline(never)]
+fn step_report(dev: &[u8; DEV_NAME_LEN], f: &Fault, t: u64, key: &InflightKey) {
+    super::on_report(dev, f, t, Source::Simulated as u8, key);
+}
+
+#[inline(never)]
+fn step_handler(key: &InflightKey, dom: u32, t: u64) {
+    super::on_handler(key, dom, false, t);
+}
+
+#[inline(never)]
+fn step_response(key: &InflightKey, t: u64) {
+    super::on_response(key, iopf_common::iopf::RESP_SUCCESS, t);
+}
+
+#[inline(never)]
+fn step_free(key: &InflightKey, t: u64) {
+    super::on_free(key, t);
 }
 
 /// The empty-program floor for `bench_iopf_lifecycle`: what the test-run loop itself costs.

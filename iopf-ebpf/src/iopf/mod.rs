@@ -101,6 +101,8 @@ pub struct Work {
 }
 
 const BPF_NOEXIST: u64 = 1;
+/// `finish` without an mm-fix time.
+const NO_FIX: u64 = u64::MAX;
 
 #[inline(always)]
 fn tid() -> u32 {
@@ -378,9 +380,8 @@ fn inflight_put(key: &InflightKey, f: &Inflight) {
 }
 
 /// <= 6.8 (no free hook): takes over a probe slot whose fault is older than
-/// `INFLIGHT_MAX_AGE_NS`, ending that fault unanswered. True when `f` got the slot. A
-/// separate BPF function, as `supersede`.
-#[inline(never)]
+/// `INFLIGHT_MAX_AGE_NS`, ending that fault unanswered. True when `f` got the slot.
+#[inline(always)]
 fn inflight_evict(key: &InflightKey, f: &Inflight) -> bool {
     let (h, tag) = inflight_hash(key);
     let mut i = 0;
@@ -397,7 +398,7 @@ fn inflight_evict(key: &InflightKey, f: &Inflight) -> bool {
                 {
                     // The slot is ours now: end the old fault in place, then take it over.
                     crate::stat!(inflight_evicted);
-                    finish(&mut (*s).f, RESP_NONE, f.report_ns, None);
+                    finish(&mut (*s).f, RESP_NONE, f.report_ns, NO_FIX);
                     (*s).key = *key;
                     (*s).f = *f;
                     return true;
@@ -427,31 +428,19 @@ fn inflight_slot(key: &InflightKey) -> Option<(*mut InflightSlot, u64)> {
     None
 }
 
-/// Removes `key`'s in-flight fault and returns it; exactly one taker wins.
+/// Removes `key`'s in-flight fault without copying it out.
 #[inline(always)]
-fn inflight_take(key: &InflightKey) -> Option<Inflight> {
+fn inflight_drop(key: &InflightKey) {
     if let Some((s, tag)) = inflight_slot(key) {
-        // SAFETY: a table value, valid for the run; the copy happens before the release, and
-        // nobody rewrites a slot whose tag is set.
-        unsafe {
-            let f = (*s).f;
-            if cmpxchg(&raw mut (*s).tag, tag, 0) == tag {
-                return Some(f);
-            }
-        }
-        return None;
+        // SAFETY: a table value, valid for the run; releasing the tag frees the slot.
+        unsafe { cmpxchg(&raw mut (*s).tag, tag, 0) };
+        return;
     }
-    if counter_zero(&IOPF_SPILLED, 0) {
-        return None;
+    if !counter_zero(&IOPF_SPILLED, 0) && IOPF_INFLIGHT.remove(key).is_ok() {
+        counter_add(&IOPF_SPILLED, 0, u64::MAX);
     }
-    // SAFETY: copied out before the removal.
-    let f = unsafe { IOPF_INFLIGHT.get(key) }.copied()?;
-    if IOPF_INFLIGHT.remove(key).is_err() {
-        return None;
-    }
-    counter_add(&IOPF_SPILLED, 0, u64::MAX);
-    Some(f)
 }
+
 
 /// Fault reported (`iommu_report_device_fault` entry, or injected). `tuple_key` is the
 /// in-flight key for generations without a group at report time.
@@ -485,15 +474,22 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
     pending_put(&Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 3], dev_idx });
 }
 
-/// <= 6.8: the device reused a group id whose fault we never saw answered; that fault is
-/// over. A separate BPF function (not inlined): rare, and its stack would otherwise add to
-/// every caller's frame.
-#[inline(never)]
+/// A new fault takes a key that is still in flight, so the old fault is over: <= 6.8, the
+/// device reused a group id whose answer we never saw; 6.9+, a group pointer was freed and
+/// reused while we missed its free (a skipped program run, see `iopf_program_misses_total`).
+/// An old fault never answered ends as `none`.
+#[inline(always)]
 fn supersede(key: &InflightKey, now: u64) {
-    if let Some(mut old) = inflight_take(key) {
-        crate::stat!(inflight_superseded);
-        finish(&mut old, RESP_NONE, now, None);
+    // In place, no copy: this runs inside report and handler programs whose stack is tight.
+    let Some(f) = inflight_ref(key) else { return };
+    crate::stat!(inflight_superseded);
+    // SAFETY: the record, valid for the run; the key's owner is gone (its group was freed,
+    // or the device reused its group id), so nobody else ends it.
+    if unsafe { cmpxchg(&raw mut (*f).answered, 0, 1) } == 0 {
+        // SAFETY: as above; won `answered`.
+        finish(unsafe { &mut *f }, RESP_NONE, now, NO_FIX);
     }
+    inflight_drop(key);
 }
 
 /// Report returned `ret` (int-returning generations): a report that never reached a handler
@@ -559,6 +555,7 @@ pub fn on_handler(key: &InflightKey, dom_type: u32, nest_parent: bool, now: u64)
         return;
     };
     let (config, level, method) = classify_domain(&CONSTS.load(), dom_type, nest_parent);
+    supersede(key, now);
     start_inflight(&p, Some(now.saturating_sub(p.report_ns)), key, config, level, method);
 }
 
@@ -579,8 +576,13 @@ fn work_fix_ns(key: &InflightKey, now: u64) -> Option<u64> {
 }
 
 /// Counts, observes and checks an answered (or freed) fault; emits it when asked or violating.
-#[inline(always)]
-fn finish(f: &mut Inflight, code: u8, now: u64, fix_ns: Option<u64>) {
+/// A BPF function of its own (not inlined): several paths of one program end a fault, and
+/// each inlined copy would add its event and record copies to that program's 512-byte stack.
+#[inline(never)]
+fn finish(f: &mut Inflight, code: u8, now: u64, fix: u64) {
+    // A plain u64, not an Option: a BPF function's arguments are registers, and `None` would
+    // leave the value register unset, which the verifier refuses to read.
+    let fix_ns = if fix == NO_FIX { None } else { Some(fix) };
     let service = now.saturating_sub(f.report_ns);
     let verdict = f.verdict | verdict_answer(&rule(f.dev_idx), code, service);
     let answer_bits = verdict & (VIOLATION_CODE | VIOLATION_LATENCY);
@@ -629,46 +631,43 @@ fn inflight_ref(key: &InflightKey) -> Option<*mut Inflight> {
     }
 }
 
-/// Page response with `code` for the in-flight fault `key`.
+/// Page response with `code` for the in-flight fault `key`. The record is used in place (no
+/// copy on the 512-byte stack); its `answered` word, set by compare-and-exchange, makes
+/// exactly one response count.
 #[inline(always)]
 pub fn on_response(key: &InflightKey, code: u8, now: u64) {
-    if keep_until_free() {
-        let Some(f) = inflight_ref(key) else {
-            crate::stat!(response_unmatched);
-            return;
-        };
-        // SAFETY: `f` is a map value valid for the run; `answered` is only changed atomically,
-        // so exactly one response wins.
-        if unsafe { cmpxchg(&raw mut (*f).answered, 0, 1) } != 0 {
-            crate::stat!(double_responses);
-            return;
-        }
-        crate::stat!(responses);
-        let fix = work_fix_ns(key, now);
-        // SAFETY: as above; this response owns the record's answer (it won `answered`), the
-        // record stays for the free.
-        finish(unsafe { &mut *f }, code, now, fix);
-        return;
-    }
-    let Some(mut f) = inflight_take(key) else {
+    let Some(f) = inflight_ref(key) else {
         crate::stat!(response_unmatched);
         return;
     };
+    // SAFETY: `f` is a map value valid for the run; `answered` is only changed atomically.
+    if unsafe { cmpxchg(&raw mut (*f).answered, 0, 1) } != 0 {
+        crate::stat!(double_responses);
+        return;
+    }
     crate::stat!(responses);
     let fix = work_fix_ns(key, now);
-    finish(&mut f, code, now, fix);
+    // SAFETY: as above; this response won `answered`, so it alone ends the fault.
+    finish(unsafe { &mut *f }, code, now, fix.unwrap_or(NO_FIX));
+    // Without the free hook (<= 6.8, or free_group not attached) the answer ends the fault;
+    // otherwise the record stays until the free, to recognise a second response.
+    if !keep_until_free() {
+        inflight_drop(key);
+    }
 }
 
 /// The group is freed: anything still in flight and unanswered was never answered through
 /// the core.
 #[inline(always)]
 pub fn on_free(key: &InflightKey, now: u64) {
-    if let Some(mut f) = inflight_take(key)
-        && f.answered == 0
-    {
+    let Some(f) = inflight_ref(key) else { return };
+    // SAFETY: as in `on_response`.
+    if unsafe { cmpxchg(&raw mut (*f).answered, 0, 1) } == 0 {
         crate::stat!(freed_unanswered);
-        finish(&mut f, RESP_NONE, now, None);
+        // SAFETY: as above.
+        finish(unsafe { &mut *f }, RESP_NONE, now, NO_FIX);
     }
+    inflight_drop(key);
 }
 
 /// iommufd takes the group for user space (`iopf_group_dequeue`).

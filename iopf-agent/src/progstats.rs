@@ -1,0 +1,87 @@
+//! Per-program statistics the kernel keeps: how often a program was skipped because it was
+//! already running on that CPU (`recursion_misses`), and its run count and time when
+//! `kernel.bpf_stats_enabled` is on.
+//!
+//! Why misses matter: on a preemptible kernel an fentry/fexit program can be preempted, and
+//! the BPF trampoline skips the same program on that CPU until the first run ends. Two
+//! kworkers answering fault groups on one CPU can therefore lose a page response. The kernel
+//! counts each skip; exporting it keeps that loss visible. (kprobes run with preemption off
+//! and do not skip this way.)
+
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgStats {
+    pub recursion_misses: u64,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+/// A loaded program, held by its own fd so the statistics stay readable.
+pub struct Tracked {
+    pub name: String,
+    fd: OwnedFd,
+}
+
+impl Tracked {
+    /// Duplicates the fd of program `name` of `ebpf` (None when it is not loaded).
+    pub fn of(ebpf: &aya::Ebpf, name: &str) -> Option<Self> {
+        let p = ebpf.program(name)?;
+        let fd = p.fd().ok()?.as_fd().try_clone_to_owned().ok()?;
+        Some(Self { name: name.to_owned(), fd })
+    }
+
+    pub fn stats(&self) -> std::io::Result<ProgStats> {
+        // SAFETY: bpf_prog_info and bpf_attr are plain C structs; all-zero is valid for both.
+        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.info.bpf_fd = self.fd.as_raw_fd() as u32;
+        attr.info.info_len = size_of::<bpf_prog_info>() as u32;
+        attr.info.info = &raw mut info as u64;
+        // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes into `info`, which
+        // outlives the call; `attr` is fully initialised.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+                &raw mut attr,
+                size_of::<bpf_attr>() as libc::c_long,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ProgStats { recursion_misses: info.recursion_misses, run_cnt: info.run_cnt, run_time_ns: info.run_time_ns })
+    }
+}
+
+/// Every program of `ebpf` that is loaded (attached, or loaded by a probe), for `/metrics`.
+pub fn track_loaded(ebpf: &aya::Ebpf) -> Vec<Tracked> {
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
+    names.iter().filter_map(|n| Tracked::of(ebpf, n)).collect()
+}
+
+/// `iopf_program_misses_total{program}`, read from the kernel at scrape time.
+pub struct ProgramSource {
+    pub progs: Vec<Tracked>,
+}
+
+impl crate::metrics::Source for ProgramSource {
+    fn collect(&self, out: &mut Vec<crate::metrics::Family>) {
+        use crate::metrics::{Kind, counter, family};
+        let series = self
+            .progs
+            .iter()
+            .filter_map(|p| p.stats().ok().map(|s| counter(&[("program", &p.name)], s.recursion_misses)))
+            .collect();
+        out.push(family(
+            "iopf_program_misses_total",
+            "Runs of each loaded program the kernel skipped because the program was already running on that CPU (a preempted fentry/fexit program): events lost at the hook.",
+            Kind::Counter,
+            series,
+        ));
+    }
+}
