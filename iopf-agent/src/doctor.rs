@@ -97,6 +97,7 @@ pub fn render_text(r: &Report) -> String {
         ("fentry", &c.fentry),
         ("kprobe", &c.kprobe),
         ("preempt_full", &c.preempt_full),
+        ("bpf_atomics", &c.bpf_atomics),
     ] {
         let _ = writeln!(s, "  {name:<12} {:<3}  {}", if cap.available { "yes" } else { "no" }, cap.detail);
     }

@@ -38,6 +38,8 @@ pub enum AgentError {
     Install(#[from] crate::policy::install::InstallError),
     #[error("the kernel's counters differ from the scenario's expected totals")]
     SimulationMismatch,
+    #[error("this kernel cannot run iopf's programs: {0} (`iopf-agent doctor` shows what it has)")]
+    NoAtomics(String),
 }
 
 impl From<crate::iopf::attach::AttachError> for AgentError {
@@ -62,7 +64,7 @@ impl AgentError {
             AgentError::UnknownHook(_) | AgentError::Scenario(_) | AgentError::Policy(_) => 2,
             AgentError::Install(crate::policy::install::InstallError::Slots { .. }) => 2,
             AgentError::Install(_) => 1,
-            AgentError::Inject(_) | AgentError::Attach(_) => 4,
+            AgentError::Inject(_) | AgentError::Attach(_) | AgentError::NoAtomics(_) => 4,
             AgentError::Maps(_) | AgentError::SimulationMismatch => 1,
             AgentError::Serve(ServeError::Serve(_)) | AgentError::Io(_) => 1,
         }

@@ -42,8 +42,35 @@ pub struct Features {
     /// a second task hitting the same hook on that CPU is skipped by the trampoline
     /// (counted in `iopf_program_misses_total`); kprobes run with preemption off.
     pub preempt_full: Capability,
+    /// BPF compare-and-exchange / exchange (5.12+): every IOPF and page-fault program needs them.
+    pub bpf_atomics: Capability,
     #[serde(skip)]
     pub tracefs_path: Option<PathBuf>,
+}
+
+/// Err with the reason when the kernel lacks the BPF atomics every program needs.
+pub fn require_atomics(ebpf: &mut Ebpf) -> Result<(), crate::error::AgentError> {
+    let c = atomics(ebpf);
+    if c.available { Ok(()) } else { Err(crate::error::AgentError::NoAtomics(c.detail)) }
+}
+
+/// Loads the compare-and-exchange probe: the verifier of a kernel before 5.12 refuses it.
+fn atomics(ebpf: &mut Ebpf) -> Capability {
+    let Some(p) = ebpf.program_mut("probe_atomics") else { return Capability::no("probe program missing") };
+    let p: &mut aya::programs::SocketFilter = match p.try_into() {
+        Ok(p) => p,
+        Err(e) => return Capability::no(format!("probe program: {e}")),
+    };
+    if p.fd().is_ok() {
+        return Capability::yes("BPF compare-and-exchange and exchange");
+    }
+    match p.load() {
+        Ok(()) => Capability::yes("BPF compare-and-exchange and exchange"),
+        Err(e) => Capability::no(format!(
+            "BPF compare-and-exchange refused ({}): this kernel's BPF lacks the atomics of Linux 5.12, which every IOPF and page-fault program uses",
+            crate::error::chain(&e)
+        )),
+    }
 }
 
 /// The preemption model: the live one from debugfs where the kernel can switch it
@@ -109,7 +136,8 @@ impl Features {
         let fentry = probe_fentry(ebpf);
         let kprobe = probe_kprobe(ebpf);
         let preempt_full = preemption();
-        Features { kernel: kernel_release(), btf, tracefs, ring_buffer, bpf_stats, fentry, kprobe, preempt_full, tracefs_path }
+        let bpf_atomics = atomics(ebpf);
+        Features { kernel: kernel_release(), btf, tracefs, ring_buffer, bpf_stats, fentry, kprobe, preempt_full, bpf_atomics, tracefs_path }
     }
 }
 

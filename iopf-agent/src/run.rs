@@ -40,6 +40,9 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         eprintln!("iopf-agent: hook {}: {} {}{}", p.name, p.rung.as_str(), target, note);
     }
     doctor::check_required(&opts.plan, &report.hooks)?;
+    if !report.capabilities.bpf_atomics.available {
+        return Err(AgentError::NoAtomics(report.capabilities.bpf_atomics.detail.clone()));
+    }
     if report.capabilities.preempt_full.available
         && report.hooks.iter().any(|p| {
             p.rung == Rung::Fentry && matches!(p.name, "page_response" | "free_group" | "iopf_work" | "dequeue")

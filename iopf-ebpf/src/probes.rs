@@ -28,3 +28,18 @@ pub fn pf_floor_tp(_ctx: aya_ebpf::programs::TracePointContext) -> u32 {
 pub fn pf_floor_perf(_ctx: aya_ebpf::programs::PerfEventContext) -> u32 {
     0
 }
+
+/// Compare-and-exchange probe (BPF atomics beyond add, Linux 5.12+): every IOPF and page-fault
+/// program claims its slots with them. Loaded, never attached; a kernel without them refuses
+/// the load ("BPF_STX uses reserved fields").
+#[aya_ebpf::macros::socket_filter]
+pub fn probe_atomics(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
+    if let Some(p) = PROBE_WORD.get_ptr_mut(0) {
+        // SAFETY: the map's u64, valid for the run.
+        unsafe { crate::atomic::cmpxchg(p, 0, 0) };
+    }
+    0
+}
+
+#[aya_ebpf::macros::map]
+static PROBE_WORD: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(1, 0);

@@ -135,7 +135,7 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &["virtio_pci", "9p", "9pnet_virtio"],
         qemu: &["-machine", "q35"],
         append: "",
-        scenarios: &["doctor", "attach-fentry", "attach-kprobe", "pagefault-fentry", "simulate"],
+        scenarios: &["doctor", "no-atomics"],
     },
 ];
 

@@ -84,6 +84,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     // A slot for every scenario device (and the overflow slot), whatever their number.
     globals.dev_slots = globals.dev_slots.max(devices.len() as u32 + 1);
     let mut ebpf = loader::load(globals)?;
+    crate::features::require_atomics(&mut ebpf)?;
     let mut maps = IopfMaps::take(&mut ebpf)?;
     let mut installed = Installed::new(&resolved, Source::Simulated as u8);
     installed.reserve(&mut maps, globals.dev_slots)?;

@@ -633,6 +633,31 @@ fn attach_all(a: &Args, rung: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A kernel whose BPF lacks compare-and-exchange (before 5.12): `doctor` says so, and `run`
+/// and `simulate` refuse with that reason and exit 4 before anything is attached.
+fn no_atomics(a: &Args) -> Result<(), String> {
+    let out = Command::new(&a.agent).args(["doctor", "--json"]).output().map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("doctor json: {e}"))?;
+    let cap = &v["capabilities"]["bpf_atomics"];
+    println!("  doctor: bpf_atomics {cap}");
+    check(cap["available"] == false, format!("bpf_atomics {cap}"))?;
+    for args in [
+        vec!["run", "--listen", "127.0.0.1:0"],
+        vec!["simulate", "--scenario", "/repo/examples/scenarios/mixed-10k.yaml"],
+    ] {
+        let out = Command::new(&a.agent).args(&args).output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("");
+        println!("  {}: exit {:?}: {last}", args[0], out.status.code());
+        check(out.status.code() == Some(4), format!("{} exit {:?}", args[0], out.status.code()))?;
+        check(
+            last.starts_with("iopf-agent: error: this kernel cannot run iopf's programs: BPF compare-and-exchange refused"),
+            format!("{}: {last}", args[0]),
+        )?;
+    }
+    Ok(())
+}
+
 /// `simulate` over mixed-10k through this kernel's own ABI: the kernel's counters and
 /// histograms equal the scenario's totals, counter by counter (the agent exits 1 otherwise).
 fn simulate(a: &Args) -> Result<(), String> {
@@ -673,6 +698,7 @@ fn main() {
             "attach-kprobe" => attach_all(&args, "kprobe"),
             "doctor" => doctor(&args),
             "simulate" => simulate(&args),
+            "no-atomics" => no_atomics(&args),
             "sva-kmod-fentry" => sva_kmod(&args, "fentry"),
             "mock-flat-pasid" => mock_flat_pasid(&args),
             "sva-kmod-kprobe" => sva_kmod(&args, "kprobe"),
