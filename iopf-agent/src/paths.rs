@@ -62,7 +62,7 @@ pub fn survey(k: &Kallsyms) -> Vec<FaultPath> {
         evidence: if dequeue {
             "iopf_group_dequeue is built: iommufd takes each group off the pending list before user space reads it (7.2+, Debian 6.12.115+)".into()
         } else {
-            "iopf_group_dequeue is not built (before 7.2 and Debian 6.12.115, or CONFIG_IOMMU_IOPF off): a response to a group already answered is not refused by the kernel".into()
+            "iopf_group_dequeue is not built (before 7.2 and Debian 6.12.115, or CONFIG_IOMMU_IOPF off): the user-space share of the service time is not measured".into()
         },
     });
     let dmar = has(k, "dmar_fault");
