@@ -112,8 +112,19 @@ pub struct MockIopf {
     pub dev_id: u32,
 }
 
-impl MockIopf {
-    pub fn new() -> Result<Self, String> {
+/// The steps both mock layouts share: /dev/iommu, an IOAS, a mock device on it, a fault queue.
+struct Setup {
+    iommufd: File,
+    ioas_id: u32,
+    stdev_id: u32,
+    idev_id: u32,
+    fault: File,
+    fault_id: u32,
+}
+
+impl Setup {
+    /// `dev_flags` 0: `IOMMU_TEST_OP_MOCK_DOMAIN`; else `MOCK_DOMAIN_FLAGS` with those flags.
+    fn new(dev_flags: u32) -> Result<Self, String> {
         let iommufd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -122,49 +133,79 @@ impl MockIopf {
         let fd = iommufd.as_raw_fd();
         let mut ioas = IoasAlloc { size: size_of::<IoasAlloc>() as u32, ..Default::default() };
         ioctl(fd, IOMMU_IOAS_ALLOC, &mut ioas, "IOMMU_IOAS_ALLOC")?;
-        let mut md = TestCmd {
-            size: size_of::<TestCmd>() as u32,
-            op: TEST_OP_MOCK_DOMAIN,
-            id: ioas.out_ioas_id,
-            ..Default::default()
-        };
+        let op = if dev_flags == 0 { TEST_OP_MOCK_DOMAIN } else { TEST_OP_MOCK_DOMAIN_FLAGS };
+        let mut md = TestCmd { size: size_of::<TestCmd>() as u32, op, id: ioas.out_ioas_id, ..Default::default() };
+        // mock_domain(_flags): out_stdev_id, out_hwpt_id, out_idev_id (, dev_flags).
+        md.union[1] = (dev_flags as u64) << 32;
         ioctl(fd, IOMMU_TEST_CMD, &mut md, "IOMMU_TEST_OP_MOCK_DOMAIN (CONFIG_IOMMUFD_TEST? no vIOMMU?)")?;
-        let stdev_id = md.union[0] as u32;
-        let idev_id = md.union[1] as u32;
-        let mut parent = HwptAlloc {
-            size: size_of::<HwptAlloc>() as u32,
-            flags: HWPT_ALLOC_NEST_PARENT,
-            dev_id: idev_id,
-            pt_id: ioas.out_ioas_id,
-            ..Default::default()
-        };
-        ioctl(fd, IOMMU_HWPT_ALLOC, &mut parent, "IOMMU_HWPT_ALLOC(NEST_PARENT)")?;
         let mut fq = FaultAlloc { size: size_of::<FaultAlloc>() as u32, ..Default::default() };
         ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &mut fq, "IOMMU_FAULT_QUEUE_ALLOC")?;
         // SAFETY: the kernel just returned this fd to us; we own it from here on.
         let fault = unsafe { File::from_raw_fd(fq.out_fault_fd as i32) };
+        Ok(Self {
+            iommufd,
+            ioas_id: ioas.out_ioas_id,
+            stdev_id: md.union[0] as u32,
+            idev_id: md.union[1] as u32,
+            fault,
+            fault_id: fq.out_fault_id,
+        })
+    }
+
+    fn fd(&self) -> i32 {
+        self.iommufd.as_raw_fd()
+    }
+
+    /// A paging hwpt on the IOAS (`flags`: NEST_PARENT, FAULT_ID_VALID, ALLOC_PASID).
+    fn paging(&self, flags: u32, what: &str) -> Result<u32, String> {
+        let mut h = HwptAlloc {
+            size: size_of::<HwptAlloc>() as u32,
+            flags,
+            dev_id: self.idev_id,
+            pt_id: self.ioas_id,
+            fault_id: if flags & HWPT_FAULT_ID_VALID != 0 { self.fault_id } else { 0 },
+            ..Default::default()
+        };
+        ioctl(self.fd(), IOMMU_HWPT_ALLOC, &mut h, what)?;
+        Ok(h.out_hwpt_id)
+    }
+
+    /// A fault-capable NESTED (selftest data) hwpt on `parent`, attached at the RID.
+    fn nested_at_rid(&self, parent: u32, extra_flags: u32) -> Result<(), String> {
         let mut data = TEST_IOTLB_DEFAULT;
         let mut nested = HwptAlloc {
             size: size_of::<HwptAlloc>() as u32,
-            flags: HWPT_FAULT_ID_VALID,
-            dev_id: idev_id,
-            pt_id: parent.out_hwpt_id,
+            flags: HWPT_FAULT_ID_VALID | extra_flags,
+            dev_id: self.idev_id,
+            pt_id: parent,
             data_type: HWPT_DATA_SELFTEST,
             data_len: 4,
             data_uptr: &mut data as *mut u32 as u64,
-            fault_id: fq.out_fault_id,
+            fault_id: self.fault_id,
             ..Default::default()
         };
-        ioctl(fd, IOMMU_HWPT_ALLOC, &mut nested, "IOMMU_HWPT_ALLOC(nested, FAULT_ID_VALID)")?;
+        ioctl(self.fd(), IOMMU_HWPT_ALLOC, &mut nested, "IOMMU_HWPT_ALLOC(nested, FAULT_ID_VALID)")?;
         let mut replace = TestCmd {
             size: size_of::<TestCmd>() as u32,
             op: TEST_OP_MOCK_DOMAIN_REPLACE,
-            id: stdev_id,
+            id: self.stdev_id,
             ..Default::default()
         };
         replace.union[0] = nested.out_hwpt_id as u64;
-        ioctl(fd, IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")?;
-        Ok(Self { iommufd, fault, dev_id: idev_id })
+        ioctl(self.fd(), IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")
+    }
+
+    fn done(self) -> MockIopf {
+        MockIopf { iommufd: self.iommufd, fault: self.fault, dev_id: self.idev_id }
+    }
+}
+
+impl MockIopf {
+    pub fn new() -> Result<Self, String> {
+        let s = Setup::new(0)?;
+        let parent = s.paging(HWPT_ALLOC_NEST_PARENT, "IOMMU_HWPT_ALLOC(NEST_PARENT)")?;
+        s.nested_at_rid(parent, 0)?;
+        Ok(s.done())
     }
 
     /// 7.3+: a PASID-capable mock device with a fault-capable NESTED hwpt at its RID (as
@@ -172,72 +213,18 @@ impl MockIopf {
     /// attached at `pasid`. Faults with that PASID go to the flat hwpt, faults without a
     /// PASID to the nested one; both reach the same fault fd.
     pub fn with_flat_pasid(pasid: u32) -> Result<Self, String> {
-        let iommufd = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/iommu")
-            .map_err(|e| format!("/dev/iommu: {e} (kernel without CONFIG_IOMMUFD?)"))?;
-        let fd = iommufd.as_raw_fd();
-        let mut ioas = IoasAlloc { size: size_of::<IoasAlloc>() as u32, ..Default::default() };
-        ioctl(fd, IOMMU_IOAS_ALLOC, &mut ioas, "IOMMU_IOAS_ALLOC")?;
-        let mut md = TestCmd {
-            size: size_of::<TestCmd>() as u32,
-            op: TEST_OP_MOCK_DOMAIN_FLAGS,
-            id: ioas.out_ioas_id,
-            ..Default::default()
-        };
-        // mock_domain_flags: out_stdev_id, out_hwpt_id, out_idev_id, dev_flags.
-        md.union[1] = (MOCK_FLAGS_DEVICE_PASID as u64) << 32;
-        ioctl(fd, IOMMU_TEST_CMD, &mut md, "IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS(DEVICE_PASID)")?;
-        let stdev_id = md.union[0] as u32;
-        let idev_id = md.union[1] as u32;
-        let mut fq = FaultAlloc { size: size_of::<FaultAlloc>() as u32, ..Default::default() };
-        ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &mut fq, "IOMMU_FAULT_QUEUE_ALLOC")?;
-        // SAFETY: the kernel just returned this fd to us; we own it from here on.
-        let fault = unsafe { File::from_raw_fd(fq.out_fault_fd as i32) };
-        let mut parent = HwptAlloc {
-            size: size_of::<HwptAlloc>() as u32,
-            flags: HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_PASID,
-            dev_id: idev_id,
-            pt_id: ioas.out_ioas_id,
-            ..Default::default()
-        };
-        ioctl(fd, IOMMU_HWPT_ALLOC, &mut parent, "IOMMU_HWPT_ALLOC(NEST_PARENT|PASID)")?;
-        let mut data = TEST_IOTLB_DEFAULT;
-        let mut nested = HwptAlloc {
-            size: size_of::<HwptAlloc>() as u32,
-            flags: HWPT_FAULT_ID_VALID | HWPT_ALLOC_PASID,
-            dev_id: idev_id,
-            pt_id: parent.out_hwpt_id,
-            data_type: HWPT_DATA_SELFTEST,
-            data_len: 4,
-            data_uptr: &mut data as *mut u32 as u64,
-            fault_id: fq.out_fault_id,
-            ..Default::default()
-        };
-        ioctl(fd, IOMMU_HWPT_ALLOC, &mut nested, "IOMMU_HWPT_ALLOC(nested, FAULT_ID_VALID|PASID)")?;
-        let mut replace = TestCmd {
-            size: size_of::<TestCmd>() as u32,
-            op: TEST_OP_MOCK_DOMAIN_REPLACE,
-            id: stdev_id,
-            ..Default::default()
-        };
-        replace.union[0] = nested.out_hwpt_id as u64;
-        ioctl(fd, IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")?;
-        let mut flat = HwptAlloc {
-            size: size_of::<HwptAlloc>() as u32,
-            flags: HWPT_FAULT_ID_VALID | HWPT_ALLOC_PASID,
-            dev_id: idev_id,
-            pt_id: ioas.out_ioas_id,
-            fault_id: fq.out_fault_id,
-            ..Default::default()
-        };
-        ioctl(fd, IOMMU_HWPT_ALLOC, &mut flat, "IOMMU_HWPT_ALLOC(paging, FAULT_ID_VALID|PASID): 7.3+ only")?;
+        let s = Setup::new(MOCK_FLAGS_DEVICE_PASID)?;
+        let parent = s.paging(HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_PASID, "IOMMU_HWPT_ALLOC(NEST_PARENT|PASID)")?;
+        s.nested_at_rid(parent, HWPT_ALLOC_PASID)?;
+        let flat = s.paging(
+            HWPT_FAULT_ID_VALID | HWPT_ALLOC_PASID,
+            "IOMMU_HWPT_ALLOC(paging, FAULT_ID_VALID|PASID): 7.3+ only",
+        )?;
         let mut attach =
-            TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_PASID_ATTACH, id: stdev_id, ..Default::default() };
-        attach.union[0] = pasid as u64 | (flat.out_hwpt_id as u64) << 32;
-        ioctl(fd, IOMMU_TEST_CMD, &mut attach, "IOMMU_TEST_OP_PASID_ATTACH")?;
-        Ok(Self { iommufd, fault, dev_id: idev_id })
+            TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_PASID_ATTACH, id: s.stdev_id, ..Default::default() };
+        attach.union[0] = pasid as u64 | (flat as u64) << 32;
+        ioctl(s.fd(), IOMMU_TEST_CMD, &mut attach, "IOMMU_TEST_OP_PASID_ATTACH")?;
+        Ok(s.done())
     }
 
     /// Raises one page request through `iommu_report_device_fault` (pasid 0 = none).
