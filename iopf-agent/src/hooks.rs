@@ -150,6 +150,16 @@ pub const HOOKS: &[Hook] = &[
         target: Target::Tracepoint { category: "iommu", name: "io_page_fault", missing: "CONFIG_IOMMU_API off?" },
     },
     Hook {
+        name: "viommu_event",
+        why: "vIOMMU events (iommufd vEVENTQ, 6.15+): a guest stage-1 fault forwarded to its VMM; queued, lost or unreceived",
+        target: Target::Functions {
+            candidates: &["iommufd_viommu_report_event"],
+            module: Some("iommufd"),
+            tracepoint: None,
+            missing: "iommufd older than 6.15, not built or not loaded",
+        },
+    },
+    Hook {
         name: "dmar_fault",
         why: "unrecoverable Intel VT-d faults: reason code gives the level",
         target: Target::Functions {

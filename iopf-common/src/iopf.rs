@@ -195,6 +195,14 @@ pub struct Offsets {
     /// `struct intel_iommu`: `reg` (MMIO base) and `cap`.
     pub iommu_reg: u32,
     pub iommu_cap: u32,
+    /// iommufd vEVENTQ (6.15+): `iommufd_viommu.veventqs` (list head) and, in
+    /// `iommufd_veventq`, its list `node`, `type`, `depth` and `num_events`.
+    pub viommu_veventqs: u32,
+    pub veventq_node: u32,
+    pub veventq_type: u32,
+    pub veventq_depth: u32,
+    pub veventq_num_events: u32,
+    pub _pad: u32,
 }
 
 impl Offsets {
@@ -220,6 +228,12 @@ impl Offsets {
         resp_code: u32::MAX,
         iommu_reg: u32::MAX,
         iommu_cap: u32::MAX,
+        viommu_veventqs: u32::MAX,
+        veventq_node: u32::MAX,
+        veventq_type: u32::MAX,
+        veventq_depth: u32::MAX,
+        veventq_num_events: u32::MAX,
+        _pad: 0,
     };
 }
 

@@ -9,6 +9,7 @@ pub mod hist;
 pub mod iopf;
 pub mod pagefault;
 pub mod policy;
+pub mod viommu;
 
 #[cfg(feature = "user")]
 mod pod;

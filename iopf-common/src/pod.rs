@@ -38,3 +38,5 @@ unsafe impl aya::Pod for crate::policy::Rule {}
 unsafe impl aya::Pod for crate::iopf::DevKey {}
 // SAFETY: `#[repr(C)]` u64 arrays and histograms of u64s only.
 unsafe impl aya::Pod for crate::iopf::DevAgg {}
+// SAFETY: `#[repr(C)]` u32s, a u8 and explicit padding: every bit pattern is valid.
+unsafe impl aya::Pod for crate::viommu::VeventKey {}

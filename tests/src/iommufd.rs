@@ -18,6 +18,13 @@ const IOMMU_IOAS_ALLOC: u64 = io(0x81);
 const IOMMU_HWPT_ALLOC: u64 = io(0x89);
 const IOMMU_FAULT_QUEUE_ALLOC: u64 = io(0x8e);
 const IOMMU_TEST_CMD: u64 = io(0x80 + 32);
+const IOMMU_VIOMMU_ALLOC: u64 = io(0x90);
+const IOMMU_VDEVICE_ALLOC: u64 = io(0x91);
+const IOMMU_VEVENTQ_ALLOC: u64 = io(0x93);
+const TEST_OP_TRIGGER_VEVENT: u32 = 17;
+const VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
+pub const VEVENTQ_TYPE_SELFTEST: u32 = 0xbeef_beef;
+pub const VEVENTQ_FLAG_LOST_EVENTS: u32 = 1 << 0;
 
 const TEST_OP_MOCK_DOMAIN: u32 = 2;
 const TEST_OP_MOCK_DOMAIN_REPLACE: u32 = 10;
@@ -60,6 +67,43 @@ struct HwptAlloc {
     data_uptr: u64,
     fault_id: u32,
     reserved2: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ViommuAlloc {
+    size: u32,
+    flags: u32,
+    ty: u32,
+    dev_id: u32,
+    hwpt_id: u32,
+    out_viommu_id: u32,
+    data_len: u32,
+    reserved: u32,
+    data_uptr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct VdeviceAlloc {
+    size: u32,
+    viommu_id: u32,
+    dev_id: u32,
+    out_vdevice_id: u32,
+    virt_id: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct VeventqAlloc {
+    size: u32,
+    flags: u32,
+    viommu_id: u32,
+    ty: u32,
+    depth: u32,
+    out_veventq_id: u32,
+    out_veventq_fd: u32,
+    reserved: u32,
 }
 
 #[repr(C)]
@@ -195,6 +239,11 @@ impl Setup {
         ioctl(self.fd(), IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")
     }
 
+    /// A nested hwpt on `parent` (a nest-parent hwpt or a vIOMMU), attached at the RID.
+    fn nested_on(&self, parent: u32) -> Result<(), String> {
+        self.nested_at_rid(parent, 0)
+    }
+
     fn done(self) -> MockIopf {
         MockIopf { iommufd: self.iommufd, fault: self.fault, dev_id: self.idev_id }
     }
@@ -255,5 +304,87 @@ impl MockIopf {
         b[4..].copy_from_slice(&code.to_le_bytes());
         let n = self.fault.write(&b).map_err(|e| format!("write fault fd: {e}"))?;
         if n != 8 { Err(format!("short response write: {n}")) } else { Ok(()) }
+    }
+}
+
+/// 6.15+: a mock device behind a selftest vIOMMU, known to it as virtual device `virt_id`,
+/// with a vEVENTQ of `depth` events that nobody reads until [`MockViommu::read_events`].
+pub struct MockViommu {
+    iommufd: File,
+    veventq: File,
+    dev_id: u32,
+}
+
+/// One record read from a vEVENTQ: header flags and sequence, and the selftest's virt_id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vevent {
+    pub flags: u32,
+    pub sequence: u32,
+    pub virt_id: Option<u32>,
+}
+
+impl MockViommu {
+    pub fn new(virt_id: u64, depth: u32) -> Result<Self, String> {
+        let s = Setup::new(0)?;
+        let parent = s.paging(HWPT_ALLOC_NEST_PARENT, "IOMMU_HWPT_ALLOC(NEST_PARENT)")?;
+        let mut v = ViommuAlloc {
+            size: size_of::<ViommuAlloc>() as u32,
+            ty: VIOMMU_TYPE_SELFTEST,
+            dev_id: s.idev_id,
+            hwpt_id: parent,
+            ..Default::default()
+        };
+        ioctl(s.fd(), IOMMU_VIOMMU_ALLOC, &mut v, "IOMMU_VIOMMU_ALLOC(selftest): 6.13+")?;
+        let mut vd = VdeviceAlloc {
+            size: size_of::<VdeviceAlloc>() as u32,
+            viommu_id: v.out_viommu_id,
+            dev_id: s.idev_id,
+            virt_id,
+            ..Default::default()
+        };
+        ioctl(s.fd(), IOMMU_VDEVICE_ALLOC, &mut vd, "IOMMU_VDEVICE_ALLOC")?;
+        s.nested_on(v.out_viommu_id)?;
+        let mut q = VeventqAlloc {
+            size: size_of::<VeventqAlloc>() as u32,
+            viommu_id: v.out_viommu_id,
+            ty: VEVENTQ_TYPE_SELFTEST,
+            depth,
+            ..Default::default()
+        };
+        ioctl(s.fd(), IOMMU_VEVENTQ_ALLOC, &mut q, "IOMMU_VEVENTQ_ALLOC: 6.15+")?;
+        // SAFETY: the kernel just returned this fd to us; we own it from here on.
+        let veventq = unsafe { File::from_raw_fd(q.out_veventq_fd as i32) };
+        let dev_id = s.idev_id;
+        let m = s.done();
+        Ok(Self { iommufd: m.iommufd, veventq, dev_id })
+    }
+
+    /// Raises one vIOMMU event (`iommufd_viommu_report_event` in the selftest driver).
+    pub fn trigger(&self) -> Result<(), String> {
+        let mut t = TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_TRIGGER_VEVENT, ..Default::default() };
+        t.union[0] = self.dev_id as u64;
+        ioctl(self.iommufd.as_raw_fd(), IOMMU_TEST_CMD, &mut t, "IOMMU_TEST_OP_TRIGGER_VEVENT")
+    }
+
+    /// Everything queued: 8-byte headers, each followed by a 4-byte selftest record, except a
+    /// lost-events header, which stands alone.
+    pub fn read_events(&mut self) -> Result<Vec<Vevent>, String> {
+        let mut buf = vec![0u8; 4096];
+        let n = self.veventq.read(&mut buf).map_err(|e| format!("read vEVENTQ: {e}"))?;
+        let mut out = Vec::new();
+        let mut i = 0;
+        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        while i + 8 <= n {
+            let (flags, sequence) = (u32_at(&buf, i), u32_at(&buf, i + 4));
+            i += 8;
+            let virt_id = if flags & VEVENTQ_FLAG_LOST_EVENTS == 0 && i + 4 <= n {
+                i += 4;
+                Some(u32_at(&buf, i - 4))
+            } else {
+                None
+            };
+            out.push(Vevent { flags, sequence, virt_id });
+        }
+        Ok(out)
     }
 }

@@ -69,6 +69,7 @@ pub const KERNELS: &[KernelSpec] = &[
             "sva-kmod-fentry",
             "sva-kmod-kprobe",
             "mock-flat-pasid",
+            "viommu-events",
             "attach-fentry",
             "simulate",
         ],

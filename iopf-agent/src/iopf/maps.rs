@@ -43,6 +43,7 @@ pub struct IopfSnapshot {
     pub violations: BTreeMap<ViolationKey, u64>,
     pub stats: IopfStats,
     pub dmar: BTreeMap<DmarKey, u64>,
+    pub vevents: BTreeMap<iopf_common::viommu::VeventKey, u64>,
 }
 
 /// Name given to device slot 0, where devices past `--max-devices` are counted.
@@ -55,6 +56,7 @@ pub struct IopfMaps {
     policy: Array<MapData, Rule>,
     stats: PerCpuArray<MapData, IopfStats>,
     dmar: PerCpuHashMap<MapData, DmarKey, u64>,
+    vevents: PerCpuHashMap<MapData, iopf_common::viommu::VeventKey, u64>,
     /// Possible CPUs: the number of values per key in a per-CPU map (0: unknown).
     ncpus: usize,
 }
@@ -76,6 +78,7 @@ impl IopfMaps {
             policy: take(ebpf, "IOPF_POLICY")?,
             stats: take(ebpf, "IOPF_STATS")?,
             dmar: take(ebpf, "DMAR_COUNTS")?,
+            vevents: take(ebpf, "VEVENT_COUNTS")?,
             ncpus: aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(0),
         })
     }
@@ -174,6 +177,9 @@ impl IopfMaps {
         }
         sum_per_cpu(&self.dmar, "DMAR_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
             *s.dmar.entry(k).or_default() += per_cpu.iter().sum::<u64>();
+        })?;
+        sum_per_cpu(&self.vevents, "VEVENT_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
+            *s.vevents.entry(k).or_default() += per_cpu.iter().sum::<u64>();
         })?;
         let per_cpu = self.stats.get(&0, 0).map_err(|source| MapsError::Map { map: "IOPF_STATS", source })?;
         for c in per_cpu.iter() {

@@ -159,6 +159,25 @@ impl MetricSource for IopfSource {
                 .collect(),
         ));
         out.push(family(
+            "iopf_viommu_events_total",
+            "iommufd vIOMMU events (vEVENTQ) by type, the virtual device id the record names, and outcome: queued for the VMM, lost (queue full; the kernel flags the next read) or no_queue (no vEVENTQ of that type).",
+            Kind::Counter,
+            snap.vevents
+                .iter()
+                .map(|(k, v)| {
+                    let id = k.virt_id.to_string();
+                    counter(
+                        &[
+                            ("type", iopf_common::viommu::type_label(k.ty)),
+                            ("virt_id", &id),
+                            ("outcome", iopf_common::viommu::outcome_label(k.outcome)),
+                        ],
+                        *v,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
             "iopf_events_total",
             "Events written to the ring buffer.",
             Kind::Counter,

@@ -125,6 +125,12 @@ impl IopfAbi {
         // Intel VT-d unit (dmar_fault's dev_id): MMIO base and capability register copy.
         o.iommu_reg = opt(btf, "intel_iommu", "reg");
         o.iommu_cap = opt(btf, "intel_iommu", "cap");
+        // iommufd vEVENTQ (6.15+; iommufd's structs are in vmlinux BTF when it is built in).
+        o.viommu_veventqs = opt(btf, "iommufd_viommu", "veventqs");
+        o.veventq_node = opt(btf, "iommufd_veventq", "node");
+        o.veventq_type = opt(btf, "iommufd_veventq", "type");
+        o.veventq_depth = opt(btf, "iommufd_veventq", "depth");
+        o.veventq_num_events = opt(btf, "iommufd_veventq", "num_events");
 
         // `IOMMU_FAULT_PAGE_REQ` is an enumerator (in BTF); the rest are #defines, from
         // the table of this generation.

@@ -21,7 +21,7 @@ fn now() -> u64 {
 /// gives the verifier's typed kernel pointer, which may only be dereferenced or compared: the
 /// core hashes group and device pointers into in-flight keys, so it needs the value itself.
 #[inline(always)]
-fn scalar_arg(ctx: &FEntryContext, n: usize) -> u64 {
+pub(super) fn scalar_arg(ctx: &FEntryContext, n: usize) -> u64 {
     let p = (ctx.as_ptr() as *const u64).wrapping_add(n);
     // SAFETY: reads one u64 of the program's own argument array through the helper, which
     // checks the address; a failed read yields 0, which no hook treats as a real object.

@@ -2,6 +2,7 @@
 //! reading (offsets) is in `read`, hook adapters in `hooks`, test injection in `inject`.
 
 pub mod dmar;
+pub mod viommu;
 pub mod hooks;
 pub mod inject;
 pub mod read;

@@ -309,6 +309,38 @@ fn mock_flat_pasid(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// 6.15+: vIOMMU events through iommufd's vEVENTQ (selftest vIOMMU). A queue of depth 2 that
+/// nobody reads takes 2 of 5 events; the other 3 are lost, which the kernel flags in the next
+/// read. The agent counts each event by type, virtual device id and outcome, at the report.
+fn viommu_events(a: &Args) -> Result<(), String> {
+    use iopf_tests::iommufd::{MockViommu, VEVENTQ_FLAG_LOST_EVENTS};
+    const VIRT_ID: u64 = 0x42;
+    let agent = start_agent(a, &["--require", "viommu_event"])?;
+    let mut v = MockViommu::new(VIRT_ID, 2)?;
+    for _ in 0..5 {
+        v.trigger()?;
+    }
+    let kernel = v.read_events()?;
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    agent.stop();
+    println!("  vEVENTQ read: {kernel:?}");
+    // The kernel's own record of what happened: 2 events of the device, then a lost flag.
+    let delivered = kernel.iter().filter(|e| e.virt_id == Some(VIRT_ID as u32)).count();
+    let lost_flag = kernel.iter().any(|e| e.flags & VEVENTQ_FLAG_LOST_EVENTS != 0);
+    check(delivered == 2 && lost_flag, format!("vEVENTQ read {kernel:?}: want 2 events and a lost flag"))?;
+    let e = Exposition::parse(&body);
+    let id = VIRT_ID.to_string();
+    let get = |outcome: &str| {
+        e.get("iopf_viommu_events_total", &[("type", "selftest"), ("virt_id", id.as_str()), ("outcome", outcome)])
+    };
+    let (queued, lost, none) = (get("queued"), get("lost"), get("no_queue"));
+    check(
+        queued == Some(2.0) && lost == Some(3.0) && none.is_none(),
+        format!("viommu events queued {queued:?} lost {lost:?} no_queue {none:?}, want 2/3/none"),
+    )?;
+    Ok(())
+}
+
 /// Real SVA faults through our software IOMMU module (custom 7.3 kernel): page requests on
 /// touched, never-touched and no-VMA addresses of this process run the kernel's own SVA path
 /// (`iommu_sva_iopf_handler` → `iommu_sva_handle_iopf` → `handle_mm_fault` →
@@ -701,6 +733,7 @@ fn main() {
             "no-atomics" => no_atomics(&args),
             "sva-kmod-fentry" => sva_kmod(&args, "fentry"),
             "mock-flat-pasid" => mock_flat_pasid(&args),
+            "viommu-events" => viommu_events(&args),
             "sva-kmod-kprobe" => sva_kmod(&args, "kprobe"),
             "dmar-edu" => dmar(&args),
             "bench-mm-fentry" => bench_mm(&args, "fentry"),
