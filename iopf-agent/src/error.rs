@@ -91,7 +91,10 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         Some((head, log)) => {
             let head = head.trim_end().trim_end_matches('.');
             let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            match &lines[lines.len().saturating_sub(3)..] {
+            // With IOPF_VERIFIER_LOG=debug the full log is there: keep the lines before the
+            // statistics, where the verifier says why it refused.
+            let keep = if std::env::var("IOPF_VERIFIER_LOG").as_deref() == Ok("debug") { 12 } else { 3 };
+            match &lines[lines.len().saturating_sub(keep)..] {
                 [] => head.to_owned(),
                 tail => format!("{head}; verifier: {}", tail.join(" | ")),
             }

@@ -202,7 +202,15 @@ pub struct Offsets {
     pub veventq_type: u32,
     pub veventq_depth: u32,
     pub veventq_num_events: u32,
-    pub _pad: u32,
+    /// domain -> iommufd hwpt: 6.15+ `iommu_domain.cookie_type` and the `iommufd_hwpt`
+    /// union member (valid when the cookie type is `cookie_iommufd`); 6.11-6.14
+    /// `iommu_domain.fault_data`. Then `iommufd_hw_pagetable.obj` + `iommufd_object.id`.
+    pub domain_cookie_type: u32,
+    pub domain_iommufd_hwpt: u32,
+    pub domain_fault_data: u32,
+    pub hwpt_obj_id: u32,
+    /// The value (not an offset) of the `IOMMU_COOKIE_IOMMUFD` enumerator, from BTF.
+    pub cookie_iommufd: u32,
 }
 
 impl Offsets {
@@ -233,7 +241,11 @@ impl Offsets {
         veventq_type: u32::MAX,
         veventq_depth: u32::MAX,
         veventq_num_events: u32::MAX,
-        _pad: 0,
+        domain_cookie_type: u32::MAX,
+        domain_iommufd_hwpt: u32::MAX,
+        domain_fault_data: u32::MAX,
+        hwpt_obj_id: u32::MAX,
+        cookie_iommufd: u32::MAX,
     };
 }
 
@@ -270,7 +282,8 @@ pub struct Inflight {
     pub dev_idx: u32,
     /// Verdict bits so far (the level check at classification).
     pub verdict: u32,
-    pub _pad: u32,
+    /// iommufd hwpt object id of the domain the fault went to (0: not an iommufd fault).
+    pub hwpt_id: u32,
     /// When iommufd took the group for user space (`iopf_group_dequeue`); 0 = not (yet).
     pub delivered_ns: u64,
     /// Set (by compare-and-exchange, so one responder wins) at the first page response when
@@ -575,7 +588,9 @@ pub struct Event {
     pub method: u8,
     pub code: u8,
     pub source: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// iommufd hwpt object id (the VMM's handle for the domain), 0 when not iommufd.
+    pub hwpt_id: u32,
 }
 
 /// Byte layout of the synthetic kernel memory (`IOPF_TEST_REC`) the adapter tests fill:

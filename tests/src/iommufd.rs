@@ -154,6 +154,9 @@ pub struct MockIopf {
     iommufd: File,
     fault: File,
     pub dev_id: u32,
+    /// iommufd object id of the hwpt at the RID (nested), and of the one at the PASID.
+    pub rid_hwpt: u32,
+    pub pasid_hwpt: u32,
 }
 
 /// The steps both mock layouts share: /dev/iommu, an IOAS, a mock device on it, a fault queue.
@@ -215,7 +218,7 @@ impl Setup {
     }
 
     /// A fault-capable NESTED (selftest data) hwpt on `parent`, attached at the RID.
-    fn nested_at_rid(&self, parent: u32, extra_flags: u32) -> Result<(), String> {
+    fn nested_at_rid(&self, parent: u32, extra_flags: u32) -> Result<u32, String> {
         let mut data = TEST_IOTLB_DEFAULT;
         let mut nested = HwptAlloc {
             size: size_of::<HwptAlloc>() as u32,
@@ -236,16 +239,17 @@ impl Setup {
             ..Default::default()
         };
         replace.union[0] = nested.out_hwpt_id as u64;
-        ioctl(self.fd(), IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")
+        ioctl(self.fd(), IOMMU_TEST_CMD, &mut replace, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE")?;
+        Ok(nested.out_hwpt_id)
     }
 
     /// A nested hwpt on `parent` (a nest-parent hwpt or a vIOMMU), attached at the RID.
-    fn nested_on(&self, parent: u32) -> Result<(), String> {
+    fn nested_on(&self, parent: u32) -> Result<u32, String> {
         self.nested_at_rid(parent, 0)
     }
 
-    fn done(self) -> MockIopf {
-        MockIopf { iommufd: self.iommufd, fault: self.fault, dev_id: self.idev_id }
+    fn done(self, rid_hwpt: u32, pasid_hwpt: u32) -> MockIopf {
+        MockIopf { iommufd: self.iommufd, fault: self.fault, dev_id: self.idev_id, rid_hwpt, pasid_hwpt }
     }
 }
 
@@ -253,8 +257,8 @@ impl MockIopf {
     pub fn new() -> Result<Self, String> {
         let s = Setup::new(0)?;
         let parent = s.paging(HWPT_ALLOC_NEST_PARENT, "IOMMU_HWPT_ALLOC(NEST_PARENT)")?;
-        s.nested_at_rid(parent, 0)?;
-        Ok(s.done())
+        let nested = s.nested_at_rid(parent, 0)?;
+        Ok(s.done(nested, 0))
     }
 
     /// 7.3+: a PASID-capable mock device with a fault-capable NESTED hwpt at its RID (as
@@ -264,7 +268,7 @@ impl MockIopf {
     pub fn with_flat_pasid(pasid: u32) -> Result<Self, String> {
         let s = Setup::new(MOCK_FLAGS_DEVICE_PASID)?;
         let parent = s.paging(HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_PASID, "IOMMU_HWPT_ALLOC(NEST_PARENT|PASID)")?;
-        s.nested_at_rid(parent, HWPT_ALLOC_PASID)?;
+        let nested = s.nested_at_rid(parent, HWPT_ALLOC_PASID)?;
         let flat = s.paging(
             HWPT_FAULT_ID_VALID | HWPT_ALLOC_PASID,
             "IOMMU_HWPT_ALLOC(paging, FAULT_ID_VALID|PASID): 7.3+ only",
@@ -273,7 +277,7 @@ impl MockIopf {
             TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_PASID_ATTACH, id: s.stdev_id, ..Default::default() };
         attach.union[0] = pasid as u64 | (flat as u64) << 32;
         ioctl(s.fd(), IOMMU_TEST_CMD, &mut attach, "IOMMU_TEST_OP_PASID_ATTACH")?;
-        Ok(s.done())
+        Ok(s.done(nested, flat))
     }
 
     /// Raises one page request through `iommu_report_device_fault` (pasid 0 = none).
@@ -343,7 +347,7 @@ impl MockViommu {
             ..Default::default()
         };
         ioctl(s.fd(), IOMMU_VDEVICE_ALLOC, &mut vd, "IOMMU_VDEVICE_ALLOC")?;
-        s.nested_on(v.out_viommu_id)?;
+        let nested = s.nested_on(v.out_viommu_id)?;
         let mut q = VeventqAlloc {
             size: size_of::<VeventqAlloc>() as u32,
             viommu_id: v.out_viommu_id,
@@ -355,7 +359,7 @@ impl MockViommu {
         // SAFETY: the kernel just returned this fd to us; we own it from here on.
         let veventq = unsafe { File::from_raw_fd(q.out_veventq_fd as i32) };
         let dev_id = s.idev_id;
-        let m = s.done();
+        let m = s.done(nested, 0);
         Ok(Self { iommufd: m.iommufd, veventq, dev_id })
     }
 

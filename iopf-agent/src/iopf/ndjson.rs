@@ -118,6 +118,7 @@ pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts) {
     o.uint("service_ns", e.service_ns);
     o.uint("mm_fix_ns", e.mm_fix_ns);
     o.uint("user_ns", e.user_ns);
+    o.uint("hwpt_id", e.hwpt_id.into());
     o.uint("verdict", e.verdict.into());
     o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
     o.str("source", Source::from_u8(e.source).label().as_bytes());
@@ -180,7 +181,8 @@ mod tests {
             method: Method::Domain as u8,
             code: RESP_INVALID,
             source: Source::Simulated as u8,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            hwpt_id: 12,
         };
         let mut buf = Vec::new();
         write_event(&mut buf, &e, &CURRENT_CONSTS);
@@ -191,7 +193,7 @@ mod tests {
                 "perm": 2, "addr": "0xdeadb000", "flags": CURRENT_CONSTS.flag_pasid_valid | 1,
                 "config": "nested", "level": "first", "method": "domain", "response": "invalid",
                 "report_ns": 1, "dispatch_ns": 20, "service_ns": 300, "mm_fix_ns": u64::MAX,
-                "user_ns": 250, "verdict": 0, "violations": [], "source": "simulated",
+                "user_ns": 250, "hwpt_id": 12, "verdict": 0, "violations": [], "source": "simulated",
             })
         );
     }

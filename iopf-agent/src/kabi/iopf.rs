@@ -131,6 +131,15 @@ impl IopfAbi {
         o.veventq_type = opt(btf, "iommufd_veventq", "type");
         o.veventq_depth = opt(btf, "iommufd_veventq", "depth");
         o.veventq_num_events = opt(btf, "iommufd_veventq", "num_events");
+        // domain -> iommufd hwpt, whichever layout this kernel has (decided by its BTF).
+        o.domain_cookie_type = opt(btf, "iommu_domain", "cookie_type");
+        o.domain_iommufd_hwpt = opt(btf, "iommu_domain", "iommufd_hwpt");
+        o.domain_fault_data = opt(btf, "iommu_domain", "fault_data");
+        o.cookie_iommufd = btf.enumerator("IOMMU_COOKIE_IOMMUFD").map(|v| v as u32).unwrap_or(Offsets::ABSENT);
+        o.hwpt_obj_id = match (btf.member("iommufd_hw_pagetable", "obj"), btf.member("iommufd_object", "id")) {
+            (Some((a, _)), Some((b, _))) => a + b,
+            _ => Offsets::ABSENT,
+        };
 
         // `IOMMU_FAULT_PAGE_REQ` is an enumerator (in BTF); the rest are #defines, from
         // the table of this generation.

@@ -41,6 +41,22 @@ fn handler(group: u64) {
     }
 }
 
+/// iommufd's handler: as `handler`, and the fault records its hwpt's object id.
+fn iommufd_handler(group: u64) {
+    handler(group);
+    record_hwpt(group);
+}
+
+/// A BPF function of its own: inlined, its reads would add to the handler program's stack,
+/// which the classification already fills close to the 512-byte limit on 6.x verifiers.
+#[inline(never)]
+fn record_hwpt(group: u64) {
+    let id = read::group_hwpt_id(group);
+    if id != 0 {
+        super::set_hwpt(&InflightKey { a: group, b: 0 }, id);
+    }
+}
+
 fn group_response(group: u64, code: u64) {
     super::on_response(&InflightKey { a: group, b: 0 }, code as u8, now());
 }
@@ -85,7 +101,7 @@ pub fn iopf_sva_handler_fentry(ctx: FEntryContext) -> u32 {
 /// iommufd group handler (user and nested domains).
 #[fentry]
 pub fn iopf_iommufd_handler_fentry(ctx: FEntryContext) -> u32 {
-    handler(scalar_arg(&ctx, 0));
+    iommufd_handler(scalar_arg(&ctx, 0));
     0
 }
 
@@ -149,7 +165,7 @@ pub fn iopf_sva_handler_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn iopf_iommufd_handler_kprobe(ctx: ProbeContext) -> u32 {
-    handler(ctx.arg(0).unwrap_or(0));
+    iommufd_handler(ctx.arg(0).unwrap_or(0));
     0
 }
 

@@ -540,7 +540,7 @@ fn start_inflight(
         source: p.source,
         dev_idx: p.dev_idx,
         verdict,
-        _pad: 0,
+        hwpt_id: 0,
         delivered_ns: 0,
         answered: 0,
     };
@@ -671,6 +671,15 @@ pub fn on_free(key: &InflightKey, now: u64) {
     inflight_drop(key);
 }
 
+/// Records the iommufd hwpt object id of the in-flight fault `key`.
+#[inline(always)]
+pub fn set_hwpt(key: &InflightKey, id: u32) {
+    if let Some(f) = inflight_ref(key) {
+        // SAFETY: the record, valid for the run; only the handler's task writes this field.
+        unsafe { (*f).hwpt_id = id };
+    }
+}
+
 /// iommufd takes the group for user space (`iopf_group_dequeue`).
 #[inline(always)]
 pub fn on_dequeue(key: &InflightKey, now: u64) {
@@ -740,7 +749,7 @@ pub fn emit_synthetic(seq: u64) {
         source: Source::Simulated as u8,
         dev_idx: 0,
         verdict: 0,
-        _pad: 0,
+        hwpt_id: 0,
         delivered_ns: 0,
         answered: 0,
     };
@@ -763,22 +772,29 @@ fn user_ns(f: &Inflight, code: u8, now: u64) -> u64 {
 fn emit(f: &Inflight, code: u8, service: u64, verdict: u32) {
     match IOPF_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
-            e.write(Event {
-                dev: f.dev,
-                fault: f.fault,
-                report_ns: f.report_ns,
-                dispatch_ns: f.dispatch_ns,
-                service_ns: service,
-                mm_fix_ns: f.mm_fix_ns,
-                user_ns: user_ns(f, code, report_plus(f, service)),
-                verdict,
-                config: f.config,
-                level: f.level,
-                method: f.method,
-                code,
-                source: f.source,
-                _pad: [0; 7],
-            });
+            // Field by field into the reservation: building the 120-byte event on the stack
+            // first would cost that much of the 512 bytes the whole call chain shares
+            // (older verifiers also round every frame up to 32 bytes).
+            let p = e.as_mut_ptr();
+            // SAFETY: `p` is this program's exclusive reservation of size_of::<Event>() bytes,
+            // 8-aligned; every field is written before the submit.
+            unsafe {
+                (*p).dev = f.dev;
+                (*p).fault = f.fault;
+                (*p).report_ns = f.report_ns;
+                (*p).dispatch_ns = f.dispatch_ns;
+                (*p).service_ns = service;
+                (*p).mm_fix_ns = f.mm_fix_ns;
+                (*p).user_ns = user_ns(f, code, report_plus(f, service));
+                (*p).verdict = verdict;
+                (*p).config = f.config;
+                (*p).level = f.level;
+                (*p).method = f.method;
+                (*p).code = code;
+                (*p).source = f.source;
+                (*p)._pad = [0; 3];
+                (*p).hwpt_id = f.hwpt_id;
+            }
             e.submit(0);
             crate::stat!(events);
         }

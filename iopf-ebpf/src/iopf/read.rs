@@ -98,3 +98,24 @@ pub fn group_of_work(work: u64) -> u64 {
     let o = OFFSETS.load();
     if o.group_work == Offsets::ABSENT { 0 } else { work.wrapping_sub(o.group_work as u64) }
 }
+
+/// The iommufd hwpt object id of a group's domain: through `cookie_type` and
+/// `iommufd_hwpt` (6.15+) or `fault_data` (6.11-6.14), whichever this kernel's BTF has. Only
+/// for groups iommufd's handler got (elsewhere `fault_data` is not a hwpt). 0 when unknown.
+#[inline(always)]
+pub fn group_hwpt_id(group: u64) -> u32 {
+    let o = OFFSETS.load();
+    let Some(mut dom) = at::<u64>(group, o.group_domain_hop1) else { return 0 };
+    if o.group_domain_hop2 != Offsets::ABSENT {
+        dom = at(dom, o.group_domain_hop2).unwrap_or(0);
+    }
+    let hwpt: u64 = if o.domain_cookie_type != Offsets::ABSENT && o.domain_iommufd_hwpt != Offsets::ABSENT {
+        if at::<u32>(dom, o.domain_cookie_type) != Some(o.cookie_iommufd) {
+            return 0;
+        }
+        at(dom, o.domain_iommufd_hwpt).unwrap_or(0)
+    } else {
+        at(dom, o.domain_fault_data).unwrap_or(0)
+    };
+    at(hwpt, o.hwpt_obj_id).unwrap_or(0)
+}

@@ -222,6 +222,9 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
         check((lo..=hi).contains(&svc), format!("event {i}: service {svc} ns outside [{lo}, {hi}]"))?;
         check(v["method"] == "domain" && v["config"] == "nested", format!("event {i}: {v}"))?;
         check(v["grpid"] == 0x10 + i as u64, format!("event {i} grpid {}", v["grpid"]))?;
+        // The hwpt the test allocated, read by the agent through domain -> hwpt (fault_data
+        // before 6.15, cookie_type + iommufd_hwpt from 6.15).
+        check(v["hwpt_id"] == mock.rid_hwpt as u64, format!("event {i} hwpt_id {}, want {}", v["hwpt_id"], mock.rid_hwpt))?;
         let want = if i % 2 == 0 { "success" } else { "invalid" };
         check(v["response"] == want, format!("event {i} response {}", v["response"]))?;
         // Checked by the kernel against the policy: 1 = checked, 9 = checked + response code.
@@ -299,6 +302,8 @@ fn mock_flat_pasid(a: &Args) -> Result<(), String> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("event {i}: {e}"))?;
         let want = if *pasid == 0 { "nested" } else { "flat_user" };
         check(v["config"] == want && v["pasid"] == *pasid as u64, format!("event {i}: {v}"))?;
+        let hwpt = if *pasid == 0 { mock.rid_hwpt } else { mock.pasid_hwpt };
+        check(v["hwpt_id"] == hwpt as u64, format!("event {i} hwpt_id {}, want {hwpt}", v["hwpt_id"]))?;
         let (user, svc) = (v["user_ns"].as_u64().unwrap_or(0), v["service_ns"].as_u64().unwrap_or(0));
         let lo = delay.as_nanos() as u64;
         check(
