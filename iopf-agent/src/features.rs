@@ -137,7 +137,18 @@ impl Features {
         let kprobe = probe_kprobe(ebpf);
         let preempt_full = preemption();
         let bpf_atomics = atomics(ebpf);
-        Features { kernel: kernel_release(), btf, tracefs, ring_buffer, bpf_stats, fentry, kprobe, preempt_full, bpf_atomics, tracefs_path }
+        Features {
+            kernel: kernel_release(),
+            btf,
+            tracefs,
+            ring_buffer,
+            bpf_stats,
+            fentry,
+            kprobe,
+            preempt_full,
+            bpf_atomics,
+            tracefs_path,
+        }
     }
 }
 

@@ -291,7 +291,9 @@ fn log_hooks(plans: &[crate::hooks::Plan]) {
             HookState::Failed => eprintln!("iopf-agent: failed {}: {}", p.name, p.reason),
             HookState::Unused => eprintln!("iopf-agent: unused {}: {target} ({})", p.name, p.reason),
             HookState::Absent => eprintln!("iopf-agent: absent {}: {}", p.name, p.reason),
-            HookState::Planned => eprintln!("iopf-agent: planned {}: {} {target} (not attached)", p.name, p.rung.as_str()),
+            HookState::Planned => {
+                eprintln!("iopf-agent: planned {}: {} {target} (not attached)", p.name, p.rung.as_str())
+            }
         }
     }
 }

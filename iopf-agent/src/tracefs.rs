@@ -8,7 +8,8 @@ const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 /// Offset of `field` in `category:name`'s record, from its format file.
 pub fn field_offset(category: &str, name: &str, field: &str) -> Option<u32> {
     ROOTS.iter().find_map(|r| {
-        let text = std::fs::read_to_string(Path::new(r).join("events").join(category).join(name).join("format")).ok()?;
+        let text =
+            std::fs::read_to_string(Path::new(r).join("events").join(category).join(name).join("format")).ok()?;
         parse_field_offset(&text, field)
     })
 }

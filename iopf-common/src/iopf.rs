@@ -33,6 +33,9 @@ pub enum Method {
     Domain = 2,
     /// A software walk of the IOMMU tables.
     Walk = 3,
+    /// An inference from circumstance, not from the fault's own data: on <= 6.8 a PASID
+    /// fault is taken for SVA because SVA was the only consumer of recoverable faults then.
+    Heuristic = 4,
 }
 
 /// Whether the data came from the kernel's real fault path or from `simulate`/tests.
@@ -89,7 +92,7 @@ impl Source {
 }
 labels!(Config { Unknown => "unknown", FlatKernel => "flat_kernel", FlatUser => "flat_user", FlatSva => "flat_sva", Nested => "nested" });
 labels!(Level { Unknown => "unknown", First => "first", Second => "second" });
-labels!(Method { None => "none", Hardware => "hardware", Domain => "domain", Walk => "walk" });
+labels!(Method { None => "none", Hardware => "hardware", Domain => "domain", Walk => "walk", Heuristic => "heuristic" });
 labels!(Source { Kernel => "kernel", Simulated => "simulated" });
 
 pub fn response_label(code: u8) -> &'static str {

@@ -273,8 +273,12 @@ impl MockIopf {
             HWPT_FAULT_ID_VALID | HWPT_ALLOC_PASID,
             "IOMMU_HWPT_ALLOC(paging, FAULT_ID_VALID|PASID): 7.3+ only",
         )?;
-        let mut attach =
-            TestCmd { size: size_of::<TestCmd>() as u32, op: TEST_OP_PASID_ATTACH, id: s.stdev_id, ..Default::default() };
+        let mut attach = TestCmd {
+            size: size_of::<TestCmd>() as u32,
+            op: TEST_OP_PASID_ATTACH,
+            id: s.stdev_id,
+            ..Default::default()
+        };
         attach.union[0] = pasid as u64 | (flat as u64) << 32;
         ioctl(s.fd(), IOMMU_TEST_CMD, &mut attach, "IOMMU_TEST_OP_PASID_ATTACH")?;
         Ok(s.done(nested, flat))

@@ -69,7 +69,9 @@ fn ten_thousand_faults_counted_exactly_with_tuple_keys() {
     let sva: u64 = got
         .counts
         .iter()
-        .filter(|(k, _)| k.code == iopf_common::iopf::CODE_REPORTED && k.config == iopf_common::iopf::Config::FlatSva as u8)
+        .filter(|(k, _)| {
+            k.code == iopf_common::iopf::CODE_REPORTED && k.config == iopf_common::iopf::Config::FlatSva as u8
+        })
         .map(|(_, v)| v)
         .sum();
     assert_eq!(sva, pasid_faults);

@@ -86,7 +86,15 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &["virtio_pci", "9p", "9pnet_virtio"],
         qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
-        scenarios: &["doctor", "dmar-edu", "pagefault-fentry", "attach-fentry", "attach-kprobe", "simulate"],
+        scenarios: &[
+            "doctor",
+            "dmar-edu",
+            "pagefault-fentry",
+            "pagefault-kprobe",
+            "attach-fentry",
+            "attach-kprobe",
+            "simulate",
+        ],
     },
     KernelSpec {
         name: "debian-6.12",

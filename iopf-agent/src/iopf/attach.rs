@@ -103,12 +103,7 @@ fn broken_for_test(hook: &str) -> bool {
     std::env::var("IOPF_TEST_BREAK_HOOK").is_ok_and(|v| v.split(',').any(|h| h == hook))
 }
 
-fn attach_one(
-    ebpf: &mut Ebpf,
-    plan: &Plan,
-    abi: Option<&IopfAbi>,
-    btf: &mut Option<Btf>,
-) -> Result<Used, AttachError> {
+fn attach_one(ebpf: &mut Ebpf, plan: &Plan, abi: Option<&IopfAbi>, btf: &mut Option<Btf>) -> Result<Used, AttachError> {
     {
         let err = |prog: &'static str, target: &str| {
             let target = target.to_owned();

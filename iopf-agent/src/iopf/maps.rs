@@ -29,7 +29,8 @@ pub enum MapsError {
 /// when the free hook runs; see the core's `keep_until_free`).
 pub fn set_keep_until_free(ebpf: &mut Ebpf, keep: bool) -> Result<(), MapsError> {
     let m = ebpf.map_mut("IOPF_FLAGS").ok_or(MapsError::Missing("IOPF_FLAGS"))?;
-    let mut a: Array<&mut MapData, u64> = Array::try_from(m).map_err(|source| MapsError::Map { map: "IOPF_FLAGS", source })?;
+    let mut a: Array<&mut MapData, u64> =
+        Array::try_from(m).map_err(|source| MapsError::Map { map: "IOPF_FLAGS", source })?;
     a.set(0, &(keep as u64), 0).map_err(|source| MapsError::Map { map: "IOPF_FLAGS", source })
 }
 

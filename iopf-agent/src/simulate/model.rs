@@ -176,8 +176,7 @@ pub struct EventsExpect {
 /// Records of the 1 MiB event ring that fit when nobody reads: 8-byte header + event each,
 /// rounded up to 8 bytes. The kernel refuses a reservation that would make the unread bytes
 /// exceed size - 1 (`new_prod_pos - cons_pos > mask`), so a ring never fills its last byte.
-pub const RING_RECORDS: u64 =
-    ((1 << 20) - 1) / (8 + size_of::<iopf_common::iopf::Event>() as u64).next_multiple_of(8);
+pub const RING_RECORDS: u64 = ((1 << 20) - 1) / (8 + size_of::<iopf_common::iopf::Event>() as u64).next_multiple_of(8);
 
 /// The verdict the kernel reaches for `f` under `rule`, with the free time `drive` uses.
 pub fn verdict(f: &PlannedFault, rule: &Rule) -> u32 {

@@ -2,10 +2,10 @@
 //! reading (offsets) is in `read`, hook adapters in `hooks`, test injection in `inject`.
 
 pub mod dmar;
-pub mod viommu;
 pub mod hooks;
 pub mod inject;
 pub mod read;
+pub mod viommu;
 
 use aya_ebpf::{
     Global,
@@ -17,9 +17,8 @@ use iopf_common::{
     iopf::{
         CODE_REPORTED, Config, Consts, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DEV_SLOTS_DEFAULT, DevAgg, DevKey, EVENTS_ALL,
         Event, Fault, INFLIGHT_MAX_AGE_NS, INFLIGHT_PROBES, INFLIGHT_SLOTS, Inflight, InflightKey, InflightSlot,
-        IopfStats, Latency, Level,
-        Method, Offsets, Pending, PendingSlot, RESP_NONE, RESP_SUCCESS, Source, VERDICT_NONE, classify_domain,
-        count_index, inflight_hash,
+        IopfStats, Latency, Level, Method, Offsets, Pending, PendingSlot, RESP_NONE, RESP_SUCCESS, Source,
+        VERDICT_NONE, classify_domain, count_index, inflight_hash,
     },
     pagefault::MAX_SCAN_CPUS,
     policy::{
@@ -442,7 +441,6 @@ fn inflight_drop(key: &InflightKey) {
     }
 }
 
-
 /// Fault reported (`iommu_report_device_fault` entry, or injected). `tuple_key` is the
 /// in-flight key for generations without a group at report time.
 #[inline(always)]
@@ -461,9 +459,9 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
     if TUPLE_KEYS.load() != 0 {
         // <= 6.8: no group and no domain at report time; before 6.9 every consumer of a
         // recoverable fault is SVA (iommu_sva_find / iopf_handler -> SVA domain), so a
-        // PASID fault is first level on the CPU's table.
+        // PASID fault is taken for first level on the CPU's table: a heuristic, labelled so.
         let (config, level, method) = if fault.flags & c.flag_pasid_valid != 0 {
-            (Config::FlatSva, Level::First, Method::Domain)
+            (Config::FlatSva, Level::First, Method::Heuristic)
         } else {
             (Config::Unknown, Level::Unknown, Method::None)
         };

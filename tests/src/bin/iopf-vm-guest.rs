@@ -224,7 +224,10 @@ fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
         check(v["grpid"] == 0x10 + i as u64, format!("event {i} grpid {}", v["grpid"]))?;
         // The hwpt the test allocated, read by the agent through domain -> hwpt (fault_data
         // before 6.15, cookie_type + iommufd_hwpt from 6.15).
-        check(v["hwpt_id"] == mock.rid_hwpt as u64, format!("event {i} hwpt_id {}, want {}", v["hwpt_id"], mock.rid_hwpt))?;
+        check(
+            v["hwpt_id"] == mock.rid_hwpt as u64,
+            format!("event {i} hwpt_id {}, want {}", v["hwpt_id"], mock.rid_hwpt),
+        )?;
         let want = if i % 2 == 0 { "success" } else { "invalid" };
         check(v["response"] == want, format!("event {i} response {}", v["response"]))?;
         // Checked by the kernel against the policy: 1 = checked, 9 = checked + response code.
@@ -390,7 +393,8 @@ fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
     for p in &report.phases {
         println!("  {:?}: {} requests, counters {:?}", p.target, p.requests, p.delta);
     }
-    let fresh_rss: i64 = report.phases.iter().filter(|p| format!("{:?}", p.target) == "Fresh").map(|p| p.delta.rss_anon_pages).sum();
+    let fresh_rss: i64 =
+        report.phases.iter().filter(|p| format!("{:?}", p.target) == "Fresh").map(|p| p.delta.rss_anon_pages).sum();
     check(fresh_rss == 16, format!("RssAnon grew by {fresh_rss} pages for 16 fresh pages"))?;
     let resident = report.results.iter().filter(|r| r.resident_after == Some(true)).count();
     check(resident == 20, format!("{resident} pages resident after, want 20"))?;
@@ -433,7 +437,9 @@ fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
         // A skipped response ends as `none` at the free, unless the free was skipped too
         // (then the fault stays in flight until its group pointer is reused).
         s <= 20.0 && i <= 4.0 && (20.0 - s) + (4.0 - i) == m_resp && n <= m_resp && n >= m_resp - m_free,
-        format!("responses success {s} invalid {i} none {n}, want 20/4/0 less {m_resp} skipped (as none, {m_free} frees skipped)"),
+        format!(
+            "responses success {s} invalid {i} none {n}, want 20/4/0 less {m_resp} skipped (as none, {m_free} frees skipped)"
+        ),
     )?;
     let answered = 24.0 - m_resp;
     for (lat, lo) in [("dispatch", 24.0), ("service", answered), ("mm_fix", answered - m_work)] {
@@ -444,7 +450,10 @@ fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
     check(events.len() as f64 == answered, format!("{} trace events, want {answered}", events.len()))?;
     for (i, line) in events.iter().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("event {i}: {e}"))?;
-        check(v["config"] == "flat_sva" && v["level"] == "first" && v["method"] == "domain", format!("event {i}: {v}"))?;
+        check(
+            v["config"] == "flat_sva" && v["level"] == "first" && v["method"] == "domain",
+            format!("event {i}: {v}"),
+        )?;
         if m_work == 0.0 {
             check(v["mm_fix_ns"].as_u64().unwrap_or(0) > 0, format!("event {i} has no mm fix time: {v}"))?;
         }
@@ -453,12 +462,15 @@ fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
     let mut unseen = 0;
     for r in &report.results {
         let want = if r.req.code == SVA_SUCCESS { "success" } else { "invalid" };
-        let found = events.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| {
-            v["grpid"] == r.req.grpid as u64 && v["addr"].as_str() == Some(&format!("{:#x}", r.req.addr))
-        });
+        let found = events
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["grpid"] == r.req.grpid as u64 && v["addr"].as_str() == Some(&format!("{:#x}", r.req.addr)));
         match found {
             None => unseen += 1,
-            Some(v) => check(v["response"] == want, format!("grpid {} addr {:#x}: {v}, want {want}", r.req.grpid, r.req.addr))?,
+            Some(v) => {
+                check(v["response"] == want, format!("grpid {} addr {:#x}: {v}, want {want}", r.req.grpid, r.req.addr))?
+            }
         }
     }
     check(unseen as f64 == m_resp, format!("{unseen} requests without an event, {m_resp} skipped responses"))?;
@@ -688,7 +700,9 @@ fn no_atomics(a: &Args) -> Result<(), String> {
         println!("  {}: exit {:?}: {last}", args[0], out.status.code());
         check(out.status.code() == Some(4), format!("{} exit {:?}", args[0], out.status.code()))?;
         check(
-            last.starts_with("iopf-agent: error: this kernel cannot run iopf's programs: BPF compare-and-exchange refused"),
+            last.starts_with(
+                "iopf-agent: error: this kernel cannot run iopf's programs: BPF compare-and-exchange refused",
+            ),
             format!("{}: {last}", args[0]),
         )?;
     }
