@@ -83,7 +83,7 @@ pub fn attach_all(ebpf: &mut Ebpf, plans: &mut [Plan], abi: Option<&IopfAbi>) ->
     let keep = plans.iter().any(|p| p.name == "free_group" && p.state == HookState::Attached);
     if let Err(e) = crate::iopf::maps::set_keep_until_free(ebpf, keep) {
         eprintln!("iopf-agent: double responses will not be told apart: {}", crate::error::chain(&e));
-    } else if !keep {
+    } else if !keep && plans.iter().any(|p| p.name == "page_response" && p.state == HookState::Attached) {
         eprintln!(
             "iopf-agent: free_group is not attached: the first response ends a fault, double responses are counted as unmatched"
         );

@@ -387,22 +387,25 @@ fn inflight_evict(key: &InflightKey, f: &Inflight) -> bool {
     let mut i = 0;
     while i < INFLIGHT_PROBES {
         if let Some(s) = IOPF_INFLIGHT_TABLE.get_ptr_mut((h + i) & (INFLIGHT_SLOTS - 1)) {
-            // SAFETY: a table value, valid for the run; the old record is copied before the
-            // tag moves to us, and nobody rewrites a slot whose tag is set but its claimer.
-            unsafe {
+            // SAFETY: a table value, valid for the run; the tag moves to us by one
+            // compare-and-exchange, and nobody but the tag's holder rewrites a slot.
+            let won = unsafe {
                 let t = &raw mut (*s).tag;
                 let seen = core::ptr::read_volatile(t);
-                if seen != 0
+                seen != 0
                     && f.report_ns.saturating_sub((*s).f.report_ns) > INFLIGHT_MAX_AGE_NS
                     && cmpxchg(t, seen, tag) == seen
-                {
-                    // The slot is ours now: end the old fault in place, then take it over.
-                    crate::stat!(inflight_evicted);
+            };
+            if won {
+                // The slot is ours now: end the old fault in place, then take it over.
+                crate::stat!(inflight_evicted);
+                // SAFETY: as above; we hold the slot's tag.
+                unsafe {
                     finish(&mut (*s).f, RESP_NONE, f.report_ns, NO_FIX);
                     (*s).key = *key;
                     (*s).f = *f;
-                    return true;
                 }
+                return true;
             }
         }
         i += 1;
