@@ -64,8 +64,10 @@ pub fn survey(
     let mut ebpf = loader::load(globals)?;
     let btf = btf.ok();
     let features = Features::probe(&mut ebpf, &opts.btf_dir);
-    let plans = hooks::plan_all(btf.as_ref(), &features, opts.force_rung);
-    let fault_paths = crate::paths::survey(&hooks::Kallsyms::read());
+    // /proc/kallsyms is megabytes: read once for the plan and the fault paths.
+    let kallsyms = hooks::Kallsyms::read();
+    let plans = hooks::plan_all(btf.as_ref(), &kallsyms, &features, opts.force_rung);
+    let fault_paths = crate::paths::survey(&kallsyms);
     let report =
         Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, fault_paths, iopf_abi: abi };
     Ok((ebpf, report, btf))

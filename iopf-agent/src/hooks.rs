@@ -375,7 +375,6 @@ impl Plan {
 }
 
 /// Plans every known hook.
-pub fn plan_all(btf: Option<&KernelBtf>, features: &Features, force: Option<Rung>) -> Vec<Plan> {
-    let kallsyms = Kallsyms::read();
-    HOOKS.iter().map(|h| plan(h, btf, &kallsyms, features, force)).collect()
+pub fn plan_all(btf: Option<&KernelBtf>, kallsyms: &Kallsyms, features: &Features, force: Option<Rung>) -> Vec<Plan> {
+    HOOKS.iter().map(|h| plan(h, btf, kallsyms, features, force)).collect()
 }

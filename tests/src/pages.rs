@@ -43,10 +43,20 @@ impl FreshPages {
 
     /// Writes one byte to every page: one fault each.
     pub fn touch(&self) {
-        for i in 0..self.pages {
+        self.touch_first(self.pages);
+    }
+
+    /// Writes one byte to each of the first `n` pages (at most all of them).
+    pub fn touch_first(&self, n: usize) {
+        for i in 0..n.min(self.pages) {
             // SAFETY: i * page < len, inside the mapping; volatile so the store is not elided.
             unsafe { self.ptr.add(i * self.page).write_volatile(1) };
         }
+    }
+
+    /// The address of page `i` (for handing to a device).
+    pub fn page_addr(&self, i: usize) -> u64 {
+        self.ptr as u64 + (i * self.page) as u64
     }
 }
 

@@ -388,52 +388,6 @@ pub struct ProbeReport {
     pub unloaded: Option<Result<(), String>>,
 }
 
-/// A private anonymous mapping with THP off, unmapped on drop.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(pages: usize) -> Result<Self, String> {
-        let len = pages.max(1) * page_size();
-        // SAFETY: anonymous private mapping, checked against MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap {len} bytes: {}", errno()));
-        }
-        let m = Self { ptr: p.cast(), len };
-        // SAFETY: the mapping above. EINVAL = kernel without THP: nothing to turn off.
-        if unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) } != 0 {
-            let e = errno();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(format!("madvise(MADV_NOHUGEPAGE): {e}"));
-            }
-        }
-        Ok(m)
-    }
-
-    fn page(&self, i: usize) -> u64 {
-        self.ptr as u64 + (i * page_size()) as u64
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// Loads the module (if `cfg.module`), opens the device, binds this process's mm, and
 /// reports page requests on `touched` CPU-written pages, `fresh` never-touched pages and
 /// `no_vma` addresses outside any VMA, one FAULT call per kind. Returns per request the
@@ -461,11 +415,9 @@ fn probe_loaded(cfg: &ProbeConfig) -> Result<ProbeReport, String> {
     let dev = SvaDevice::open(&cfg.device)?;
     let (pasid, max_pasids) = dev.bind()?;
 
-    let map = Mapping::new(cfg.touched + cfg.fresh)?;
-    for i in 0..cfg.touched {
-        // SAFETY: page i < touched lies inside the mapping; volatile so the store stays.
-        unsafe { (map.page(i) as *mut u8).write_volatile(1) };
-    }
+    let map = crate::pages::FreshPages::map((cfg.touched + cfg.fresh).max(1))
+        .map_err(|e| format!("mapping fresh pages: {e}"))?;
+    map.touch_first(cfg.touched);
     let page = page_size() as u64;
     let mut results: Vec<ProbeResult> = Vec::with_capacity(cfg.touched + cfg.fresh + cfg.no_vma);
     let mut grpid = 1u32;
@@ -479,10 +431,10 @@ fn probe_loaded(cfg: &ProbeConfig) -> Result<ProbeReport, String> {
         grpid += 1;
     };
     for i in 0..cfg.touched {
-        push(Target::Touched, map.page(i), cfg.perm);
+        push(Target::Touched, map.page_addr(i), cfg.perm);
     }
     for i in cfg.touched..cfg.touched + cfg.fresh {
-        push(Target::Fresh, map.page(i), cfg.perm);
+        push(Target::Fresh, map.page_addr(i), cfg.perm);
     }
     for k in 1..=cfg.no_vma as u64 {
         if resident(page * k).is_some() {

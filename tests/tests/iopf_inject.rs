@@ -136,6 +136,13 @@ fn dev(name: &str) -> [u8; iopf_common::iopf::DEV_NAME_LEN] {
     iopf_agent::iopf::maps::dev_bytes(name)
 }
 
+/// Loads the programs with `g`, runs `steps` through the injector, returns the maps' totals.
+fn injected(g: Globals, steps: impl FnOnce(&mut Injector<'_>)) -> iopf_agent::iopf::maps::IopfSnapshot {
+    let mut ebpf = loader::load(g).expect("load");
+    steps(&mut Injector::new(&mut ebpf).expect("injector"));
+    IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap()
+}
+
 /// 6.9+ with the free hook: a group handed to user space (iopf_group_dequeue) and answered
 /// twice. The user-space part of the service time is its own histogram, the second response
 /// is a double response (counted, not timed), and the free ends the group without a `none`.
@@ -146,11 +153,9 @@ fn dequeue_splits_service_and_a_double_response_is_counted_once() {
         return;
     }
     let g = Globals { tuple_keys: false, ..globals(false) };
-    let mut ebpf = loader::load(g).expect("load");
     let d = dev("0000:00:09.0");
     let key = InflightKey { a: 0x5157_0000_0000_1000, b: 0 };
-    {
-        let mut inj = Injector::new(&mut ebpf).expect("injector");
+    let got = injected(g, |inj| {
         inj.keep_until_free(true).unwrap();
         inj.report(&d, &one_fault(7), 1_000, InflightKey::default()).unwrap();
         inj.handler(key, g.consts.dom_nested, false, 3_000).unwrap();
@@ -158,8 +163,7 @@ fn dequeue_splits_service_and_a_double_response_is_counted_once() {
         inj.response(key, RESP_SUCCESS, 50_000).unwrap();
         inj.response(key, RESP_SUCCESS, 60_000).unwrap();
         inj.free(key, 61_000).unwrap();
-    }
-    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    });
     assert_eq!(got.stats.responses, 1);
     assert_eq!(got.stats.double_responses, 1);
     assert_eq!(got.stats.delivered, 1);
@@ -184,17 +188,14 @@ fn without_the_free_hook_a_second_response_is_unmatched() {
         return;
     }
     let g = Globals { tuple_keys: false, ..globals(false) };
-    let mut ebpf = loader::load(g).expect("load");
     let key = InflightKey { a: 0x5157_0000_0000_2000, b: 0 };
-    {
-        let mut inj = Injector::new(&mut ebpf).expect("injector");
+    let got = injected(g, |inj| {
         inj.keep_until_free(false).unwrap();
         inj.report(&dev("0000:00:0a.0"), &one_fault(8), 1_000, InflightKey::default()).unwrap();
         inj.handler(key, g.consts.dom_nested, false, 3_000).unwrap();
         inj.response(key, RESP_SUCCESS, 50_000).unwrap();
         inj.response(key, RESP_SUCCESS, 60_000).unwrap();
-    }
-    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    });
     assert_eq!((got.stats.responses, got.stats.response_unmatched, got.stats.double_responses), (1, 1, 0));
 }
 
@@ -207,16 +208,13 @@ fn tuple_key_reuse_supersedes_the_stale_fault() {
         return;
     }
     let g = Globals { tuple_keys: true, ..globals(false) };
-    let mut ebpf = loader::load(g).expect("load");
     let d = dev("0000:00:0b.0");
     let key = InflightKey { a: 0x5157_0000_0000_3000, b: 9 };
-    {
-        let mut inj = Injector::new(&mut ebpf).expect("injector");
+    let got = injected(g, |inj| {
         inj.report(&d, &one_fault(9), 1_000, key).unwrap();
         inj.report(&d, &one_fault(9), 2_000, key).unwrap();
         inj.response(key, RESP_SUCCESS, 9_000).unwrap();
-    }
-    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    });
     assert_eq!(got.stats.inflight_superseded, 1);
     assert_eq!((got.stats.responses, got.stats.response_unmatched), (1, 0));
     let by_code = |c: u8| got.counts.iter().filter(|(k, _)| k.dev == d && k.code == c).map(|(_, v)| v).sum::<u64>();
