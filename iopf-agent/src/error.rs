@@ -38,7 +38,7 @@ pub enum AgentError {
     Install(#[from] crate::policy::install::InstallError),
     #[error("the kernel's counters differ from the scenario's expected totals")]
     SimulationMismatch,
-    #[error("this kernel cannot run iopf's programs: {0} (`iopf-agent doctor` shows what it has)")]
+    #[error("this kernel cannot run the in-flight IOPF programs: {0} (`iopf-agent doctor` shows what it has)")]
     NoAtomics(String),
 }
 

@@ -42,13 +42,14 @@ pub struct Features {
     /// a second task hitting the same hook on that CPU is skipped by the trampoline
     /// (counted in `iopf_program_misses_total`); kprobes run with preemption off.
     pub preempt_full: Capability,
-    /// BPF compare-and-exchange / exchange (5.12+): every IOPF and page-fault program needs them.
+    /// BPF compare-and-exchange / exchange (5.12+): the in-flight IOPF programs need them;
+    /// without them those hooks are unavailable and page faults use the thread-keyed programs.
     pub bpf_atomics: Capability,
     #[serde(skip)]
     pub tracefs_path: Option<PathBuf>,
 }
 
-/// Err with the reason when the kernel lacks the BPF atomics every program needs.
+/// Err with the reason when the kernel lacks the BPF atomics the in-flight IOPF programs need.
 pub fn require_atomics(ebpf: &mut Ebpf) -> Result<(), crate::error::AgentError> {
     let c = atomics(ebpf);
     if c.available { Ok(()) } else { Err(crate::error::AgentError::NoAtomics(c.detail)) }
@@ -67,7 +68,7 @@ fn atomics(ebpf: &mut Ebpf) -> Capability {
     match p.load() {
         Ok(()) => Capability::yes("BPF compare-and-exchange and exchange"),
         Err(e) => Capability::no(format!(
-            "BPF compare-and-exchange refused ({}): this kernel's BPF lacks the atomics of Linux 5.12, which every IOPF and page-fault program uses",
+            "BPF compare-and-exchange refused ({}): this kernel's BPF lacks the atomics of Linux 5.12",
             crate::error::chain(&e)
         )),
     }

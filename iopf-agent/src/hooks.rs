@@ -58,6 +58,10 @@ pub struct Hook {
     pub name: &'static str,
     pub why: &'static str,
     pub target: Target,
+    /// Its programs claim in-flight slots with BPF compare-and-exchange (5.12+): on a kernel
+    /// whose BPF lacks it the hook is unavailable. The others use atomic adds and hash
+    /// inserts only, which every supported kernel has.
+    pub exchange: bool,
 }
 
 pub const HOOKS: &[Hook] = &[
@@ -70,6 +74,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "CONFIG_IOMMU_IOPF off?",
         },
+        exchange: true,
     },
     Hook {
         name: "sva_handler",
@@ -80,6 +85,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "CONFIG_IOMMU_SVA off?",
         },
+        exchange: true,
     },
     Hook {
         name: "iommufd_handler",
@@ -90,6 +96,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "iommufd not loaded or older than 6.11?",
         },
+        exchange: true,
     },
     Hook {
         name: "page_response",
@@ -100,6 +107,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "CONFIG_IOMMU_IOPF off?",
         },
+        exchange: true,
     },
     Hook {
         name: "dequeue",
@@ -110,6 +118,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "before 7.2 / Debian 6.12.115, or CONFIG_IOMMU_IOPF off",
         },
+        exchange: true,
     },
     Hook {
         name: "free_group",
@@ -120,6 +129,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "CONFIG_IOMMU_IOPF off, or a kernel before 6.9?",
         },
+        exchange: true,
     },
     Hook {
         name: "iopf_work",
@@ -133,6 +143,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "CONFIG_IOMMU_SVA off?",
         },
+        exchange: true,
     },
     Hook {
         name: "mm_fault",
@@ -143,11 +154,13 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: Some(("exceptions", "page_fault_user")),
             missing: "no handle_mm_fault?",
         },
+        exchange: false,
     },
     Hook {
         name: "io_page_fault",
         why: "unrecoverable faults via report_iommu_fault (AMD, arm-smmu v1/v2, others)",
         target: Target::Tracepoint { category: "iommu", name: "io_page_fault", missing: "CONFIG_IOMMU_API off?" },
+        exchange: false,
     },
     Hook {
         name: "viommu_event",
@@ -158,6 +171,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "iommufd older than 6.15, not built or not loaded",
         },
+        exchange: false,
     },
     Hook {
         name: "dmar_fault",
@@ -168,6 +182,7 @@ pub const HOOKS: &[Hook] = &[
             tracepoint: None,
             missing: "CONFIG_INTEL_IOMMU off?",
         },
+        exchange: false,
     },
 ];
 
@@ -285,6 +300,13 @@ fn plan_rung(
     };
     let allowed = |r: Rung| force.is_none_or(|f| f == r);
     let mut why: Vec<String> = Vec::new();
+    if hook.exchange && !features.bpf_atomics.available {
+        p.reason = format!(
+            "needs BPF compare-and-exchange to track faults in flight (Linux 5.12+): {}",
+            features.bpf_atomics.detail
+        );
+        return p;
+    }
     match hook.target {
         Target::Tracepoint { category, name, missing } => {
             if !features.tracefs.available {

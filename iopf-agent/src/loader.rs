@@ -32,6 +32,10 @@ pub struct Globals {
     pub scan_cpus: u32,
     /// Device slots for the per-device aggregates and rules (`--max-devices`).
     pub dev_slots: u32,
+    /// Page-fault selection by cgroup (`--cgroup`). Off, the cgroup walk is dead code the
+    /// verifier never visits: 5.10 has no `bpf_get_current_ancestor_cgroup_id` for tracing
+    /// programs, and a `--pid` selection must still load there.
+    pub pf_cgroups: bool,
 }
 
 impl Default for Globals {
@@ -44,6 +48,7 @@ impl Default for Globals {
             events: false,
             scan_cpus: 0,
             dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
+            pf_cgroups: false,
         }
     }
 }
@@ -91,6 +96,7 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
     }
     let mode = globals.pf_mode as u32;
     let tuple = globals.tuple_keys as u32;
+    let cgroup_levels: u32 = if globals.pf_cgroups { iopf_common::pagefault::MAX_CGROUP_LEVEL } else { 0 };
     // Where iommu:io_page_fault keeps its device name, from the tracepoint's own format.
     let io_pf_dev = crate::tracefs::field_offset("iommu", "io_page_fault", "device").unwrap_or(Offsets::ABSENT);
     let events = if globals.events { EVENTS_ALL } else { EVENTS_OFF };
@@ -110,9 +116,11 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         .override_global("IO_PAGE_FAULT_DEVICE", &io_pf_dev, true)
         .override_global("EVENTS_MODE", &events, true)
         .override_global("SCAN_CPUS", &globals.scan_cpus, true)
+        .override_global("PF_CGROUP_LEVELS", &cgroup_levels, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)
         .map_max_entries("IOPF_POLICY", globals.dev_slots)
+        .map_max_entries("IOPF_DEV_SLOT_TAKEN", globals.dev_slots)
         // Names past the slots map to slot 0; room for as many again before lookups miss.
         .map_max_entries("IOPF_DEV_IDS", globals.dev_slots.saturating_mul(4))
         .load(OBJECT)

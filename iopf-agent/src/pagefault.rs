@@ -123,41 +123,77 @@ where
     p.try_into().map_err(attach_err(name, name))
 }
 
-/// Attaches the page-fault programs on the planned rung. Links live as long as `ebpf`.
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan) -> Result<(), PageFaultError> {
+/// The page-fault programs of one entry store (see the eBPF side's module comment).
+pub struct Programs {
+    pub tp_entry: &'static str,
+    pub perf_minor: &'static str,
+    pub perf_major: &'static str,
+    pub fentry: &'static str,
+    pub fexit: &'static str,
+    pub kprobe: &'static str,
+    pub kretprobe: &'static str,
+}
+
+/// Per-CPU slots claimed with compare-and-exchange (5.12+): no hash operation per fault.
+pub const SLOT_PROGRAMS: Programs = Programs {
+    tp_entry: "pf_tp_entry",
+    perf_minor: "pf_perf_exit_minor",
+    perf_major: "pf_perf_exit_major",
+    fentry: "pf_fentry",
+    fexit: "pf_fexit",
+    kprobe: "pf_kprobe",
+    kretprobe: "pf_kretprobe",
+};
+
+/// Entries in a hash keyed by thread: for kernels whose BPF lacks compare-and-exchange.
+pub const TID_PROGRAMS: Programs = Programs {
+    tp_entry: "pf_tp_entry_tid",
+    perf_minor: "pf_perf_exit_minor_tid",
+    perf_major: "pf_perf_exit_major_tid",
+    fentry: "pf_fentry_tid",
+    fexit: "pf_fexit_tid",
+    kprobe: "pf_kprobe_tid",
+    kretprobe: "pf_kretprobe_tid",
+};
+
+/// The programs for a kernel with (`true`) or without BPF compare-and-exchange.
+pub fn programs(exchange: bool) -> &'static Programs {
+    if exchange { &SLOT_PROGRAMS } else { &TID_PROGRAMS }
+}
+
+/// Attaches the page-fault programs `progs` on the planned rung. Links live as long as `ebpf`.
+pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs) -> Result<(), PageFaultError> {
     let target = plan.target.clone().unwrap_or_default();
     match plan.rung {
         Rung::Unavailable => return Err(PageFaultError::Unavailable(plan.reason.clone())),
         Rung::Fentry => {
             let btf = Btf::from_sys_fs().map_err(PageFaultError::Btf)?;
-            let p: &mut FEntry = prog(ebpf, "pf_fentry")?;
-            p.load(&target, &btf).map_err(attach_err("pf_fentry", &target))?;
-            p.attach().map_err(attach_err("pf_fentry", &target))?;
-            let p: &mut FExit = prog(ebpf, "pf_fexit")?;
-            p.load(&target, &btf).map_err(attach_err("pf_fexit", &target))?;
-            p.attach().map_err(attach_err("pf_fexit", &target))?;
+            let p: &mut FEntry = prog(ebpf, progs.fentry)?;
+            p.load(&target, &btf).map_err(attach_err(progs.fentry, &target))?;
+            p.attach().map_err(attach_err(progs.fentry, &target))?;
+            let p: &mut FExit = prog(ebpf, progs.fexit)?;
+            p.load(&target, &btf).map_err(attach_err(progs.fexit, &target))?;
+            p.attach().map_err(attach_err(progs.fexit, &target))?;
         }
         Rung::Kprobe => {
-            let p: &mut KProbe = prog(ebpf, "pf_kprobe")?;
-            p.load().map_err(attach_err("pf_kprobe", &target))?;
-            p.attach(&target, 0).map_err(attach_err("pf_kprobe", &target))?;
-            let p: &mut KProbe = prog(ebpf, "pf_kretprobe")?;
-            p.load().map_err(attach_err("pf_kretprobe", &target))?;
-            p.attach(&target, 0).map_err(attach_err("pf_kretprobe", &target))?;
+            for name in [progs.kprobe, progs.kretprobe] {
+                let p: &mut KProbe = prog(ebpf, name)?;
+                p.load().map_err(attach_err(name, &target))?;
+                p.attach(&target, 0).map_err(attach_err(name, &target))?;
+            }
         }
         Rung::Tracepoint => {
             // Entry: user- and kernel-mode faults (a kernel-mode fault on a user address,
             // e.g. copy_to_user into a fresh page, completes through the same perf event).
-            let p: &mut TracePoint = prog(ebpf, "pf_tp_entry")?;
-            p.load().map_err(attach_err("pf_tp_entry", "exceptions"))?;
+            let p: &mut TracePoint = prog(ebpf, progs.tp_entry)?;
+            p.load().map_err(attach_err(progs.tp_entry, "exceptions"))?;
             for name in ["page_fault_user", "page_fault_kernel"] {
-                p.attach("exceptions", name).map_err(attach_err("pf_tp_entry", format!("exceptions:{name}")))?;
+                p.attach("exceptions", name).map_err(attach_err(progs.tp_entry, format!("exceptions:{name}")))?;
             }
             let cpus = aya::util::online_cpus().map_err(|(what, e)| PageFaultError::Cpus(format!("{what}: {e}")))?;
-            for (name, ev) in [
-                ("pf_perf_exit_minor", SoftwareEvent::PageFaultsMin),
-                ("pf_perf_exit_major", SoftwareEvent::PageFaultsMaj),
-            ] {
+            for (name, ev) in
+                [(progs.perf_minor, SoftwareEvent::PageFaultsMin), (progs.perf_major, SoftwareEvent::PageFaultsMaj)]
+            {
                 let p: &mut PerfEvent = prog(ebpf, name)?;
                 p.load().map_err(attach_err(name, format!("{ev:?}")))?;
                 for &cpu in &cpus {

@@ -25,7 +25,9 @@ pub fn survey(k: &Kallsyms) -> Vec<FaultPath> {
     out.push(FaultPath {
         path: "recoverable",
         possible: report,
-        evidence: if report {
+        evidence: if report && !has(k, "iopf_queue_alloc") {
+            "iommu_report_device_fault is built, but no IOPF queue (iopf_queue_alloc is not; it came in 5.13): reports reach only a fault handler a driver registered itself (iommu_register_device_fault_handler)".into()
+        } else if report {
             "iommu_report_device_fault is built: PRI page requests and stall events can be reported".into()
         } else {
             "recoverable faults cannot occur: iommu_report_device_fault is not built (CONFIG_IOMMU_IOPF off)".into()

@@ -32,7 +32,13 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     let policies = PolicySet::load(&opts.policies)?;
     let resolved = policies.resolve(Path::new(SYSFS_ROOT))?;
     log_policies(&policies, &resolved);
-    let globals = Globals { pf_mode, events: opts.trace, dev_slots: opts.dev_slots, ..Globals::default() };
+    let globals = Globals {
+        pf_mode,
+        events: opts.trace,
+        dev_slots: opts.dev_slots,
+        pf_cgroups: !opts.selection.cgroups.is_empty(),
+        ..Globals::default()
+    };
     let (mut ebpf, report, btf) = doctor::survey(&opts.plan, globals)?;
     for p in &report.hooks {
         let target = p.target.as_deref().unwrap_or("-");
@@ -40,8 +46,13 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         eprintln!("iopf-agent: hook {}: {} {}{}", p.name, p.rung.as_str(), target, note);
     }
     doctor::check_required(&opts.plan, &report.hooks)?;
-    if !report.capabilities.bpf_atomics.available {
-        return Err(AgentError::NoAtomics(report.capabilities.bpf_atomics.detail.clone()));
+    let exchange = report.capabilities.bpf_atomics.available;
+    if !exchange {
+        // Said loudly: recoverable faults happen here and go uncounted.
+        eprintln!(
+            "iopf-agent: warning: recoverable faults (report, group handlers, responses) are NOT traced on this kernel: {}; unrecoverable faults and page faults still are",
+            report.capabilities.bpf_atomics.detail
+        );
     }
     if report.capabilities.preempt_full.available
         && report.hooks.iter().any(|p| {
@@ -102,7 +113,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     if opts.page_faults {
         let plan = plans.iter_mut().find(|p| p.name == "mm_fault").expect("mm_fault is a known hook");
-        pagefault::attach(&mut ebpf, plan)?;
+        pagefault::attach(&mut ebpf, plan, pagefault::programs(exchange))?;
         plan.settle(Ok(()));
         let plan = plan.clone();
         pagefault::select(&mut ebpf, &opts.selection)?;

@@ -12,6 +12,11 @@
 //!   the first one's entry moves to the `PF_PARKED` hash;
 //! - a thread migrates while it sleeps: its exit finds the entry in the old CPU's slot by
 //!   scanning the other CPUs (`bpf_map_lookup_percpu_elem`, where the kernel has it).
+//!
+//! The per-CPU slot is claimed with exchange / compare-and-exchange, which BPF has from 5.12.
+//! The `_tid` programs keep every entry in `PF_PARKED`, keyed by thread (only the thread
+//! itself adds or removes its entry, so plain hash operations suffice): a hash operation per
+//! fault, but they load on older kernels.
 
 use aya_ebpf::{
     Global,
@@ -34,6 +39,12 @@ static PF_MODE: Global<u32> = Global::new(0);
 /// never visits.
 #[unsafe(no_mangle)]
 pub static SCAN_CPUS: Global<u32> = Global::new(0);
+
+/// Ancestor levels `Selected` mode walks for `PF_CGROUPS` (`MAX_CGROUP_LEVEL`); 0 when no
+/// cgroup is selected, which leaves the walk (and its helper, missing for tracing programs
+/// on 5.10) as dead code the verifier never visits.
+#[unsafe(no_mangle)]
+static PF_CGROUP_LEVELS: Global<u32> = Global::new(0);
 
 /// Process ids to trace in `Selected` mode.
 #[map]
@@ -64,8 +75,9 @@ fn selected(tgid: u32) -> bool {
             if unsafe { PF_TGIDS.get(&tgid) }.is_some() {
                 return true;
             }
+            let levels = PF_CGROUP_LEVELS.load();
             let mut level = 1;
-            while level <= MAX_CGROUP_LEVEL {
+            while level <= MAX_CGROUP_LEVEL && level <= levels {
                 // SAFETY: plain helper call; returns 0 past the task's depth.
                 let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
                 if id == 0 {
@@ -97,6 +109,30 @@ fn traced_tid() -> Option<u32> {
 unsafe fn claim(slot: *mut u64, word: u64) -> bool {
     // SAFETY: the caller's contract is `cmpxchg`'s.
     unsafe { crate::atomic::cmpxchg(slot, word, 0) == word }
+}
+
+/// Entry on the `_tid` programs: the thread's entry goes to `PF_PARKED` directly.
+#[inline(always)]
+fn fault_entry_by_tid() {
+    let Some(tid) = traced_tid() else { return };
+    let Some(cpu) = PF_CPU.get_ptr_mut(0) else { return };
+    // SAFETY: plain helper call.
+    let word = slot::pack(unsafe { bpf_ktime_get_ns() }, tid);
+    // SAFETY: lookup of our own map; only presence is used.
+    if unsafe { PF_PARKED.get(&tid) }.is_some() {
+        // SAFETY: this CPU's counters; programs on these hooks do not nest on one CPU.
+        unsafe { (*cpu).stats.entry_unmatched += 1 };
+    }
+    let _ = PF_PARKED.insert(&tid, &word, 0);
+}
+
+/// The thread's entry on the `_tid` programs.
+#[inline(always)]
+fn take_by_tid(tid: u32) -> Option<u64> {
+    // SAFETY: copied out before the removal; only this thread removes its entry.
+    let w = unsafe { PF_PARKED.get(&tid) }.copied()?;
+    let _ = PF_PARKED.remove(&tid);
+    Some(w)
 }
 
 #[inline(always)]
@@ -169,11 +205,12 @@ fn take_slow(cpu: *mut PfCpu, tid: u32) -> Option<u64> {
     None
 }
 
+/// `BY_TID`: the `_tid` programs' entry store (see the module comment).
 #[inline(always)]
-fn fault_exit(kind: FaultKind) {
+fn fault_exit<const BY_TID: bool>(kind: FaultKind) {
     let Some(tid) = traced_tid() else { return };
     let Some(cpu) = PF_CPU.get_ptr_mut(0) else { return };
-    let start = take(cpu, tid);
+    let start = if BY_TID { take_by_tid(tid) } else { take(cpu, tid) };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: this CPU's counters and histograms; programs on these hooks do not nest on one
@@ -189,60 +226,88 @@ fn fault_exit(kind: FaultKind) {
 /// Exit on the fexit/kretprobe rungs: the `vm_fault_t` decides minor/major, and a retried or
 /// failed call is not a completed fault (the perf events do not count those either).
 #[inline(always)]
-fn fault_return(ret: u64) {
+fn fault_return<const BY_TID: bool>(ret: u64) {
     if vm_fault::completes(ret) {
         let kind = if ret & vm_fault::MAJOR != 0 { FaultKind::Major } else { FaultKind::Minor };
-        fault_exit(kind);
+        fault_exit::<BY_TID>(kind);
     } else if let Some(tid) = traced_tid()
         && let Some(cpu) = PF_CPU.get_ptr_mut(0)
     {
         // Drop the pending entry; a retry gets a fresh entry.
-        let _ = take(cpu, tid);
+        let _ = if BY_TID { take_by_tid(tid) } else { take(cpu, tid) };
     }
 }
 
-#[tracepoint]
-pub fn pf_tp_entry(_ctx: TracePointContext) -> u32 {
-    fault_entry();
-    0
+/// The programs of one entry store: `$entry` runs at fault entry, `BY_TID` picks the exit's.
+macro_rules! pf_programs {
+    ($by_tid:literal, $entry:ident, $tp:ident, $minor:ident, $major:ident, $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident) => {
+        #[tracepoint]
+        pub fn $tp(_ctx: TracePointContext) -> u32 {
+            $entry();
+            0
+        }
+
+        #[perf_event]
+        pub fn $minor(_ctx: PerfEventContext) -> u32 {
+            fault_exit::<$by_tid>(FaultKind::Minor);
+            0
+        }
+
+        #[perf_event]
+        pub fn $major(_ctx: PerfEventContext) -> u32 {
+            fault_exit::<$by_tid>(FaultKind::Major);
+            0
+        }
+
+        #[fentry(function = "handle_mm_fault")]
+        pub fn $fentry(_ctx: FEntryContext) -> u32 {
+            $entry();
+            0
+        }
+
+        #[fexit(function = "handle_mm_fault")]
+        pub fn $fexit(ctx: FExitContext) -> u32 {
+            // handle_mm_fault(vma, address, flags, regs): the return value follows the 4
+            // arguments. Read positionally rather than with bpf_get_func_ret (5.17+).
+            let ret: u64 = ctx.arg(4);
+            fault_return::<$by_tid>(ret & 0xffff_ffff);
+            0
+        }
+
+        #[kprobe]
+        pub fn $kprobe(_ctx: ProbeContext) -> u32 {
+            $entry();
+            0
+        }
+
+        #[kretprobe]
+        pub fn $kretprobe(ctx: RetProbeContext) -> u32 {
+            let ret: u64 = ctx.ret();
+            fault_return::<$by_tid>(ret & 0xffff_ffff);
+            0
+        }
+    };
 }
 
-#[perf_event]
-pub fn pf_perf_exit_minor(_ctx: PerfEventContext) -> u32 {
-    fault_exit(FaultKind::Minor);
-    0
-}
-
-#[perf_event]
-pub fn pf_perf_exit_major(_ctx: PerfEventContext) -> u32 {
-    fault_exit(FaultKind::Major);
-    0
-}
-
-#[fentry(function = "handle_mm_fault")]
-pub fn pf_fentry(_ctx: FEntryContext) -> u32 {
-    fault_entry();
-    0
-}
-
-#[fexit(function = "handle_mm_fault")]
-pub fn pf_fexit(ctx: FExitContext) -> u32 {
-    // handle_mm_fault(vma, address, flags, regs): the return value follows the 4 arguments.
-    // Read it positionally rather than with bpf_get_func_ret (5.17+) so 5.15 works too.
-    let ret: u64 = ctx.arg(4);
-    fault_return(ret & 0xffff_ffff);
-    0
-}
-
-#[kprobe]
-pub fn pf_kprobe(_ctx: ProbeContext) -> u32 {
-    fault_entry();
-    0
-}
-
-#[kretprobe]
-pub fn pf_kretprobe(ctx: RetProbeContext) -> u32 {
-    let ret: u64 = ctx.ret();
-    fault_return(ret & 0xffff_ffff);
-    0
-}
+pf_programs!(
+    false,
+    fault_entry,
+    pf_tp_entry,
+    pf_perf_exit_minor,
+    pf_perf_exit_major,
+    pf_fentry,
+    pf_fexit,
+    pf_kprobe,
+    pf_kretprobe
+);
+pf_programs!(
+    true,
+    fault_entry_by_tid,
+    pf_tp_entry_tid,
+    pf_perf_exit_minor_tid,
+    pf_perf_exit_major_tid,
+    pf_fentry_tid,
+    pf_fexit_tid,
+    pf_kprobe_tid,
+    pf_kretprobe_tid
+);

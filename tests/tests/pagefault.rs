@@ -5,7 +5,7 @@ use iopf_agent::{
     doctor,
     hooks::Rung,
     loader::Globals,
-    pagefault::{self, PfMaps, Selection},
+    pagefault::{self, PfMaps, Programs, SLOT_PROGRAMS, Selection, TID_PROGRAMS},
 };
 use iopf_common::pagefault::PfMode;
 use iopf_tests::{require_root, workload::TouchPages};
@@ -17,15 +17,15 @@ const PAGES: usize = 16_384;
 /// anything a double count or a lost pairing would produce.
 const SLACK: u64 = 64;
 
-/// Loads and attaches the page-fault programs on this kernel's rung, tracing only `child`.
-fn trace_child(child: &TouchPages) -> (aya::Ebpf, PfMaps) {
+/// Loads and attaches the page-fault programs `progs` on this kernel's rung, tracing only `child`.
+fn trace_child(child: &TouchPages, progs: &Programs) -> (aya::Ebpf, PfMaps) {
     let opts = PlanOptions { force_rung: None, require: vec![], btf_dir: "/sys/kernel/btf".into() };
     let (mut ebpf, report, _) =
         doctor::survey(&opts, Globals { pf_mode: PfMode::Selected, ..Globals::default() }).expect("load object");
     let plan = report.hooks.iter().find(|p| p.name == "mm_fault").expect("mm_fault planned").clone();
     assert_ne!(plan.rung, Rung::Unavailable, "page-fault hook unavailable here: {}", plan.reason);
     eprintln!("page-fault rung: {} ({})", plan.rung.as_str(), plan.target.as_deref().unwrap_or("-"));
-    pagefault::attach(&mut ebpf, &plan).expect("attach");
+    pagefault::attach(&mut ebpf, &plan, progs).expect("attach");
     pagefault::select(&mut ebpf, &Selection { pids: vec![child.pid()], cgroups: vec![] }).expect("select");
     let maps = PfMaps::take(&mut ebpf).expect("maps");
     let before = maps.snapshot().expect("snapshot");
@@ -38,8 +38,22 @@ fn counts_a_childs_page_faults_exactly() {
     if !require_root("counts_a_childs_page_faults_exactly") {
         return;
     }
+    counts_exactly(&SLOT_PROGRAMS);
+}
+
+/// The programs for kernels without BPF compare-and-exchange (entries hashed by thread) count
+/// the same faults exactly; on such a kernel (5.10) the VM tier checks them again.
+#[test]
+fn thread_keyed_programs_count_a_childs_page_faults_exactly() {
+    if !require_root("thread_keyed_programs_count_a_childs_page_faults_exactly") {
+        return;
+    }
+    counts_exactly(&TID_PROGRAMS);
+}
+
+fn counts_exactly(progs: &Programs) {
     let mut child = TouchPages::spawn(env!("CARGO_BIN_EXE_touch-pages"), PAGES);
-    let (_ebpf, maps) = trace_child(&child);
+    let (_ebpf, maps) = trace_child(&child, progs);
     child.touch();
     let snap = maps.snapshot().expect("snapshot");
     child.finish();
@@ -73,7 +87,7 @@ fn sleeping_faults_stay_matched_when_parked_or_migrated() {
     }
     const FRESH: usize = 1024;
     let mut child = TouchPages::spawn(env!("CARGO_BIN_EXE_sleepy-faults"), FRESH);
-    let (_ebpf, maps) = trace_child(&child);
+    let (_ebpf, maps) = trace_child(&child, &SLOT_PROGRAMS);
     child.touch();
     let snap = maps.snapshot().expect("snapshot");
     child.finish();

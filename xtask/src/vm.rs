@@ -134,7 +134,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-5.10",
-        what: "Debian bullseye linux-image-5.10.0-*-amd64-unsigned (before the IOPF queue)",
+        what: "Debian bullseye linux-image-5.10.0-*-amd64-unsigned (before the IOPF queue, no BPF compare-and-exchange), intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-image-5.10.0-",
             abi: "",
@@ -142,9 +142,20 @@ pub const KERNELS: &[KernelSpec] = &[
             layout: Layout::Image,
         },
         modules: &["virtio_pci", "9p", "9pnet_virtio"],
-        qemu: &["-machine", "q35"],
-        append: "",
-        scenarios: &["doctor", "no-atomics"],
+        qemu: DEBIAN_IOMMU_QEMU,
+        // 5.10's BPF predates compare-and-exchange (5.12), and, built without
+        // CONFIG_PREEMPTION, it gives a kretprobe one instance per CPU: the guest's
+        // expectations say so.
+        append: "intel_iommu=on iopf_no_bpf_exchange=1 iopf_few_kretprobe_instances=1",
+        scenarios: &[
+            "doctor",
+            "no-atomics",
+            "dmar-edu",
+            "pagefault-fentry",
+            "pagefault-kprobe",
+            "attach-fentry",
+            "attach-kprobe",
+        ],
     },
 ];
 
@@ -409,7 +420,10 @@ pub fn run_kernel(
     let initrd = build_initramfs(&work, &modules)?;
     let log_path = work.join("console.log");
     let log = std::fs::File::create(&log_path)?;
-    let append = format!("console=ttyS0 panic=-1 quiet iopf_scenarios={} {}", scenarios.join(","), spec.append);
+    // IOPF_VM_APPEND: extra words for the guest command line, e.g. IOPF_VERIFIER_LOG=debug
+    // (key=value words reach the guest's environment).
+    let extra = std::env::var("IOPF_VM_APPEND").unwrap_or_default();
+    let append = format!("console=ttyS0 panic=-1 quiet iopf_scenarios={} {} {extra}", scenarios.join(","), spec.append);
     let share = |path: &Path, tag: &str, ro: bool| {
         format!(
             "local,path={},mount_tag={tag},security_model=none{}",

@@ -73,7 +73,13 @@ static IOPF_WORKERS: Array<u64> = Array::with_max_entries(1, 0);
 /// Device name + source -> device slot. Filled here at a device's first fault.
 #[map]
 static IOPF_DEV_IDS: HashMap<DevKey, u64> = HashMap::with_max_entries(4 * DEV_SLOTS_DEFAULT, 0);
-/// [0]: last device slot this side handed out (from 1 up). [1]: lowest slot the agent
+/// Device slots this side has claimed (value unused): the claim is the BPF_NOEXIST insert.
+#[map]
+static IOPF_DEV_SLOT_TAKEN: HashMap<u32, u8> = HashMap::with_max_entries(DEV_SLOTS_DEFAULT, 0);
+/// Candidate slots a new device tries past `IOPF_DEV_NEXT[0]`: more than the CPUs that can
+/// be naming a new device at the same instant, in practice.
+const DEV_SLOT_TRIES: u64 = 8;
+/// [0]: device slots this side handed out (from 1 up; slots 1..=it are taken). [1]: lowest slot the agent
 /// handed out (from the top down, to devices its policies name; 0 while none).
 #[map]
 static IOPF_DEV_NEXT: Array<u64> = Array::with_max_entries(2, 0);
@@ -161,32 +167,36 @@ pub fn dev_slot(dev: &[u8; DEV_NAME_LEN], source: u8) -> u32 {
 #[inline(always)]
 fn dev_slot_new(k: &DevKey) -> u32 {
     let Some(next) = IOPF_DEV_NEXT.get_ptr_mut(0) else { return DEV_SLOT_OVERFLOW };
-    // A compare-and-exchange loop, not a fetch-add: the add's return value needs BPF v3
-    // instructions, and first faults of new devices are rare enough that contention is too.
-    let mut n = u64::MAX;
-    // SAFETY: the map's u64, valid for the run; only ever changed atomically.
-    let mut cur = unsafe { core::ptr::read_volatile(next) };
-    let mut tries = 0;
-    while tries < 8 {
-        // SAFETY: as above.
-        let seen = unsafe { cmpxchg(next, cur, cur + 1) };
-        if seen == cur {
-            n = cur + 1;
-            break;
-        }
-        cur = seen;
-        tries += 1;
-    }
-    // The agent's lowest slot is read after the claim: a slot the agent took meanwhile is
-    // never used twice (the agent also keeps a margin above the last slot claimed here).
+    // The agent's lowest slot bounds ours: a slot it takes is never used twice (it also keeps
+    // a margin above the last slot claimed here).
     let top = IOPF_DEV_NEXT.get(1).copied().unwrap_or(0);
     let limit = if top != 0 { top } else { DEV_SLOTS.load() as u64 };
-    let slot = if n < limit {
-        n
-    } else {
+    // Slots are claimed by inserting them into `IOPF_DEV_SLOT_TAKEN` with BPF_NOEXIST, which
+    // exactly one inserter wins: no compare-and-exchange, so this also runs on kernels whose
+    // BPF lacks it (before 5.12), where unrecoverable faults are still counted per device.
+    // `next` counts the claims; slots 1..=next are then taken, so it is a lower bound of the
+    // next free one, and racing claimers step past each other's slot.
+    // SAFETY: the map's u64, valid for the run; only ever changed by atomic adds.
+    let hint = unsafe { core::ptr::read_volatile(next) };
+    let mut slot = DEV_SLOT_OVERFLOW as u64;
+    // The trip count is a constant: the verifier cannot bound a loop on `hint`.
+    let mut i = 0;
+    while i < DEV_SLOT_TRIES {
+        let n = hint + 1 + i;
+        if n >= limit {
+            break;
+        }
+        if IOPF_DEV_SLOT_TAKEN.insert(&(n as u32), &1, BPF_NOEXIST).is_ok() {
+            // SAFETY: as above.
+            unsafe { add(next, 1) };
+            slot = n;
+            break;
+        }
+        i += 1;
+    }
+    if slot == DEV_SLOT_OVERFLOW as u64 {
         crate::stat!(devices_overflow);
-        DEV_SLOT_OVERFLOW as u64
-    };
+    }
     if IOPF_DEV_IDS.insert(k, &slot, BPF_NOEXIST).is_err() {
         // Another CPU named it first (its slot wins; ours stays unused), or the map is full.
         // SAFETY: copied out.

@@ -30,6 +30,13 @@ struct Args {
     touch: String,
 }
 
+/// The harness declares (kernel command line `iopf_no_bpf_exchange=1`, from the kernel's
+/// spec in xtask) that this kernel's BPF predates compare-and-exchange (5.12): a fact about
+/// the kernel the test states, not one the agent's probe decides.
+fn no_bpf_exchange() -> bool {
+    std::env::var("iopf_no_bpf_exchange").is_ok_and(|v| v == "1")
+}
+
 struct RunningAgent {
     child: Child,
     addr: std::net::SocketAddr,
@@ -562,11 +569,37 @@ fn pagefault(a: &Args, rung: &str) -> Result<(), String> {
     // each is a fault not seen, and must account for every fault missing from the count.
     let miss = |p: &str| e.get("iopf_program_misses_total", &[("program", p)]).unwrap_or(0.0);
     let (entry, exit) = if rung == "fentry" { ("pf_fentry", "pf_fexit") } else { ("pf_kprobe", "pf_kretprobe") };
-    let m = miss(entry) + miss(exit);
-    println!("  minor {minor}, program misses {m}");
+    // Without compare-and-exchange the agent runs the thread-keyed programs.
+    let sfx = if no_bpf_exchange() { "_tid" } else { "" };
+    let m = miss(&format!("{entry}{sfx}")) + miss(&format!("{exit}{sfx}"));
+    if no_bpf_exchange() {
+        let loaded = e
+            .samples
+            .iter()
+            .any(|s| s.name == "iopf_program_misses_total" && s.labels["program"] == format!("{entry}{sfx}"));
+        check(loaded, format!("{entry}{sfx} not among the loaded programs"))?;
+    }
+    // A kernel without CONFIG_PREEMPTION before the default changed (5.10 here, declared by the
+    // harness with iopf_few_kretprobe_instances=1) gives a kretprobe only one instance per
+    // CPU: while another task sleeps inside handle_mm_fault, a return is not probed. Such a
+    // fault shows as an entry without exit; everywhere else only a skipped run may leave one.
+    let lost = e.get("iopf_page_fault_unmatched_total", &[("side", "entry")]).unwrap_or(-1.0);
+    let few = rung == "kprobe" && std::env::var("iopf_few_kretprobe_instances").is_ok_and(|v| v == "1");
+    println!("  minor {minor}, program misses {m}, entries without exit {lost}");
+    for l in body.lines().filter(|l| l.starts_with("iopf_page_fault") && !l.contains("_bucket")) {
+        println!("  {l}");
+    }
+    if !few {
+        check((0.0..=m).contains(&lost), format!("{lost} entries without exit, {m} skipped runs"))?;
+    }
+    let seen = minor + if few { lost } else { 0.0 };
     check(
-        (PAGES as f64 - m..=PAGES as f64 + 64.0).contains(&minor),
-        format!("minor faults {minor}, want {}..={} ({m} skipped runs)", PAGES as f64 - m, PAGES + 64),
+        (PAGES as f64 - m..=PAGES as f64 + 64.0).contains(&seen),
+        format!(
+            "minor faults {minor} (+{lost} unreturned), want {}..={} ({m} skipped runs)",
+            PAGES as f64 - m,
+            PAGES + 64
+        ),
     )?;
     let count = e.get("iopf_page_fault_latency_seconds_count", &[("kind", "minor")]).unwrap_or(-1.0);
     check(
@@ -605,6 +638,14 @@ fn doctor(a: &Args) -> Result<(), String> {
             }
         };
         println!("  doctor: {} -> {} ({})", h.name, plan["rung"], if has { "kernel has it" } else { "absent" });
+        if h.exchange && no_bpf_exchange() {
+            let reason = plan["reason"].as_str().unwrap_or("");
+            check(
+                plan["rung"] == "unavailable" && reason.starts_with("needs BPF compare-and-exchange"),
+                format!("{}: {} ({reason}) on a kernel without BPF compare-and-exchange", h.name, plan["rung"]),
+            )?;
+            continue;
+        }
         check(
             !(has && plan["rung"] == "unavailable"),
             format!("{} unavailable but the kernel has it: {}", h.name, plan["reason"]),
@@ -640,7 +681,7 @@ fn expected_attached(syms: &std::collections::HashSet<&str>) -> std::collections
     let mut want = std::collections::BTreeSet::new();
     for h in HOOKS {
         let Target::Functions { candidates, .. } = h.target else { continue };
-        if h.name == "mm_fault" {
+        if h.name == "mm_fault" || (h.exchange && no_bpf_exchange()) {
             continue;
         }
         let present: Vec<&str> = candidates.iter().copied().filter(|c| syms.contains(c)).collect();
@@ -682,30 +723,37 @@ fn attach_all(a: &Args, rung: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A kernel whose BPF lacks compare-and-exchange (before 5.12): `doctor` says so, and `run`
-/// and `simulate` refuse with that reason and exit 4 before anything is attached.
+/// A kernel whose BPF lacks compare-and-exchange (before 5.12): `doctor` says so; `run`
+/// serves, saying loudly that recoverable faults are not traced; `simulate` (which drives
+/// the in-flight programs) refuses with the reason and exit 4.
 fn no_atomics(a: &Args) -> Result<(), String> {
+    check(no_bpf_exchange(), "scenario no-atomics on a kernel not declared iopf_no_bpf_exchange=1")?;
     let out = Command::new(&a.agent).args(["doctor", "--json"]).output().map_err(|e| e.to_string())?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("doctor json: {e}"))?;
     let cap = &v["capabilities"]["bpf_atomics"];
     println!("  doctor: bpf_atomics {cap}");
     check(cap["available"] == false, format!("bpf_atomics {cap}"))?;
-    for args in [
-        vec!["run", "--listen", "127.0.0.1:0"],
-        vec!["simulate", "--scenario", "/repo/examples/scenarios/mixed-10k.yaml"],
-    ] {
-        let out = Command::new(&a.agent).args(&args).output().map_err(|e| e.to_string())?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("");
-        println!("  {}: exit {:?}: {last}", args[0], out.status.code());
-        check(out.status.code() == Some(4), format!("{} exit {:?}", args[0], out.status.code()))?;
-        check(
-            last.starts_with(
-                "iopf-agent: error: this kernel cannot run iopf's programs: BPF compare-and-exchange refused",
-            ),
-            format!("{}: {last}", args[0]),
-        )?;
-    }
+    let agent = start_agent(a, &[])?;
+    let log = agent.log.clone();
+    agent.stop();
+    let warned = log.iter().any(|l| {
+        l.starts_with("iopf-agent: warning: recoverable faults (report, group handlers, responses) are NOT traced")
+    });
+    check(warned, format!("no warning that recoverable faults go untraced: {log:?}"))?;
+    let out = Command::new(&a.agent)
+        .args(["simulate", "--scenario", "/repo/examples/scenarios/mixed-10k.yaml"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    println!("  simulate: exit {:?}: {last}", out.status.code());
+    check(out.status.code() == Some(4), format!("simulate exit {:?}", out.status.code()))?;
+    check(
+        last.starts_with(
+            "iopf-agent: error: this kernel cannot run the in-flight IOPF programs: BPF compare-and-exchange refused",
+        ),
+        format!("simulate: {last}"),
+    )?;
     Ok(())
 }
 
