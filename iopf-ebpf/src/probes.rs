@@ -43,3 +43,22 @@ pub fn probe_atomics(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
 
 #[aya_ebpf::macros::map]
 static PROBE_WORD: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+/// Nesting test (root tier, `tests/tests/nesting.rs`): a hard-IRQ program (perf cpu-clock)
+/// that bumps the same per-CPU pipeline counters as the IOPF programs, so it lands between
+/// their loads and stores when it interrupts them. Never attached by the agent.
+#[aya_ebpf::macros::perf_event]
+pub fn nest_probe_perf(_ctx: aya_ebpf::programs::PerfEventContext) -> u32 {
+    crate::stat!(reports);
+    crate::stat!(handled);
+    crate::stat!(responses);
+    if let Some(p) = NEST_RUNS.get_ptr_mut(0) {
+        // SAFETY: this CPU's u64; a hard-IRQ perf program does not nest in itself.
+        unsafe { *p += 1 };
+    }
+    0
+}
+
+/// Runs of `nest_probe_perf`, per CPU.
+#[aya_ebpf::macros::map]
+static NEST_RUNS: aya_ebpf::maps::PerCpuArray<u64> = aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);

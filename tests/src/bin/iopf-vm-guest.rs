@@ -405,6 +405,20 @@ fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
     check(fresh_rss == 16, format!("RssAnon grew by {fresh_rss} pages for 16 fresh pages"))?;
     let resident = report.results.iter().filter(|r| r.resident_after == Some(true)).count();
     check(resident == 20, format!("{resident} pages resident after, want 20"))?;
+    // The CPU page faults the kernel took for these requests, counted where handle_mm_fault
+    // charges them (current->min_flt of the kworker that ran the SVA work; the process's own
+    // minflt does not move): one per request inside a VMA, touched or fresh, none outside.
+    for p in &report.phases {
+        let want = if format!("{:?}", p.target) == "NoVma" { 0 } else { p.requests as i64 };
+        check(
+            p.delta.kworker_minflt == want,
+            format!(
+                "{:?}: kworkers took {} page faults for {} requests, want {want}",
+                p.target, p.delta.kworker_minflt, p.requests
+            ),
+        )?;
+    }
+    let kworker_faults: i64 = report.phases.iter().map(|p| p.delta.kworker_minflt).sum();
 
     let dev = e
         .samples
@@ -447,6 +461,12 @@ fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
         format!(
             "responses success {s} invalid {i} none {n}, want 20/4/0 less {m_resp} skipped (as none, {m_free} frees skipped)"
         ),
+    )?;
+    // Every CPU page fault taken for the device is one SUCCESS the agent counted, less the
+    // responses the kernel skipped (fentry rung only).
+    check(
+        s <= kworker_faults as f64 && kworker_faults as f64 - s <= m_resp,
+        format!("{kworker_faults} page faults taken for the device, agent counted {s} success ({m_resp} skipped)"),
     )?;
     let answered = 24.0 - m_resp;
     for (lat, lo) in [("dispatch", 24.0), ("service", answered), ("mm_fix", answered - m_work)] {
