@@ -4,16 +4,31 @@
 //! Register facts (VT-d spec; the same in every kernel): FSTS at +0x34 (PPF bit 1, fault
 //! record index bits 15:8); fault records at `((cap >> 24) & 0x3ff) * 16`, 16 bytes each,
 //! `((cap >> 40) & 0xff) + 1` of them; in a record: qword +0 the page address, dword +8 the
-//! source id (bits 15:0), dword +12 F (bit 31), type (bit 30, 1 = read), reason (bits 7:0).
+//! source id (bits 15:0) and, in scalable mode, PASID present (bit 31); dword +12 F (bit 31),
+//! type (bit 30, 1 = read), PASID (bits 27:8), reason (bits 7:0). The kernel's handler walks
+//! the records from FSTS's index while F is set, wrapping at the record count.
 
 use crate::iopf::{DEV_NAME_LEN, Level};
 
 pub const REG_FSTS: u64 = 0x34;
 pub const FSTS_PPF: u32 = 1 << 1;
-/// Records the program decodes per interrupt at most. The verifier needs a bound, and 16
-/// iterations of the decode body exceed its jump-sequence limit (E2BIG, seen on 6.12).
-/// Records past the bound are counted as `dmar_records_undecoded`, never lost silently.
+/// Records decoded per interrupt on kernels without `bpf_loop` (before 5.17): an unrolled
+/// loop, and 16 iterations of the decode body exceed the verifier's jump-sequence limit
+/// (E2BIG, seen on 6.12). Further pending records there are counted one by one as
+/// `dmar_records_undecoded`. With `bpf_loop` every record is decoded.
 pub const MAX_RECORDS: u32 = 4;
+/// Fault recording registers a unit can have (NFR is 8 bits, plus one).
+pub const MAX_FAULT_RECORDS: u32 = 256;
+
+/// PASID of a record (dword +12 bits 27:8); meaningful when [`record_pasid_present`].
+pub const fn record_pasid(hi: u32) -> u32 {
+    (hi >> 8) & 0xf_ffff
+}
+
+/// PASID present (dword +8 bit 31): scalable-mode units set it for requests with a PASID.
+pub const fn record_pasid_present(sid_word: u32) -> bool {
+    sid_word >> 31 != 0
+}
 
 pub const fn record_offset(cap: u64) -> u64 {
     ((cap >> 24) & 0x3ff) * 16
@@ -35,17 +50,19 @@ pub const fn reason_level(reason: u8) -> Level {
     }
 }
 
-/// Counter key: source id (PCI requester, formatted as a BDF in userspace) x reason x access.
-/// Kept small and free of string work: the program decodes up to `MAX_RECORDS` per IRQ.
+/// Counter key: PCI segment of the unit + source id (the requester, named `SSSS:BB:DD.F` in
+/// userspace) x reason x access. Kept small and free of string work: it is built per record
+/// in hard-IRQ context.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DmarKey {
+    pub segment: u16,
     pub source_id: u16,
     pub reason: u8,
     /// 1 = read, 0 = write.
     pub read: u8,
     pub level: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
 }
 
 /// One decoded fault record (ring-buffer event).
@@ -54,26 +71,31 @@ pub struct DmarKey {
 pub struct DmarEvent {
     pub addr: u64,
     pub ts_ns: u64,
+    /// PASID of the request when `pasid_present`.
+    pub pasid: u32,
+    pub segment: u16,
     pub source_id: u16,
     pub reason: u8,
     pub read: u8,
     pub level: u8,
+    /// Fault recording register index (0..=255).
     pub index: u8,
-    pub _pad: [u8; 2],
+    pub pasid_present: u8,
+    pub _pad: [u8; 7],
 }
 
-/// `0000:BB:DD.F` for a source id (segment 0), NUL-padded.
-pub fn bdf_name(sid: u16) -> [u8; DEV_NAME_LEN] {
+/// `SSSS:BB:DD.F` (as sysfs names PCI devices) for a source id on segment `seg`, NUL-padded.
+pub fn bdf_name(seg: u16, sid: u16) -> [u8; DEV_NAME_LEN] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = [0u8; DEV_NAME_LEN];
     let bus = (sid >> 8) as u8;
     let dev = ((sid >> 3) & 0x1f) as u8;
     let func = (sid & 7) as u8;
     let s = [
-        b'0',
-        b'0',
-        b'0',
-        b'0',
+        HEX[(seg >> 12) as usize & 15],
+        HEX[(seg >> 8) as usize & 15],
+        HEX[(seg >> 4) as usize & 15],
+        HEX[seg as usize & 15],
         b':',
         HEX[(bus >> 4) as usize & 15],
         HEX[bus as usize & 15],
@@ -111,10 +133,21 @@ mod tests {
 
     #[test]
     fn bdf_names_match_sysfs() {
-        let n = bdf_name(0x0018); // 00:03.0
+        let n = bdf_name(0, 0x0018); // 00:03.0
         assert_eq!(&n[..12], b"0000:00:03.0");
         assert_eq!(n[12], 0);
-        assert_eq!(&bdf_name(0x3b0a)[..12], b"0000:3b:01.2");
+        assert_eq!(&bdf_name(0, 0x3b0a)[..12], b"0000:3b:01.2");
+        assert_eq!(&bdf_name(0x10a3, 0xff07)[..12], b"10a3:ff:00.7");
+    }
+
+    #[test]
+    fn record_pasid_fields() {
+        // QEMU scalable mode, PASID 5, write, reason 0x05: dword +12 and +8 of the record.
+        let hi: u32 = 1 << 31 | 5 << 8 | 0x05;
+        assert_eq!(record_pasid(hi), 5);
+        assert_eq!(record_pasid(1 << 31 | 1 << 30 | 0xf_ffff << 8 | 0x70), 0xf_ffff);
+        assert!(record_pasid_present(1 << 31 | 0x0018));
+        assert!(!record_pasid_present(0x0018));
     }
 
     #[test]

@@ -195,9 +195,10 @@ pub struct Offsets {
     pub resp_pasid: u32,
     pub resp_grpid: u32,
     pub resp_code: u32,
-    /// `struct intel_iommu`: `reg` (MMIO base) and `cap`.
+    /// `struct intel_iommu`: `reg` (MMIO base), `cap` and `segment` (PCI segment of its devices).
     pub iommu_reg: u32,
     pub iommu_cap: u32,
+    pub iommu_segment: u32,
     /// iommufd vEVENTQ (6.15+): `iommufd_viommu.veventqs` (list head) and, in
     /// `iommufd_veventq`, its list `node`, `type`, `depth` and `num_events`.
     pub viommu_veventqs: u32,
@@ -239,6 +240,7 @@ impl Offsets {
         resp_code: u32::MAX,
         iommu_reg: u32::MAX,
         iommu_cap: u32::MAX,
+        iommu_segment: u32::MAX,
         viommu_veventqs: u32::MAX,
         veventq_node: u32::MAX,
         veventq_type: u32::MAX,
@@ -518,6 +520,8 @@ pub struct IopfStats {
     /// to make room, and ones superseded by a new report with the same device + grpid.
     pub inflight_evicted: u64,
     pub inflight_superseded: u64,
+    /// DMAR events lost because the DMAR ring buffer was full (apart from IOPF events).
+    pub dmar_events_dropped: u64,
 }
 
 impl IopfStats {
@@ -545,6 +549,7 @@ impl IopfStats {
         self.delivered += o.delivered;
         self.inflight_evicted += o.inflight_evicted;
         self.inflight_superseded += o.inflight_superseded;
+        self.dmar_events_dropped += o.dmar_events_dropped;
     }
 }
 

@@ -89,6 +89,7 @@ pub const KERNELS: &[KernelSpec] = &[
         scenarios: &[
             "doctor",
             "dmar-edu",
+            "dmar-burst",
             "pagefault-fentry",
             "pagefault-kprobe",
             "attach-fentry",
@@ -111,6 +112,7 @@ pub const KERNELS: &[KernelSpec] = &[
         scenarios: &[
             "doctor",
             "dmar-edu",
+            "dmar-burst",
             "pagefault-fentry",
             "pagefault-kprobe",
             "attach-fentry",
@@ -151,6 +153,7 @@ pub const KERNELS: &[KernelSpec] = &[
             "doctor",
             "no-atomics",
             "dmar-edu",
+            "dmar-burst",
             "pagefault-fentry",
             "pagefault-kprobe",
             "attach-fentry",

@@ -151,7 +151,7 @@ impl MetricSource for IopfSource {
             snap.dmar
                 .iter()
                 .map(|(k, v)| {
-                    let dev = dev_str(&iopf_common::dmar::bdf_name(k.source_id));
+                    let dev = dev_str(&iopf_common::dmar::bdf_name(k.segment, k.source_id));
                     let reason = format!("{:#04x}", k.reason);
                     let access = if k.read != 0 { "read" } else { "write" };
                     counter(&[("device", &dev), ("reason", &reason), ("access", access), ("level", Level::from_u8(k.level).label())], *v)
@@ -185,9 +185,15 @@ impl MetricSource for IopfSource {
         ));
         out.push(family(
             "iopf_events_dropped_total",
-            "Events lost because the ring buffer was full.",
+            "IOPF events lost because the ring buffer was full.",
             Kind::Counter,
             vec![counter(&[], s.events_dropped)],
+        ));
+        out.push(family(
+            "iopf_dmar_events_dropped_total",
+            "VT-d fault record events lost because the DMAR ring buffer was full (each such record is still counted in iopf_dmar_faults_total).",
+            Kind::Counter,
+            vec![counter(&[], s.dmar_events_dropped)],
         ));
     }
 }

@@ -129,9 +129,11 @@ pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts) {
 pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent) {
     let mut o = Obj::new(buf);
     o.str("kind", b"dmar_fault");
-    o.str("device", name(&bdf_name(e.source_id)));
+    o.str("device", name(&bdf_name(e.segment, e.source_id)));
     o.hex("source_id", e.source_id.into(), 4);
     o.hex("addr", e.addr, 1);
+    o.uint("pasid", e.pasid.into());
+    o.bool("pasid_valid", e.pasid_present != 0);
     o.str("access", if e.read != 0 { b"read" } else { b"write" });
     o.hex("reason", e.reason.into(), 2);
     o.str("level", Level::from_u8(e.level).label().as_bytes());
@@ -227,21 +229,35 @@ mod tests {
     fn dmar_line_has_every_field_with_its_value() {
         let e = DmarEvent {
             source_id: 0x0018,
+            segment: 0,
             addr: 0x1000,
             read: 1,
             reason: 6,
             level: Level::Second as u8,
             index: 2,
             ts_ns: 99,
-            _pad: [0; 2],
+            pasid: 0,
+            pasid_present: 0,
+            _pad: [0; 7],
         };
         let mut buf = Vec::new();
         write_dmar(&mut buf, &e);
         assert_eq!(
             parse(&buf),
             json!({
-                "kind": "dmar_fault", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x1000",
+                "kind": "dmar_fault", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 0, "pasid_valid": false,
                 "access": "read", "reason": "0x06", "level": "second", "method": "hardware", "record": 2, "ts_ns": 99,
+            })
+        );
+        let e =
+            DmarEvent { segment: 2, pasid: 5, pasid_present: 1, reason: 0x70, level: Level::First as u8, read: 0, ..e };
+        buf.clear();
+        write_dmar(&mut buf, &e);
+        assert_eq!(
+            parse(&buf),
+            json!({
+                "kind": "dmar_fault", "device": "0002:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 5, "pasid_valid": true,
+                "access": "write", "reason": "0x70", "level": "first", "method": "hardware", "record": 2, "ts_ns": 99,
             })
         );
     }

@@ -55,6 +55,9 @@ pub struct IopfAbi {
     pub report_returns_int: bool,
     /// The IOPF work function takes `struct work_struct *` (6.9+), so its group is known.
     pub work_takes_work_struct: bool,
+    /// The kernel has `bpf_loop` (5.17+, `BPF_FUNC_loop` in BTF): the `_loop` DMAR programs,
+    /// which decode every pending fault record, are the ones to attach.
+    pub bpf_loop: bool,
 }
 
 fn off(btf: &Btf, strukt: &'static str, member: &'static str, why: &'static str) -> Result<u32, AbiError> {
@@ -125,6 +128,7 @@ impl IopfAbi {
         // Intel VT-d unit (dmar_fault's dev_id): MMIO base and capability register copy.
         o.iommu_reg = opt(btf, "intel_iommu", "reg");
         o.iommu_cap = opt(btf, "intel_iommu", "cap");
+        o.iommu_segment = opt(btf, "intel_iommu", "segment");
         // iommufd vEVENTQ (6.15+; iommufd's structs are in vmlinux BTF when it is built in).
         o.viommu_veventqs = opt(btf, "iommufd_viommu", "veventqs");
         o.veventq_node = opt(btf, "iommufd_veventq", "node");
@@ -174,6 +178,7 @@ impl IopfAbi {
             tuple_keys: generation == Generation::FaultEvent,
             report_returns_int,
             work_takes_work_struct,
+            bpf_loop: btf.enumerator("BPF_FUNC_loop").is_some(),
         })
     }
 }
