@@ -147,16 +147,25 @@ impl Apt {
 
     /// Downloads `pkg` into `dir` and returns the .deb's path.
     pub fn download(&self, pkg: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        self.fetch(pkg, pkg, dir)
+    }
+
+    /// Downloads the newest `pkg` of `suite` (not the newest of all suites) into `dir`.
+    pub fn download_from(&self, pkg: &str, suite: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        self.fetch(pkg, &format!("{pkg}/{suite}"), dir)
+    }
+
+    fn fetch(&self, pkg: &str, spec: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let out = self
             .command("apt-get")
-            .args(["-q", "download", pkg])
+            .args(["-q", "download", spec])
             .current_dir(dir)
             .output()
             .context("running apt-get download")?;
         if !out.status.success() {
             bail!(
-                "apt-get download {pkg} failed: {} (the private lists may be out of date: delete {} to fetch \
+                "apt-get download {spec} failed: {} (the private lists may be out of date: delete {} to fetch \
                  them again)",
                 last_lines(&out.stderr, 4),
                 self.dir.join("state/updated").display()

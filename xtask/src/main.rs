@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask run`, `cargo xtask test`.
 
 mod apt;
+mod qemu;
 mod vm;
 
 use std::{path::PathBuf, process::Command, time::Duration};

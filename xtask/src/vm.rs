@@ -44,6 +44,27 @@ enum Layout {
 
 const DEBIAN_IOMMU_QEMU: &[&str] =
     &["-machine", "q35,kernel-irqchip=split", "-device", "intel-iommu,intremap=on,caching-mode=on", "-device", "edu"];
+/// Scalable mode, second-stage translation (the unit offers no first stage).
+const VTD_SCALABLE_QEMU: &[&str] = &[
+    "-machine",
+    "q35,kernel-irqchip=split",
+    "-device",
+    "intel-iommu,intremap=on,caching-mode=on,x-scalable-mode=on",
+    "-device",
+    "edu",
+];
+/// Scalable mode with first-stage translation only (QEMU 10.0+): ecap FLTS without SLTS, so
+/// the guest's DMA domains use first-stage tables.
+const VTD_FIRST_STAGE_QEMU: &[&str] = &[
+    "-machine",
+    "q35,kernel-irqchip=split",
+    "-device",
+    "intel-iommu,intremap=on,caching-mode=on,x-scalable-mode=on,x-flts=on",
+    "-device",
+    "edu",
+];
+const DEBIAN_7_3: Source =
+    Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-amd64", layout: Layout::Split };
 
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
@@ -96,6 +117,24 @@ pub const KERNELS: &[KernelSpec] = &[
             "attach-kprobe",
             "simulate",
         ],
+    },
+    KernelSpec {
+        name: "debian-7.3-vtd-scalable",
+        what: "Debian 7.3 as above, VT-d in scalable mode translating with second-stage tables",
+        source: DEBIAN_7_3,
+        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        qemu: VTD_SCALABLE_QEMU,
+        append: "intel_iommu=on iopf_vtd_mode=scalable",
+        scenarios: &["dmar-edu", "dmar-burst"],
+    },
+    KernelSpec {
+        name: "debian-7.3-vtd-first-stage",
+        what: "Debian 7.3 as above, VT-d in scalable mode translating with first-stage tables (QEMU x-flts)",
+        source: DEBIAN_7_3,
+        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        qemu: VTD_FIRST_STAGE_QEMU,
+        append: "intel_iommu=on iopf_vtd_mode=first_stage",
+        scenarios: &["dmar-edu", "dmar-burst"],
     },
     KernelSpec {
         name: "debian-6.12",
@@ -434,9 +473,17 @@ pub fn run_kernel(
             if ro { ",readonly=on" } else { "" }
         )
     };
-    eprintln!("[vm-test] {}: booting {} ({})", spec.name, image.display(), spec.what);
+    eprintln!(
+        "[vm-test] {}: booting {} ({}) on QEMU {}",
+        spec.name,
+        image.display(),
+        spec.what,
+        crate::qemu::get()?.version
+    );
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let qemu = crate::qemu::get()?;
+    let mut child = qemu
+        .command()
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "2048", "-nographic", "-no-reboot"])
         .args(spec.qemu)
         .arg("-kernel")
@@ -451,7 +498,7 @@ pub fn run_kernel(
         .stdout(log)
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86; scripts/bootstrap.sh does)")?;
+        .with_context(|| format!("starting {}", qemu.bin.display()))?;
     let timed_out = loop {
         if child.try_wait()?.is_some() {
             break false;
