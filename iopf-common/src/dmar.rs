@@ -81,7 +81,9 @@ pub struct DmarEvent {
     /// Fault recording register index (0..=255).
     pub index: u8,
     pub pasid_present: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Policy verdict bits (`policy::VERDICT_CHECKED`, `VIOLATION_*`), 0 without a rule.
+    pub verdict: u32,
 }
 
 /// `SSSS:BB:DD.F` (as sysfs names PCI devices) for a source id on segment `seg`, NUL-padded.

@@ -395,12 +395,15 @@ pub struct DevAgg {
     pub counts: [u64; COUNT_SLOTS],
     pub hist: [crate::hist::Histogram; Latency::ALL.len()],
     /// By `policy::violation_slot`.
-    pub violations: [u64; 3],
+    pub violations: [u64; crate::policy::VIOLATIONS.len()],
 }
 
 impl DevAgg {
-    pub const ZERO: Self =
-        Self { counts: [0; COUNT_SLOTS], hist: [crate::hist::Histogram::ZERO; Latency::ALL.len()], violations: [0; 3] };
+    pub const ZERO: Self = Self {
+        counts: [0; COUNT_SLOTS],
+        hist: [crate::hist::Histogram::ZERO; Latency::ALL.len()],
+        violations: [0; crate::policy::VIOLATIONS.len()],
+    };
 
     pub fn merge(&mut self, o: &Self) {
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {

@@ -9,6 +9,9 @@ pub const RULE_ACTIVE: u32 = 1;
 /// Enforce mode: the agent may act on violations (run a command, isolate the device).
 /// Monitor mode (flag clear) only counts, logs and alerts.
 pub const RULE_ENFORCE: u32 = 2;
+/// The device is expected to raise no unrecoverable fault (VT-d fault record,
+/// `report_iommu_fault`): each one is a violation.
+pub const RULE_NO_UNRECOVERABLE: u32 = 4;
 
 /// One device's compiled policy (`IOPF_POLICY` array value, indexed by device slot).
 #[repr(C)]
@@ -16,7 +19,8 @@ pub const RULE_ENFORCE: u32 = 2;
 pub struct Rule {
     pub flags: u32,
     /// Bit `1 << Level as u8` set: a fault classified at that level is a violation
-    /// ("second level is pinned, so no second-level fault is expected").
+    /// ("second level is pinned, so no second-level fault is expected"). The `Unknown` bit
+    /// is set only when a policy asks for it (`unknownLevel: violation`).
     pub forbidden_levels: u32,
     /// Bit `1 << code` set: a page response with that code is acceptable. 0 accepts any.
     /// Bit `1 << RESP_NONE` covers groups freed without a response.
@@ -36,9 +40,14 @@ pub const VERDICT_CHECKED: u32 = 1;
 pub const VIOLATION_LEVEL: u32 = 1 << 1;
 pub const VIOLATION_LATENCY: u32 = 1 << 2;
 pub const VIOLATION_CODE: u32 = 1 << 3;
+pub const VIOLATION_UNRECOVERABLE: u32 = 1 << 4;
 /// Every violation bit, in label order.
-pub const VIOLATIONS: [(u32, &str); 3] =
-    [(VIOLATION_LEVEL, "level"), (VIOLATION_LATENCY, "service_latency"), (VIOLATION_CODE, "response_code")];
+pub const VIOLATIONS: [(u32, &str); 4] = [
+    (VIOLATION_LEVEL, "level"),
+    (VIOLATION_LATENCY, "service_latency"),
+    (VIOLATION_CODE, "response_code"),
+    (VIOLATION_UNRECOVERABLE, "unrecoverable"),
+];
 
 /// Index of a violation bit in per-device violation counters.
 #[inline(always)]
@@ -46,7 +55,8 @@ pub const fn violation_slot(bit: u32) -> usize {
     match bit {
         VIOLATION_LEVEL => 0,
         VIOLATION_LATENCY => 1,
-        _ => 2,
+        VIOLATION_CODE => 2,
+        _ => 3,
     }
 }
 
@@ -60,6 +70,17 @@ pub fn verdict_level(r: &Rule, level: u8) -> u32 {
     // `level` is a `Level` (< 3); the mask keeps the shift in range for any input.
     if r.forbidden_levels & (1u32 << (level & 31)) != 0 {
         v |= VIOLATION_LEVEL;
+    }
+    v
+}
+
+/// Verdict of an unrecoverable fault at `level` (`Unknown` when its source says none): the
+/// level check, and the device's "no unrecoverable faults" expectation.
+#[inline(always)]
+pub fn verdict_unrecoverable(r: &Rule, level: u8) -> u32 {
+    let mut v = verdict_level(r, level);
+    if v != 0 && r.flags & RULE_NO_UNRECOVERABLE != 0 {
+        v |= VIOLATION_UNRECOVERABLE;
     }
     v
 }
@@ -122,8 +143,23 @@ mod tests {
     }
 
     #[test]
+    fn unrecoverable_faults_checked_for_level_and_presence() {
+        assert_eq!(verdict_unrecoverable(&Rule::NONE, Level::Second as u8), 0);
+        // Pinned stage 2: a second-level DMAR fault violates the level expectation.
+        assert_eq!(verdict_unrecoverable(&PINNED_S2, Level::Second as u8), VERDICT_CHECKED | VIOLATION_LEVEL);
+        assert_eq!(verdict_unrecoverable(&PINNED_S2, Level::First as u8), VERDICT_CHECKED);
+        let none = Rule { flags: RULE_ACTIVE | RULE_NO_UNRECOVERABLE, ..PINNED_S2 };
+        assert_eq!(verdict_unrecoverable(&none, Level::First as u8), VERDICT_CHECKED | VIOLATION_UNRECOVERABLE);
+        assert_eq!(
+            verdict_unrecoverable(&none, Level::Second as u8),
+            VERDICT_CHECKED | VIOLATION_LEVEL | VIOLATION_UNRECOVERABLE
+        );
+        assert_eq!(verdict_unrecoverable(&none, Level::Unknown as u8), VERDICT_CHECKED | VIOLATION_UNRECOVERABLE);
+    }
+
+    #[test]
     fn violation_slots_are_distinct() {
-        let s: [usize; 3] = VIOLATIONS.map(|(b, _)| violation_slot(b));
-        assert_eq!(s, [0, 1, 2]);
+        let s: [usize; 4] = VIOLATIONS.map(|(b, _)| violation_slot(b));
+        assert_eq!(s, [0, 1, 2, 3]);
     }
 }

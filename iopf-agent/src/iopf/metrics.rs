@@ -39,7 +39,9 @@ impl MetricSource for IopfSource {
                 CODE_REPORTED => {
                     faults.push(counter(&[("device", &dev), ("config", cfg), ("level", lvl), ("source", src)], v))
                 }
-                CODE_UNRECOVERABLE => unrecoverable.push(counter(&[("device", &dev), ("source", src)], v)),
+                CODE_UNRECOVERABLE => {
+                    unrecoverable.push(counter(&[("device", &dev), ("level", lvl), ("source", src)], v))
+                }
                 code => responses.push(counter(
                     &[
                         ("device", &dev),
@@ -66,7 +68,7 @@ impl MetricSource for IopfSource {
         ));
         out.push(family(
             "iopf_unrecoverable_faults_total",
-            "Unrecoverable IOMMU faults (iommu:io_page_fault).",
+            "Unrecoverable IOMMU faults per device (VT-d fault records, iommu:io_page_fault), by the level the hardware reason gives (unknown when the source names none).",
             Kind::Counter,
             unrecoverable,
         ));

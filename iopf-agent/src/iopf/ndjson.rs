@@ -140,6 +140,8 @@ pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent) {
     o.str("method", b"hardware");
     o.uint("record", e.index.into());
     o.uint("ts_ns", e.ts_ns);
+    o.uint("verdict", e.verdict.into());
+    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
     o.end();
 }
 
@@ -238,7 +240,8 @@ mod tests {
             ts_ns: 99,
             pasid: 0,
             pasid_present: 0,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            verdict: 0,
         };
         let mut buf = Vec::new();
         write_dmar(&mut buf, &e);
@@ -247,10 +250,19 @@ mod tests {
             json!({
                 "kind": "dmar_fault", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 0, "pasid_valid": false,
                 "access": "read", "reason": "0x06", "level": "second", "method": "hardware", "record": 2, "ts_ns": 99,
+                "verdict": 0, "violations": [],
             })
         );
-        let e =
-            DmarEvent { segment: 2, pasid: 5, pasid_present: 1, reason: 0x70, level: Level::First as u8, read: 0, ..e };
+        let e = DmarEvent {
+            segment: 2,
+            pasid: 5,
+            pasid_present: 1,
+            reason: 0x70,
+            level: Level::First as u8,
+            read: 0,
+            verdict: 1 | 1 << 4,
+            ..e
+        };
         buf.clear();
         write_dmar(&mut buf, &e);
         assert_eq!(
@@ -258,6 +270,7 @@ mod tests {
             json!({
                 "kind": "dmar_fault", "device": "0002:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 5, "pasid_valid": true,
                 "access": "write", "reason": "0x70", "level": "first", "method": "hardware", "record": 2, "ts_ns": 99,
+                "verdict": 17, "violations": ["unrecoverable"],
             })
         );
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use iopf_common::{
     iopf::{Level, RESP_FAILURE, RESP_INVALID, RESP_NONE, RESP_SUCCESS},
-    policy::{RULE_ACTIVE, RULE_ENFORCE, Rule, level_bit},
+    policy::{RULE_ACTIVE, RULE_ENFORCE, RULE_NO_UNRECOVERABLE, Rule, level_bit},
 };
 use serde::{Deserialize, de::IgnoredAny};
 use serde_saphyr::Spanned;
@@ -68,9 +68,13 @@ struct RawSelector {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawExpect {
     levels: Option<Spanned<Vec<Spanned<LevelName>>>>,
+    /// Faults whose level could not be decided: `allowed` (default) or `violation`.
+    unknown_level: Option<Spanned<UnknownLevel>>,
     responses: Option<Spanned<Vec<Spanned<ResponseName>>>>,
     /// Any scalar, so that `50` (no unit) gets our message rather than a type error.
     max_service_latency: Option<Spanned<Scalar>>,
+    /// `none`: the device should raise no unrecoverable fault; `allowed` (default).
+    unrecoverable: Option<Spanned<Unrecoverable>>,
 }
 
 #[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -79,6 +83,20 @@ enum LevelName {
     Unknown,
     First,
     Second,
+}
+
+#[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum UnknownLevel {
+    Allowed,
+    Violation,
+}
+
+#[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Unrecoverable {
+    Allowed,
+    None,
 }
 
 #[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -136,11 +154,13 @@ impl ResponseName {
     }
 }
 
-/// Every `forbidden_levels` bit a policy can set (one per `Level`).
-const ALL_LEVELS: [Level; 3] = [Level::Unknown, Level::First, Level::Second];
+/// The levels `spec.expect.levels` chooses among: listing one allows it, the other is then
+/// a violation. `unknown` is not among them: a fault whose level could not be decided says
+/// nothing about either stage, so it is its own choice (`unknownLevel`).
+const STAGE_LEVELS: [Level; 2] = [Level::First, Level::Second];
 
 const SELECTOR_KEYS: &str = "name, pci, vendorDevice, driver, iommuGroup";
-const EXPECT_KEYS: &str = "levels, responses, maxServiceLatency";
+const EXPECT_KEYS: &str = "levels, unknownLevel, responses, maxServiceLatency, unrecoverable";
 const DURATION_FORM: &str = "an integer followed by ns, us, ms or s, e.g. 50us";
 /// Longest `metadata.name`: it becomes a metric label and a log field.
 const NAME_MAX: usize = 63;
@@ -320,16 +340,35 @@ fn hex_width(s: &str, width: std::ops::RangeInclusive<usize>) -> bool {
 
 fn compile_expect(p: &str, raw: &Spanned<RawExpect>, rule: &mut Rule, errors: &mut Vec<PolicyError>) {
     let e = &raw.value;
-    if e.levels.is_none() && e.responses.is_none() && e.max_service_latency.is_none() {
+    if e.levels.is_none()
+        && e.unknown_level.is_none()
+        && e.responses.is_none()
+        && e.max_service_latency.is_none()
+        && e.unrecoverable.is_none()
+    {
         errors.push(invalid(p, raw, "spec.expect", format!("needs at least one of {EXPECT_KEYS}")));
     }
     if let Some(levels) = &e.levels
         && let Some(allowed) = list(p, levels, "spec.expect.levels", errors)
     {
-        // Listed levels are the expected ones; the kernel side wants the others.
+        if let Some((i, item)) = levels.value.iter().enumerate().find(|(_, l)| l.value == LevelName::Unknown) {
+            errors.push(invalid(
+                p,
+                item,
+                &format!("spec.expect.levels[{i}]"),
+                "`unknown` is not a stage: list first and/or second, and say `unknownLevel: violation` to flag faults whose level could not be decided".into(),
+            ));
+        }
+        // Listed stages are the expected ones; the kernel side wants the other.
         let allowed: u32 = allowed.iter().map(|l| level_bit(l.level())).fold(0, |a, b| a | b);
-        let all: u32 = ALL_LEVELS.iter().map(|&l| level_bit(l)).fold(0, |a, b| a | b);
-        rule.forbidden_levels = all & !allowed;
+        let stages: u32 = STAGE_LEVELS.iter().map(|&l| level_bit(l)).fold(0, |a, b| a | b);
+        rule.forbidden_levels |= stages & !allowed;
+    }
+    if e.unknown_level.as_ref().is_some_and(|u| u.value == UnknownLevel::Violation) {
+        rule.forbidden_levels |= level_bit(Level::Unknown);
+    }
+    if e.unrecoverable.as_ref().is_some_and(|u| u.value == Unrecoverable::None) {
+        rule.flags |= RULE_NO_UNRECOVERABLE;
     }
     if let Some(responses) = &e.responses
         && let Some(codes) = list(p, responses, "spec.expect.responses", errors)

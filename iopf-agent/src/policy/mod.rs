@@ -361,10 +361,11 @@ spec:
                 iommu_group: Some(12),
             }
         );
-        // Unknown (bit 0) and second (bit 2) are forbidden; success (0) and invalid (1) allowed.
+        // Second (bit 2) is forbidden, unknown (bit 0) is not (no `unknownLevel`); success (0)
+        // and invalid (1) allowed.
         let want = Rule {
             flags: RULE_ACTIVE,
-            forbidden_levels: 0b101,
+            forbidden_levels: 0b100,
             allowed_codes: 0b011,
             policy_id: 1,
             max_service_ns: 50_000,
@@ -389,10 +390,29 @@ spec:
         };
         assert_eq!(p.rule(), want);
 
-        let text =
-            FULL.replace(EXPECT_BLOCK, "  expect:\n    levels: [unknown, first, second]\n    maxServiceLatency: 2s\n");
+        let text = FULL.replace(EXPECT_BLOCK, "  expect:\n    levels: [first, second]\n    maxServiceLatency: 2s\n");
         let r = parse(&text).unwrap().policies()[0].rule();
         assert_eq!((r.forbidden_levels, r.allowed_codes, r.max_service_ns), (0, 0, 2_000_000_000));
+    }
+
+    #[test]
+    fn unknown_level_and_unrecoverable_are_their_own_choices() {
+        let rule = |expect: &str| parse(&FULL.replace(EXPECT_BLOCK, expect)).unwrap().policies()[0].rule();
+        // Only the stage not listed is forbidden; unknown only when asked for.
+        let r = rule("  expect:\n    levels: [second]\n");
+        assert_eq!((r.forbidden_levels, r.flags), (0b010, RULE_ACTIVE));
+        let r = rule("  expect:\n    levels: [first]\n    unknownLevel: violation\n");
+        assert_eq!(r.forbidden_levels, 0b101);
+        let r = rule("  expect:\n    unknownLevel: allowed\n");
+        assert_eq!(r.forbidden_levels, 0);
+        let r = rule("  expect:\n    unrecoverable: none\n");
+        assert_eq!((r.forbidden_levels, r.flags), (0, RULE_ACTIVE | iopf_common::policy::RULE_NO_UNRECOVERABLE));
+        let r = rule("  expect:\n    unrecoverable: allowed\n");
+        assert_eq!(r.flags, RULE_ACTIVE);
+        assert_eq!(
+            err(&FULL.replace(EXPECT_BLOCK, "  expect:\n    levels: [first, unknown]\n")),
+            "t.yaml:14:21: spec.expect.levels[1]: `unknown` is not a stage: list first and/or second, and say `unknownLevel: violation` to flag faults whose level could not be decided"
+        );
     }
 
     #[test]
@@ -439,7 +459,7 @@ spec:
         );
         assert_eq!(
             err(&FULL.replace("    levels: [first]\n", "    level: [first]\n")),
-            "t.yaml:14:5: unknown field `level`, expected one of levels, responses, maxServiceLatency"
+            "t.yaml:14:5: unknown field `level`, expected one of levels, unknownLevel, responses, maxServiceLatency, unrecoverable"
         );
     }
 
@@ -553,7 +573,8 @@ spec:
 
     #[test]
     fn expect_needs_a_key() {
-        let msg = "spec.expect: needs at least one of levels, responses, maxServiceLatency";
+        let msg =
+            "spec.expect: needs at least one of levels, unknownLevel, responses, maxServiceLatency, unrecoverable";
         assert_eq!(err(&FULL.replace(EXPECT_BLOCK, "")), format!("t.yaml:6:3: {msg}"));
         assert_eq!(err(&FULL.replace(EXPECT_BLOCK, "  expect: {}\n")), format!("t.yaml:13:11: {msg}"));
     }
@@ -657,7 +678,8 @@ spec:
         let mock = &set.policies()[0];
         assert_eq!(mock.selector().name.as_deref(), Some("iommufd_mock0"));
         let s2 = set.policies()[1].rule();
-        assert_eq!(s2.forbidden_levels & iopf_common::policy::level_bit(iopf_common::iopf::Level::Second), 4);
-        assert_eq!(s2.flags, RULE_ACTIVE);
+        // Second level forbidden (not unknown), and no unrecoverable fault expected.
+        assert_eq!(s2.forbidden_levels, iopf_common::policy::level_bit(iopf_common::iopf::Level::Second));
+        assert_eq!(s2.flags, RULE_ACTIVE | iopf_common::policy::RULE_NO_UNRECOVERABLE);
     }
 }

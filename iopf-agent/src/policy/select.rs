@@ -272,7 +272,7 @@ mod tests {
             policy("platform", "{name: \"0000:6a:03.0\"}"),
         ]);
         let r = policies.resolve(&t.0).unwrap();
-        let rule = |flags, policy_id| Rule { flags, forbidden_levels: 0b101, policy_id, ..Rule::NONE };
+        let rule = |flags, policy_id| Rule { flags, forbidden_levels: 0b100, policy_id, ..Rule::NONE };
         let want: BTreeMap<String, DeviceRule> = [
             ("0000:6a:01.0", "dsa", rule(RULE_ACTIVE, 1)),
             ("0000:6a:02.0", "vfio", rule(RULE_ACTIVE | RULE_ENFORCE, 2)),

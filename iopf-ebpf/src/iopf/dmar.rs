@@ -13,10 +13,10 @@ use aya_ebpf::{
 };
 use iopf_common::{
     dmar::{
-        DmarEvent, DmarKey, FSTS_PPF, MAX_FAULT_RECORDS, MAX_RECORDS, REG_FSTS, reason_level, record_count,
+        DmarEvent, DmarKey, FSTS_PPF, MAX_FAULT_RECORDS, MAX_RECORDS, REG_FSTS, bdf_name, reason_level, record_count,
         record_offset, record_pasid, record_pasid_present,
     },
-    iopf::Offsets,
+    iopf::{Offsets, Source},
 };
 
 use super::OFFSETS;
@@ -75,6 +75,8 @@ fn decode_one(w: &mut Walk) -> bool {
     let addr = rd::<u64>(rec) & !0xfff;
     let level = reason_level(reason) as u8;
     let key = DmarKey { segment: w.segment, source_id: sid, reason, read, level, _pad: 0 };
+    // The device's own counters and its policy: the name is the PCI device's dev_name().
+    let verdict = super::count_unrecoverable(&bdf_name(w.segment, sid), level, Source::Kernel as u8);
     if let Some(p) = DMAR_COUNTS.get_ptr_mut(&key) {
         // SAFETY: this CPU's value slot; added atomically because programs can nest.
         unsafe { crate::atomic::add(p, 1) };
@@ -93,7 +95,8 @@ fn decode_one(w: &mut Walk) -> bool {
             level,
             index: idx as u8,
             pasid_present: record_pasid_present(sid_word) as u8,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            verdict,
         });
         e.submit(0);
     } else {

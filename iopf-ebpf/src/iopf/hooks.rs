@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use iopf_common::iopf::{CODE_UNRECOVERABLE, Config, DEV_NAME_LEN, InflightKey, Level, Offsets, Source};
+use iopf_common::iopf::{DEV_NAME_LEN, InflightKey, Level, Offsets, Source};
 
 use super::{TUPLE_KEYS, read};
 
@@ -226,6 +226,7 @@ pub fn iopf_io_page_fault(ctx: TracePointContext) -> u32 {
         let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name) };
     }
     crate::stat!(unrecoverable);
-    super::count(&name, Config::Unknown as u8, Level::Unknown as u8, CODE_UNRECOVERABLE, Source::Kernel as u8);
+    // The record names no stage: the level is unknown.
+    super::count_unrecoverable(&name, Level::Unknown as u8, Source::Kernel as u8);
     0
 }

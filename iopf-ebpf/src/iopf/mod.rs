@@ -15,15 +15,15 @@ use aya_ebpf::{
 };
 use iopf_common::{
     iopf::{
-        CODE_REPORTED, Config, Consts, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DEV_SLOTS_DEFAULT, DevAgg, DevKey, EVENTS_ALL,
-        Event, Fault, INFLIGHT_MAX_AGE_NS, INFLIGHT_PROBES, INFLIGHT_SLOTS, Inflight, InflightKey, InflightSlot,
-        IopfStats, Latency, Level, Method, Offsets, Pending, PendingSlot, RESP_NONE, RESP_SUCCESS, Source,
-        VERDICT_NONE, classify_domain, count_index, inflight_hash,
+        CODE_REPORTED, CODE_UNRECOVERABLE, Config, Consts, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DEV_SLOTS_DEFAULT, DevAgg,
+        DevKey, EVENTS_ALL, Event, Fault, INFLIGHT_MAX_AGE_NS, INFLIGHT_PROBES, INFLIGHT_SLOTS, Inflight, InflightKey,
+        InflightSlot, IopfStats, Latency, Level, Method, Offsets, Pending, PendingSlot, RESP_NONE, RESP_SUCCESS,
+        Source, VERDICT_NONE, classify_domain, count_index, inflight_hash,
     },
     pagefault::MAX_SCAN_CPUS,
     policy::{
-        Rule, VIOLATION_CODE, VIOLATION_LATENCY, VIOLATION_LEVEL, VIOLATIONS, verdict_answer, verdict_level,
-        violation_slot,
+        Rule, VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_LATENCY, VIOLATION_LEVEL, VIOLATIONS, verdict_answer,
+        verdict_level, verdict_unrecoverable, violation_slot,
     },
 };
 
@@ -257,12 +257,21 @@ fn count_violations(a: *mut DevAgg, verdict: u32) {
     }
 }
 
-/// Counts a fault under its device without the in-flight machinery (unrecoverable faults).
-#[inline(always)]
-pub fn count(dev: &[u8; DEV_NAME_LEN], config: u8, level: u8, code: u8, source: u8) {
-    if let Some(a) = agg(dev_slot(dev, source)) {
-        bump(a, config, level, code);
+/// Counts an unrecoverable fault at `level` under its device (no in-flight machinery) and
+/// checks it against the device's rule; returns the verdict. A subprogram of its own: the
+/// DMAR decoder calls it per record, unrolled on kernels without `bpf_loop`.
+#[inline(never)]
+pub fn count_unrecoverable(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8) -> u32 {
+    let idx = dev_slot(dev, source);
+    let v = verdict_unrecoverable(&rule(idx), level);
+    if let Some(a) = agg(idx) {
+        bump(a, Config::Unknown as u8, level, CODE_UNRECOVERABLE);
+        count_violations(a, v);
     }
+    if v & !VERDICT_CHECKED != 0 {
+        crate::stat!(violations);
+    }
+    v
 }
 
 // ---- pending reports: per-CPU slot, hash when taken, scan when migrated ----
