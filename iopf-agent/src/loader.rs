@@ -72,6 +72,20 @@ impl Globals {
     }
 }
 
+/// The x86-64 direct map's base without CONFIG_DYNAMIC_MEMORY_LAYOUT (no `page_offset_base`
+/// variable: 4-level paging, no memory-region randomization).
+const PAGE_OFFSET_4LEVEL: u64 = 0xffff_8880_0000_0000;
+
+/// A kernel symbol's address from /proc/kallsyms (non-zero only for root).
+fn kallsyms_address(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        let (addr, _, sym) = (it.next()?, it.next()?, it.next()?);
+        (sym == name).then(|| u64::from_str_radix(addr, 16).ok()).flatten().filter(|a| *a != 0)
+    })
+}
+
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -96,6 +110,7 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
     }
     let mode = globals.pf_mode as u32;
     let tuple = globals.tuple_keys as u32;
+    let page_offset_base = kallsyms_address("page_offset_base").unwrap_or(0);
     let cgroup_levels: u32 = if globals.pf_cgroups { iopf_common::pagefault::MAX_CGROUP_LEVEL } else { 0 };
     // Where iommu:io_page_fault keeps its device name, from the tracepoint's own format.
     let io_pf_dev = crate::tracefs::field_offset("iommu", "io_page_fault", "device").unwrap_or(Offsets::ABSENT);
@@ -117,6 +132,8 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         .override_global("EVENTS_MODE", &events, true)
         .override_global("SCAN_CPUS", &globals.scan_cpus, true)
         .override_global("PF_CGROUP_LEVELS", &cgroup_levels, true)
+        .override_global("PAGE_OFFSET_BASE_ADDR", &page_offset_base, true)
+        .override_global("PAGE_OFFSET", &PAGE_OFFSET_4LEVEL, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)
         .map_max_entries("IOPF_POLICY", globals.dev_slots)

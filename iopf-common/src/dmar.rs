@@ -17,8 +17,11 @@ pub const FSTS_PPF: u32 = 1 << 1;
 /// (E2BIG, seen on 6.12). Further pending records there are counted one by one as
 /// `dmar_records_undecoded`. With `bpf_loop` every record is decoded.
 pub const MAX_RECORDS: u32 = 4;
-/// Fault recording registers a unit can have (NFR is 8 bits, plus one).
-pub const MAX_FAULT_RECORDS: u32 = 256;
+/// Records one interrupt is scanned for on kernels without `bpf_loop` (counted, not decoded):
+/// the verifier of 6.18 takes 128 iterations of the counting loop after 4 decoded records,
+/// not the 256 records a unit can have (NFR is 8 bits). An interrupt with more pending is
+/// counted as `dmar_scan_truncated`.
+pub const MAX_COUNTED_RECORDS: u32 = 128;
 
 /// PASID of a record (dword +12 bits 27:8); meaningful when [`record_pasid_present`].
 pub const fn record_pasid(hi: u32) -> u32 {
@@ -84,6 +87,10 @@ pub struct DmarEvent {
     pub _pad: [u8; 3],
     /// Policy verdict bits (`policy::VERDICT_CHECKED`, `VIOLATION_*`), 0 without a rule.
     pub verdict: u32,
+    /// Our walk of the unit's tables for this record (`walk::Stop::NotWalked` where the
+    /// decoder does not walk), and its cost.
+    pub walk: crate::walk::Walk,
+    pub walk_ns: u64,
 }
 
 /// `SSSS:BB:DD.F` (as sysfs names PCI devices) for a source id on segment `seg`, NUL-padded.

@@ -525,6 +525,10 @@ pub struct IopfStats {
     pub inflight_superseded: u64,
     /// DMAR events lost because the DMAR ring buffer was full (apart from IOPF events).
     pub dmar_events_dropped: u64,
+    /// VT-d records whose walk stopped in a stage other than the one the reason code gives.
+    pub walk_disagreements: u64,
+    /// Interrupts (kernels without `bpf_loop`) with records pending past `MAX_COUNTED_RECORDS`.
+    pub dmar_scan_truncated: u64,
 }
 
 impl IopfStats {
@@ -553,6 +557,8 @@ impl IopfStats {
         self.inflight_evicted += o.inflight_evicted;
         self.inflight_superseded += o.inflight_superseded;
         self.dmar_events_dropped += o.dmar_events_dropped;
+        self.walk_disagreements += o.walk_disagreements;
+        self.dmar_scan_truncated += o.dmar_scan_truncated;
     }
 }
 

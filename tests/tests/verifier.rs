@@ -19,8 +19,17 @@ fn kprobe_and_tracepoint_programs_pass_the_verifier() {
         Ok(abi) => Globals::default().with_abi(&abi),
         Err(_) => Globals::default(),
     };
+    // This host has no VT-d: give the DMAR decoder offsets anyway, or the verifier (which
+    // knows the load-time constants) would skip it as dead code.
+    let mut g = g;
+    if g.offsets.iommu_reg == iopf_common::iopf::Offsets::ABSENT {
+        g.offsets.iommu_reg = 0x10;
+        g.offsets.iommu_cap = 0x18;
+        g.offsets.iommu_segment = 0x20;
+    }
     let mut ebpf = loader::load(g).expect("load");
     let mut loaded = Vec::new();
+    let mut refused = Vec::new();
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
     for name in names {
         let prog = ebpf.program_mut(&name).unwrap();
@@ -31,9 +40,10 @@ fn kprobe_and_tracepoint_programs_pass_the_verifier() {
         };
         match res {
             Ok(kind) => loaded.push(format!("{kind} {name}")),
-            Err(e) => panic!("{name} refused: {}", iopf_agent::error::chain(&e)),
+            Err(e) => refused.push(format!("{name} refused: {}", iopf_agent::error::chain(&e))),
         }
     }
+    assert!(refused.is_empty(), "{refused:#?}");
     loaded.sort();
     eprintln!("verified: {loaded:#?}");
     // page faults (entry, return; slot-claiming and thread-keyed programs), the attach probe, and the IOPF kprobe rung: report

@@ -42,14 +42,22 @@ enum Layout {
     Split,
 }
 
-const DEBIAN_IOMMU_QEMU: &[&str] =
-    &["-machine", "q35,kernel-irqchip=split", "-device", "intel-iommu,intremap=on,caching-mode=on", "-device", "edu"];
+/// 48-bit address width in every mode: the guest's DMA domains then use 4-level tables, which
+/// the walk's expectations (guest side) are written for.
+const DEBIAN_IOMMU_QEMU: &[&str] = &[
+    "-machine",
+    "q35,kernel-irqchip=split",
+    "-device",
+    "intel-iommu,intremap=on,caching-mode=on,aw-bits=48",
+    "-device",
+    "edu",
+];
 /// Scalable mode, second-stage translation (the unit offers no first stage).
 const VTD_SCALABLE_QEMU: &[&str] = &[
     "-machine",
     "q35,kernel-irqchip=split",
     "-device",
-    "intel-iommu,intremap=on,caching-mode=on,x-scalable-mode=on",
+    "intel-iommu,intremap=on,caching-mode=on,aw-bits=48,x-scalable-mode=on",
     "-device",
     "edu",
 ];
@@ -59,10 +67,12 @@ const VTD_FIRST_STAGE_QEMU: &[&str] = &[
     "-machine",
     "q35,kernel-irqchip=split",
     "-device",
-    "intel-iommu,intremap=on,caching-mode=on,x-scalable-mode=on,x-flts=on",
+    "intel-iommu,intremap=on,caching-mode=on,aw-bits=48,x-scalable-mode=on,x-flts=on",
     "-device",
     "edu",
 ];
+/// The VT-d scenarios a mode's own boot runs.
+const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy"];
 const DEBIAN_7_3: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-amd64", layout: Layout::Split };
 
@@ -126,7 +136,7 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &["virtio_pci", "9p", "9pnet_virtio"],
         qemu: VTD_SCALABLE_QEMU,
         append: "intel_iommu=on iopf_vtd_mode=scalable",
-        scenarios: &["dmar-edu", "dmar-burst", "dmar-policy"],
+        scenarios: VTD_MODE_SCENARIOS,
     },
     KernelSpec {
         name: "debian-7.3-vtd-first-stage",
@@ -135,7 +145,7 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &["virtio_pci", "9p", "9pnet_virtio"],
         qemu: VTD_FIRST_STAGE_QEMU,
         append: "intel_iommu=on iopf_vtd_mode=first_stage",
-        scenarios: &["dmar-edu", "dmar-burst", "dmar-policy"],
+        scenarios: VTD_MODE_SCENARIOS,
     },
     KernelSpec {
         name: "debian-6.12",

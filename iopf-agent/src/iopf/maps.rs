@@ -45,6 +45,8 @@ pub struct IopfSnapshot {
     pub stats: IopfStats,
     pub dmar: BTreeMap<DmarKey, u64>,
     pub vevents: BTreeMap<iopf_common::viommu::VeventKey, u64>,
+    /// Cost of the VT-d table walks, summed over CPUs.
+    pub walk_ns: Histogram,
 }
 
 /// Name given to device slot 0, where devices past `--max-devices` are counted.
@@ -58,6 +60,7 @@ pub struct IopfMaps {
     stats: PerCpuArray<MapData, IopfStats>,
     dmar: PerCpuHashMap<MapData, DmarKey, u64>,
     vevents: PerCpuHashMap<MapData, iopf_common::viommu::VeventKey, u64>,
+    walk_ns: PerCpuArray<MapData, Histogram>,
     /// Possible CPUs: the number of values per key in a per-CPU map (0: unknown).
     ncpus: usize,
 }
@@ -80,6 +83,7 @@ impl IopfMaps {
             stats: take(ebpf, "IOPF_STATS")?,
             dmar: take(ebpf, "DMAR_COUNTS")?,
             vevents: take(ebpf, "VEVENT_COUNTS")?,
+            walk_ns: take(ebpf, "DMAR_WALK_NS")?,
             ncpus: aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(0),
         })
     }
@@ -185,6 +189,10 @@ impl IopfMaps {
         let per_cpu = self.stats.get(&0, 0).map_err(|source| MapsError::Map { map: "IOPF_STATS", source })?;
         for c in per_cpu.iter() {
             s.stats.merge(c);
+        }
+        let per_cpu = self.walk_ns.get(&0, 0).map_err(|source| MapsError::Map { map: "DMAR_WALK_NS", source })?;
+        for h in per_cpu.iter() {
+            s.walk_ns.merge(h);
         }
         Ok(s)
     }

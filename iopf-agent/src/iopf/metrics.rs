@@ -141,6 +141,7 @@ impl MetricSource for IopfSource {
                 ("violations", s.violations),
                 ("unrecoverable", s.unrecoverable),
                 ("dmar_records_undecoded", s.dmar_records_undecoded),
+                ("dmar_scan_truncated", s.dmar_scan_truncated),
             ]
             .iter()
             .map(|(stage, v)| counter(&[("stage", stage)], *v))
@@ -190,6 +191,18 @@ impl MetricSource for IopfSource {
             "IOPF events lost because the ring buffer was full.",
             Kind::Counter,
             vec![counter(&[], s.events_dropped)],
+        ));
+        out.push(family(
+            "iopf_walk_seconds",
+            "Cost of our walk of the VT-d translation structures per fault record, in the fault interrupt.",
+            Kind::Histogram,
+            if snap.walk_ns.count == 0 { vec![] } else { vec![histogram(&[("source", "vtd")], &snap.walk_ns)] },
+        ));
+        out.push(family(
+            "iopf_classification_disagreements_total",
+            "Faults two methods classified at different stages: the VT-d reason code (hardware) and our table walk (walk).",
+            Kind::Counter,
+            vec![counter(&[("methods", "hardware_walk")], s.walk_disagreements)],
         ));
         out.push(family(
             "iopf_dmar_events_dropped_total",

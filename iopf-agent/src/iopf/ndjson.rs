@@ -6,6 +6,7 @@ use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::{Config, Consts, Event, Level, Method, Source, response_label},
     policy::VIOLATIONS,
+    walk::{Stop, Walk, disagrees},
 };
 
 /// A JSON object under construction: `{"k":v,...}` followed by a newline.
@@ -91,6 +92,11 @@ impl<'a> Obj<'a> {
     fn end(self) {
         self.buf.extend_from_slice(b"}\n");
     }
+
+    /// Ends an object nested as a value.
+    fn close(self) {
+        self.buf.push(b'}');
+    }
 }
 
 /// The device name: the bytes before the first NUL.
@@ -142,7 +148,28 @@ pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent) {
     o.uint("ts_ns", e.ts_ns);
     o.uint("verdict", e.verdict.into());
     o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
+    write_walk(&mut o, &e.walk, e.walk_ns, Level::from_u8(e.level));
     o.end();
+}
+
+/// `"walk": {...}`: our walk of the tables, the second method beside the reason code.
+fn write_walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
+    let stop = Stop::from_u8(w.stop);
+    o.key("walk");
+    let mut inner = Obj::new(&mut *o.buf);
+    inner.str("method", b"walk");
+    inner.str("result", stop.label().as_bytes());
+    if stop != Stop::NotWalked {
+        let classified = matches!(stop, Stop::NotPresent | Stop::Present);
+        inner.str("level", if classified { Level::from_u8(w.stage).label() } else { "unknown" }.as_bytes());
+        inner.uint("table_level", w.level.into());
+        inner.bool("permission", w.permission != 0);
+        inner.hex("entry", w.entry, 1);
+        inner.uint("reads", w.reads.into());
+        inner.uint("ns", ns);
+        inner.bool("disagrees", disagrees(w, hardware));
+    }
+    inner.close();
 }
 
 #[cfg(test)]
@@ -242,6 +269,8 @@ mod tests {
             pasid_present: 0,
             _pad: [0; 3],
             verdict: 0,
+            walk: Walk::NONE,
+            walk_ns: 0,
         };
         let mut buf = Vec::new();
         write_dmar(&mut buf, &e);
@@ -250,9 +279,18 @@ mod tests {
             json!({
                 "kind": "dmar_fault", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 0, "pasid_valid": false,
                 "access": "read", "reason": "0x06", "level": "second", "method": "hardware", "record": 2, "ts_ns": 99,
-                "verdict": 0, "violations": [],
+                "verdict": 0, "violations": [], "walk": {"method": "walk", "result": "not_walked"},
             })
         );
+        let walked = Walk {
+            stop: Stop::NotPresent as u8,
+            stage: Level::First as u8,
+            level: 4,
+            reads: 6,
+            permission: 0,
+            _pad: [0; 3],
+            entry: 0,
+        };
         let e = DmarEvent {
             segment: 2,
             pasid: 5,
@@ -261,6 +299,8 @@ mod tests {
             level: Level::First as u8,
             read: 0,
             verdict: 1 | 1 << 4,
+            walk: walked,
+            walk_ns: 1234,
             ..e
         };
         buf.clear();
@@ -271,6 +311,10 @@ mod tests {
                 "kind": "dmar_fault", "device": "0002:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 5, "pasid_valid": true,
                 "access": "write", "reason": "0x70", "level": "first", "method": "hardware", "record": 2, "ts_ns": 99,
                 "verdict": 17, "violations": ["unrecoverable"],
+                "walk": {
+                    "method": "walk", "result": "not_present", "level": "first", "table_level": 4,
+                    "permission": false, "entry": "0x0", "reads": 6, "ns": 1234, "disagrees": false,
+                },
             })
         );
     }

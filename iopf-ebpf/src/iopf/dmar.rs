@@ -6,17 +6,20 @@
 //! reads every one.
 
 use aya_ebpf::{
+    Global,
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
     macros::{fentry, kprobe, map},
-    maps::{PerCpuHashMap, RingBuf},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntryContext, ProbeContext},
 };
 use iopf_common::{
     dmar::{
-        DmarEvent, DmarKey, FSTS_PPF, MAX_FAULT_RECORDS, MAX_RECORDS, REG_FSTS, bdf_name, reason_level, record_count,
+        DmarEvent, DmarKey, FSTS_PPF, MAX_COUNTED_RECORDS, MAX_RECORDS, REG_FSTS, bdf_name, reason_level, record_count,
         record_offset, record_pasid, record_pasid_present,
     },
+    hist::Histogram,
     iopf::{Offsets, Source},
+    walk::{Mem, REG_RTADDR, Request, Walk, disagrees, walk},
 };
 
 use super::OFFSETS;
@@ -25,6 +28,44 @@ use super::OFFSETS;
 static DMAR_COUNTS: PerCpuHashMap<DmarKey, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 #[map]
 static DMAR_EVENTS: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
+/// Per CPU: the cost of the table walks (`iopf_walk_seconds`).
+#[map]
+static DMAR_WALK_NS: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0);
+
+/// Kernel address of `page_offset_base` (the direct map's base, randomized with
+/// CONFIG_RANDOMIZE_MEMORY), from kallsyms at load time; 0 when the kernel has no such
+/// variable, and `PAGE_OFFSET` is then the base.
+#[unsafe(no_mangle)]
+static PAGE_OFFSET_BASE_ADDR: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static PAGE_OFFSET: Global<u64> = Global::new(0);
+
+/// Guest-physical memory through the kernel's direct map: `base + pa`, read with the
+/// checking helper, so an address outside RAM ends the walk (`ReadFailed`), never the program.
+struct DirectMap {
+    base: u64,
+}
+
+impl Mem for DirectMap {
+    #[inline(always)]
+    fn read(&mut self, pa: u64) -> Option<u64> {
+        super::read::read_checked(self.base.wrapping_add(pa))
+    }
+}
+
+/// The walk as a subprogram of its own, its result written through `out`: the verifier then
+/// takes the record's remaining work once per walk outcome, not once per path through it.
+#[inline(never)]
+fn walk_record(rq: &Request, dmap: u64, out: &mut Walk) {
+    *out = walk(&mut DirectMap { base: dmap }, rq);
+}
+
+/// The direct map's base, or 0 when unknown (no walk then).
+#[inline(always)]
+fn direct_map_base() -> u64 {
+    let at = PAGE_OFFSET_BASE_ADDR.load();
+    if at != 0 { rd(at) } else { PAGE_OFFSET.load() }
+}
 
 /// MMIO and struct reads: the helper checks the address (an ioremap'd range for the
 /// registers) and yields zero when it cannot read.
@@ -35,10 +76,13 @@ fn rd<T: Copy + Default>(addr: u64) -> T {
 
 /// One interrupt's walk over a unit's records.
 #[repr(C)]
-struct Walk {
+struct Records {
     /// MMIO address of record 0.
     base: u64,
     now: u64,
+    /// `RTADDR_REG` and the direct map's base, for the table walk (0: no walk).
+    rtaddr: u64,
+    dmap: u64,
     /// Record count of the unit and the next index to read.
     nfr: u32,
     idx: u32,
@@ -49,7 +93,7 @@ struct Walk {
 /// The MMIO address of the walk's current record if it is pending (F set), advancing the
 /// index past it.
 #[inline(always)]
-fn next_pending(w: &mut Walk) -> Option<(u64, u32, u32)> {
+fn next_pending(w: &mut Records) -> Option<(u64, u32, u32)> {
     if w.idx >= w.nfr {
         w.idx = 0;
     }
@@ -65,8 +109,10 @@ fn next_pending(w: &mut Walk) -> Option<(u64, u32, u32)> {
 
 /// Decodes one pending record: counted per (segment, source id, reason, access, level) and
 /// emitted. Returns false when the walk's record is not pending (the walk ends).
+/// `WALK`: also walk the unit's tables for the record (the `_loop` programs: kernels with
+/// the verifier budget of 5.17+).
 #[inline(always)]
-fn decode_one(w: &mut Walk) -> bool {
+fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
     let Some((rec, hi, idx)) = next_pending(w) else { return false };
     let reason = hi as u8;
     let read = ((hi >> 30) & 1) as u8;
@@ -77,6 +123,30 @@ fn decode_one(w: &mut Walk) -> bool {
     let key = DmarKey { segment: w.segment, source_id: sid, reason, read, level, _pad: 0 };
     // The device's own counters and its policy: the name is the PCI device's dev_name().
     let verdict = super::count_unrecoverable(&bdf_name(w.segment, sid), level, Source::Kernel as u8);
+    let pasid_present = record_pasid_present(sid_word);
+    let (found, walk_ns) = if WALK && w.rtaddr != 0 && w.dmap != 0 {
+        // SAFETY: plain helper call.
+        let t0 = unsafe { bpf_ktime_get_ns() };
+        let rq = Request {
+            rtaddr: w.rtaddr,
+            source_id: sid,
+            pasid: record_pasid(hi),
+            pasid_present,
+            addr,
+            write: read == 0,
+        };
+        let mut found = Walk::NONE;
+        walk_record(&rq, w.dmap, &mut found);
+        // SAFETY: plain helper call.
+        let ns = unsafe { bpf_ktime_get_ns() } - t0;
+        observe_walk(ns);
+        if disagrees(&found, reason_level(reason)) {
+            crate::stat!(walk_disagreements);
+        }
+        (found, ns)
+    } else {
+        (Walk::NONE, 0)
+    };
     if let Some(p) = DMAR_COUNTS.get_ptr_mut(&key) {
         // SAFETY: this CPU's value slot; added atomically because programs can nest.
         unsafe { crate::atomic::add(p, 1) };
@@ -94,9 +164,11 @@ fn decode_one(w: &mut Walk) -> bool {
             read,
             level,
             index: idx as u8,
-            pasid_present: record_pasid_present(sid_word) as u8,
+            pasid_present: pasid_present as u8,
             _pad: [0; 3],
             verdict,
+            walk: found,
+            walk_ns,
         });
         e.submit(0);
     } else {
@@ -106,11 +178,28 @@ fn decode_one(w: &mut Walk) -> bool {
     true
 }
 
+/// Adds one walk's cost to this CPU's histogram (atomically: programs can nest).
+#[inline(always)]
+fn observe_walk(ns: u64) {
+    if let Some(h) = DMAR_WALK_NS.get_ptr_mut(0) {
+        let b = iopf_common::hist::bucket(ns);
+        // SAFETY: u64s inside this CPU's map value; every writer adds atomically. The mask
+        // keeps the verifier's bounds proof simple (`bucket` is always < BUCKETS).
+        unsafe {
+            if let Some(slot) = (*h).buckets.get_mut(b & 63) {
+                crate::atomic::add(slot, 1);
+            }
+            crate::atomic::add(&raw mut (*h).count, 1);
+            crate::atomic::add(&raw mut (*h).sum_ns, ns);
+        }
+    }
+}
+
 /// `bpf_loop` body: 0 to go on, 1 to stop at the first record that is not pending.
 extern "C" fn decode_cb(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` on `decode`'s stack, passed to bpf_loop for this call.
-    let w = unsafe { &mut *(ctx as *mut Walk) };
-    if decode_one(w) { 0 } else { 1 }
+    // SAFETY: `ctx` is the `Records` on `decode`'s stack, passed to bpf_loop for this call.
+    let w = unsafe { &mut *(ctx as *mut Records) };
+    if decode_one::<true>(w) { 0 } else { 1 }
 }
 
 /// `LOOP`: walk every record with `bpf_loop` (5.17+). The `_loop` programs hold the callback
@@ -132,10 +221,12 @@ fn decode<const LOOP: bool>(iommu: u64) {
         return;
     }
     let segment: u16 = if o.iommu_segment == Offsets::ABSENT { 0 } else { rd(iommu + o.iommu_segment as u64) };
-    let mut w = Walk {
+    let mut w = Records {
         base: reg + record_offset(cap),
         // SAFETY: plain helper call.
         now: unsafe { bpf_ktime_get_ns() },
+        rtaddr: if LOOP { rd(reg + REG_RTADDR) } else { 0 },
+        dmap: if LOOP { direct_map_base() } else { 0 },
         nfr: record_count(cap),
         idx: (fsts >> 8) & 0xff,
         segment,
@@ -148,19 +239,23 @@ fn decode<const LOOP: bool>(iommu: u64) {
     }
     let mut i = 0;
     while i < MAX_RECORDS && i < w.nfr {
-        if !decode_one(&mut w) {
+        if !decode_one::<false>(&mut w) {
             return;
         }
         i += 1;
     }
     // Past the unrolled bound: count each further pending record, as the kernel would walk
-    // them (a cheap body the verifier takes at the full record count).
-    while i < MAX_FAULT_RECORDS && i < w.nfr {
+    // them (a cheap body; the verifier takes it up to MAX_COUNTED_RECORDS, not 256). An
+    // interrupt with still more pending is counted once as truncated.
+    while i < MAX_COUNTED_RECORDS && i < w.nfr {
         if next_pending(&mut w).is_none() {
             return;
         }
         crate::stat!(dmar_records_undecoded);
         i += 1;
+    }
+    if i < w.nfr && next_pending(&mut w).is_some() {
+        crate::stat!(dmar_scan_truncated);
     }
 }
 

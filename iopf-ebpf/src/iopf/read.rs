@@ -18,6 +18,16 @@ pub fn read_or_zero<T: Copy + Default>(addr: u64) -> T {
     v
 }
 
+/// A u64 at `addr`, `None` when the helper cannot read it (the walk must tell an unreadable
+/// entry from a zero one). The value is defined on every path, as in `read_or_zero`.
+#[inline(always)]
+pub fn read_checked(addr: u64) -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: the helper writes at most 8 bytes into `v` and checks `addr`.
+    let rc = unsafe { bpf_probe_read_kernel((&raw mut v).cast(), 8, addr as *const _) };
+    if rc == 0 { Some(v) } else { None }
+}
+
 #[inline(always)]
 fn at<T: Copy + Default>(base: u64, off: u32) -> Option<T> {
     if off == Offsets::ABSENT || base == 0 {

@@ -562,8 +562,43 @@ fn dmar(a: &Args) -> Result<(), String> {
             // The RID's own PASID (IOMMU_NO_PASID = 0) in scalable mode.
             check(v["pasid"] == 0, format!("pasid {v}, want 0"))?;
         }
+        // Our walk of the tables (kernels with bpf_loop): edu's DMA domain is empty, so it
+        // stops at the top level (4: aw-bits=48) of the stage the unit translates with,
+        // after reading, legacy: root, context (2 qwords), top; scalable: root, context,
+        // PASID directory, PASID entry (+ qword 2 for the first stage), top.
+        let w = &v["walk"];
+        if has_bpf_loop() {
+            let reads = match mode.as_str() {
+                "legacy" => 4,
+                "scalable" => 5,
+                _ => 6,
+            };
+            check(
+                w["result"] == "not_present"
+                    && w["level"] == level
+                    && w["table_level"] == 4
+                    && w["reads"] == reads
+                    && w["entry"] == "0x0"
+                    && w["permission"] == false
+                    && w["disagrees"] == false,
+                format!("walk {w}, want not_present at {level} level 4 after {reads} reads"),
+            )?;
+        } else {
+            check(w["result"] == "not_walked", format!("walk {w} on a kernel without bpf_loop"))?;
+        }
     }
+    let walks = e.get("iopf_walk_seconds_count", &[("source", "vtd")]).unwrap_or(0.0);
+    let disagree = e.get("iopf_classification_disagreements_total", &[("methods", "hardware_walk")]);
+    let want_walks = if has_bpf_loop() { dmas.len() as f64 } else { 0.0 };
+    check(walks == want_walks, format!("{walks} walks timed, want {want_walks}"))?;
+    check(disagree == Some(0.0), format!("disagreements {disagree:?}, want 0"))?;
     Ok(())
+}
+
+/// The kernel has `bpf_loop` (its helper is in kallsyms).
+fn has_bpf_loop() -> bool {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_loop"))
 }
 
 /// A policy on the edu device's unrecoverable faults: "stage 2 is pinned" (`levels: [first]`)
@@ -687,8 +722,7 @@ fn dmar_burst(a: &Args) -> Result<(), String> {
     );
     // Where the kernel has bpf_loop (its helper is in kallsyms) every record is decoded by the
     // `_loop` program; elsewhere the unrolled one runs.
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let has_loop = kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_loop"));
+    let has_loop = has_bpf_loop();
     let prog = if has_loop { "iopf_dmar_fault_loop_fentry" } else { "iopf_dmar_fault_fentry" };
     println!("  kernel has bpf_loop: {has_loop}; decoder {prog}");
     check(e.get("iopf_program_misses_total", &[("program", prog)]).is_some(), format!("{prog} not loaded"))?;
