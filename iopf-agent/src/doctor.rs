@@ -61,11 +61,12 @@ pub fn survey(
         Ok(b) => globals.with_btf(b.vmlinux()),
         Err(_) => globals,
     };
+    // /proc/kallsyms is megabytes: read once for the programs, the plan and the fault paths.
+    let kallsyms = hooks::Kallsyms::read();
+    let globals = loader::Globals { page_offset_base: kallsyms.page_offset_base.unwrap_or(0), ..globals };
     let mut ebpf = loader::load(globals)?;
     let btf = btf.ok();
     let features = Features::probe(&mut ebpf, &opts.btf_dir);
-    // /proc/kallsyms is megabytes: read once for the plan and the fault paths.
-    let kallsyms = hooks::Kallsyms::read();
     let plans = hooks::plan_all(btf.as_ref(), &kallsyms, &features, opts.force_rung);
     let fault_paths = crate::paths::survey(&kallsyms);
     let report =

@@ -235,16 +235,32 @@ pub struct Plan {
     pub reason: String,
 }
 
-/// Symbols from /proc/kallsyms, read once: a kprobe needs the symbol, not BTF.
-pub struct Kallsyms(HashSet<String>);
+/// Symbols from /proc/kallsyms, read once: a kprobe needs the symbol, not BTF. The one
+/// address the programs need is kept too.
+pub struct Kallsyms {
+    names: HashSet<String>,
+    /// Address of `page_offset_base` (the direct map's base, for the VT-d table walk); only
+    /// root sees addresses.
+    pub page_offset_base: Option<u64>,
+}
 
 impl Kallsyms {
     pub fn read() -> Self {
         let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        Kallsyms(text.lines().filter_map(|l| l.split_whitespace().nth(2)).map(|s| s.to_owned()).collect())
+        let mut page_offset_base = None;
+        let mut names = HashSet::new();
+        for l in text.lines() {
+            let mut it = l.split_whitespace();
+            let (Some(addr), Some(_), Some(sym)) = (it.next(), it.next(), it.next()) else { continue };
+            if sym == "page_offset_base" {
+                page_offset_base = u64::from_str_radix(addr, 16).ok().filter(|a| *a != 0);
+            }
+            names.insert(sym.to_owned());
+        }
+        Kallsyms { names, page_offset_base }
     }
     pub fn contains(&self, s: &str) -> bool {
-        self.0.contains(s)
+        self.names.contains(s)
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Globals {
     /// verifier never visits: 5.10 has no `bpf_get_current_ancestor_cgroup_id` for tracing
     /// programs, and a `--pid` selection must still load there.
     pub pf_cgroups: bool,
+    /// Kernel address of `page_offset_base` (kallsyms), 0 when the kernel has none: the VT-d
+    /// walk then takes the fixed 4-level direct-map base.
+    pub page_offset_base: u64,
 }
 
 impl Default for Globals {
@@ -49,6 +52,7 @@ impl Default for Globals {
             scan_cpus: 0,
             dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
             pf_cgroups: false,
+            page_offset_base: 0,
         }
     }
 }
@@ -76,16 +80,6 @@ impl Globals {
 /// variable: 4-level paging, no memory-region randomization).
 const PAGE_OFFSET_4LEVEL: u64 = 0xffff_8880_0000_0000;
 
-/// A kernel symbol's address from /proc/kallsyms (non-zero only for root).
-fn kallsyms_address(name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    text.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        let (addr, _, sym) = (it.next()?, it.next()?, it.next()?);
-        (sym == name).then(|| u64::from_str_radix(addr, 16).ok()).flatten().filter(|a| *a != 0)
-    })
-}
-
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -110,7 +104,6 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
     }
     let mode = globals.pf_mode as u32;
     let tuple = globals.tuple_keys as u32;
-    let page_offset_base = kallsyms_address("page_offset_base").unwrap_or(0);
     let cgroup_levels: u32 = if globals.pf_cgroups { iopf_common::pagefault::MAX_CGROUP_LEVEL } else { 0 };
     // Where iommu:io_page_fault keeps its device name, from the tracepoint's own format.
     let io_pf_dev = crate::tracefs::field_offset("iommu", "io_page_fault", "device").unwrap_or(Offsets::ABSENT);
@@ -132,7 +125,7 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         .override_global("EVENTS_MODE", &events, true)
         .override_global("SCAN_CPUS", &globals.scan_cpus, true)
         .override_global("PF_CGROUP_LEVELS", &cgroup_levels, true)
-        .override_global("PAGE_OFFSET_BASE_ADDR", &page_offset_base, true)
+        .override_global("PAGE_OFFSET_BASE_ADDR", &globals.page_offset_base, true)
         .override_global("PAGE_OFFSET", &PAGE_OFFSET_4LEVEL, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)

@@ -46,8 +46,9 @@ enum Cmd {
     BuildKernel,
     /// The VM tier: boot real kernels under QEMU (TCG) and run the guest scenarios.
     VmTest {
-        /// Kernel to boot (repeatable): iopf-6.12, iopf-7.3, debian-5.10, debian-6.1,
-        /// debian-6.12, debian-7.3. Default: all.
+        /// Kernel boot to run (repeatable): iopf-6.12, iopf-7.3, debian-5.10, debian-6.1,
+        /// debian-6.12, debian-7.3, debian-7.3-vtd-scalable, debian-7.3-vtd-first-stage.
+        /// Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
         /// Seconds before a guest is declared hung.

@@ -71,6 +71,20 @@ const VTD_FIRST_STAGE_QEMU: &[&str] = &[
     "-device",
     "edu",
 ];
+/// What a stock Debian kernel with intel-iommu + edu runs (6.12, 7.3).
+const DEBIAN_VTD_SCENARIOS: &[&str] = &[
+    "doctor",
+    "dmar-edu",
+    "dmar-burst",
+    "dmar-policy",
+    "pagefault-fentry",
+    "pagefault-kprobe",
+    "attach-fentry",
+    "attach-kprobe",
+    "simulate",
+];
+/// Modules a Debian kernel needs for the 9p shares (not built in there).
+const DEBIAN_9P_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio"];
 /// The VT-d scenarios a mode's own boot runs.
 const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy"];
 const DEBIAN_7_3: Source =
@@ -114,26 +128,16 @@ pub const KERNELS: &[KernelSpec] = &[
             flavour: "-amd64",
             layout: Layout::Split,
         },
-        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        modules: DEBIAN_9P_MODULES,
         qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
-        scenarios: &[
-            "doctor",
-            "dmar-edu",
-            "dmar-burst",
-            "dmar-policy",
-            "pagefault-fentry",
-            "pagefault-kprobe",
-            "attach-fentry",
-            "attach-kprobe",
-            "simulate",
-        ],
+        scenarios: DEBIAN_VTD_SCENARIOS,
     },
     KernelSpec {
         name: "debian-7.3-vtd-scalable",
         what: "Debian 7.3 as above, VT-d in scalable mode translating with second-stage tables",
         source: DEBIAN_7_3,
-        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        modules: DEBIAN_9P_MODULES,
         qemu: VTD_SCALABLE_QEMU,
         append: "intel_iommu=on iopf_vtd_mode=scalable",
         scenarios: VTD_MODE_SCENARIOS,
@@ -142,7 +146,7 @@ pub const KERNELS: &[KernelSpec] = &[
         name: "debian-7.3-vtd-first-stage",
         what: "Debian 7.3 as above, VT-d in scalable mode translating with first-stage tables (QEMU x-flts)",
         source: DEBIAN_7_3,
-        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        modules: DEBIAN_9P_MODULES,
         qemu: VTD_FIRST_STAGE_QEMU,
         append: "intel_iommu=on iopf_vtd_mode=first_stage",
         scenarios: VTD_MODE_SCENARIOS,
@@ -156,20 +160,10 @@ pub const KERNELS: &[KernelSpec] = &[
             flavour: "-amd64-unsigned",
             layout: Layout::Image,
         },
-        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        modules: DEBIAN_9P_MODULES,
         qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
-        scenarios: &[
-            "doctor",
-            "dmar-edu",
-            "dmar-burst",
-            "dmar-policy",
-            "pagefault-fentry",
-            "pagefault-kprobe",
-            "attach-fentry",
-            "attach-kprobe",
-            "simulate",
-        ],
+        scenarios: DEBIAN_VTD_SCENARIOS,
     },
     KernelSpec {
         name: "debian-6.1",
@@ -180,7 +174,7 @@ pub const KERNELS: &[KernelSpec] = &[
             flavour: "-amd64-unsigned",
             layout: Layout::Image,
         },
-        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        modules: DEBIAN_9P_MODULES,
         qemu: &["-machine", "q35"],
         append: "",
         scenarios: &["doctor", "attach-fentry", "attach-kprobe", "pagefault-fentry", "simulate"],
@@ -194,7 +188,7 @@ pub const KERNELS: &[KernelSpec] = &[
             flavour: "-amd64-unsigned",
             layout: Layout::Image,
         },
-        modules: &["virtio_pci", "9p", "9pnet_virtio"],
+        modules: DEBIAN_9P_MODULES,
         qemu: DEBIAN_IOMMU_QEMU,
         // 5.10's BPF predates compare-and-exchange (5.12), and, built without
         // CONFIG_PREEMPTION, it gives a kretprobe one instance per CPU: the guest's

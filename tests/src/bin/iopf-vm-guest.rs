@@ -595,10 +595,19 @@ fn dmar(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The guest kernel's symbols (/proc/kallsyms), read once: the independent evidence several
+/// scenarios compare the agent with.
+fn kernel_symbols() -> &'static std::collections::HashSet<String> {
+    static SYMS: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    SYMS.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        text.lines().filter_map(|l| l.split_whitespace().nth(2)).map(str::to_owned).collect()
+    })
+}
+
 /// The kernel has `bpf_loop` (its helper is in kallsyms).
 fn has_bpf_loop() -> bool {
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_loop"))
+    kernel_symbols().contains("bpf_loop")
 }
 
 /// A policy on the edu device's unrecoverable faults: "stage 2 is pinned" (`levels: [first]`)
@@ -835,12 +844,11 @@ fn doctor(a: &Args) -> Result<(), String> {
     let out = Command::new(&a.agent).args(["doctor", "--json"]).output().map_err(|e| e.to_string())?;
     check(out.status.success(), format!("doctor exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let syms: std::collections::HashSet<&str> = kallsyms.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let syms = kernel_symbols();
     for h in HOOKS {
         let plan = v["hooks"].as_array().and_then(|a| a.iter().find(|p| p["name"] == h.name)).ok_or(h.name)?;
         let has = match h.target {
-            Target::Functions { candidates, .. } => candidates.iter().any(|c| syms.contains(c)),
+            Target::Functions { candidates, .. } => candidates.iter().any(|c| syms.contains(*c)),
             Target::Tracepoint { category, name, .. } => {
                 std::path::Path::new(&format!("/sys/kernel/tracing/events/{category}/{name}")).exists()
             }
@@ -884,7 +892,7 @@ fn doctor(a: &Args) -> Result<(), String> {
 /// is there, except the <= 6.8 per-fault SVA function, which the agent does not use (faults
 /// are keyed at report on those kernels). Tracepoint hooks and `mm_fault` (page-fault
 /// tracing not requested) stay off on these runs.
-fn expected_attached(syms: &std::collections::HashSet<&str>) -> std::collections::BTreeSet<&'static str> {
+fn expected_attached(syms: &std::collections::HashSet<String>) -> std::collections::BTreeSet<&'static str> {
     let old_abi = syms.contains("iommu_page_response") && !syms.contains("iopf_group_response");
     let mut want = std::collections::BTreeSet::new();
     for h in HOOKS {
@@ -892,7 +900,7 @@ fn expected_attached(syms: &std::collections::HashSet<&str>) -> std::collections
         if h.name == "mm_fault" || (h.exchange && no_bpf_exchange()) {
             continue;
         }
-        let present: Vec<&str> = candidates.iter().copied().filter(|c| syms.contains(c)).collect();
+        let present: Vec<&str> = candidates.iter().copied().filter(|c| syms.contains(*c)).collect();
         let used = match h.name {
             "sva_handler" => present.contains(&"iommu_sva_iopf_handler"),
             "iopf_work" => {
@@ -923,9 +931,8 @@ fn attach_all(a: &Args, rung: &str) -> Result<(), String> {
         check(rest.starts_with(&format!("{rung} ")), format!("{name} attached as `{rest}`, not on {rung}"))?;
         attached.insert(name.to_owned());
     }
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let syms: std::collections::HashSet<&str> = kallsyms.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
-    let want: std::collections::BTreeSet<String> = expected_attached(&syms).into_iter().map(str::to_owned).collect();
+    let syms = kernel_symbols();
+    let want: std::collections::BTreeSet<String> = expected_attached(syms).into_iter().map(str::to_owned).collect();
     println!("  attached on the {rung} rung: {attached:?}");
     check(attached == want, format!("attached {attached:?}, kallsyms says {want:?}"))?;
     Ok(())
