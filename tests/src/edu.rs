@@ -28,9 +28,9 @@ pub enum Access {
 }
 
 impl Edu {
-    /// Finds the edu device (1234:11e8), enables memory decoding and bus mastering, maps BAR0.
-    pub fn open() -> Result<Self, String> {
-        let bdf = std::fs::read_dir("/sys/bus/pci/devices")
+    /// The edu device's PCI address (1234:11e8).
+    pub fn find() -> Result<String, String> {
+        std::fs::read_dir("/sys/bus/pci/devices")
             .map_err(|e| e.to_string())?
             .flatten()
             .find(|d| {
@@ -38,7 +38,12 @@ impl Edu {
                 r("vendor").trim() == "0x1234" && r("device").trim() == "0x11e8"
             })
             .map(|d| d.file_name().to_string_lossy().into_owned())
-            .ok_or("no edu device (1234:11e8): boot QEMU with -device edu")?;
+            .ok_or_else(|| "no edu device (1234:11e8): boot QEMU with -device edu".into())
+    }
+
+    /// Finds edu, enables memory decoding and bus mastering, maps BAR0 (sysfs; no driver).
+    pub fn open() -> Result<Self, String> {
+        let bdf = Self::find()?;
         let dir = format!("/sys/bus/pci/devices/{bdf}");
         let mut cfg =
             OpenOptions::new().read(true).write(true).open(format!("{dir}/config")).map_err(|e| e.to_string())?;
@@ -64,6 +69,14 @@ impl Edu {
             return Err(format!("mmap {dir}/resource0: {}", std::io::Error::last_os_error()));
         }
         Ok(Self { bdf, regs: p.cast(), len })
+    }
+
+    /// edu owned through VFIO (its domain is the caller's container): memory decoding and
+    /// bus mastering through VFIO's config region, BAR0 through the device fd.
+    pub fn open_vfio(dev: &crate::vfio::VfioDevice) -> Result<Self, String> {
+        dev.enable_command(0x6)?;
+        let (regs, len) = dev.map_bar0()?;
+        Ok(Self { bdf: dev.bdf.clone(), regs, len })
     }
 
     fn w64(&self, off: usize, v: u64) {

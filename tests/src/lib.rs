@@ -6,6 +6,7 @@ pub mod iommufd;
 pub mod pages;
 pub mod prom;
 pub mod sva;
+pub mod vfio;
 pub mod workload;
 
 /// Root tests need root. Without it they fail loudly, unless IOPF_SKIP_ROOT_TESTS=1 says the

@@ -51,6 +51,10 @@ enum Cmd {
         /// Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Only this scenario of each chosen boot (repeatable); a boot that runs none of
+        /// them is skipped. Default: each boot's own list.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
         /// Seconds before a guest is declared hung.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -92,7 +96,9 @@ fn main() -> anyhow::Result<()> {
             cmd.arg("run").args(&args);
             sh("iopf-agent", &mut cmd)
         }
-        Cmd::VmTest { kernels, timeout, no_build } => vm_test(&kernels, Duration::from_secs(timeout), !no_build),
+        Cmd::VmTest { kernels, scenarios, timeout, no_build } => {
+            vm_test(&kernels, &scenarios, Duration::from_secs(timeout), !no_build)
+        }
         Cmd::Bench { only, no_vm } => {
             sh(
                 "build",
@@ -128,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             // Default members only (iopf-ebpf builds for bpfel, through build.rs). Root tests share the kernel's perf/tracepoint state: run them one at a time so
             // each test's counts are its own.
             sh("tests", Command::new("cargo").args(["test", "--", "--test-threads=1"]))?;
-            vm_test(&[], Duration::from_secs(300), true)?;
+            vm_test(&[], &[], Duration::from_secs(300), true)?;
             eprintln!("[xtask] all test tiers passed");
             Ok(())
         }
@@ -143,7 +149,7 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the repository").to_path_buf()
 }
 
-fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result<()> {
+fn vm_test(kernels: &[String], only: &[String], timeout: Duration, build: bool) -> anyhow::Result<()> {
     let repo = repo_root();
     for k in kernels {
         if !vm::KERNELS.iter().any(|s| s.name == k) {
@@ -164,8 +170,17 @@ fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result
         sh("build the SVA test module", &mut Command::new(repo.join("scripts/build-sva-kmod.sh")))?;
     }
     // Each TCG guest runs on one core (-smp 1): boot two at a time (IOPF_VM_JOBS to change it).
-    let specs: Vec<&vm::KernelSpec> =
-        vm::KERNELS.iter().filter(|s| kernels.is_empty() || kernels.iter().any(|k| k == s.name)).collect();
+    let chosen = |s: &vm::KernelSpec| -> Vec<&'static str> {
+        s.scenarios.iter().copied().filter(|n| only.is_empty() || only.iter().any(|o| o == n)).collect()
+    };
+    let specs: Vec<&vm::KernelSpec> = vm::KERNELS
+        .iter()
+        .filter(|s| kernels.is_empty() || kernels.iter().any(|k| k == s.name))
+        .filter(|s| !chosen(s).is_empty())
+        .collect();
+    if specs.is_empty() {
+        bail!("no chosen boot runs scenario {}", only.join(", "));
+    }
     let jobs = std::env::var("IOPF_VM_JOBS")
         .ok()
         .and_then(|j| j.parse::<usize>().ok())
@@ -177,7 +192,7 @@ fn vm_test(kernels: &[String], timeout: Duration, build: bool) -> anyhow::Result
         for _ in 0..jobs {
             scope.spawn(|| {
                 while let Some(spec) = specs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                    let outcome = match vm::run_kernel(&repo, spec, None, timeout) {
+                    let outcome = match vm::run_kernel(&repo, spec, Some(&chosen(spec)), timeout) {
                         Ok(o) => o,
                         Err(e) => {
                             vm::Outcome { kernel: spec.name, results: vec![("setup".into(), Err(format!("{e:#}")))] }

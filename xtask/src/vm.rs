@@ -22,7 +22,7 @@ pub struct KernelSpec {
     modules: &'static [&'static str],
     qemu: &'static [&'static str],
     append: &'static str,
-    scenarios: &'static [&'static str],
+    pub scenarios: &'static [&'static str],
 }
 
 enum Source {
@@ -77,6 +77,7 @@ const DEBIAN_VTD_SCENARIOS: &[&str] = &[
     "dmar-edu",
     "dmar-burst",
     "dmar-policy",
+    "dmar-walk",
     "pagefault-fentry",
     "pagefault-kprobe",
     "attach-fentry",
@@ -86,7 +87,9 @@ const DEBIAN_VTD_SCENARIOS: &[&str] = &[
 /// Modules a Debian kernel needs for the 9p shares (not built in there).
 const DEBIAN_9P_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio"];
 /// The VT-d scenarios a mode's own boot runs.
-const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy"];
+const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy", "dmar-walk"];
+/// The 9p modules and VFIO's (dmar-walk gives edu to a type1 container to map pages).
+const DEBIAN_VTD_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio", "vfio_pci", "vfio_iommu_type1"];
 const DEBIAN_7_3: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-amd64", layout: Layout::Split };
 
@@ -128,7 +131,7 @@ pub const KERNELS: &[KernelSpec] = &[
             flavour: "-amd64",
             layout: Layout::Split,
         },
-        modules: DEBIAN_9P_MODULES,
+        modules: DEBIAN_VTD_MODULES,
         qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
         scenarios: DEBIAN_VTD_SCENARIOS,
@@ -137,7 +140,7 @@ pub const KERNELS: &[KernelSpec] = &[
         name: "debian-7.3-vtd-scalable",
         what: "Debian 7.3 as above, VT-d in scalable mode translating with second-stage tables",
         source: DEBIAN_7_3,
-        modules: DEBIAN_9P_MODULES,
+        modules: DEBIAN_VTD_MODULES,
         qemu: VTD_SCALABLE_QEMU,
         append: "intel_iommu=on iopf_vtd_mode=scalable",
         scenarios: VTD_MODE_SCENARIOS,
@@ -146,7 +149,7 @@ pub const KERNELS: &[KernelSpec] = &[
         name: "debian-7.3-vtd-first-stage",
         what: "Debian 7.3 as above, VT-d in scalable mode translating with first-stage tables (QEMU x-flts)",
         source: DEBIAN_7_3,
-        modules: DEBIAN_9P_MODULES,
+        modules: DEBIAN_VTD_MODULES,
         qemu: VTD_FIRST_STAGE_QEMU,
         append: "intel_iommu=on iopf_vtd_mode=first_stage",
         scenarios: VTD_MODE_SCENARIOS,
@@ -160,7 +163,7 @@ pub const KERNELS: &[KernelSpec] = &[
             flavour: "-amd64-unsigned",
             layout: Layout::Image,
         },
-        modules: DEBIAN_9P_MODULES,
+        modules: DEBIAN_VTD_MODULES,
         qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
         scenarios: DEBIAN_VTD_SCENARIOS,

@@ -504,20 +504,36 @@ fn sva_kmod(a: &Args, rung: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Real DMAR faults: edu DMAs to unmapped IOVAs; the agent decodes every fault record.
-fn dmar(a: &Args) -> Result<(), String> {
-    use iopf_tests::edu::{Access, Edu};
-    let dmas =
-        [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
+/// Runs `dmas` 100 ms apart (edu runs them from a timer) under an agent tracing `dmar_fault`;
+/// returns one scrape after them and the agent's `dmar_fault` events.
+fn traced_dmas(
+    a: &Args,
+    edu: &iopf_tests::edu::Edu,
+    dmas: &[(u64, iopf_tests::edu::Access)],
+) -> Result<(String, Vec<serde_json::Value>), String> {
     let agent = start_agent(a, &["--trace", "--require", "dmar_fault"])?;
-    let edu = Edu::open()?;
-    for (iova, acc) in dmas {
+    for &(iova, acc) in dmas {
         edu.dma(iova, acc)?;
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
     let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
-    let lines = agent.stop();
+    let events = agent
+        .stop()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "dmar_fault")
+        .collect();
+    Ok((body, events))
+}
+
+/// Real DMAR faults: edu DMAs to unmapped IOVAs; the agent decodes every fault record.
+fn dmar(a: &Args) -> Result<(), String> {
+    use iopf_tests::edu::{Access, Edu};
+    let dmas =
+        [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
+    let edu = Edu::open()?;
+    let (body, events) = traced_dmas(a, &edu, &dmas)?;
     let e = Exposition::parse(&body);
     let sum = |access: &str| -> f64 {
         e.samples
@@ -532,11 +548,6 @@ fn dmar(a: &Args) -> Result<(), String> {
         sum("read") == 2.0 && sum("write") == 2.0,
         format!("dmar faults read {} write {} for {}", sum("read"), sum("write"), edu.bdf),
     )?;
-    let events: Vec<serde_json::Value> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "dmar_fault")
-        .collect();
     check(events.len() == dmas.len(), format!("{} dmar events, want {}", events.len(), dmas.len()))?;
     // What QEMU's intel-iommu reports per mode (the harness names it, iopf_vtd_mode): legacy,
     // no PASID, second-stage permission reasons; scalable second stage, the same reasons on
@@ -591,6 +602,107 @@ fn dmar(a: &Args) -> Result<(), String> {
     let disagree = e.get("iopf_classification_disagreements_total", &[("methods", "hardware_walk")]);
     let want_walks = if has_bpf_loop() { dmas.len() as f64 } else { 0.0 };
     check(walks == want_walks, format!("{walks} walks timed, want {want_walks}"))?;
+    check(disagree == Some(0.0), format!("disagreements {disagree:?}, want 0"))?;
+    Ok(())
+}
+
+/// Our walk over tables that hold something. edu is given to VFIO (its own container, so
+/// its own domain) with page A mapped read-only at `RO` and page B read-write at `RW`:
+/// a write to A finds the translation present without write permission, a read of A's
+/// neighbour page stops at the leaf table (level 1), and A -> edu -> B copies without a fault.
+/// The walk reads the unit's structures (legacy 3, scalable 4, first stage 5 entries) and
+/// one entry per level: 4 levels (aw-bits=48).
+fn dmar_walk(a: &Args) -> Result<(), String> {
+    use iopf_tests::{
+        edu::{Access, Edu},
+        vfio::{MAP_READ, MAP_WRITE, Page, VfioDevice},
+    };
+    const RO: u64 = 0x10_0000;
+    const RW: u64 = 0x20_0000;
+    if !has_bpf_loop() {
+        return Err("dmar-walk needs the walk, which runs where the kernel has bpf_loop (5.17+)".into());
+    }
+    let mode = std::env::var("iopf_vtd_mode").unwrap_or_else(|_| "legacy".into());
+    let (structures, stage) = match mode.as_str() {
+        "legacy" => (3, "second"),
+        "scalable" => (4, "second"),
+        "first_stage" => (5, "first"),
+        m => return Err(format!("unknown iopf_vtd_mode {m}")),
+    };
+    let dev = VfioDevice::open(&Edu::find()?)?;
+    let (ro, rw) = (Page::new(0x5a)?, Page::new(0)?);
+    dev.map(&ro, RO, MAP_READ)?;
+    dev.map(&rw, RW, MAP_READ | MAP_WRITE)?;
+    let ro_phys = ro.phys()?;
+    let edu = Edu::open_vfio(&dev)?;
+    // The write to A comes first: once a read has cached A's translation, QEMU's IOTLB hit
+    // path drops a write to it without a fault record (hardware would report it).
+    let dmas = [(RO, Access::Write), (RO + 0x1000, Access::Read), (RO, Access::Read), (RW, Access::Write)];
+    let (body, events) = traced_dmas(a, &edu, &dmas)?;
+    let copied = rw.bytes(4);
+    let kept = ro.bytes(4);
+    drop(edu);
+    dev.release()?;
+    check(copied == [0x5a; 4], format!("A -> edu -> B copied {copied:x?}, want 5a x4: the mapped pages do not work"))?;
+    check(kept == [0x5a; 4], format!("the read-only page now holds {kept:x?}: the write went through"))?;
+    for v in &events {
+        println!("  dmar event: {v}");
+    }
+    check(events.len() == 2, format!("{} dmar events, want 2 (the write to A, the neighbour read)", events.len()))?;
+    // The hardware's reasons: second stage "read/write bit clear"; first stage "present bit
+    // clear" for the neighbour, and for the write 0x85 "no write permission", a reason that
+    // names no stage: only the walk says which.
+    let (neighbour_reason, write_reason, write_level) = match stage {
+        "second" => ("0x06", "0x05", "second"),
+        _ => ("0x71", "0x85", "unknown"),
+    };
+    let (p, n) = (&events[0], &events[1]);
+    check(
+        n["addr"] == format!("{:#x}", RO + 0x1000) && n["access"] == "read" && n["reason"] == neighbour_reason,
+        format!("neighbour event {n}, want read {:#x} reason {neighbour_reason}", RO + 0x1000),
+    )?;
+    check(n["level"] == stage && n["method"] == "hardware", format!("neighbour level {n}, want {stage}"))?;
+    let w = &n["walk"];
+    check(
+        w["result"] == "not_present"
+            && w["level"] == stage
+            && w["table_level"] == 1
+            && w["reads"] == structures + 4
+            && w["entry"] == "0x0"
+            && w["permission"] == false
+            && w["disagrees"] == false,
+        format!("neighbour walk {w}, want not_present {stage} table level 1 after {} reads", structures + 4),
+    )?;
+    check(
+        p["addr"] == format!("{RO:#x}") && p["access"] == "write" && p["reason"] == write_reason,
+        format!("write event {p}, want write {RO:#x} reason {write_reason}"),
+    )?;
+    check(p["level"] == write_level, format!("write level {p}, want {write_level} from the reason code"))?;
+    let w = &p["walk"];
+    let entry = w["entry"].as_str().and_then(|e| u64::from_str_radix(e.trim_start_matches("0x"), 16).ok());
+    // Second-stage leaf: read bit only; first-stage leaf: present without read/write.
+    let perm_bits = match (stage, entry) {
+        (_, None) => None,
+        ("second", Some(e)) => Some(e & 0x7),
+        (_, Some(e)) => Some(e & 0x3),
+    };
+    check(
+        w["result"] == "translation_present"
+            && w["level"] == stage
+            && w["table_level"] == 1
+            && w["reads"] == structures + 4
+            && w["permission"] == true
+            && w["disagrees"] == false,
+        format!("write walk {w}, want translation_present {stage} table level 1, permission, {} reads", structures + 4),
+    )?;
+    check(
+        entry.map(|e| e & iopf_common::walk::ADDR_MASK) == Some(ro_phys) && perm_bits == Some(1),
+        format!("write walk entry {:?}, want page A at {ro_phys:#x} with only bit 0 of the permission bits", w["entry"]),
+    )?;
+    let e = Exposition::parse(&body);
+    let walks = e.get("iopf_walk_seconds_count", &[("source", "vtd")]).unwrap_or(0.0);
+    check(walks == 2.0, format!("{walks} walks timed, want 2"))?;
+    let disagree = e.get("iopf_classification_disagreements_total", &[("methods", "hardware_walk")]);
     check(disagree == Some(0.0), format!("disagreements {disagree:?}, want 0"))?;
     Ok(())
 }
@@ -1018,6 +1130,7 @@ fn main() {
             "viommu-events" => viommu_events(&args),
             "sva-kmod-kprobe" => sva_kmod(&args, "kprobe"),
             "dmar-edu" => dmar(&args),
+            "dmar-walk" => dmar_walk(&args),
             "dmar-burst" => dmar_burst(&args),
             "dmar-policy" => dmar_policy(&args),
             "bench-mm-fentry" => bench_mm(&args, "fentry"),
