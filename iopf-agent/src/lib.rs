@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod error;
 pub mod features;
 pub mod hooks;
+pub mod input;
 pub mod iopf;
 pub mod kabi;
 pub mod loader;

@@ -95,6 +95,30 @@ fn unknown_flag_is_a_usage_error() {
     assert!(!err.contains("panicked"));
 }
 
+/// A FIFO, a character device or a directory where a YAML file belongs: refused at once
+/// with what it is (opening a FIFO never waits for a writer; /dev/zero is never read).
+#[test]
+fn policy_or_scenario_that_is_not_a_file_is_one_line_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("iopf-notafile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("policy.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let f = fifo.to_str().unwrap();
+    for (args, what) in [
+        (vec!["simulate", "--scenario", "/dev/zero"], "/dev/zero: not a regular file (a character device)"),
+        (vec!["simulate", "--scenario", f], "not a regular file (a FIFO)"),
+        (vec!["run", "--listen", "127.0.0.1:0", "--policy", f], "not a regular file (a FIFO)"),
+    ] {
+        let (code, _, err) = run_to_end(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("iopf-agent: error: ") && err.contains(what), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn unknown_required_hook_names_the_known_ones() {
     let (code, _, err) = run_to_end(&["doctor", "--require", "nope"]);

@@ -165,14 +165,17 @@ const DURATION_FORM: &str = "an integer followed by ns, us, ms or s, e.g. 50us";
 /// Longest `metadata.name`: it becomes a metric label and a log field.
 const NAME_MAX: usize = 63;
 
+/// Largest policy file read (policies are a few hundred bytes each).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
 /// Reads one file; every error of the file is pushed to `errors` (policies of a file with
 /// errors are dropped, so a load either succeeds whole or reports everything it found).
 pub(super) fn load_file(path: &Path, errors: &mut Vec<PolicyError>) -> Vec<Policy> {
     let p = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match crate::input::read_text(path, MAX_FILE_BYTES) {
         Ok(text) => parse_file(path, &text, errors),
         Err(source) => {
-            errors.push(PolicyError::Read { path: p, source });
+            errors.push(PolicyError::Input { path: p, source });
             Vec::new()
         }
     }

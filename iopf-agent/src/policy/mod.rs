@@ -30,6 +30,9 @@ pub const SYSFS_ROOT: &str = "/sys";
 pub enum PolicyError {
     #[error("{path}: cannot read: {source}")]
     Read { path: String, source: std::io::Error },
+    /// The file itself is unusable: not a regular file, too large, not text.
+    #[error("{path}: {source}")]
+    Input { path: String, source: crate::input::InputError },
     /// YAML syntax, unknown keys, wrong types, unknown names (located by serde-saphyr).
     #[error("{}: {message}", located(.path, *.line, *.column))]
     Syntax { path: String, line: usize, column: usize, message: String },

@@ -10,8 +10,8 @@ pub const API_VERSION: &str = "iopf.dev/v1alpha1";
 
 #[derive(Debug, Error)]
 pub enum ScenarioError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Read { path: String, source: crate::input::InputError },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax { path: String, line: usize, column: usize, message: String },
     #[error("{path}: {field}: {message}")]
@@ -131,13 +131,25 @@ fn default_perm() -> Vec<Perm> {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        // Largest scenario file read, and the YAML nodes it may hold (about 25 per device).
+        const MAX_FILE_BYTES: u64 = 64 << 20;
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: p.clone(), source })?;
+        let text = crate::input::read_text(path, MAX_FILE_BYTES)
+            .map_err(|source| ScenarioError::Read { path: p.clone(), source })?;
         Self::parse(&p, &text)
     }
 
     pub fn parse(path: &str, text: &str) -> Result<Self, ScenarioError> {
-        let s: Scenario = serde_saphyr::from_str(text).map_err(|e| syntax(path, &e.to_string()))?;
+        const MAX_NODES: usize = 4_000_000;
+        // A scenario of tens of thousands of devices is a few million YAML nodes; the file
+        // cap bounds what the parser may be made to hold.
+        let mut budget = serde_saphyr::Budget::default();
+        budget.max_nodes = MAX_NODES;
+        budget.max_events = 2 * MAX_NODES;
+        let mut options = serde_saphyr::Options::default();
+        options.budget = Some(budget);
+        let s: Scenario =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| syntax(path, &e.to_string()))?;
         s.validate(path)?;
         Ok(s)
     }
