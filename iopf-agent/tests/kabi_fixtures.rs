@@ -117,7 +117,7 @@ fn handle_mm_fault_signature_is_stable() {
     for k in ["debian-6.1", "debian-6.12", "iopf-6.12", "host-6.18"] {
         let btf = fixture(k);
         let (_, params) = btf.func("handle_mm_fault").unwrap_or_else(|| panic!("{k}: handle_mm_fault"));
-        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["vma", "address", "flags", "regs"], "{k}");
     }
 }

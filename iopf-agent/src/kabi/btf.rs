@@ -1,10 +1,13 @@
 //! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux` and split module BTF).
 //!
 //! It answers what the agent asks of a running kernel: does a function exist, what are its
-//! parameters, where is a member inside a struct, what is an enumerator's value. Only the
-//! parts of the format those questions need are decoded; other kinds are skipped by size.
+//! parameters, where is a member inside a struct, what is an enumerator's value. It keeps
+//! the raw type and string sections and an index (each type's offset; named types sorted by
+//! the hash of their name) and decodes a type only when asked: vmlinux holds over 100,000
+//! types and the agent reads a few dozen, so decoding them all up front cost tens of MiB.
+//! Kinds other than the ones those questions need are skipped by size.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -22,9 +25,10 @@ pub enum BtfError {
 
 pub type TypeId = u32;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
+/// A member of a struct or union, decoded on demand; `name` borrows the string section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub name: &'a str,
     pub type_id: TypeId,
     /// Offset from the start of the aggregate, in bits.
     pub bit_offset: u32,
@@ -32,57 +36,31 @@ pub struct Member {
     pub bitfield_size: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    Int {
-        size: u32,
-    },
-    Ptr {
-        target: TypeId,
-    },
-    Array {
-        elem: TypeId,
-        len: u32,
-    },
-    Struct {
-        size: u32,
-        members: Vec<Member>,
-    },
-    Union {
-        size: u32,
-        members: Vec<Member>,
-    },
-    Enum {
-        size: u32,
-        values: Vec<(String, i64)>,
-    },
-    Fwd,
-    Typedef {
-        target: TypeId,
-    },
-    /// const, volatile, restrict and type tags: transparent for layout.
-    Modifier {
-        target: TypeId,
-    },
-    Func {
-        proto: TypeId,
-    },
-    FuncProto {
-        ret: TypeId,
-        params: Vec<(String, TypeId)>,
-    },
-    Var,
-    Datasec,
-    Float {
-        size: u32,
-    },
-    DeclTag,
-}
+// BTF kinds (include/uapi/linux/btf.h).
+const INT: u32 = 1;
+const PTR: u32 = 2;
+const ARRAY: u32 = 3;
+const STRUCT: u32 = 4;
+const UNION: u32 = 5;
+const ENUM: u32 = 6;
+const FWD: u32 = 7;
+const TYPEDEF: u32 = 8;
+const FUNC: u32 = 12;
+const FUNC_PROTO: u32 = 13;
+const FLOAT: u32 = 16;
+const ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
-pub struct Type {
-    pub name: String,
-    pub kind: Kind,
+/// A type's fixed header (`struct btf_type`) and where its trailing data starts.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` or `type`, by kind.
+    size_or_type: u32,
+    /// Offset of the trailing data in the types section.
+    data: usize,
 }
 
 /// Parsed BTF: vmlinux, or a module's split BTF on top of it (its ids and string offsets
@@ -90,12 +68,15 @@ pub struct Type {
 #[derive(Debug, Clone)]
 pub struct Btf {
     base: Option<Arc<Btf>>,
-    /// Id of `types[0]`: 0 for vmlinux (id 0 is `void`), base length for split BTF.
+    /// Id of this BTF's first type: 1 for vmlinux (id 0 is `void`), after the base's for
+    /// split BTF.
     first_id: u32,
-    types: Vec<Type>,
-    /// name -> ids, for this BTF's own named types.
-    by_name: HashMap<String, Vec<TypeId>>,
+    types: Vec<u8>,
     strings: Vec<u8>,
+    /// Offset in `types` of each own type, by id - `first_id`.
+    offsets: Vec<u32>,
+    /// (hash of the name, id) of each own named type, sorted.
+    by_name: Vec<(u64, TypeId)>,
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -105,38 +86,37 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
+/// FNV-1a: the name index only needs to spread names, not resist anyone.
+fn name_hash(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Bytes of trailing data after the header, by kind.
+fn trailing(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        INT | 14 | 17 => 4,               // int encoding; var linkage; decl tag component
+        ARRAY => 12,                      // elem, index type, len
+        STRUCT | UNION | 15 => vlen * 12, // members; datasec vars
+        ENUM | FUNC_PROTO => vlen * 8,    // enumerators; params
+        ENUM64 => vlen * 12,
+        PTR | FWD | TYPEDEF | 9 | 10 | 11 | FUNC | FLOAT | 18 => 0,
+        _ => return None,
+    })
+}
+
 impl Btf {
     /// Parses standalone BTF (vmlinux).
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let mut btf = Btf {
-            base: None,
-            first_id: 0,
-            types: vec![Type { name: String::new(), kind: Kind::Int { size: 0 } }],
-            by_name: HashMap::new(),
-            strings: Vec::new(),
-        };
-        btf.add(data)?;
-        Ok(btf)
+        Self::index(data, None, 1)
     }
 
     /// Parses a module's split BTF on top of `base` (vmlinux).
     pub fn parse_split(data: &[u8], base: Arc<Btf>) -> Result<Self, BtfError> {
-        let mut btf = Btf {
-            first_id: base.first_id + base.types.len() as u32,
-            base: Some(base),
-            types: Vec::new(),
-            by_name: HashMap::new(),
-            strings: Vec::new(),
-        };
-        btf.add(data)?;
-        Ok(btf)
+        let first = base.first_id + base.offsets.len() as u32;
+        Self::index(data, Some(base), first)
     }
 
-    fn base_strings(&self) -> &[u8] {
-        self.base.as_ref().map(|b| b.strings.as_slice()).unwrap_or(&[])
-    }
-
-    fn add(&mut self, data: &[u8]) -> Result<(), BtfError> {
+    fn index(data: &[u8], base: Option<Arc<Btf>>, first_id: u32) -> Result<Self, BtfError> {
         if data.len() < 24 {
             return Err(BtfError::Truncated { len: data.len() });
         }
@@ -146,184 +126,149 @@ impl Btf {
         }
         let hdr_len = u32_at(data, 4) as usize;
         let section = |what, off: usize, len: usize| {
-            let start = hdr_len + off;
-            if start + len > data.len() {
+            let start = hdr_len.saturating_add(off);
+            if start.saturating_add(len) > data.len() {
                 Err(BtfError::OutOfBounds { what, offset: start, len, total: data.len() })
             } else {
                 Ok(&data[start..start + len])
             }
         };
         let types = section("types", u32_at(data, 8) as usize, u32_at(data, 12) as usize)?;
-        let strs = section("strings", u32_at(data, 16) as usize, u32_at(data, 20) as usize)?;
-        // Split BTF string offsets continue after the base's.
-        let base_strs = self.base_strings();
-        let str_at = |off: u32| -> String {
-            let off = off as usize;
-            let (table, off) = if off < base_strs.len() { (base_strs, off) } else { (strs, off - base_strs.len()) };
-            table
-                .get(off..)
-                .and_then(|s| s.split(|&c| c == 0).next())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .unwrap_or_default()
+        let strings = section("strings", u32_at(data, 16) as usize, u32_at(data, 20) as usize)?;
+        let mut btf = Btf {
+            base,
+            first_id,
+            types: types.to_vec(),
+            strings: strings.to_vec(),
+            offsets: Vec::new(),
+            by_name: Vec::new(),
         };
-        let mut new = Vec::new();
         let mut o = 0usize;
-        let first_id = self.first_id + self.types.len() as u32;
         while o + 12 <= types.len() {
-            let id = first_id + new.len() as u32;
-            let name = str_at(u32_at(types, o));
+            let id = first_id + btf.offsets.len() as u32;
             let info = u32_at(types, o + 4);
-            let size_or_type = u32_at(types, o + 8);
-            let vlen = (info & 0xffff) as usize;
-            let kind_no = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            o += 12;
-            let need = |o: usize, n: usize| -> Result<(), BtfError> {
-                if o + n > types.len() {
-                    Err(BtfError::OutOfBounds { what: "type", offset: o, len: n, total: types.len() })
-                } else {
-                    Ok(())
-                }
-            };
-            let kind = match kind_no {
-                1 => {
-                    need(o, 4)?;
-                    o += 4;
-                    Kind::Int { size: size_or_type }
-                }
-                2 => Kind::Ptr { target: size_or_type },
-                3 => {
-                    need(o, 12)?;
-                    let k = Kind::Array { elem: u32_at(types, o), len: u32_at(types, o + 8) };
-                    o += 12;
-                    k
-                }
-                4 | 5 => {
-                    need(o, vlen * 12)?;
-                    let mut members = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let m = o + i * 12;
-                        let raw = u32_at(types, m + 8);
-                        let (bit_offset, bitfield_size) =
-                            if kind_flag { (raw & 0xff_ffff, raw >> 24) } else { (raw, 0) };
-                        members.push(Member {
-                            name: str_at(u32_at(types, m)),
-                            type_id: u32_at(types, m + 4),
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    o += vlen * 12;
-                    if kind_no == 4 {
-                        Kind::Struct { size: size_or_type, members }
-                    } else {
-                        Kind::Union { size: size_or_type, members }
-                    }
-                }
-                6 => {
-                    need(o, vlen * 8)?;
-                    let values = (0..vlen)
-                        .map(|i| {
-                            let e = o + i * 8;
-                            let v = u32_at(types, e + 4);
-                            let v = if kind_flag { v as i32 as i64 } else { v as i64 };
-                            (str_at(u32_at(types, e)), v)
-                        })
-                        .collect();
-                    o += vlen * 8;
-                    Kind::Enum { size: size_or_type, values }
-                }
-                7 => Kind::Fwd,
-                8 => Kind::Typedef { target: size_or_type },
-                9 | 10 | 11 | 18 => Kind::Modifier { target: size_or_type },
-                12 => Kind::Func { proto: size_or_type },
-                13 => {
-                    need(o, vlen * 8)?;
-                    let params = (0..vlen)
-                        .map(|i| {
-                            let p = o + i * 8;
-                            (str_at(u32_at(types, p)), u32_at(types, p + 4))
-                        })
-                        .collect();
-                    o += vlen * 8;
-                    Kind::FuncProto { ret: size_or_type, params }
-                }
-                14 => {
-                    need(o, 4)?;
-                    o += 4;
-                    Kind::Var
-                }
-                15 => {
-                    need(o, vlen * 12)?;
-                    o += vlen * 12;
-                    Kind::Datasec
-                }
-                16 => Kind::Float { size: size_or_type },
-                17 => {
-                    need(o, 4)?;
-                    o += 4;
-                    Kind::DeclTag
-                }
-                19 => {
-                    need(o, vlen * 12)?;
-                    let values = (0..vlen)
-                        .map(|i| {
-                            let e = o + i * 12;
-                            let v = (u32_at(types, e + 4) as u64) | ((u32_at(types, e + 8) as u64) << 32);
-                            (str_at(u32_at(types, e)), v as i64)
-                        })
-                        .collect();
-                    o += vlen * 12;
-                    Kind::Enum { size: size_or_type, values }
-                }
-                k => return Err(BtfError::UnknownKind { kind: k, id }),
-            };
-            new.push(Type { name, kind });
-        }
-        for (i, t) in new.into_iter().enumerate() {
-            let id = first_id + i as u32;
-            if !t.name.is_empty() {
-                self.by_name.entry(t.name.clone()).or_default().push(id);
+            let kind = (info >> 24) & 0x1f;
+            let len = trailing(kind, (info & 0xffff) as usize).ok_or(BtfError::UnknownKind { kind, id })?;
+            if o + 12 + len > types.len() {
+                return Err(BtfError::OutOfBounds { what: "type", offset: o + 12, len, total: types.len() });
             }
-            self.types.push(t);
+            let name = btf.str_at(u32_at(types, o));
+            if !name.is_empty() {
+                btf.by_name.push((name_hash(name.as_bytes()), id));
+            }
+            btf.offsets.push(o as u32);
+            o += 12 + len;
         }
-        self.strings = strs.to_vec();
-        Ok(())
+        btf.by_name.sort_unstable();
+        btf.offsets.shrink_to_fit();
+        btf.by_name.shrink_to_fit();
+        Ok(btf)
     }
 
-    pub fn get(&self, id: TypeId) -> Option<&Type> {
+    /// A name at a string offset (split BTF's offsets continue after the base's strings).
+    fn str_at(&self, off: u32) -> &str {
+        let base_len = self.base.as_ref().map_or(0, |b| b.strings.len());
+        let off = off as usize;
+        let (table, off) = match &self.base {
+            Some(b) if off < base_len => (b.strings.as_slice(), off),
+            _ => (self.strings.as_slice(), off - base_len),
+        };
+        table
+            .get(off..)
+            .and_then(|s| s.split(|&c| c == 0).next())
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .unwrap_or("")
+    }
+
+    /// The BTF that defines `id` and the header of that type.
+    fn header(&self, id: TypeId) -> Option<(&Btf, Header)> {
         match id.checked_sub(self.first_id) {
-            Some(i) => self.types.get(i as usize),
-            None => self.base.as_ref()?.get(id),
+            Some(i) => {
+                let o = *self.offsets.get(i as usize)? as usize;
+                let t = &self.types;
+                let info = u32_at(t, o + 4);
+                let h = Header {
+                    name_off: u32_at(t, o),
+                    kind: (info >> 24) & 0x1f,
+                    vlen: (info & 0xffff) as usize,
+                    kind_flag: info >> 31 == 1,
+                    size_or_type: u32_at(t, o + 8),
+                    data: o + 12,
+                };
+                Some((self, h))
+            }
+            None => self.base.as_ref()?.header(id),
         }
+    }
+
+    /// The type's name (empty for anonymous types and `void`).
+    fn name_of(&self, id: TypeId) -> &str {
+        self.header(id).map_or("", |(b, h)| b.str_at(h.name_off))
     }
 
     /// Number of types this BTF itself defines.
     pub fn len(&self) -> usize {
-        self.types.len()
+        self.offsets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.types.is_empty()
+        self.offsets.is_empty()
     }
 
-    /// Named types, own first, then the base's.
-    fn named<'a>(&'a self, name: &'a str) -> Box<dyn Iterator<Item = (TypeId, &'a Type)> + 'a> {
-        let own = self.by_name.get(name).into_iter().flatten().filter_map(move |&id| Some((id, self.get(id)?)));
+    /// Ids of the named types, own first, then the base's.
+    fn named<'a>(&'a self, name: &'a str) -> Box<dyn Iterator<Item = TypeId> + 'a> {
+        let h = name_hash(name.as_bytes());
+        let start = self.by_name.partition_point(|&(k, _)| k < h);
+        let own = self.by_name[start..]
+            .iter()
+            .take_while(move |&&(k, _)| k == h)
+            .map(|&(_, id)| id)
+            .filter(move |&id| self.name_of(id) == name);
         match &self.base {
             Some(b) => Box::new(own.chain(b.named(name))),
             None => Box::new(own),
         }
     }
 
+    fn members_of(&self, id: TypeId) -> Option<(u32, Vec<Member<'_>>)> {
+        let (b, h) = self.header(id)?;
+        if h.kind != STRUCT && h.kind != UNION {
+            return None;
+        }
+        let members = (0..h.vlen)
+            .map(|i| {
+                let m = h.data + i * 12;
+                let raw = u32_at(&b.types, m + 8);
+                let (bit_offset, bitfield_size) = if h.kind_flag { (raw & 0xff_ffff, raw >> 24) } else { (raw, 0) };
+                Member {
+                    name: self.str_at(u32_at(&b.types, m)),
+                    type_id: u32_at(&b.types, m + 4),
+                    bit_offset,
+                    bitfield_size,
+                }
+            })
+            .collect();
+        Some((h.size_or_type, members))
+    }
+
     /// The function's prototype: return type and named parameters.
-    pub fn func<'a>(&'a self, name: &'a str) -> Option<(TypeId, &'a [(String, TypeId)])> {
-        self.named(name).find_map(|(_, t)| match t.kind {
-            Kind::Func { proto } => match &self.get(proto)?.kind {
-                Kind::FuncProto { ret, params } => Some((*ret, params.as_slice())),
-                _ => None,
-            },
-            _ => None,
+    pub fn func<'a>(&'a self, name: &'a str) -> Option<(TypeId, Vec<(&'a str, TypeId)>)> {
+        self.named(name).find_map(|id| {
+            let (_, f) = self.header(id)?;
+            if f.kind != FUNC {
+                return None;
+            }
+            let (b, p) = self.header(f.size_or_type)?;
+            if p.kind != FUNC_PROTO {
+                return None;
+            }
+            let params = (0..p.vlen)
+                .map(|i| {
+                    let o = p.data + i * 8;
+                    (self.str_at(u32_at(&b.types, o)), u32_at(&b.types, o + 4))
+                })
+                .collect();
+            Some((p.size_or_type, params))
         })
     }
 
@@ -331,12 +276,11 @@ impl Btf {
         self.func(name).is_some()
     }
 
-    /// The struct (not a forward declaration) with this name.
-    pub fn struct_members<'a>(&'a self, name: &'a str) -> Option<(u32, &'a [Member])> {
-        self.named(name).find_map(|(_, t)| match &t.kind {
-            Kind::Struct { size, members } => Some((*size, members.as_slice())),
-            _ => None,
-        })
+    /// The struct (not a forward declaration) with this name: size and members.
+    pub fn struct_members<'a>(&'a self, name: &'a str) -> Option<(u32, Vec<Member<'a>>)> {
+        self.named(name)
+            .find(|&id| self.header(id).is_some_and(|(_, h)| h.kind == STRUCT))
+            .and_then(|id| self.members_of(id))
     }
 
     pub fn has_struct(&self, name: &str) -> bool {
@@ -347,19 +291,19 @@ impl Btf {
     /// struct/union members the way C does.
     pub fn member(&self, name: &str, member: &str) -> Option<(u32, TypeId)> {
         let (_, members) = self.struct_members(name)?;
-        self.find_member(members, member, 0)
+        self.find_member(&members, member, 0, 0)
     }
 
-    fn find_member(&self, members: &[Member], want: &str, base_bits: u32) -> Option<(u32, TypeId)> {
+    fn find_member(&self, members: &[Member<'_>], want: &str, base_bits: u32, depth: u32) -> Option<(u32, TypeId)> {
         for m in members {
             let bits = base_bits + m.bit_offset;
             if m.name == want {
                 return Some((bits / 8, m.type_id));
             }
             if m.name.is_empty()
-                && let Kind::Struct { members: inner, .. } | Kind::Union { members: inner, .. } =
-                    &self.get(self.strip(m.type_id))?.kind
-                && let Some(found) = self.find_member(inner, want, bits)
+                && depth < 16
+                && let Some((_, inner)) = self.members_of(self.strip(m.type_id))
+                && let Some(found) = self.find_member(&inner, want, bits, depth + 1)
             {
                 return Some(found);
             }
@@ -370,8 +314,8 @@ impl Btf {
     /// Follows typedefs and modifiers to the underlying type id.
     pub fn strip(&self, mut id: TypeId) -> TypeId {
         for _ in 0..32 {
-            match self.get(id).map(|t| &t.kind) {
-                Some(Kind::Typedef { target } | Kind::Modifier { target }) => id = *target,
+            match self.header(id) {
+                Some((_, h)) if matches!(h.kind, TYPEDEF | 9 | 10 | 11 | 18) => id = h.size_or_type,
                 _ => break,
             }
         }
@@ -380,48 +324,171 @@ impl Btf {
 
     /// Size in bytes of a type, following typedefs and modifiers.
     pub fn size_of(&self, id: TypeId) -> Option<u32> {
-        match &self.get(self.strip(id))?.kind {
-            Kind::Int { size } | Kind::Float { size } | Kind::Enum { size, .. } => Some(*size),
-            Kind::Struct { size, .. } | Kind::Union { size, .. } => Some(*size),
-            Kind::Ptr { .. } => Some(8),
-            Kind::Array { elem, len } => Some(self.size_of(*elem)? * len),
+        let (b, h) = self.header(self.strip(id))?;
+        match h.kind {
+            INT | FLOAT | ENUM | ENUM64 | STRUCT | UNION => Some(h.size_or_type),
+            PTR => Some(8),
+            ARRAY => {
+                let (elem, len) = (u32_at(&b.types, h.data), u32_at(&b.types, h.data + 8));
+                Some(self.size_of(elem)? * len)
+            }
             _ => None,
         }
     }
 
     /// The name of the struct a (possibly const/typedef'd) pointer points to.
     pub fn pointee_struct(&self, id: TypeId) -> Option<&str> {
-        match &self.get(self.strip(id))?.kind {
-            Kind::Ptr { target } => {
-                let t = self.get(self.strip(*target))?;
-                matches!(t.kind, Kind::Struct { .. } | Kind::Fwd).then_some(t.name.as_str())
-            }
-            _ => None,
+        let (_, p) = self.header(self.strip(id))?;
+        if p.kind != PTR {
+            return None;
         }
+        let target = self.strip(p.size_or_type);
+        let (_, t) = self.header(target)?;
+        matches!(t.kind, STRUCT | FWD).then(|| self.name_of(target))
     }
 
-    /// Value of an enumerator, searched across all enums.
+    /// Value of an enumerator, searched across all enums (own first, then the base's).
     pub fn enumerator(&self, name: &str) -> Option<i64> {
-        self.types
-            .iter()
-            .find_map(|t| match &t.kind {
-                Kind::Enum { values, .. } => values.iter().find(|(n, _)| n == name).map(|(_, v)| *v),
-                _ => None,
+        (0..self.offsets.len() as u32)
+            .find_map(|i| {
+                let (b, h) = self.header(self.first_id + i)?;
+                let (step, wide) = match h.kind {
+                    ENUM => (8, false),
+                    ENUM64 => (12, true),
+                    _ => return None,
+                };
+                (0..h.vlen).find_map(|j| {
+                    let e = h.data + j * step;
+                    if self.str_at(u32_at(&b.types, e)) != name {
+                        return None;
+                    }
+                    let lo = u32_at(&b.types, e + 4);
+                    Some(if wide {
+                        (lo as u64 | (u32_at(&b.types, e + 8) as u64) << 32) as i64
+                    } else if h.kind_flag {
+                        lo as i32 as i64
+                    } else {
+                        lo as i64
+                    })
+                })
             })
             .or_else(|| self.base.as_ref()?.enumerator(name))
     }
 
     /// True when this BTF (not its base) defines function `name`.
     pub fn defines_func(&self, name: &str) -> bool {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .any(|&id| matches!(self.get(id).map(|t| &t.kind), Some(Kind::Func { .. })))
+        let h = name_hash(name.as_bytes());
+        let start = self.by_name.partition_point(|&(k, _)| k < h);
+        self.by_name[start..]
+            .iter()
+            .take_while(|&&(k, _)| k == h)
+            .any(|&(_, id)| self.name_of(id) == name && self.header(id).is_some_and(|(_, t)| t.kind == FUNC))
     }
 
     /// True when the return type of function `name` is `void`.
     pub fn func_returns_void(&self, name: &str) -> Option<bool> {
         self.func(name).map(|(ret, _)| ret == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob from raw type records and a string table.
+    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let t: Vec<u8> = types.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut b = Vec::new();
+        b.extend_from_slice(&0xeb9fu16.to_le_bytes());
+        b.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b.extend_from_slice(&t);
+        b.extend_from_slice(strings);
+        b
+    }
+
+    const fn info(kind: u32, vlen: u32, flag: bool) -> u32 {
+        (flag as u32) << 31 | kind << 24 | vlen
+    }
+
+    #[test]
+    fn members_enums_funcs_and_anonymous_unions() {
+        // strings: 1 "int", 5 "s", 7 "a", 9 "b", 11 "E", 13 "X", 15 "f", 17 "p", 19 "c"
+        let strings = b"\0int\0s\0a\0b\0E\0X\0f\0p\0c\0";
+        let types = [
+            1,
+            info(INT, 0, false),
+            4,
+            32, // 1: int
+            0,
+            info(UNION, 1, false),
+            8,
+            19,
+            1,
+            0, // 2: union { int c; }
+            5,
+            info(STRUCT, 3, false),
+            16,
+            7,
+            1,
+            0,
+            9,
+            1,
+            32,
+            0,
+            2,
+            64, // 3: struct s { a; b; union }
+            11,
+            info(ENUM, 1, true),
+            4,
+            13,
+            (-3i32) as u32, // 4: enum E { X = -3 }
+            0,
+            info(PTR, 0, false),
+            3, // 5: struct s *
+            0,
+            info(FUNC_PROTO, 1, false),
+            1,
+            17,
+            5, // 6: int (struct s *p)
+            15,
+            info(FUNC, 0, false),
+            6, // 7: f
+        ];
+        let btf = Btf::parse(&blob(&types, strings)).unwrap();
+        assert_eq!(btf.len(), 7);
+        assert_eq!(btf.member("s", "b"), Some((4, 1)));
+        assert_eq!(btf.member("s", "c"), Some((8, 1)), "through the anonymous union");
+        assert_eq!(btf.member("s", "z"), None);
+        assert_eq!(btf.size_of(3), Some(16));
+        assert_eq!(btf.enumerator("X"), Some(-3));
+        let (ret, params) = btf.func("f").unwrap();
+        assert_eq!((ret, params), (1, vec![("p", 5)]));
+        assert_eq!(btf.pointee_struct(5), Some("s"));
+        assert!(btf.defines_func("f") && !btf.defines_func("s"));
+        assert!(btf.has_struct("s") && !btf.has_struct("E"));
+    }
+
+    #[test]
+    fn split_btf_continues_ids_and_strings() {
+        let base = Arc::new(Btf::parse(&blob(&[1, info(INT, 0, false), 4, 32], b"\0int\0")).unwrap());
+        // Split strings start at the base's length (5): 5 "m", 7 "g".
+        let split_types = [0, info(FUNC_PROTO, 1, false), 0, 5, 1, 7, info(FUNC, 0, false), 2];
+        let split = Btf::parse_split(&blob(&split_types, b"m\0g\0"), base).unwrap();
+        assert!(split.defines_func("g"));
+        assert_eq!(split.func("g").unwrap().1, vec![("m", 1)]);
+        assert_eq!(split.size_of(1), Some(4), "base type through the split");
+    }
+
+    #[test]
+    fn malformed_is_an_error() {
+        assert!(matches!(Btf::parse(&[0; 8]), Err(BtfError::Truncated { len: 8 })));
+        assert!(matches!(
+            Btf::parse(&blob(&[0, info(30, 0, false), 0], b"\0")),
+            Err(BtfError::UnknownKind { kind: 30, id: 1 })
+        ));
+        assert!(matches!(Btf::parse(&blob(&[0, info(STRUCT, 5, false), 0], b"\0")), Err(BtfError::OutOfBounds { .. })));
     }
 }
