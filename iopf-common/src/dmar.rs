@@ -167,3 +167,22 @@ mod tests {
         assert_eq!(record_count(cap), 16);
     }
 }
+
+/// A synthetic VT-d unit in a map value, for running the record decoder by test-run: a
+/// `struct intel_iommu` stand-in (reg pointer, cap, segment at these offsets, given to the
+/// programs as the unit's offsets) followed by its register file. The injection program
+/// points `reg` at the registers, so every "MMIO" read is a read of kernel memory.
+pub mod test_unit {
+    pub const REG: u32 = 0;
+    pub const CAP: u32 = 8;
+    pub const SEGMENT: u32 = 16;
+    /// Start of the register file in the value.
+    pub const REGS: usize = 64;
+    /// Fault recording registers at register offset FRO * 16.
+    pub const FRO: u64 = 0x10;
+    /// The most records a unit has (NFR is 8 bits + 1).
+    pub const RECORDS: usize = 256;
+    pub const SIZE: usize = REGS + (FRO as usize) * 16 + RECORDS * 16;
+    /// CAP_REG with FRO and NFR = 256 records.
+    pub const CAP_VALUE: u64 = (FRO << 24) | ((RECORDS as u64 - 1) << 40);
+}

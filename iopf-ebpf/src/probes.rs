@@ -29,6 +29,28 @@ pub fn pf_floor_perf(_ctx: aya_ebpf::programs::PerfEventContext) -> u32 {
     0
 }
 
+/// Benchmark floors on the fentry and kprobe rungs: empty programs on both ends of
+/// `handle_mm_fault`, where the agent's `--page-faults` programs go on those rungs.
+#[aya_ebpf::macros::fentry(function = "handle_mm_fault")]
+pub fn pf_floor_fentry(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+#[aya_ebpf::macros::fexit(function = "handle_mm_fault")]
+pub fn pf_floor_fexit(_ctx: aya_ebpf::programs::FExitContext) -> u32 {
+    0
+}
+
+#[kprobe]
+pub fn pf_floor_kprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[aya_ebpf::macros::kretprobe]
+pub fn pf_floor_kretprobe(_ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
+    0
+}
+
 /// Compare-and-exchange probe (BPF atomics beyond add, Linux 5.12+): every IOPF and page-fault
 /// program claims its slots with them. Loaded, never attached; a kernel without them refuses
 /// the load ("BPF_STX uses reserved fields").

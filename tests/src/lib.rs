@@ -1,10 +1,13 @@
 //! Helpers shared by the integration tests.
 
 pub mod agent;
+pub mod bench;
+pub mod dmar_unit;
 pub mod edu;
 pub mod iommufd;
 pub mod pages;
 pub mod prom;
+pub mod records;
 pub mod sva;
 pub mod vfio;
 pub mod workload;

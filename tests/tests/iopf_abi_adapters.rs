@@ -2,28 +2,15 @@
 //! says, placed in kernel memory, through the same offsets path the real hooks use.
 
 use iopf_agent::{
-    iopf::{
-        events::EventReader,
-        inject::{Injector, rec},
-        maps::dev_bytes,
-    },
-    kabi::{btf::Btf, iopf::IopfAbi},
+    iopf::{events::EventReader, inject::Injector, maps::dev_bytes},
+    kabi::iopf::IopfAbi,
     loader::{self, Globals},
 };
 use iopf_common::iopf::{Config, InflightKey, Level, Method, RESP_INVALID, RESP_SUCCESS, Source};
-use iopf_tests::require_root;
-
-fn fixture(name: &str) -> Btf {
-    let path = format!("{}/../iopf-agent/tests/fixtures/btf/{name}.btf.zst", env!("CARGO_MANIFEST_DIR"));
-    Btf::parse(&zstd::decode_all(std::fs::File::open(&path).expect("fixture")).expect("zstd")).expect("btf")
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
+use iopf_tests::{
+    records::{Request, fault_record, fixture, rec},
+    require_root,
+};
 
 const NAME: &str = "0000:6a:01.0";
 const PASID: u32 = 0x2a;
@@ -33,22 +20,7 @@ const ADDR: u64 = 0x7f3a_dead_b000;
 
 /// Synthetic device, report event and (6.9+) group/handle/domain, as `abi` lays them out.
 fn record(abi: &IopfAbi, dom_type: u32) -> Box<[u8; rec::SIZE]> {
-    let o = abi.offsets;
-    let c = abi.consts;
-    let mut b = Box::new([0u8; rec::SIZE]);
-    b[rec::NAME..rec::NAME + NAME.len()].copy_from_slice(NAME.as_bytes());
-    let f = rec::EVT + o.evt_fault as usize;
-    put32(&mut b[..], f + o.fault_type as usize, c.fault_page_req);
-    let prm = f + o.fault_prm as usize;
-    put32(&mut b[..], prm + o.prm_flags as usize, c.flag_last_page | c.flag_pasid_valid | c.flag_needs_pasid);
-    put32(&mut b[..], prm + o.prm_pasid as usize, PASID);
-    put32(&mut b[..], prm + o.prm_grpid as usize, GRPID);
-    put32(&mut b[..], prm + o.prm_perm as usize, PERM);
-    put64(&mut b[..], prm + o.prm_addr as usize, ADDR);
-    if o.domain_type != u32::MAX {
-        put32(&mut b[..], rec::DOMAIN + o.domain_type as usize, dom_type);
-    }
-    b
+    fault_record(abi, dom_type, &Request { device: NAME, pasid: PASID, grpid: GRPID, perm: PERM, addr: ADDR })
 }
 
 /// Runs one fault through the adapter of `fixture` and returns the event it produced.

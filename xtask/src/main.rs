@@ -30,14 +30,15 @@ enum Cmd {
     /// and 6.12 kernel packages, the iopf test kernel in ../shared/vm and this host. Not run
     /// in CI: the fixtures are committed.
     BtfFixtures,
-    /// Benchmarks (root): page-fault hot path against an empty-program floor and bpftrace,
-    /// in-kernel cost per IOPF, footprint. Table on stdout, JSON in target/bench/results.json.
-    /// Then the fentry and kprobe rungs inside the iopf-6.12 guest (ratios only: TCG).
+    /// Benchmarks (root), by the fixed method of tests/src/bench: host sections, then the
+    /// VM's figures (TCG), merged into target/bench/results.json, from which BENCHMARKS.md is
+    /// generated.
     Bench {
-        /// Host sections to run (repeatable): pagefault, iopf, stream, footprint. Default: all.
+        /// Host sections to run (repeatable): pagefault, iopf, stream, scrape, footprint.
+        /// Default: all.
         #[arg(long = "only")]
         only: Vec<String>,
-        /// Skip the VM rungs.
+        /// Skip the VM figures.
         #[arg(long)]
         no_vm: bool,
     },
@@ -99,29 +100,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::VmTest { kernels, scenarios, timeout, no_build } => {
             vm_test(&kernels, &scenarios, Duration::from_secs(timeout), !no_build)
         }
-        Cmd::Bench { only, no_vm } => {
-            sh(
-                "build",
-                Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
-            )?;
-            sh("bench", Command::new("target/release/iopf-bench").args(&only))?;
-            if no_vm {
-                return Ok(());
-            }
-            let spec = vm::KERNELS.iter().find(|k| k.name == "iopf-6.12").expect("known kernel");
-            let out = vm::run_kernel(
-                &repo_root(),
-                spec,
-                Some(&["bench-mm-fentry", "bench-mm-kprobe"]),
-                Duration::from_secs(600),
-            )?;
-            for (name, r) in &out.results {
-                if let Err(why) = r {
-                    bail!("VM benchmark {name} failed: {why}");
-                }
-            }
-            Ok(())
-        }
+        Cmd::Bench { only, no_vm } => bench(&only, no_vm),
         Cmd::BuildKernel => sh("build kernel", &mut Command::new("scripts/build-iopf-kernel.sh")),
         Cmd::BtfFixtures => sh("btf fixtures", &mut Command::new("scripts/btf-fixtures.sh")),
         Cmd::Test => {
@@ -139,6 +118,35 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The VM's benchmark scenarios, by boot: each prints its figures as `VMFIGURE {json}`.
+const VM_BENCHES: &[(&str, &[&str])] =
+    &[("iopf-6.12", &["bench-pf-fentry", "bench-pf-kprobe", "bench-iopf-fentry", "bench-iopf-kprobe"])];
+
+fn bench(only: &[String], no_vm: bool) -> anyhow::Result<()> {
+    sh("build", Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]))?;
+    let bench = repo_root().join("target/release/iopf-bench");
+    sh("bench", Command::new(&bench).args(only))?;
+    if !no_vm {
+        for (kernel, scenarios) in VM_BENCHES {
+            let spec = vm::KERNELS.iter().find(|k| k.name == *kernel).expect("known kernel");
+            let out = vm::run_kernel(&repo_root(), spec, Some(scenarios), Duration::from_secs(1800))?;
+            for (name, r) in &out.results {
+                if let Err(why) = r {
+                    bail!("VM benchmark {kernel}/{name} failed: {why}");
+                }
+            }
+            let console = repo_root().join("target/vm").join(kernel).join("console.log");
+            let text = std::fs::read_to_string(&console)?;
+            let lines: String =
+                text.lines().filter_map(|l| l.split_once("VMFIGURE ").map(|x| format!("{}\n", x.1))).collect();
+            let file = repo_root().join("target/bench").join(format!("vm-{kernel}.jsonl"));
+            std::fs::write(&file, lines)?;
+            sh("merge VM figures", Command::new(&bench).arg("merge").arg(&file))?;
+        }
+    }
+    sh("BENCHMARKS.md", Command::new(&bench).arg("report"))
 }
 
 fn specs_want(kernels: &[String], name: &str) -> bool {

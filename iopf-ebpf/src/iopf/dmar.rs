@@ -8,14 +8,14 @@
 use aya_ebpf::{
     Global,
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
-    macros::{fentry, kprobe, map},
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{FEntryContext, ProbeContext},
+    macros::{fentry, kprobe, map, raw_tracepoint},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use iopf_common::{
     dmar::{
         DmarEvent, DmarKey, FSTS_PPF, MAX_COUNTED_RECORDS, MAX_RECORDS, REG_FSTS, bdf_name, reason_level, record_count,
-        record_offset, record_pasid, record_pasid_present,
+        record_offset, record_pasid, record_pasid_present, test_unit,
     },
     hist::Histogram,
     iopf::{Offsets, Source},
@@ -280,5 +280,39 @@ pub fn iopf_dmar_fault_loop_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn iopf_dmar_fault_loop_kprobe(ctx: ProbeContext) -> u32 {
     decode::<true>(ctx.arg(1).unwrap_or(0));
+    0
+}
+
+/// The synthetic unit of `iopf_common::dmar::test_unit` (never touched by the kernel hooks).
+#[map]
+static DMAR_TEST_UNIT: Array<[u8; test_unit::SIZE]> = Array::with_max_entries(1, 0);
+
+const _: () = assert!(test_unit::REG == 0, "the reg pointer is the value's first word");
+
+/// Runs the decoder over the synthetic unit, as `dmar_fault` would over a real one, for the
+/// record-decoding benchmark and tests. The unit's offsets must be `test_unit`'s.
+#[inline(always)]
+fn inject_unit<const LOOP: bool>() {
+    let Some(p) = DMAR_TEST_UNIT.get_ptr_mut(0) else { return };
+    let base = p as u64;
+    // SAFETY: `p` is the map value, `test_unit::SIZE` bytes; the reg pointer slot is its
+    // first 8 bytes (test_unit::REG = 0). Map values are 8-byte aligned, so one aligned
+    // store (a byte-wise one would shift a pointer, which the verifier refuses).
+    #[allow(clippy::cast_ptr_alignment)]
+    unsafe {
+        (p as *mut u64).write(base + test_unit::REGS as u64)
+    };
+    decode::<LOOP>(base);
+}
+
+#[raw_tracepoint]
+pub fn inject_dmar(_ctx: RawTracePointContext) -> i32 {
+    inject_unit::<false>();
+    0
+}
+
+#[raw_tracepoint]
+pub fn inject_dmar_loop(_ctx: RawTracePointContext) -> i32 {
+    inject_unit::<true>();
     0
 }

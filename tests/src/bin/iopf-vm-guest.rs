@@ -14,7 +14,6 @@ use std::{
 use iopf_agent::hooks::{HOOKS, Target};
 use iopf_tests::{
     iommufd::{MockIopf, PERM_READ, PERM_WRITE, RESP_INVALID, RESP_SUCCESS},
-    pages::{fault_ns, median},
     prom::{Exposition, http_get},
     workload::TouchPages,
 };
@@ -697,7 +696,10 @@ fn dmar_walk(a: &Args) -> Result<(), String> {
     )?;
     check(
         entry.map(|e| e & iopf_common::walk::ADDR_MASK) == Some(ro_phys) && perm_bits == Some(1),
-        format!("write walk entry {:?}, want page A at {ro_phys:#x} with only bit 0 of the permission bits", w["entry"]),
+        format!(
+            "write walk entry {:?}, want page A at {ro_phys:#x} with only bit 0 of the permission bits",
+            w["entry"]
+        ),
     )?;
     let e = Exposition::parse(&body);
     let walks = e.get("iopf_walk_seconds_count", &[("source", "vtd")]).unwrap_or(0.0);
@@ -857,28 +859,13 @@ fn dmar_burst(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Benchmark (not a test): page faults that are NOT IOPF work, with the agent's IOPF capture
-/// on `rung` (report, handlers, work, response, free: none is on the CPU fault path) against
-/// no tracer, and CPU page faults traced by --page-faults (handle_mm_fault) on the same rung.
-/// Interleaved, medians, ratios only.
-fn bench_mm(a: &Args, rung: &str) -> Result<(), String> {
-    const PAGES: usize = 4096;
-    let (mut base, mut iopf, mut pf) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
-        base.extend((0..4).map(|_| fault_ns(PAGES)));
-        let ag = start_agent(a, &["--force-rung", rung, "--require", "report", "--require", "page_response"])?;
-        iopf.extend((0..4).map(|_| fault_ns(PAGES)));
-        ag.stop();
-        let ag = start_agent(a, &["--force-rung", rung, "--page-faults"])?;
-        pf.extend((0..4).map(|_| fault_ns(PAGES)));
-        ag.stop();
+/// Benchmark figures (not tests): printed as `VMFIGURE {json}` lines, which `cargo xtask
+/// bench` merges into target/bench/results.json.
+fn vm_figures(figures: Result<Vec<iopf_tests::bench::figure::Figure>, String>) -> Result<(), String> {
+    for f in figures? {
+        println!("  {}", f.line());
+        println!("VMFIGURE {}", f.to_json());
     }
-    let (b, i, p) = (median(base), median(iopf), median(pf));
-    println!(
-        "VMBENCH {rung}: non-IOPF page fault base {b:.0} ns, IOPF hooks attached {i:.0} ns (+{:.1} %), page-fault tracing {p:.0} ns (+{:.1} %)",
-        (i / b - 1.0) * 100.0,
-        (p / b - 1.0) * 100.0
-    );
     Ok(())
 }
 
@@ -1133,8 +1120,10 @@ fn main() {
             "dmar-walk" => dmar_walk(&args),
             "dmar-burst" => dmar_burst(&args),
             "dmar-policy" => dmar_policy(&args),
-            "bench-mm-fentry" => bench_mm(&args, "fentry"),
-            "bench-mm-kprobe" => bench_mm(&args, "kprobe"),
+            "bench-pf-fentry" => vm_figures(iopf_tests::bench::vm::pf_figures("fentry")),
+            "bench-pf-kprobe" => vm_figures(iopf_tests::bench::vm::pf_figures("kprobe")),
+            "bench-iopf-fentry" => vm_figures(iopf_tests::bench::vm::iopf_figures("fentry")),
+            "bench-iopf-kprobe" => vm_figures(iopf_tests::bench::vm::iopf_figures("kprobe")),
             other => Err(format!("unknown scenario {other}")),
         })
         .unwrap_or_else(|p| {

@@ -1,0 +1,81 @@
+//! The in-kernel cost of one VT-d fault interrupt decoding N pending records (N = 1, 4, 16,
+//! 64): the `dmar_fault` programs' decoder run by test-run over a synthetic unit in kernel
+//! memory, timed by the kernel's BPF statistics. Every record is counted per device and
+//! emitted; the events ring is drained after each interrupt, as the agent drains it. Without
+//! the table walk (the unit's root table pointer is 0): the walk is timed in the VM.
+
+use aya::sys::{Stats, enable_stats};
+use iopf_agent::{
+    iopf::events::Ring,
+    loader::{self, Globals},
+};
+use iopf_common::dmar::DmarEvent;
+use iopf_tests::{
+    bench::{
+        figure::{Context, Figure},
+        procs,
+        progs::order,
+    },
+    dmar_unit::{DmarUnit, Record, globals, unit},
+};
+
+use crate::pagefault::ROUNDS;
+
+const SIZES: [usize; 4] = [1, 4, 16, 64];
+/// Interrupts per size per round.
+const INTERRUPTS: u64 = 500;
+
+fn records(n: usize) -> Vec<Record> {
+    (0..n)
+        .map(|i| Record {
+            source_id: 0x1800 + (i % 8) as u16,
+            reason: 0x06,
+            read: true,
+            addr: 0x10_0000 + i as u64 * 0x1000,
+            pasid: None,
+        })
+        .collect()
+}
+
+pub fn run(figures: &mut Vec<Figure>) {
+    let ctx = Context::here("test_run");
+    let _stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (root, 5.8+)");
+    let mut ebpf = loader::load(globals(Globals::default())).expect("load");
+    let mut events = Ring::<DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS").unwrap();
+    let mut u = DmarUnit::new(&mut ebpf).unwrap();
+    let units: Vec<_> = SIZES.iter().map(|&n| unit(&records(n), 0, 0)).collect();
+    let mut per = [const { Vec::new() }; 4];
+    procs::pin_cpu(0);
+    for round in 0..ROUNDS {
+        eprintln!("[bench] VT-d record decoding: round {}/{ROUNDS}", round + 1);
+        for c in order::<4>(round) {
+            u.set(&units[c]).unwrap();
+            let (t0, n0) = u_info(&mut u);
+            for _ in 0..INTERRUPTS {
+                u.run(true).unwrap();
+                let got = events.drain().len();
+                assert_eq!(got, SIZES[c], "every record of the interrupt emitted");
+            }
+            let (t1, n1) = u_info(&mut u);
+            assert_eq!(n1 - n0, INTERRUPTS);
+            per[c].push((t1 - t0) as f64 / INTERRUPTS as f64);
+        }
+    }
+    procs::unpin();
+    for (i, n) in SIZES.iter().enumerate() {
+        figures.push(Figure::new(
+            &format!("dmar_decode_ns_n{n}"),
+            "ns/interrupt",
+            &format!("one VT-d fault interrupt with {n} pending records: decode, count per device, emit (bpf_loop decoder, BPF run time)"),
+            per[i].clone(),
+            None,
+            &ctx,
+        ));
+    }
+}
+
+/// Cumulative (run time ns, runs) of the bpf_loop decoder program.
+fn u_info(u: &mut DmarUnit<'_>) -> (u128, u64) {
+    let i = u.ebpf().program("inject_dmar_loop").unwrap().info().unwrap();
+    (i.run_time().as_nanos(), i.run_count())
+}
