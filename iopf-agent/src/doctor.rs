@@ -48,6 +48,9 @@ pub fn survey(
             return Err(AgentError::UnknownHook(name.clone()));
         }
     }
+    // /proc/kallsyms is megabytes, slow to produce: read once, for the programs, the plan
+    // and the fault paths, on its own thread while the BTF is parsed.
+    let kallsyms = std::thread::spawn(hooks::Kallsyms::read);
     let btf = KernelBtf::load(&opts.btf_dir);
     let abi = match &btf {
         Ok(b) => IopfAbi::resolve(b.vmlinux()).map_err(|e| e.to_string()),
@@ -61,8 +64,7 @@ pub fn survey(
         Ok(b) => globals.with_btf(b.vmlinux()),
         Err(_) => globals,
     };
-    // /proc/kallsyms is megabytes: read once for the programs, the plan and the fault paths.
-    let kallsyms = hooks::Kallsyms::read();
+    let kallsyms = kallsyms.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
     let globals = loader::Globals { page_offset_base: kallsyms.page_offset_base.unwrap_or(0), ..globals };
     let mut ebpf = loader::load(globals)?;
     let btf = btf.ok();
