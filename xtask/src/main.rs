@@ -41,6 +41,10 @@ enum Cmd {
         /// Skip the VM figures.
         #[arg(long)]
         no_vm: bool,
+        /// Only these VM benchmark scenarios (repeatable): bench-pf-fentry, bench-pf-kprobe,
+        /// bench-iopf-fentry, bench-iopf-kprobe, bench-walk. Default: all.
+        #[arg(long = "vm-scenario")]
+        vm_scenarios: Vec<String>,
     },
     /// Rebuild the VM tier's iommufd-mock kernel from Debian's linux-source-6.12 and
     /// ../shared/vm/iopf-kernel.config (about 22 minutes on 2 cores; not run in CI).
@@ -100,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::VmTest { kernels, scenarios, timeout, no_build } => {
             vm_test(&kernels, &scenarios, Duration::from_secs(timeout), !no_build)
         }
-        Cmd::Bench { only, no_vm } => bench(&only, no_vm),
+        Cmd::Bench { only, no_vm, vm_scenarios } => bench(&only, no_vm, &vm_scenarios),
         Cmd::BuildKernel => sh("build kernel", &mut Command::new("scripts/build-iopf-kernel.sh")),
         Cmd::BtfFixtures => sh("btf fixtures", &mut Command::new("scripts/btf-fixtures.sh")),
         Cmd::Test => {
@@ -121,17 +125,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The VM's benchmark scenarios, by boot: each prints its figures as `VMFIGURE {json}`.
-const VM_BENCHES: &[(&str, &[&str])] =
-    &[("iopf-6.12", &["bench-pf-fentry", "bench-pf-kprobe", "bench-iopf-fentry", "bench-iopf-kprobe"])];
+const VM_BENCHES: &[(&str, &[&str])] = &[
+    ("iopf-6.12", &["bench-pf-fentry", "bench-pf-kprobe", "bench-iopf-fentry", "bench-iopf-kprobe"]),
+    ("debian-7.3", &["bench-walk"]),
+    ("debian-7.3-vtd-scalable", &["bench-walk"]),
+    ("debian-7.3-vtd-first-stage", &["bench-walk"]),
+];
 
-fn bench(only: &[String], no_vm: bool) -> anyhow::Result<()> {
+fn bench(only: &[String], no_vm: bool, vm_only: &[String]) -> anyhow::Result<()> {
     sh("build", Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]))?;
     let bench = repo_root().join("target/release/iopf-bench");
     sh("bench", Command::new(&bench).args(only))?;
     if !no_vm {
         for (kernel, scenarios) in VM_BENCHES {
+            let scenarios: Vec<&str> =
+                scenarios.iter().copied().filter(|s| vm_only.is_empty() || vm_only.iter().any(|o| o == s)).collect();
+            if scenarios.is_empty() {
+                continue;
+            }
             let spec = vm::KERNELS.iter().find(|k| k.name == *kernel).expect("known kernel");
-            let out = vm::run_kernel(&repo_root(), spec, Some(scenarios), Duration::from_secs(1800))?;
+            let out = vm::run_kernel(&repo_root(), spec, Some(&scenarios), Duration::from_secs(1800))?;
             for (name, r) in &out.results {
                 if let Err(why) = r {
                     bail!("VM benchmark {kernel}/{name} failed: {why}");

@@ -78,10 +78,35 @@ pub fn bpftrace_with(script: &str) -> Child {
     let mut c = Command::new("bpftrace")
         .args(["-e", script])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("bpftrace (scripts/bootstrap.sh installs it)");
-    wait_line(&mut c, false, "Attaching");
+    // Its errors (a probe it cannot attach, a type it cannot resolve) go to stderr.
+    let mut err = c.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap_or(0) == 0 {
+            let _ = c.wait();
+            panic!("bpftrace ended before attaching: {seen}{}", errors.join().unwrap_or_default());
+        }
+        seen.push_str(&l);
+        if l.contains("Attaching") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
     // "Attaching" comes before the last probe is attached.
     std::thread::sleep(Duration::from_millis(500));
     c

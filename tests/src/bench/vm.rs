@@ -145,7 +145,7 @@ pub fn pf_figures(rung: &str) -> Result<Vec<Figure>, String> {
 /// response), keyed as the agent keys them (device + group id at the report, then the group).
 const IOPF_SCRIPT: &str = "\
 kprobe:iommu_report_device_fault { $f = (struct iopf_fault *)arg1; @rep[arg0, $f->fault.prm.grpid] = nsecs; @reports = count(); } \
-kprobe:iommufd_fault_iopf_handler { $g = (struct iopf_group *)arg0; $d = $g->fault_param->dev; $id = $g->last_fault.fault.prm.grpid; \
+kprobe:iommufd_fault_iopf_handler { $g = (struct iopf_group *)arg0; $d = (uint64)$g->fault_param->dev; $id = $g->last_fault.fault.prm.grpid; \
   $t = @rep[$d, $id]; if ($t) { @dispatch = hist(nsecs - $t); @svc[arg0] = $t; delete(@rep[$d, $id]); } } \
 kprobe:iopf_group_response { $t = @svc[arg0]; if ($t) { @service = hist(nsecs - $t); @codes[arg1] = count(); delete(@svc[arg0]); } }";
 
@@ -201,6 +201,18 @@ pub fn iopf_figures(rung: &str) -> Result<Vec<Figure>, String> {
             let t1 = progs::totals(&mine);
             stop(t);
             let ns: u128 = t1.iter().map(|a| a.2 - t0.iter().find(|b| b.0 == a.0).map_or(0, |b| b.2)).sum();
+            if round == ROUNDS - 1 {
+                // Where the time goes, per program (the last round), for the analysis.
+                for p in &mine {
+                    let (Some(a), Some(b)) = (t1.iter().find(|x| x.0 == p.id()), t0.iter().find(|x| x.0 == p.id()))
+                    else {
+                        continue;
+                    };
+                    let name = p.name_as_str().unwrap_or("?");
+                    let per = (a.2 - b.2) as f64 / f64::from(IOPF_FAULTS);
+                    eprintln!("[vm-bench] condition {c}: {name}: {} runs, {per:.0} ns per fault", a.3 - b.3);
+                }
+            }
             if t1.iter().all(|a| a.3 == t0.iter().find(|b| b.0 == a.0).map_or(0, |b| b.3)) {
                 return Err(format!("condition {c}: no program ran during {IOPF_FAULTS} mock faults"));
             }

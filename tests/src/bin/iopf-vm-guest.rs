@@ -709,6 +709,70 @@ fn dmar_walk(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Benchmark figures (not a test): the in-kernel walk's cost per fault in this VT-d mode
+/// (TCG), over tables that hold a mapped page: per round, 4 DMAs to unmapped neighbours of
+/// a mapped page (walks to the leaf table), the round's value the median of their walks'
+/// `ns`; and the reads per walk. Printed as `VMFIGURE` lines.
+fn bench_walk(a: &Args) -> Result<(), String> {
+    use iopf_tests::{
+        bench::{
+            figure::{Context, Figure},
+            stats::median_of,
+            vm::ROUNDS,
+        },
+        edu::{Access, Edu},
+        vfio::{MAP_READ, Page, VfioDevice},
+    };
+    const RO: u64 = 0x10_0000;
+    const PER_ROUND: usize = 4;
+    let mode = std::env::var("iopf_vtd_mode").unwrap_or_else(|_| "legacy".into());
+    let dev = VfioDevice::open(&Edu::find()?)?;
+    let page = Page::new(0x5a)?;
+    dev.map(&page, RO, MAP_READ)?;
+    let edu = Edu::open_vfio(&dev)?;
+    let dmas: Vec<(u64, Access)> =
+        (0..ROUNDS * PER_ROUND).map(|i| (RO + 0x1000 * (1 + (i % PER_ROUND) as u64), Access::Read)).collect();
+    let (_, events) = traced_dmas(a, &edu, &dmas)?;
+    drop(edu);
+    dev.release()?;
+    check(events.len() == dmas.len(), format!("{} dmar events, want {}", events.len(), dmas.len()))?;
+    let walks: Vec<(f64, f64)> = events
+        .iter()
+        .map(|v| (v["walk"]["ns"].as_f64().unwrap_or(f64::NAN), v["walk"]["reads"].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    check(walks.iter().all(|w| w.0.is_finite() && w.1.is_finite()), "an event without a walk")?;
+    let ns: Vec<f64> =
+        walks.chunks(PER_ROUND).map(|c| median_of(&mut c.iter().map(|w| w.0).collect::<Vec<_>>())).collect();
+    let reads: Vec<f64> =
+        walks.chunks(PER_ROUND).map(|c| median_of(&mut c.iter().map(|w| w.1).collect::<Vec<_>>())).collect();
+    let ctx = Context::here("fentry");
+    let figures = [
+        Figure::new(
+            &format!("walk_ns_{mode}"),
+            "ns/walk",
+            &format!(
+                "in-kernel VT-d table walk to the leaf, {mode} mode (TCG), median of {PER_ROUND} faults per round"
+            ),
+            ns,
+            None,
+            &ctx,
+        ),
+        Figure::new(
+            &format!("walk_reads_{mode}"),
+            "reads/walk",
+            &format!("entries read per walk to the leaf, {mode} mode"),
+            reads,
+            None,
+            &ctx,
+        ),
+    ];
+    for f in figures {
+        println!("  {}", f.line());
+        println!("VMFIGURE {}", f.to_json());
+    }
+    Ok(())
+}
+
 /// The guest kernel's symbols (/proc/kallsyms), read once: the independent evidence several
 /// scenarios compare the agent with.
 fn kernel_symbols() -> &'static std::collections::HashSet<String> {
@@ -1118,6 +1182,7 @@ fn main() {
             "sva-kmod-kprobe" => sva_kmod(&args, "kprobe"),
             "dmar-edu" => dmar(&args),
             "dmar-walk" => dmar_walk(&args),
+            "bench-walk" => bench_walk(&args),
             "dmar-burst" => dmar_burst(&args),
             "dmar-policy" => dmar_policy(&args),
             "bench-pf-fentry" => vm_figures(iopf_tests::bench::vm::pf_figures("fentry")),
