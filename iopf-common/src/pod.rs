@@ -40,3 +40,6 @@ unsafe impl aya::Pod for crate::iopf::DevKey {}
 unsafe impl aya::Pod for crate::iopf::DevAgg {}
 // SAFETY: `#[repr(C)]` u32s, a u8 and explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for crate::viommu::VeventKey {}
+// SAFETY: `#[repr(C)]` u8s, explicit padding and a u64 (16 bytes, no implicit padding):
+// every bit pattern is valid.
+unsafe impl aya::Pod for crate::walk::Walk {}

@@ -357,5 +357,13 @@ pub fn disagrees(w: &Walk, hardware: Level) -> bool {
     stopped && hardware != Level::Unknown && w.stage != hardware as u8
 }
 
+/// Memory for running the in-kernel walk over fabricated tables by test-run: one map value
+/// whose offsets stand for physical addresses (the walk's direct-map base is the value's
+/// address), so the eBPF build of `walk` can be checked, and timed, natively.
+pub mod test_mem {
+    /// 64 pages.
+    pub const SIZE: usize = 64 << 12;
+}
+
 #[cfg(test)]
 mod tests;

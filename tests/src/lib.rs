@@ -10,6 +10,7 @@ pub mod prom;
 pub mod records;
 pub mod sva;
 pub mod vfio;
+pub mod walk_mem;
 pub mod workload;
 
 /// Root tests need root. Without it they fail loudly, unless IOPF_SKIP_ROOT_TESTS=1 says the

@@ -19,7 +19,7 @@ use iopf_common::{
     },
     hist::Histogram,
     iopf::{Offsets, Source},
-    walk::{Mem, REG_RTADDR, Request, Walk, disagrees, walk},
+    walk::{Mem, REG_RTADDR, Request, Walk, disagrees, test_mem, walk},
 };
 
 use super::OFFSETS;
@@ -314,5 +314,33 @@ pub fn inject_dmar(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint]
 pub fn inject_dmar_loop(_ctx: RawTracePointContext) -> i32 {
     inject_unit::<true>();
+    0
+}
+
+/// Fabricated tables for the walk (`iopf_common::walk::test_mem`), and the walk's result.
+#[map]
+static WALK_TEST_MEM: Array<[u8; test_mem::SIZE]> = Array::with_max_entries(1, 0);
+#[map]
+static WALK_TEST_OUT: Array<Walk> = Array::with_max_entries(1, 0);
+
+/// The walk the `_loop` programs make per record, over `WALK_TEST_MEM` (offsets as physical
+/// addresses). args: rtaddr, source id, pasid, pasid present, address, write.
+#[raw_tracepoint]
+pub fn inject_walk(ctx: RawTracePointContext) -> i32 {
+    let Some(mem) = WALK_TEST_MEM.get_ptr(0) else { return 1 };
+    let rq = Request {
+        rtaddr: ctx.arg(0),
+        source_id: ctx.arg::<u64>(1) as u16,
+        pasid: ctx.arg::<u64>(2) as u32,
+        pasid_present: ctx.arg::<u64>(3) != 0,
+        addr: ctx.arg(4),
+        write: ctx.arg::<u64>(5) != 0,
+    };
+    let mut found = Walk::NONE;
+    walk_record(&rq, mem as u64, &mut found);
+    if let Some(out) = WALK_TEST_OUT.get_ptr_mut(0) {
+        // SAFETY: the map's one value, valid for the run.
+        unsafe { *out = found };
+    }
     0
 }

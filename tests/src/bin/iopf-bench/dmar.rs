@@ -10,6 +10,7 @@ use iopf_agent::{
     loader::{self, Globals},
 };
 use iopf_common::dmar::DmarEvent;
+use iopf_common::walk::Request;
 use iopf_tests::{
     bench::{
         figure::{Context, Figure},
@@ -17,6 +18,7 @@ use iopf_tests::{
         progs::order,
     },
     dmar_unit::{DmarUnit, Record, globals, unit},
+    walk_mem::{BpfWalk, MODES, read_only_page},
 };
 
 use crate::pagefault::ROUNDS;
@@ -78,4 +80,58 @@ pub fn run(figures: &mut Vec<Figure>) {
 fn u_info(u: &mut DmarUnit<'_>) -> (u128, u64) {
     let i = u.ebpf().program("inject_dmar_loop").unwrap().info().unwrap();
     (i.run_time().as_nanos(), i.run_count())
+}
+
+/// Walks timed per mode per round.
+const WALKS: u64 = 2_000;
+
+/// The eBPF walk to the leaf table (a read of the neighbour of a mapped page), per mode.
+pub fn walks(figures: &mut Vec<Figure>) {
+    let ctx = Context::here("test_run");
+    let _stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (root, 5.8+)");
+    let mut ebpf = loader::load(Globals::default()).expect("load");
+    let mut w = BpfWalk::new(&mut ebpf).unwrap();
+    const SID: u16 = 0x0018;
+    const RO: u64 = 0x10_0000;
+    let images: Vec<_> = MODES.iter().map(|m| read_only_page(m, SID, RO)).collect();
+    let mut per = [const { Vec::new() }; 3];
+    procs::pin_cpu(0);
+    for round in 0..ROUNDS {
+        eprintln!("[bench] VT-d walk: round {}/{ROUNDS}", round + 1);
+        for c in order::<3>(round) {
+            let (img, rtaddr, _) = &images[c];
+            w.set(img).unwrap();
+            let rq = Request {
+                rtaddr: *rtaddr,
+                source_id: SID,
+                pasid: 0,
+                pasid_present: c > 0,
+                addr: RO + 0x1000,
+                write: false,
+            };
+            let info = |w: &mut BpfWalk<'_>| {
+                let i = w.ebpf().program("inject_walk").unwrap().info().unwrap();
+                (i.run_time().as_nanos(), i.run_count())
+            };
+            let (t0, n0) = info(&mut w);
+            for _ in 0..WALKS {
+                let found = w.walk(&rq).unwrap();
+                assert_eq!(found.level, 1, "{}: the walk reaches the leaf table", MODES[c]);
+            }
+            let (t1, n1) = info(&mut w);
+            assert_eq!(n1 - n0, WALKS);
+            per[c].push((t1 - t0) as f64 / WALKS as f64);
+        }
+    }
+    procs::unpin();
+    for (i, m) in MODES.iter().enumerate() {
+        figures.push(Figure::new(
+            &format!("walk_native_ns_{m}"),
+            "ns/walk",
+            &format!("the eBPF walk to the leaf table over fabricated {m} tables in kernel memory (7/8/9 reads), BPF run time, native"),
+            per[i].clone(),
+            None,
+            &ctx,
+        ));
+    }
 }

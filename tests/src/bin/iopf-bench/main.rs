@@ -90,6 +90,7 @@ fn main() {
     }
     if want("dmar") {
         dmar::run(&mut figures);
+        dmar::walks(&mut figures);
     }
     if want("stream") {
         stream::run(&mut figures);
