@@ -268,10 +268,8 @@ impl Kallsyms {
             let mut it = l.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
             let (Some(addr), Some(_), Some(sym)) = (it.next(), it.next(), it.next()) else { continue };
             if sym == b"page_offset_base" {
-                page_offset_base = std::str::from_utf8(addr)
-                    .ok()
-                    .and_then(|a| u64::from_str_radix(a, 16).ok())
-                    .filter(|a| *a != 0);
+                page_offset_base =
+                    std::str::from_utf8(addr).ok().and_then(|a| u64::from_str_radix(a, 16).ok()).filter(|a| *a != 0);
             }
             names.insert(symbol_hash(sym));
         }
