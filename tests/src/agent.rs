@@ -96,6 +96,23 @@ impl Agent {
         None
     }
 
+    /// SIGTERM, then wait at most `limit` for the exit: (exit code, remaining stderr lines),
+    /// or, when it does not exit in time, kill it and say so.
+    pub fn stop_within(mut self, limit: Duration) -> Result<(Option<i32>, Vec<String>), String> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok((st.code(), self.rest.try_iter().collect()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!("iopf-agent still running {limit:?} after SIGTERM (killed)"))
+    }
+
     /// SIGTERM, wait, return (exit code, remaining stderr lines).
     pub fn stop(mut self) -> (Option<i32>, Vec<String>) {
         // SAFETY: kill(2) on our own child's pid.

@@ -87,6 +87,33 @@ fn port_in_use_is_one_line_and_exit_5() {
     );
 }
 
+/// A client that sends half a request line and waits keeps no agent alive: SIGTERM ends it
+/// within the shutdown grace (1 s) plus the detach. /healthz answers; unknown paths 404;
+/// other methods 405.
+#[test]
+fn half_sent_request_does_not_outlive_sigterm() {
+    if !require_root("half_sent_request_does_not_outlive_sigterm") {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let agent = Agent::start(&[]);
+    let (code, body) = http_get(agent.addr, "/healthz").expect("healthz");
+    assert_eq!((code, body.as_str()), (200, "ok: programs attached, serving\n"));
+    assert_eq!(http_get(agent.addr, "/nope").expect("404").0, 404);
+    let mut post = std::net::TcpStream::connect(agent.addr).unwrap();
+    post.write_all(b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    post.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 405") || answer.starts_with("HTTP/1.1 405"), "{answer}");
+    let mut slow = std::net::TcpStream::connect(agent.addr).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (code, rest) = agent.stop_within(std::time::Duration::from_secs(3)).expect("exit after SIGTERM");
+    assert_eq!(code, Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("connections still open")), "{rest:?}");
+    drop(slow);
+}
+
 #[test]
 fn unknown_flag_is_a_usage_error() {
     let (code, _, err) = run_to_end(&["run", "--no-such-flag"]);
