@@ -19,6 +19,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The license the kernel sees: GPL-compatible, as the GPL-only helpers (probe reads,
+/// ktime) require; the crate is MIT or GPL-2.0 (LICENSE-MIT, LICENSE-GPL-2.0).
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
