@@ -66,9 +66,10 @@ pub fn survey(
     };
     let kallsyms = kallsyms.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
     let globals = loader::Globals { page_offset_base: kallsyms.page_offset_base.unwrap_or(0), ..globals };
-    let mut ebpf = loader::load(globals)?;
     let btf = btf.ok();
-    let features = Features::probe(&mut ebpf, &opts.btf_dir);
+    let aya_btf = btf.as_ref().and_then(KernelBtf::aya);
+    let mut ebpf = loader::load_with(globals, aya_btf)?;
+    let features = Features::probe(&mut ebpf, &opts.btf_dir, aya_btf);
     let plans = hooks::plan_all(btf.as_ref(), &kallsyms, &features, opts.force_rung);
     let fault_paths = crate::paths::survey(&kallsyms);
     let report =

@@ -116,7 +116,8 @@ pub fn kernel_release() -> String {
 impl Features {
     /// Probes everything. `ebpf` is the loaded object holding the `probe_*` programs; the
     /// probes attach for an instant and detach.
-    pub fn probe(ebpf: &mut Ebpf, btf_dir: &Path) -> Self {
+    /// `kernel_btf`: aya's parse of the kernel's BTF when already made.
+    pub fn probe(ebpf: &mut Ebpf, btf_dir: &Path, kernel_btf: Option<&Btf>) -> Self {
         let btf = match std::fs::metadata(btf_dir.join("vmlinux")) {
             Ok(m) => Capability::yes(format!("{} ({} KiB)", btf_dir.join("vmlinux").display(), m.len() / 1024)),
             Err(e) => {
@@ -134,7 +135,7 @@ impl Features {
             Ok(_) => Capability::no("kernel.bpf_stats_enabled=0 (enable with sysctl to see per-program run time)"),
             Err(e) => Capability::no(format!("kernel.bpf_stats_enabled unreadable: {e}")),
         };
-        let fentry = probe_fentry(ebpf);
+        let fentry = probe_fentry(ebpf, kernel_btf);
         let kprobe = probe_kprobe(ebpf);
         let preempt_full = preemption();
         let bpf_atomics = atomics(ebpf);
@@ -171,10 +172,17 @@ fn tracefs() -> (Capability, Option<PathBuf>) {
     }
 }
 
-fn probe_fentry(ebpf: &mut Ebpf) -> Capability {
-    let btf = match Btf::from_sys_fs() {
-        Ok(b) => b,
-        Err(e) => return Capability::no(format!("no kernel BTF: {e}")),
+fn probe_fentry(ebpf: &mut Ebpf, kernel_btf: Option<&Btf>) -> Capability {
+    let parsed;
+    let btf = match kernel_btf {
+        Some(b) => b,
+        None => match Btf::from_sys_fs() {
+            Ok(b) => {
+                parsed = b;
+                &parsed
+            }
+            Err(e) => return Capability::no(format!("no kernel BTF: {e}")),
+        },
     };
     let Some(prog) = ebpf.program_mut("probe_fentry") else {
         return Capability::no("probe program missing from the object");
@@ -183,7 +191,7 @@ fn probe_fentry(ebpf: &mut Ebpf) -> Capability {
         Ok(p) => p,
         Err(e) => return Capability::no(format!("probe program: {e}")),
     };
-    if let Err(e) = prog.load(PROBE_TARGET, &btf) {
+    if let Err(e) = prog.load(PROBE_TARGET, btf) {
         return Capability::no(format!("fentry load refused: {}", crate::error::chain(&e)));
     }
     let res = match prog.attach() {

@@ -99,6 +99,12 @@ pub fn privileged() -> bool {
 }
 
 pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
+    load_with(globals, None)
+}
+
+/// As `load`, with the kernel's BTF already parsed (`KernelBtf::aya`); aya parses it itself
+/// when `None`.
+pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadError> {
     if !privileged() {
         return Err(LoadError::NotPrivileged);
     }
@@ -115,7 +121,11 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
         Ok("debug") => VerifierLogLevel::DEBUG | VerifierLogLevel::STATS,
         _ => VerifierLogLevel::STATS,
     };
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if let Some(b) = btf {
+        loader.btf(b);
+    }
+    loader
         .verifier_log_level(log)
         .override_global("PF_MODE", &mode, true)
         .override_global("OFFSETS", &globals.offsets, true)

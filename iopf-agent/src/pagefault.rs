@@ -162,17 +162,25 @@ pub fn programs(exchange: bool) -> &'static Programs {
 }
 
 /// Attaches the page-fault programs `progs` on the planned rung. Links live as long as `ebpf`.
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs) -> Result<(), PageFaultError> {
+/// `kernel_btf`: aya's parse of the kernel's BTF when already made (fentry needs it).
+pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs, kernel_btf: Option<&Btf>) -> Result<(), PageFaultError> {
     let target = plan.target.clone().unwrap_or_default();
     match plan.rung {
         Rung::Unavailable => return Err(PageFaultError::Unavailable(plan.reason.clone())),
         Rung::Fentry => {
-            let btf = Btf::from_sys_fs().map_err(PageFaultError::Btf)?;
+            let parsed;
+            let btf = match kernel_btf {
+                Some(b) => b,
+                None => {
+                    parsed = Btf::from_sys_fs().map_err(PageFaultError::Btf)?;
+                    &parsed
+                }
+            };
             let p: &mut FEntry = prog(ebpf, progs.fentry)?;
-            p.load(&target, &btf).map_err(attach_err(progs.fentry, &target))?;
+            p.load(&target, btf).map_err(attach_err(progs.fentry, &target))?;
             p.attach().map_err(attach_err(progs.fentry, &target))?;
             let p: &mut FExit = prog(ebpf, progs.fexit)?;
-            p.load(&target, &btf).map_err(attach_err(progs.fexit, &target))?;
+            p.load(&target, btf).map_err(attach_err(progs.fexit, &target))?;
             p.attach().map_err(attach_err(progs.fexit, &target))?;
         }
         Rung::Kprobe => {

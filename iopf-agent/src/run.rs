@@ -74,7 +74,9 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     let installed = Arc::new(Mutex::new(installed));
     let abi = report.iopf_abi.as_ref().ok();
     let mut plans = report.hooks.clone();
-    for (hook, e) in crate::iopf::attach::attach_all(&mut ebpf, &mut plans, abi) {
+    for (hook, e) in
+        crate::iopf::attach::attach_all(&mut ebpf, &mut plans, abi, btf.as_ref().and_then(crate::kabi::KernelBtf::aya))
+    {
         if opts.plan.require.iter().any(|r| r == hook) {
             return Err(e.into());
         }
@@ -113,7 +115,12 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     if opts.page_faults {
         let plan = plans.iter_mut().find(|p| p.name == "mm_fault").expect("mm_fault is a known hook");
-        pagefault::attach(&mut ebpf, plan, pagefault::programs(exchange))?;
+        pagefault::attach(
+            &mut ebpf,
+            plan,
+            pagefault::programs(exchange),
+            btf.as_ref().and_then(crate::kabi::KernelBtf::aya),
+        )?;
         plan.settle(Ok(()));
         let plan = plan.clone();
         pagefault::select(&mut ebpf, &opts.selection)?;

@@ -68,11 +68,18 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
 /// (`Plan::settle` / `Plan::unused`), so the plan says what is attached, not what was hoped
 /// for. Returns the failures; the caller decides whether one is fatal (the user required it).
 /// `mm_fault` is left to page-fault tracing.
-pub fn attach_all(ebpf: &mut Ebpf, plans: &mut [Plan], abi: Option<&IopfAbi>) -> Vec<(&'static str, AttachError)> {
-    let mut btf = None;
+/// `kernel_btf`: aya's parse of the kernel's BTF when already made (else parsed here once,
+/// at the first fentry hook).
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    plans: &mut [Plan],
+    abi: Option<&IopfAbi>,
+    kernel_btf: Option<&Btf>,
+) -> Vec<(&'static str, AttachError)> {
+    let mut parsed = None;
     let mut failed = Vec::new();
     for plan in plans.iter_mut().filter(|p| p.name != "mm_fault" && p.state == HookState::Planned) {
-        match attach_one(ebpf, plan, abi, &mut btf) {
+        match attach_one(ebpf, plan, abi, kernel_btf, &mut parsed) {
             Ok(Used::Attached) => plan.settle(Ok(())),
             Ok(Used::Not(why)) => plan.unused(why),
             Err(e) => {
@@ -106,7 +113,13 @@ fn broken_for_test(hook: &str) -> bool {
     std::env::var("IOPF_TEST_BREAK_HOOK").is_ok_and(|v| v.split(',').any(|h| h == hook))
 }
 
-fn attach_one(ebpf: &mut Ebpf, plan: &Plan, abi: Option<&IopfAbi>, btf: &mut Option<Btf>) -> Result<Used, AttachError> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    abi: Option<&IopfAbi>,
+    kernel_btf: Option<&Btf>,
+    parsed: &mut Option<Btf>,
+) -> Result<Used, AttachError> {
     {
         let err = |prog: &'static str, target: &str| {
             let target = target.to_owned();
@@ -129,10 +142,15 @@ fn attach_one(ebpf: &mut Ebpf, plan: &Plan, abi: Option<&IopfAbi>, btf: &mut Opt
         let target = plan.target.clone().unwrap_or_default();
         match plan.rung {
             Rung::Fentry => {
-                if btf.is_none() {
-                    *btf = Some(Btf::from_sys_fs().map_err(AttachError::Btf)?);
-                }
-                let btf = btf.as_ref().expect("set above");
+                let btf = match kernel_btf {
+                    Some(b) => b,
+                    None => {
+                        if parsed.is_none() {
+                            *parsed = Some(Btf::from_sys_fs().map_err(AttachError::Btf)?);
+                        }
+                        parsed.as_ref().expect("set above")
+                    }
+                };
                 let p: &mut FEntry = prog(ebpf, progs.fentry)?;
                 p.load(&target, btf).map_err(err(progs.fentry, &target))?;
                 p.attach().map_err(err(progs.fentry, &target))?;

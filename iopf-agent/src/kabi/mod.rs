@@ -38,10 +38,14 @@ pub enum FuncSite {
     Module(String),
 }
 
-/// vmlinux BTF plus the split BTF of loaded modules, parsed on demand.
+/// vmlinux BTF plus the split BTF of loaded modules, parsed on demand; and aya's parse of
+/// the same bytes (what loading the object and fentry programs need), made once here
+/// rather than by each of aya's loaders.
 pub struct KernelBtf {
     dir: PathBuf,
     vmlinux: Arc<Btf>,
+    /// Only for the running kernel's own BTF (`DEFAULT_BTF_DIR`): programs are loaded into it.
+    aya: Option<aya::Btf>,
 }
 
 impl KernelBtf {
@@ -50,16 +54,24 @@ impl KernelBtf {
         let path = dir.join("vmlinux");
         let data = std::fs::read(&path).map_err(|source| KabiError::Read { path: path.clone(), source })?;
         let vmlinux = Btf::parse(&data).map_err(|source| KabiError::Parse { path, source })?;
-        Ok(Self { dir: dir.to_owned(), vmlinux: Arc::new(vmlinux) })
+        let aya = (dir == Path::new(DEFAULT_BTF_DIR))
+            .then(|| aya::Btf::parse(&data, aya::Endianness::default()).ok())
+            .flatten();
+        Ok(Self { dir: dir.to_owned(), vmlinux: Arc::new(vmlinux), aya })
     }
 
     /// From an in-memory vmlinux BTF (fixtures); no modules.
     pub fn from_vmlinux(vmlinux: Btf) -> Self {
-        Self { dir: PathBuf::new(), vmlinux: Arc::new(vmlinux) }
+        Self { dir: PathBuf::new(), vmlinux: Arc::new(vmlinux), aya: None }
     }
 
     pub fn vmlinux(&self) -> &Btf {
         &self.vmlinux
+    }
+
+    /// aya's parse of the running kernel's vmlinux BTF, when that is what was read.
+    pub fn aya(&self) -> Option<&aya::Btf> {
+        self.aya.as_ref()
     }
 
     /// Finds function `name` in vmlinux, then in loaded modules (`hint` first when given).
