@@ -74,10 +74,3 @@ pub fn fault_ns(pages: usize) -> f64 {
     m.touch();
     t.elapsed().as_nanos() as f64 / pages as f64
 }
-
-/// Median of the samples.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}

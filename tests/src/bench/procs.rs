@@ -9,17 +9,15 @@ use std::{
 
 use crate::agent::agent_bin;
 
-/// Reads `child`'s stdout or stderr until a line containing `needle`, then keeps draining it
-/// in the background so the child never blocks on a full pipe.
-pub fn wait_line(child: &mut Child, from_stderr: bool, needle: &str) -> Vec<String> {
-    let r: Box<dyn std::io::Read + Send> =
-        if from_stderr { Box::new(child.stderr.take().unwrap()) } else { Box::new(child.stdout.take().unwrap()) };
+/// Reads `r` until a line containing `needle`, then keeps draining it in the background so
+/// the writer never blocks on a full pipe. `Err` with the lines seen when `r` ends first.
+fn read_until(r: impl std::io::Read + Send + 'static, needle: &str) -> Result<Vec<String>, Vec<String>> {
     let mut lines = Vec::new();
     let mut br = BufReader::new(r);
     loop {
         let mut l = String::new();
         if br.read_line(&mut l).unwrap_or(0) == 0 {
-            panic!("child ended before printing {needle:?}: {lines:?}");
+            return Err(lines);
         }
         let done = l.contains(needle);
         lines.push(l.trim_end().to_owned());
@@ -30,9 +28,16 @@ pub fn wait_line(child: &mut Child, from_stderr: bool, needle: &str) -> Vec<Stri
                     sink.clear();
                 }
             });
-            return lines;
+            return Ok(lines);
         }
     }
+}
+
+/// Reads `child`'s stdout or stderr until a line containing `needle` (see `read_until`).
+pub fn wait_line(child: &mut Child, from_stderr: bool, needle: &str) -> Vec<String> {
+    let r: Box<dyn std::io::Read + Send> =
+        if from_stderr { Box::new(child.stderr.take().unwrap()) } else { Box::new(child.stdout.take().unwrap()) };
+    read_until(r, needle).unwrap_or_else(|lines| panic!("child ended before printing {needle:?}: {lines:?}"))
 }
 
 pub fn stop(mut c: Child) {
@@ -88,25 +93,10 @@ pub fn bpftrace_with(script: &str) -> Child {
         let _ = std::io::Read::read_to_string(&mut err, &mut s);
         s
     });
-    let mut out = BufReader::new(c.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut l = String::new();
-        if out.read_line(&mut l).unwrap_or(0) == 0 {
-            let _ = c.wait();
-            panic!("bpftrace ended before attaching: {seen}{}", errors.join().unwrap_or_default());
-        }
-        seen.push_str(&l);
-        if l.contains("Attaching") {
-            break;
-        }
+    if let Err(seen) = read_until(c.stdout.take().unwrap(), "Attaching") {
+        let _ = c.wait();
+        panic!("bpftrace ended before attaching: {seen:?} {}", errors.join().unwrap_or_default());
     }
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while out.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
     // "Attaching" comes before the last probe is attached.
     std::thread::sleep(Duration::from_millis(500));
     c

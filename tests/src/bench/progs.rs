@@ -18,6 +18,12 @@ pub fn since(before: &HashSet<u32>) -> Vec<ProgramInfo> {
     loaded_programs().flatten().filter(|p| !before.contains(&p.id())).collect()
 }
 
+/// Cumulative (run time ns, run count) of program `name` of `ebpf` (loaded, stats enabled).
+pub fn run_totals(ebpf: &aya::Ebpf, name: &str) -> (u128, u64) {
+    let i = ebpf.program(name).unwrap_or_else(|| panic!("{name} missing")).info().expect("program info");
+    (i.run_time().as_nanos(), i.run_count())
+}
+
 /// Cumulative (run time ns, run count) of `progs`, read again now.
 pub fn totals(progs: &[ProgramInfo]) -> Vec<(u32, bpf_prog_type, u128, u64)> {
     let now: std::collections::HashMap<u32, ProgramInfo> = loaded_programs().flatten().map(|p| (p.id(), p)).collect();

@@ -30,7 +30,7 @@ pub fn median_of(v: &mut [f64]) -> f64 {
 }
 
 /// `q`-quantile (0..=1) of sorted `v`, by linear interpolation between closest ranks.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)

@@ -15,7 +15,7 @@ use iopf_tests::{
     bench::{
         figure::{Context, Figure},
         procs,
-        progs::order,
+        progs::{self, order},
     },
     dmar_unit::{DmarUnit, Record, globals, unit},
     walk_mem::{BpfWalk, MODES, read_only_page},
@@ -52,13 +52,13 @@ pub fn run(figures: &mut Vec<Figure>) {
         eprintln!("[bench] VT-d record decoding: round {}/{ROUNDS}", round + 1);
         for c in order::<4>(round) {
             u.set(&units[c]).unwrap();
-            let (t0, n0) = u_info(&mut u);
+            let (t0, n0) = progs::run_totals(u.ebpf(), "inject_dmar_loop");
             for _ in 0..INTERRUPTS {
                 u.run(true).unwrap();
                 let got = events.drain().len();
                 assert_eq!(got, SIZES[c], "every record of the interrupt emitted");
             }
-            let (t1, n1) = u_info(&mut u);
+            let (t1, n1) = progs::run_totals(u.ebpf(), "inject_dmar_loop");
             assert_eq!(n1 - n0, INTERRUPTS);
             per[c].push((t1 - t0) as f64 / INTERRUPTS as f64);
         }
@@ -74,12 +74,6 @@ pub fn run(figures: &mut Vec<Figure>) {
             &ctx,
         ));
     }
-}
-
-/// Cumulative (run time ns, runs) of the bpf_loop decoder program.
-fn u_info(u: &mut DmarUnit<'_>) -> (u128, u64) {
-    let i = u.ebpf().program("inject_dmar_loop").unwrap().info().unwrap();
-    (i.run_time().as_nanos(), i.run_count())
 }
 
 /// Walks timed per mode per round.
@@ -109,16 +103,12 @@ pub fn walks(figures: &mut Vec<Figure>) {
                 addr: RO + 0x1000,
                 write: false,
             };
-            let info = |w: &mut BpfWalk<'_>| {
-                let i = w.ebpf().program("inject_walk").unwrap().info().unwrap();
-                (i.run_time().as_nanos(), i.run_count())
-            };
-            let (t0, n0) = info(&mut w);
+            let (t0, n0) = progs::run_totals(w.ebpf(), "inject_walk");
             for _ in 0..WALKS {
                 let found = w.walk(&rq).unwrap();
                 assert_eq!(found.level, 1, "{}: the walk reaches the leaf table", MODES[c]);
             }
-            let (t1, n1) = info(&mut w);
+            let (t1, n1) = progs::run_totals(w.ebpf(), "inject_walk");
             assert_eq!(n1 - n0, WALKS);
             per[c].push((t1 - t0) as f64 / WALKS as f64);
         }

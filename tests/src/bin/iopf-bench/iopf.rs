@@ -18,7 +18,7 @@ use iopf_common::iopf::{INFLIGHT_SLOTS, InflightKey, RESP_SUCCESS};
 use iopf_tests::{
     bench::{
         figure::{Context, Figure, Target},
-        progs::order,
+        progs::{self, order},
     },
     records::{Request, fault_record, fixture, rec},
 };
@@ -59,7 +59,7 @@ impl Table {
     }
 
     fn run_times(&self) -> u128 {
-        STEPS.iter().map(|p| self.ebpf.program(p).unwrap().info().unwrap().run_time().as_nanos()).sum()
+        STEPS.iter().map(|p| progs::run_totals(&self.ebpf, p).0).sum()
     }
 
     /// `FAULTS` whole faults; their programs' run time per fault.
@@ -102,14 +102,14 @@ pub fn run(figures: &mut Vec<Figure>) {
         for c in order::<3>(round) {
             per_fault[c].push(tables[c].measure(&record));
         }
+        let (t0, n0) = progs::run_totals(&floor, "bench_empty");
         let p: &SocketFilter = floor.program("bench_empty").unwrap().try_into().unwrap();
-        let (t0, n0) = (p.info().unwrap().run_time().as_nanos(), p.info().unwrap().run_count());
         let packet = [0u8; 64];
         for _ in 0..FAULTS {
             p.test_run(TestRunOptions { data_in: Some(&packet), ..TestRunOptions::new() }).unwrap();
         }
-        let info = p.info().unwrap();
-        empty_ns.push((info.run_time().as_nanos() - t0) as f64 / (info.run_count() - n0) as f64);
+        let (t1, n1) = progs::run_totals(&floor, "bench_empty");
+        empty_ns.push((t1 - t0) as f64 / (n1 - n0) as f64);
     }
     procs::unpin();
     drop(stats_fd);
@@ -122,8 +122,8 @@ pub fn run(figures: &mut Vec<Figure>) {
         let steps: Vec<String> = STEPS
             .iter()
             .map(|p| {
-                let i = t.ebpf.program(p).unwrap().info().unwrap();
-                format!("{p} {:.0}", i.run_time().as_nanos() as f64 / i.run_count().max(1) as f64)
+                let (ns, runs) = progs::run_totals(&t.ebpf, p);
+                format!("{p} {:.0}", ns as f64 / runs.max(1) as f64)
             })
             .collect();
         eprintln!(

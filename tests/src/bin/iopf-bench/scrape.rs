@@ -13,6 +13,7 @@ use std::{
 use iopf_tests::bench::{
     figure::{Context, Figure, Target},
     progs::order,
+    stats::quantile,
 };
 
 use iopf_tests::bench::procs::{agent, stop};
@@ -50,13 +51,6 @@ fn scrape(addr: SocketAddr, buf: &mut Vec<u8>, last: &str) -> f64 {
     ms
 }
 
-fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let pos = q * (v.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-}
-
 pub fn run(figures: &mut Vec<Figure>) {
     let ctx = Context::here("none");
     let dir = std::env::temp_dir().join(format!("iopf-bench-scrape-{}", std::process::id()));
@@ -82,8 +76,10 @@ pub fn run(figures: &mut Vec<Figure>) {
             let last = device(n - 1);
             let times: Vec<f64> = (0..per_round).map(|_| scrape(agents[c].addr, &mut buf, &last)).collect();
             bytes[c] = buf.len();
-            p50[c].push(percentile(times.clone(), 0.5));
-            p99[c].push(percentile(times, 0.99));
+            let mut sorted = times;
+            sorted.sort_by(f64::total_cmp);
+            p50[c].push(quantile(&sorted, 0.5));
+            p99[c].push(quantile(&sorted, 0.99));
         }
     }
     for a in agents {
