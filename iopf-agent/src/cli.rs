@@ -85,6 +85,13 @@ enum Cmd {
         #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
         btf_dir: PathBuf,
     },
+    /// Undo a policy's `isolate`: set Bus Master Enable of a PCI device again.
+    Release {
+        /// PCI address, SSSS:BB:DD.F.
+        device: String,
+        #[arg(long, default_value = crate::policy::SYSFS_ROOT, hide = true)]
+        sysfs_root: PathBuf,
+    },
     /// Print the attach plan for every known hook and the kernel's capabilities.
     Doctor {
         /// Machine-readable output.
@@ -126,6 +133,7 @@ pub enum Command {
     Simulate(crate::simulate::run::SimulateOptions),
     Run(RunOptions),
     Doctor(DoctorOptions),
+    Release { device: String, sysfs_root: PathBuf },
 }
 
 impl From<Common> for PlanOptions {
@@ -159,6 +167,7 @@ pub fn parse() -> Command {
         Cmd::Simulate { scenario, listen, trace, btf_dir, policies } => {
             Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, trace, btf_dir, policies })
         }
+        Cmd::Release { device, sysfs_root } => Command::Release { device, sysfs_root },
         Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
     }
 }

@@ -38,6 +38,10 @@ pub enum AgentError {
     Install(#[from] crate::policy::install::InstallError),
     #[error("the kernel's counters differ from the scenario's expected totals")]
     SimulationMismatch,
+    #[error("`{0}` is not a PCI device (no /sys/bus/pci/devices/{0}); give its address as SSSS:BB:DD.F")]
+    NotPci(String),
+    #[error(transparent)]
+    Pci(#[from] crate::policy::action::pci::PciError),
     #[error("this kernel cannot run the in-flight IOPF programs: {0} (`iopf-agent doctor` shows what it has)")]
     NoAtomics(String),
 }
@@ -67,6 +71,13 @@ impl AgentError {
             AgentError::Inject(_) | AgentError::Attach(_) | AgentError::NoAtomics(_) => 4,
             AgentError::Maps(_) | AgentError::SimulationMismatch => 1,
             AgentError::Serve(ServeError::Serve(_)) | AgentError::Io(_) => 1,
+            AgentError::NotPci(_) => 2,
+            AgentError::Pci(crate::policy::action::pci::PciError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                3
+            }
+            AgentError::Pci(_) => 1,
         }
     }
 }

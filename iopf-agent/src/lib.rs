@@ -14,6 +14,7 @@ pub mod pagefault;
 pub mod paths;
 pub mod policy;
 pub mod progstats;
+pub mod release;
 pub mod run;
 pub mod server;
 pub mod simulate;

@@ -12,6 +12,7 @@ fn main() {
         cli::Command::Doctor(o) => doctor::run(o),
         cli::Command::Run(o) => block_on(run::run(o)),
         cli::Command::Simulate(o) => block_on(simulate::run::run(o)),
+        cli::Command::Release { device, sysfs_root } => iopf_agent::release::run(&device, &sysfs_root),
     };
     if let Err(e) = res {
         eprintln!("iopf-agent: error: {}", chain(&e));

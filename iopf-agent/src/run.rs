@@ -16,7 +16,12 @@ use crate::{
     loader::Globals,
     metrics::{PageFaultSource, PlanSource, Registry},
     pagefault,
-    policy::{PolicySet, Resolved, SYSFS_ROOT, install::Installed, uevent::Uevents},
+    policy::{
+        PolicySet, Resolved, SYSFS_ROOT,
+        action::dispatch::{Dispatcher, Table},
+        install::Installed,
+        uevent::Uevents,
+    },
     server,
 };
 
@@ -31,6 +36,8 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     // Policies are read and resolved before anything is loaded: a bad file changes nothing.
     let policies = PolicySet::load(&opts.policies)?;
     let resolved = policies.resolve(Path::new(SYSFS_ROOT))?;
+    // An enforce action this host cannot honour fails the start: never a silent monitor.
+    crate::policy::action::preflight::check(&policies, &resolved, Path::new(SYSFS_ROOT))?;
     log_policies(&policies, &resolved);
     let globals = Globals {
         pf_mode,
@@ -87,7 +94,14 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         p.unused("page-fault tracing not requested (--page-faults, --pid, --cgroup)");
     }
     registry.add(crate::iopf::metrics::IopfSource::new(iopf_maps.clone(), Some(installed.clone())));
-    if !opts.policies.is_empty() {
+    let dispatcher = if opts.policies.is_empty() {
+        None
+    } else {
+        let d = Dispatcher::start(Table::new(&policies, &resolved), SYSFS_ROOT.into())?;
+        registry.add(d.source());
+        Some(d)
+    };
+    if let Some(dispatcher) = &dispatcher {
         // The handler is installed here, before the agent says it is serving: SIGHUP's default
         // action would end the process.
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -107,6 +121,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
                     slots: opts.dev_slots,
                     maps: iopf_maps,
                     installed,
+                    dispatcher: dispatcher.clone(),
                 };
                 tokio::spawn(keeper.run(hup, uevents));
             }
@@ -138,31 +153,36 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
     let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
-    if opts.trace {
+    // With --trace every event goes to stdout; with policies the violations go to the action
+    // thread. (With neither the rings stay unmapped.)
+    if opts.trace || dispatcher.is_some() {
         let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
+        let (trace, d) = (opts.trace, dispatcher.clone());
         tokio::spawn(async move {
-            if let Err(e) = reader.stream_ndjson(|b, e| crate::iopf::ndjson::write_event(b, e, &consts)).await {
+            let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
+                if trace {
+                    crate::iopf::ndjson::write_event(b, e, &consts);
+                }
+                if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_event(e, &consts)) {
+                    d.as_ref().expect("checked").send(v);
+                }
+            };
+            if let Err(e) = reader.stream(std::io::stdout, render).await {
                 eprintln!("iopf-agent: event stream stopped: {e}");
             }
         });
-    } else if !opts.policies.is_empty() {
-        // Without --trace the ring carries violations only: one log line each. (Without
-        // policies there are none, and the ring stays unmapped.)
-        let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
-        tokio::spawn(async move {
-            let line = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
-                b.extend_from_slice(b"iopf-agent: policy violation: ");
-                crate::iopf::ndjson::write_event(b, e, &consts);
-            };
-            if let Err(e) = reader.stream(std::io::stderr, line).await {
-                eprintln!("iopf-agent: violation log stopped: {e}");
-            }
-        });
-    }
-    if opts.trace {
         let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS")?;
+        let d = dispatcher.clone();
         tokio::spawn(async move {
-            if let Err(e) = dmar.stream_ndjson(crate::iopf::ndjson::write_dmar).await {
+            let render = |b: &mut Vec<u8>, e: &iopf_common::dmar::DmarEvent| {
+                if trace {
+                    crate::iopf::ndjson::write_dmar(b, e);
+                }
+                if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_dmar(e)) {
+                    d.as_ref().expect("checked").send(v);
+                }
+            };
+            if let Err(e) = dmar.stream(std::io::stdout, render).await {
                 eprintln!("iopf-agent: VT-d fault stream stopped: {e}");
             }
         });
@@ -184,12 +204,22 @@ fn log_policies(set: &PolicySet, resolved: &Resolved) {
     for p in set.policies() {
         let devs: Vec<&str> =
             resolved.devices.iter().filter(|(_, r)| r.policy == p.name()).map(|(d, _)| d.as_str()).collect();
+        let actions: Vec<&str> = p.actions().iter().map(|a| a.label()).collect();
+        let acting: Vec<&str> = p.actions().iter().filter(|a| a.acts()).map(|a| a.label()).collect();
+        let note = match p.mode() {
+            crate::policy::Mode::Enforce if !acting.is_empty() => format!("; ENFORCING: {} act", acting.join(", ")),
+            crate::policy::Mode::Monitor if !acting.is_empty() => {
+                format!("; monitor mode: {} only log what they would do", acting.join(", "))
+            }
+            _ => String::new(),
+        };
         eprintln!(
-            "iopf-agent: policy {} ({}, {}): devices [{}]",
+            "iopf-agent: policy {} ({}, {}): devices [{}], actions [{}]{note}",
             p.name(),
             p.mode().label(),
             p.location(),
-            devs.join(", ")
+            devs.join(", "),
+            actions.join(", ")
         );
     }
     for p in &resolved.unmatched {
@@ -205,6 +235,7 @@ struct Keeper {
     slots: u32,
     maps: Arc<Mutex<IopfMaps>>,
     installed: Arc<Mutex<Installed>>,
+    dispatcher: Dispatcher,
 }
 
 impl Keeper {
@@ -234,7 +265,12 @@ impl Keeper {
     /// SIGHUP: the files again, all or nothing. A set with errors, or one that needs more
     /// device slots than are free, leaves the last good one in force.
     fn reload(&mut self) {
-        let loaded = PolicySet::load(&self.paths).and_then(|set| set.resolve(Path::new(SYSFS_ROOT)).map(|r| (set, r)));
+        let root = Path::new(SYSFS_ROOT);
+        let loaded = PolicySet::load(&self.paths).and_then(|set| {
+            let r = set.resolve(root)?;
+            crate::policy::action::preflight::check(&set, &r, root)?;
+            Ok((set, r))
+        });
         let (set, resolved) = match loaded {
             Ok(v) => v,
             Err(e) => {
@@ -246,6 +282,7 @@ impl Keeper {
             Ok(n) => {
                 log_policies(&set, &resolved);
                 eprintln!("iopf-agent: policies reloaded: {} policies, {n} device rules changed", set.policies().len());
+                self.dispatcher.replace(Table::new(&set, &resolved));
                 self.set = set;
             }
             Err(e) => eprintln!(
@@ -271,6 +308,16 @@ impl Keeper {
             Ok(n) => {
                 log_policies(&self.set, &resolved);
                 eprintln!("iopf-agent: policy devices changed: {n} device rules changed");
+                // A device that arrived cannot be refused: its faults are checked and
+                // counted, and what its enforce actions cannot do here is said now.
+                for (policy, at, m) in
+                    crate::policy::action::preflight::problems(&self.set, &resolved, Path::new(SYSFS_ROOT))
+                {
+                    eprintln!(
+                        "iopf-agent: WARNING: {at}: policy `{policy}`: {m}: its violations are counted but this action will fail"
+                    );
+                }
+                self.dispatcher.replace(Table::new(&self.set, &resolved));
             }
             Err(e) => eprintln!("iopf-agent: policy devices changed but not installed: {}", crate::error::chain(&e)),
         }

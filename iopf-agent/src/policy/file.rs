@@ -11,7 +11,10 @@ use iopf_common::{
 use serde::{Deserialize, de::IgnoredAny};
 use serde_saphyr::Spanned;
 
-use super::{API_VERSION, KIND, Mode, Policy, PolicyError, Selector};
+use super::{
+    API_VERSION, KIND, Mode, Policy, PolicyError, Selector,
+    action::{RawAction, compile_actions},
+};
 
 /// First pass: only the envelope, so a file of another kind (a Scenario, say) is reported as
 /// "wrong kind" instead of as a list of unknown `spec` keys.
@@ -51,6 +54,9 @@ struct RawSpec {
     /// Optional for serde so that a missing block gets the same message as an empty one.
     #[serde(default)]
     expect: Option<Spanned<RawExpect>>,
+    /// Absent: `[log]`.
+    #[serde(default)]
+    actions: Option<Spanned<Vec<Spanned<RawAction>>>>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +239,7 @@ fn compile(path: &Path, raw: RawPolicy, errors: &mut Vec<PolicyError>) -> Option
         Some(expect) => compile_expect(&p, expect, &mut rule, errors),
         None => errors.push(invalid(&p, &raw.spec, "spec.expect", format!("needs at least one of {EXPECT_KEYS}"))),
     }
+    let actions = compile_actions(&p, spec.actions.as_ref(), errors);
     if errors.len() > before {
         return None;
     }
@@ -245,6 +252,7 @@ fn compile(path: &Path, raw: RawPolicy, errors: &mut Vec<PolicyError>) -> Option
         column,
         selector,
         rule,
+        actions,
     })
 }
 
@@ -409,7 +417,7 @@ fn list<T: Copy + PartialEq>(
 }
 
 /// `<integer><unit>`, unit one of ns, us, ms, s; nanoseconds, > 0, fitting in a u64.
-pub(super) fn parse_duration(s: &str) -> Result<u64, String> {
+pub(in crate::policy) fn parse_duration(s: &str) -> Result<u64, String> {
     // "ns"/"us"/"ms" before "s": each of them also ends in "s".
     const UNITS: [(&str, u64); 4] = [("ns", 1), ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)];
     let Some((digits, scale)) = UNITS.iter().find_map(|&(u, k)| Some((s.strip_suffix(u)?, k))) else {
@@ -436,7 +444,7 @@ fn location<T>(v: &Spanned<T>) -> (usize, usize) {
     (usize::try_from(l.line()).unwrap_or(0), usize::try_from(l.column()).unwrap_or(0))
 }
 
-fn invalid<T>(p: &str, at: &Spanned<T>, field: &str, message: String) -> PolicyError {
+pub(in crate::policy) fn invalid<T>(p: &str, at: &Spanned<T>, field: &str, message: String) -> PolicyError {
     let (line, column) = location(at);
     PolicyError::Invalid { path: p.to_owned(), line, column, field: field.to_owned(), message }
 }

@@ -5,6 +5,7 @@
 //! Both steps are all-or-nothing: a load returns every policy or every error it found, a
 //! resolution returns the whole device -> rule map or an error, never a partial state.
 
+pub mod action;
 mod file;
 pub mod install;
 mod select;
@@ -45,6 +46,9 @@ pub enum PolicyError {
     /// Two policies select the same device; `*_at` are `file:line:column` of their names.
     #[error("device `{device}` is selected by two policies: `{first}` ({first_at}) and `{second}` ({second_at})")]
     Conflict { device: String, first: String, first_at: String, second: String, second_at: String },
+    /// An enforce action this host cannot honour (`at`: the policy's `file:line:column`).
+    #[error("{at}: policy `{policy}`: {message}")]
+    Action { policy: String, at: String, message: String },
     /// Several of the above, one per line.
     #[error("{}", lines(.0))]
     Many(Vec<PolicyError>),
@@ -121,6 +125,8 @@ pub struct Policy {
     column: usize,
     selector: Selector,
     rule: Rule,
+    /// What the agent does about a violation (`[log]` when the file lists none).
+    actions: Vec<action::Action>,
 }
 
 impl Policy {
@@ -144,6 +150,9 @@ impl Policy {
     /// The compiled rule, `policy_id` included.
     pub fn rule(&self) -> Rule {
         self.rule
+    }
+    pub fn actions(&self) -> &[action::Action] {
+        &self.actions
     }
 }
 
@@ -454,7 +463,7 @@ spec:
     fn unknown_keys_are_located() {
         assert_eq!(
             err(&FULL.replace("  mode: monitor\n", "  mode: monitor\n  moed: x\n")),
-            "t.yaml:7:3: unknown field `moed`, expected one of mode, selector, expect"
+            "t.yaml:7:3: unknown field `moed`, expected one of mode, selector, expect, actions"
         );
         assert_eq!(
             err(&FULL.replace("    driver: idxd\n", "    driver: idxd\n    bus: pci\n")),

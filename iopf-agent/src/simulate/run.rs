@@ -52,7 +52,19 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         .iter()
         .map(|d| SysfsDevice { name: d.name.clone(), bus: "simulated".into(), ..SysfsDevice::default() })
         .collect();
-    let resolved = PolicySet::load(&opts.policies)?.resolve_devices(&devices)?;
+    let set = PolicySet::load(&opts.policies)?;
+    let resolved = set.resolve_devices(&devices)?;
+    // Simulated devices share names with nothing real: acting on them would touch the host.
+    for p in set.policies().iter().filter(|p| p.mode() == crate::policy::Mode::Enforce) {
+        let acting: Vec<&str> = p.actions().iter().filter(|a| a.acts()).map(|a| a.label()).collect();
+        if !acting.is_empty() {
+            eprintln!(
+                "iopf-agent: simulate runs no actions: policy {} is enforce, but its {} are NOT run (violations are checked and counted only)",
+                p.name(),
+                acting.join(", ")
+            );
+        }
+    }
     for p in &resolved.unmatched {
         eprintln!("iopf-agent: policy {p} selects no device of the scenario");
     }
