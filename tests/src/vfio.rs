@@ -102,6 +102,14 @@ impl Page {
         (0..n.min(4096)).map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) }).collect()
     }
 
+    /// Sets every byte of the page to `v` (volatile: the device reads them).
+    pub fn fill(&self, v: u8) {
+        for i in 0..4096 {
+            // SAFETY: `i < 4096`, inside the writable mapping.
+            unsafe { std::ptr::write_volatile(self.ptr.add(i), v) };
+        }
+    }
+
     /// Physical address of the page (/proc/self/pagemap; needs CAP_SYS_ADMIN, else the
     /// kernel reports PFN 0 and this says so).
     pub fn phys(&self) -> Result<u64, String> {

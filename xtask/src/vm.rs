@@ -78,6 +78,7 @@ const DEBIAN_VTD_SCENARIOS: &[&str] = &[
     "dmar-burst",
     "dmar-policy",
     "dmar-walk",
+    "dmar-isolate",
     "pagefault-fentry",
     "pagefault-kprobe",
     "attach-fentry",

@@ -855,6 +855,141 @@ fn dmar_policy(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `isolate` and `exec` on edu's unrecoverable faults, in monitor then enforce mode. edu is
+/// VFIO's (a container mapping a source and a destination page), so a copy through it works
+/// until the agent clears Bus Master Enable: then the same copy does not land and the next
+/// bad DMA raises no fault. `iopf-agent release` makes the copy work again.
+fn dmar_isolate(a: &Args) -> Result<(), String> {
+    for mode in ["monitor", "enforce"] {
+        println!("  mode {mode}");
+        isolate_run(a, mode)?;
+    }
+    Ok(())
+}
+
+fn isolate_run(a: &Args, mode: &str) -> Result<(), String> {
+    use iopf_tests::{
+        edu::{Access, Edu},
+        vfio::{MAP_READ, MAP_WRITE, Page, VfioDevice},
+    };
+    const SRC: u64 = 0x10_0000;
+    const DST: u64 = 0x20_0000;
+    const UNMAPPED: u64 = 0x300_0000;
+    let enforce = mode == "enforce";
+    let bdf = Edu::find()?;
+    let dir = std::env::temp_dir();
+    let record = dir.join(format!("iopf-exec-{mode}.ndjson"));
+    let _ = std::fs::remove_file(&record);
+    let script = dir.join("iopf-record.sh");
+    std::fs::write(&script, "#!/bin/sh\ncat >> \"$1\"\n").map_err(|e| format!("write script: {e}"))?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| format!("chmod: {e}"))?;
+    let policy = dir.join("iopf-isolate-policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: edu-no-faults\nspec:\n  mode: {mode}\n  selector:\n    pci: \"{bdf}\"\n  expect:\n    unrecoverable: none\n  actions:\n    - log\n    - isolate: {{}}\n    - exec:\n        command: [\"{}\", \"{}\"]\n        timeout: 5s\n",
+            script.display(),
+            record.display()
+        ),
+    )
+    .map_err(|e| format!("write policy: {e}"))?;
+    let dev = VfioDevice::open(&bdf)?;
+    let (src, dst) = (Page::new(0x11)?, Page::new(0)?);
+    dev.map(&src, SRC, MAP_READ)?;
+    dev.map(&dst, DST, MAP_READ | MAP_WRITE)?;
+    let edu = Edu::open_vfio(&dev)?;
+    let copy = || -> Result<Vec<u8>, String> {
+        edu.dma(SRC, Access::Read)?;
+        edu.dma(DST, Access::Write)?;
+        Ok(dst.bytes(4))
+    };
+    let agent = start_agent(a, &["--require", "dmar_fault", "--policy", policy.to_str().unwrap_or_default()])?;
+    let before = copy()?;
+    check(before == [0x11; 4], format!("copy before any fault gave {before:x?}, want 11 x4"))?;
+    edu.dma(UNMAPPED, Access::Read)?;
+    let want_line = if enforce { format!("isolated {bdf}") } else { format!("would isolate {bdf}") };
+    let line = agent.wait_line(&want_line).ok_or_else(|| format!("no agent line `{want_line}` within 60 s"))?;
+    println!("  agent said: {line}");
+    let bme = |what: &str| -> Result<bool, String> {
+        let mut b = [0u8; 2];
+        let f =
+            std::fs::File::open(format!("/sys/bus/pci/devices/{bdf}/config")).map_err(|e| format!("config: {e}"))?;
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 4).map_err(|e| format!("config: {e}"))?;
+        let cmd = u16::from_le_bytes(b);
+        println!("  command register {what}: {cmd:#06x}");
+        Ok(cmd & 4 != 0)
+    };
+    let bme_after = bme("after the fault")?;
+    check(bme_after != enforce, format!("Bus Master Enable {bme_after} after the fault in {mode} mode"))?;
+    src.fill(0x22);
+    let after = copy()?;
+    edu.dma(UNMAPPED + 0x1000, Access::Read)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    agent.stop();
+    let e = Exposition::parse(&body);
+    let faults: f64 = e
+        .samples
+        .iter()
+        .filter(|s| s.name == "iopf_dmar_faults_total" && s.labels["device"] == bdf)
+        .map(|s| s.value)
+        .sum();
+    let action = |act: &str, outcome: &str| {
+        e.get("iopf_policy_actions_total", &[("policy", "edu-no-faults"), ("action", act), ("outcome", outcome)])
+            .unwrap_or(0.0)
+    };
+    let mode_gauge = e.get("iopf_policy_mode", &[("policy", "edu-no-faults"), ("mode", mode)]);
+    let recorded = std::fs::read_to_string(&record).unwrap_or_default();
+    println!(
+        "  copy after: {after:x?}; dmar faults {faults}; isolate done {} would {}; exec done {} would {}; exec stdin lines {}",
+        action("isolate", "done"),
+        action("isolate", "would_act"),
+        action("exec", "done"),
+        action("exec", "would_act"),
+        recorded.lines().count()
+    );
+    check(mode_gauge == Some(1.0), format!("iopf_policy_mode{{mode={mode}}} {mode_gauge:?}, want 1"))?;
+    if enforce {
+        check(after == [0x11; 4], format!("copy after isolation landed {after:x?}: DMA still runs"))?;
+        check(faults == 1.0, format!("{faults} DMAR faults, want 1: the isolated device still reached the IOMMU"))?;
+        check(action("isolate", "done") == 1.0, "isolate done != 1")?;
+        check(action("exec", "done") == 1.0, "exec done != 1")?;
+        let isolated = e.get("iopf_policy_isolated_devices", &[("device", bdf.as_str())]);
+        check(isolated == Some(1.0), format!("iopf_policy_isolated_devices {isolated:?}"))?;
+        let exits = e.get("iopf_policy_exec_exits_total", &[("policy", "edu-no-faults"), ("status", "0")]);
+        check(exits == Some(1.0), format!("exec exit 0 count {exits:?}, want 1"))?;
+        let docs: Vec<serde_json::Value> = recorded.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        check(docs.len() == 1, format!("exec got {} violation documents, want 1: {recorded}", docs.len()))?;
+        let d = &docs[0];
+        check(
+            d["policy"] == "edu-no-faults"
+                && d["mode"] == "enforce"
+                && d["device"] == bdf.as_str()
+                && d["violations"] == serde_json::json!(["unrecoverable"])
+                && d["event"]["kind"] == "dmar_fault"
+                && d["event"]["addr"] == format!("{UNMAPPED:#x}"),
+            format!("exec stdin {d}"),
+        )?;
+        let out = Command::new(&a.agent).args(["release", &bdf]).output().map_err(|e| format!("release: {e}"))?;
+        println!("  release: {}", String::from_utf8_lossy(&out.stdout).trim());
+        check(out.status.success(), format!("release exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+        check(bme("after release")?, "Bus Master Enable still clear after release")?;
+        src.fill(0x33);
+        let released = copy()?;
+        check(released == [0x33; 4], format!("copy after release gave {released:x?}, want 33 x4"))?;
+    } else {
+        check(after == [0x22; 4], format!("copy in monitor mode gave {after:x?}, want 22 x4"))?;
+        check(faults == 2.0, format!("{faults} DMAR faults, want 2"))?;
+        check(action("isolate", "would_act") == 2.0 && action("isolate", "done") == 0.0, "monitor isolate counts")?;
+        check(action("exec", "would_act") == 2.0 && action("exec", "done") == 0.0, "monitor exec counts")?;
+        check(recorded.is_empty(), format!("monitor mode ran the command: {recorded}"))?;
+    }
+    drop(edu);
+    dev.release()?;
+    Ok(())
+}
+
 /// IOVAs of the burst: 32 pages from 16 MiB, mapped in no domain.
 const BURST: u64 = 32;
 const BURST_BASE: u64 = 0x100_0000;
@@ -1185,6 +1320,7 @@ fn main() {
             "bench-walk" => bench_walk(&args),
             "dmar-burst" => dmar_burst(&args),
             "dmar-policy" => dmar_policy(&args),
+            "dmar-isolate" => dmar_isolate(&args),
             "bench-pf-fentry" => vm_figures(iopf_tests::bench::vm::pf_figures("fentry")),
             "bench-pf-kprobe" => vm_figures(iopf_tests::bench::vm::pf_figures("kprobe")),
             "bench-iopf-fentry" => vm_figures(iopf_tests::bench::vm::iopf_figures("fentry")),
