@@ -85,6 +85,12 @@ enum Cmd {
         #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
         btf_dir: PathBuf,
     },
+    /// Check policy files, or explain what they select on this host (no privileges, nothing
+    /// loaded).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Undo a policy's `isolate`: set Bus Master Enable of a PCI device again.
     Release {
         /// PCI address, SSSS:BB:DD.F.
@@ -99,6 +105,30 @@ enum Cmd {
         json: bool,
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Validate DevicePolicy files and directories: every error of every file, as
+    /// file:line:column: field: message; exit 1 on any.
+    Check {
+        /// Also resolve the selectors against this host's devices (two policies on one
+        /// device) and check that enforce actions can be honoured here.
+        #[arg(long)]
+        host: bool,
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = crate::policy::SYSFS_ROOT, hide = true)]
+        sysfs_root: PathBuf,
+    },
+    /// Which devices of this host each policy selects and why, near misses, and what it
+    /// would select if a device appeared.
+    Explain {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = crate::policy::SYSFS_ROOT, hide = true)]
+        sysfs_root: PathBuf,
     },
 }
 
@@ -134,6 +164,8 @@ pub enum Command {
     Run(RunOptions),
     Doctor(DoctorOptions),
     Release { device: String, sysfs_root: PathBuf },
+    PolicyCheck { paths: Vec<PathBuf>, host: bool, sysfs_root: PathBuf },
+    PolicyExplain { paths: Vec<PathBuf>, sysfs_root: PathBuf },
 }
 
 impl From<Common> for PlanOptions {
@@ -168,6 +200,10 @@ pub fn parse() -> Command {
             Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, trace, btf_dir, policies })
         }
         Cmd::Release { device, sysfs_root } => Command::Release { device, sysfs_root },
+        Cmd::Policy { cmd: PolicyCmd::Check { host, paths, sysfs_root } } => {
+            Command::PolicyCheck { paths, host, sysfs_root }
+        }
+        Cmd::Policy { cmd: PolicyCmd::Explain { paths, sysfs_root } } => Command::PolicyExplain { paths, sysfs_root },
         Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
     }
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pagefault;
 pub mod paths;
 pub mod policy;
+pub mod policy_cmd;
 pub mod progstats;
 pub mod release;
 pub mod run;

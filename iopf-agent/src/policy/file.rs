@@ -8,157 +8,22 @@ use iopf_common::{
     iopf::{Level, RESP_FAILURE, RESP_INVALID, RESP_NONE, RESP_SUCCESS},
     policy::{RULE_ACTIVE, RULE_ENFORCE, RULE_NO_UNRECOVERABLE, Rule, level_bit},
 };
-use serde::{Deserialize, de::IgnoredAny};
 use serde_saphyr::Spanned;
 
 use super::{
     API_VERSION, KIND, Mode, Policy, PolicyError, Selector,
-    action::{RawAction, compile_actions},
+    action::compile_actions,
+    tree::{self, Ctx, Node, echo},
 };
 
-/// First pass: only the envelope, so a file of another kind (a Scenario, say) is reported as
-/// "wrong kind" instead of as a list of unknown `spec` keys.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Envelope {
-    api_version: Spanned<String>,
-    kind: Spanned<String>,
-    #[allow(dead_code)]
-    metadata: IgnoredAny,
-    #[allow(dead_code)]
-    spec: IgnoredAny,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPolicy {
-    #[allow(dead_code)]
-    api_version: String,
-    #[allow(dead_code)]
-    kind: String,
-    metadata: RawMetadata,
-    spec: Spanned<RawSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetadata {
-    name: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpec {
-    mode: Mode,
-    selector: Spanned<RawSelector>,
-    /// Optional for serde so that a missing block gets the same message as an empty one.
-    #[serde(default)]
-    expect: Option<Spanned<RawExpect>>,
-    /// Absent: `[log]`.
-    #[serde(default)]
-    actions: Option<Spanned<Vec<Spanned<RawAction>>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSelector {
-    name: Option<Spanned<String>>,
-    pci: Option<Spanned<String>>,
-    vendor_device: Option<Spanned<String>>,
-    driver: Option<Spanned<String>>,
-    /// Signed so a negative number gets our message rather than serde's "invalid u32".
-    iommu_group: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawExpect {
-    levels: Option<Spanned<Vec<Spanned<LevelName>>>>,
-    /// Faults whose level could not be decided: `allowed` (default) or `violation`.
-    unknown_level: Option<Spanned<UnknownLevel>>,
-    responses: Option<Spanned<Vec<Spanned<ResponseName>>>>,
-    /// Any scalar, so that `50` (no unit) gets our message rather than a type error.
-    max_service_latency: Option<Spanned<Scalar>>,
-    /// `none`: the device should raise no unrecoverable fault; `allowed` (default).
-    unrecoverable: Option<Spanned<Unrecoverable>>,
-}
-
-#[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum LevelName {
-    Unknown,
-    First,
-    Second,
-}
-
-#[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum UnknownLevel {
-    Allowed,
-    Violation,
-}
-
-#[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum Unrecoverable {
-    Allowed,
-    None,
-}
-
-#[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum ResponseName {
-    Success,
-    Invalid,
-    Failure,
-    None,
-}
-
-/// A scalar read as text whether YAML typed it as a string or a number.
-struct Scalar(String);
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a duration such as 50us")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_owned()))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl LevelName {
-    fn level(self) -> Level {
-        match self {
-            Self::Unknown => Level::Unknown,
-            Self::First => Level::First,
-            Self::Second => Level::Second,
-        }
-    }
-}
-
-impl ResponseName {
-    fn code(self) -> u8 {
-        match self {
-            Self::Success => RESP_SUCCESS,
-            Self::Invalid => RESP_INVALID,
-            Self::Failure => RESP_FAILURE,
-            Self::None => RESP_NONE,
-        }
-    }
-}
+const MODES: [(&str, Mode); 2] = [("monitor", Mode::Monitor), ("enforce", Mode::Enforce)];
+const LEVELS: [(&str, Level); 3] = [("unknown", Level::Unknown), ("first", Level::First), ("second", Level::Second)];
+const RESPONSES: [(&str, u8); 4] =
+    [("success", RESP_SUCCESS), ("invalid", RESP_INVALID), ("failure", RESP_FAILURE), ("none", RESP_NONE)];
+/// `unknownLevel`: true when such faults are violations.
+const UNKNOWN_LEVEL: [(&str, bool); 2] = [("allowed", false), ("violation", true)];
+/// `unrecoverable`: true when none is expected.
+const UNRECOVERABLE: [(&str, bool); 2] = [("allowed", false), ("none", true)];
 
 /// The levels `spec.expect.levels` chooses among: listing one allows it, the other is then
 /// a violation. `unknown` is not among them: a fault whose level could not be decided says
@@ -191,66 +56,75 @@ pub(super) fn load_file(path: &Path, errors: &mut Vec<PolicyError>) -> Vec<Polic
 pub(super) fn parse_file(path: &Path, text: &str, errors: &mut Vec<PolicyError>) -> Vec<Policy> {
     let p = path.display().to_string();
     let before = errors.len();
-    let envelopes: Vec<Envelope> = match serde_saphyr::from_str_multiple(text) {
-        Ok(v) => v,
+    let docs = match tree::documents(&p, text) {
+        Ok(d) => d,
         Err(e) => {
-            errors.push(syntax(&p, &e.to_string()));
+            errors.push(e);
             return Vec::new();
         }
     };
-    if envelopes.is_empty() {
+    if docs.is_empty() {
         errors.push(PolicyError::File { path: p, message: format!("no `{KIND}` document") });
         return Vec::new();
     }
-    envelopes.iter().for_each(|e| check_envelope(&p, e, errors));
-    if errors.len() > before {
-        return Vec::new();
-    }
-    let raws: Vec<RawPolicy> = match serde_saphyr::from_str_multiple(text) {
-        Ok(v) => v,
-        Err(e) => {
-            errors.push(syntax(&p, &e.to_string()));
-            return Vec::new();
-        }
-    };
-    let policies: Vec<Policy> = raws.into_iter().filter_map(|r| compile(path, r, errors)).collect();
-    if errors.len() > before { Vec::new() } else { policies }
+    let mut ctx = Ctx { path: p, errors };
+    let policies: Vec<Policy> = docs.iter().filter_map(|d| compile(path, d, &mut ctx)).collect();
+    // In file order, as an editor would walk them (the compiler finds unknown keys last).
+    ctx.errors[before..].sort_by_key(PolicyError::position);
+    if ctx.errors.len() > before { Vec::new() } else { policies }
 }
 
-fn check_envelope(p: &str, e: &Envelope, errors: &mut Vec<PolicyError>) {
-    if e.api_version.value != API_VERSION {
-        let m = format!("`{}` is not supported (expected `{API_VERSION}`)", e.api_version.value);
-        errors.push(invalid(p, &e.api_version, "apiVersion", m));
+/// Validates one document and compiles it; `None` when it had errors (pushed to `ctx`).
+fn compile(path: &Path, doc: &Spanned<Node>, ctx: &mut Ctx) -> Option<Policy> {
+    let before = ctx.errors.len();
+    let mut top = ctx.map(doc, "document")?;
+    if let Some(n) = top.require(ctx, "apiVersion")
+        && let Some(v) = ctx.string(n, "apiVersion")
+        && v != API_VERSION
+    {
+        ctx.error(n, "apiVersion", format!("`{}` is not supported (expected `{API_VERSION}`)", echo(v)));
     }
-    if e.kind.value != KIND {
-        errors.push(invalid(p, &e.kind, "kind", format!("`{}` is not `{KIND}`", e.kind.value)));
-    }
-}
-
-/// Validates one document and compiles it; `None` when it had errors (pushed to `errors`).
-fn compile(path: &Path, raw: RawPolicy, errors: &mut Vec<PolicyError>) -> Option<Policy> {
-    let p = path.display().to_string();
-    let before = errors.len();
-    check_name(&p, &raw.metadata.name, errors);
-    let spec = &raw.spec.value;
-    let selector = compile_selector(&p, &spec.selector, errors);
-    let mut rule = Rule { flags: mode_flags(spec.mode), ..Rule::NONE };
-    match &spec.expect {
-        Some(expect) => compile_expect(&p, expect, &mut rule, errors),
-        None => errors.push(invalid(&p, &raw.spec, "spec.expect", format!("needs at least one of {EXPECT_KEYS}"))),
-    }
-    let actions = compile_actions(&p, spec.actions.as_ref(), errors);
-    if errors.len() > before {
+    if let Some(n) = top.require(ctx, "kind")
+        && let Some(v) = ctx.string(n, "kind")
+        && v != KIND
+    {
+        // A file of another kind (a Scenario, say): its keys are not ours to judge.
+        ctx.error(n, "kind", format!("`{}` is not `{KIND}`", echo(v)));
         return None;
     }
-    let (line, column) = location(&raw.metadata.name);
+    let name = top.require(ctx, "metadata").and_then(|n| ctx.map(n, "metadata")).and_then(|mut m| {
+        let name = m.require(ctx, "name");
+        m.finish(ctx);
+        name
+    });
+    let name = name.and_then(|n| ctx.string(n, "metadata.name").map(|s| (n, s)));
+    if let Some((n, s)) = name {
+        check_name(ctx, n, s);
+    }
+    let spec = top.require(ctx, "spec").and_then(|n| ctx.map(n, "spec"));
+    top.finish(ctx);
+    let mut spec = spec?;
+    let mode = spec.require(ctx, "mode").and_then(|n| ctx.choice(n, "spec.mode", &MODES));
+    let selector = spec.require(ctx, "selector").and_then(|n| compile_selector(ctx, n));
+    let mut rule = Rule { flags: mode.map_or(RULE_ACTIVE, mode_flags), ..Rule::NONE };
+    match spec.get("expect") {
+        Some(n) => compile_expect(ctx, n, &mut rule),
+        None => ctx.error(spec.node(), "spec.expect", format!("needs at least one of {EXPECT_KEYS}")),
+    }
+    let actions = compile_actions(ctx, spec.get("actions"));
+    spec.finish(ctx);
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let (n, name) = name?;
+    let (line, column) = location(n);
     Some(Policy {
-        name: raw.metadata.name.value,
-        mode: spec.mode,
+        name: name.to_owned(),
+        mode: mode?,
         source: path.to_path_buf(),
         line,
         column,
-        selector,
+        selector: selector?,
         rule,
         actions,
     })
@@ -263,60 +137,73 @@ fn mode_flags(mode: Mode) -> u32 {
     }
 }
 
-fn check_name(p: &str, name: &Spanned<String>, errors: &mut Vec<PolicyError>) {
-    let n = &name.value;
+fn check_name(ctx: &mut Ctx, at: &Spanned<Node>, n: &str) {
     let ok_chars = n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if n.is_empty() || n.len() > NAME_MAX || !ok_chars {
-        let m = format!("`{n}` must be 1 to {NAME_MAX} characters of A-Z, a-z, 0-9, `-`, `_`, `.`");
-        errors.push(invalid(p, name, "metadata.name", m));
+        let m = format!("`{}` must be 1 to {NAME_MAX} characters of A-Z, a-z, 0-9, `-`, `_`, `.`", echo(n));
+        ctx.error(at, "metadata.name", m);
     }
 }
 
-fn compile_selector(p: &str, raw: &Spanned<RawSelector>, errors: &mut Vec<PolicyError>) -> Selector {
-    let s = &raw.value;
-    if s.name.is_none() && s.pci.is_none() && s.vendor_device.is_none() && s.driver.is_none() && s.iommu_group.is_none()
-    {
-        errors.push(invalid(p, raw, "spec.selector", format!("needs at least one of {SELECTOR_KEYS}")));
+fn compile_selector(ctx: &mut Ctx, n: &Spanned<Node>) -> Option<Selector> {
+    let mut f = ctx.map(n, "spec.selector")?;
+    let mut text = |ctx: &mut Ctx, key: &'static str| {
+        let v = f.get(key)?;
+        Some((v, ctx.string(v, &format!("spec.selector.{key}"))?))
+    };
+    let name = text(ctx, "name");
+    let pci = text(ctx, "pci");
+    let vendor_device = text(ctx, "vendorDevice");
+    let driver = text(ctx, "driver");
+    let group = f.get("iommuGroup");
+    let given = f_given(&f);
+    f.finish(ctx);
+    if !given {
+        ctx.error(n, "spec.selector", format!("needs at least one of {SELECTOR_KEYS}"));
     }
-    Selector {
-        name: s.name.as_ref().and_then(|n| non_empty(p, n, "spec.selector.name", errors)),
-        pci: s.pci.as_ref().and_then(|v| checked(p, v, "spec.selector.pci", parse_pci, errors)),
-        vendor_device: s
-            .vendor_device
-            .as_ref()
-            .and_then(|v| checked(p, v, "spec.selector.vendorDevice", parse_vendor_device, errors)),
-        driver: s.driver.as_ref().and_then(|d| non_empty(p, d, "spec.selector.driver", errors)),
-        iommu_group: s.iommu_group.as_ref().and_then(|g| iommu_group(p, g, errors)),
-    }
+    Some(Selector {
+        name: name.and_then(|(v, s)| non_empty(ctx, v, s, "spec.selector.name")),
+        pci: pci.and_then(|(v, s)| checked(ctx, v, s, "spec.selector.pci", parse_pci)),
+        vendor_device: vendor_device
+            .and_then(|(v, s)| checked(ctx, v, s, "spec.selector.vendorDevice", parse_vendor_device)),
+        driver: driver.and_then(|(v, s)| non_empty(ctx, v, s, "spec.selector.driver")),
+        iommu_group: group.and_then(|g| iommu_group(ctx, g)),
+    })
 }
 
-fn iommu_group(p: &str, g: &Spanned<i64>, errors: &mut Vec<PolicyError>) -> Option<u32> {
-    let group = u32::try_from(g.value).ok();
+/// Whether the selector mapping has any entry at all (an unknown key alone is reported as
+/// unknown, and the selector as selecting nothing).
+fn f_given(f: &tree::Fields) -> bool {
+    ["name", "pci", "vendorDevice", "driver", "iommuGroup"].iter().any(|k| f.has(k))
+}
+
+fn iommu_group(ctx: &mut Ctx, g: &Spanned<Node>) -> Option<u32> {
+    let v = ctx.int(g, "spec.selector.iommuGroup")?;
+    let group = u32::try_from(v).ok();
     if group.is_none() {
-        let m = format!("`{}` is not an IOMMU group number (0 to {})", g.value, u32::MAX);
-        errors.push(invalid(p, g, "spec.selector.iommuGroup", m));
+        ctx.error(g, "spec.selector.iommuGroup", format!("`{v}` is not an IOMMU group number (0 to {})", u32::MAX));
     }
     group
 }
 
-fn non_empty(p: &str, v: &Spanned<String>, field: &str, errors: &mut Vec<PolicyError>) -> Option<String> {
+fn non_empty(ctx: &mut Ctx, at: &Spanned<Node>, v: &str, field: &str) -> Option<String> {
     // A `/` can never be part of a sysfs entry name, so such a selector could never match.
-    if v.value.is_empty() || v.value.contains('/') {
-        errors.push(invalid(p, v, field, "must be non-empty and contain no `/`".into()));
+    if v.is_empty() || v.contains('/') {
+        ctx.error(at, field, "must be non-empty and contain no `/`".into());
         return None;
     }
-    Some(v.value.clone())
+    Some(v.to_owned())
 }
 
 /// Runs `parse` on the value; its error message is pushed with the value's location.
 fn checked<T>(
-    p: &str,
-    v: &Spanned<String>,
+    ctx: &mut Ctx,
+    at: &Spanned<Node>,
+    v: &str,
     field: &str,
     parse: fn(&str) -> Result<T, String>,
-    errors: &mut Vec<PolicyError>,
 ) -> Option<T> {
-    parse(&v.value).map_err(|m| errors.push(invalid(p, v, field, m))).ok()
+    parse(v).map_err(|m| ctx.error(at, field, m)).ok()
 }
 
 /// `domain:bus:device.function` as the kernel names PCI devices (`%04x:%02x:%02x.%d`);
@@ -349,71 +236,91 @@ fn hex_width(s: &str, width: std::ops::RangeInclusive<usize>) -> bool {
     width.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn compile_expect(p: &str, raw: &Spanned<RawExpect>, rule: &mut Rule, errors: &mut Vec<PolicyError>) {
-    let e = &raw.value;
-    if e.levels.is_none()
-        && e.unknown_level.is_none()
-        && e.responses.is_none()
-        && e.max_service_latency.is_none()
-        && e.unrecoverable.is_none()
-    {
-        errors.push(invalid(p, raw, "spec.expect", format!("needs at least one of {EXPECT_KEYS}")));
+fn compile_expect(ctx: &mut Ctx, n: &Spanned<Node>, rule: &mut Rule) {
+    let Some(mut f) = ctx.map(n, "spec.expect") else { return };
+    let levels = f.get("levels");
+    let unknown_level = f.get("unknownLevel");
+    let responses = f.get("responses");
+    let latency = f.get("maxServiceLatency");
+    let unrecoverable = f.get("unrecoverable");
+    let given = [levels, unknown_level, responses, latency, unrecoverable].iter().any(Option::is_some);
+    f.finish(ctx);
+    if !given {
+        ctx.error(n, "spec.expect", format!("needs at least one of {EXPECT_KEYS}"));
     }
-    if let Some(levels) = &e.levels
-        && let Some(allowed) = list(p, levels, "spec.expect.levels", errors)
+    if let Some(levels) = levels
+        && let Some(items) = choices(ctx, levels, "spec.expect.levels", &LEVELS)
     {
-        if let Some((i, item)) = levels.value.iter().enumerate().find(|(_, l)| l.value == LevelName::Unknown) {
-            errors.push(invalid(
-                p,
-                item,
-                &format!("spec.expect.levels[{i}]"),
-                "`unknown` is not a stage: list first and/or second, and say `unknownLevel: violation` to flag faults whose level could not be decided".into(),
-            ));
+        let mut allowed = 0;
+        for (item, level) in items {
+            if level == Level::Unknown {
+                ctx.error(
+                    item.0,
+                    &format!("spec.expect.levels[{}]", item.1),
+                    "`unknown` is not a stage: list first and/or second, and say `unknownLevel: violation` to flag faults whose level could not be decided".into(),
+                );
+            }
+            allowed |= level_bit(level);
         }
         // Listed stages are the expected ones; the kernel side wants the other.
-        let allowed: u32 = allowed.iter().map(|l| level_bit(l.level())).fold(0, |a, b| a | b);
         let stages: u32 = STAGE_LEVELS.iter().map(|&l| level_bit(l)).fold(0, |a, b| a | b);
         rule.forbidden_levels |= stages & !allowed;
     }
-    if e.unknown_level.as_ref().is_some_and(|u| u.value == UnknownLevel::Violation) {
+    if unknown_level.and_then(|u| ctx.choice(u, "spec.expect.unknownLevel", &UNKNOWN_LEVEL)) == Some(true) {
         rule.forbidden_levels |= level_bit(Level::Unknown);
     }
-    if e.unrecoverable.as_ref().is_some_and(|u| u.value == Unrecoverable::None) {
+    if unrecoverable.and_then(|u| ctx.choice(u, "spec.expect.unrecoverable", &UNRECOVERABLE)) == Some(true) {
         rule.flags |= RULE_NO_UNRECOVERABLE;
     }
-    if let Some(responses) = &e.responses
-        && let Some(codes) = list(p, responses, "spec.expect.responses", errors)
+    if let Some(responses) = responses
+        && let Some(codes) = choices(ctx, responses, "spec.expect.responses", &RESPONSES)
     {
-        rule.allowed_codes = codes.iter().map(|r| 1u32 << r.code()).fold(0, |a, b| a | b);
+        rule.allowed_codes = codes.iter().map(|(_, c)| 1u32 << c).fold(0, |a, b| a | b);
     }
-    if let Some(latency) = &e.max_service_latency {
-        match parse_duration(&latency.value.0) {
-            Ok(ns) => rule.max_service_ns = ns,
-            Err(m) => errors.push(invalid(p, latency, "spec.expect.maxServiceLatency", m)),
+    if let Some(latency) = latency {
+        match latency.value.text().filter(|_| !matches!(latency.value, Node::Bool(_))) {
+            None => ctx.error(
+                latency,
+                "spec.expect.maxServiceLatency",
+                format!("must be a duration ({DURATION_FORM}), not {}", latency.value.kind()),
+            ),
+            Some(t) => match parse_duration(&t) {
+                Ok(ns) => rule.max_service_ns = ns,
+                Err(m) => ctx.error(latency, "spec.expect.maxServiceLatency", m),
+            },
         }
     }
 }
 
-/// A non-empty list without repeats (a repeat is most likely a typo for another name).
-fn list<T: Copy + PartialEq>(
-    p: &str,
-    raw: &Spanned<Vec<Spanned<T>>>,
+/// A list item and its index.
+type Item<'a> = (&'a Spanned<Node>, usize);
+
+/// A non-empty list of `options` without repeats (a repeat is most likely a typo for
+/// another name); each item with its node and index. Every bad item is reported; `None`
+/// when any was bad.
+fn choices<'a, T: Copy + PartialEq>(
+    ctx: &mut Ctx,
+    n: &'a Spanned<Node>,
     field: &str,
-    errors: &mut Vec<PolicyError>,
-) -> Option<Vec<T>> {
-    if raw.value.is_empty() {
-        errors.push(invalid(p, raw, field, "must not be empty (omit the key to accept any)".into()));
+    options: &[(&str, T)],
+) -> Option<Vec<(Item<'a>, T)>> {
+    let items = ctx.list(n, field)?;
+    if items.is_empty() {
+        ctx.error(n, field, "must not be empty (omit the key to accept any)".into());
         return None;
     }
-    let mut seen = Vec::new();
-    for (i, item) in raw.value.iter().enumerate() {
-        if seen.contains(&item.value) {
-            errors.push(invalid(p, item, &format!("{field}[{i}]"), "repeats an earlier entry".into()));
-            return None;
+    let before = ctx.errors.len();
+    let mut out: Vec<(Item, T)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let Some(v) = ctx.choice(item, &f, options) else { continue };
+        if out.iter().any(|(_, seen)| *seen == v) {
+            ctx.error(item, &f, "repeats an earlier entry".into());
+            continue;
         }
-        seen.push(item.value);
+        out.push(((item, i), v));
     }
-    Some(seen)
+    if ctx.errors.len() > before { None } else { Some(out) }
 }
 
 /// `<integer><unit>`, unit one of ns, us, ms, s; nanoseconds, > 0, fitting in a u64.
@@ -450,7 +357,7 @@ pub(in crate::policy) fn invalid<T>(p: &str, at: &Spanned<T>, field: &str, messa
 }
 
 /// serde-saphyr renders "error: line L column C: message" plus a snippet; keep one line.
-fn syntax(path: &str, rendered: &str) -> PolicyError {
+pub(in crate::policy) fn syntax(path: &str, rendered: &str) -> PolicyError {
     let first = rendered.lines().next().unwrap_or(rendered).trim_start_matches("error: ");
     let located = first.strip_prefix("line ").and_then(|r| {
         let (line, r) = r.split_once(" column ")?;

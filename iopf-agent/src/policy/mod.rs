@@ -9,6 +9,7 @@ pub mod action;
 mod file;
 pub mod install;
 mod select;
+mod tree;
 pub mod uevent;
 
 use std::{
@@ -20,7 +21,7 @@ use iopf_common::policy::Rule;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use select::{SysfsDevice, enumerate};
+pub use select::{KeyMatch, SysfsDevice, enumerate};
 
 pub const API_VERSION: &str = "iopf.dev/v1alpha1";
 pub const KIND: &str = "DevicePolicy";
@@ -70,6 +71,14 @@ impl PolicyError {
             0 => None,
             1 => errors.pop(),
             _ => Some(PolicyError::Many(errors)),
+        }
+    }
+
+    /// (line, column) where the error points, (0, 0) when nowhere in particular.
+    fn position(&self) -> (usize, usize) {
+        match self {
+            PolicyError::Syntax { line, column, .. } | PolicyError::Invalid { line, column, .. } => (*line, *column),
+            _ => (0, 0),
         }
     }
 
@@ -455,7 +464,7 @@ spec:
         assert_eq!(err("# nothing\n"), "t.yaml: no `DevicePolicy` document");
         assert_eq!(
             err(&FULL.replace("metadata:\n", "metadata:\n  labels: {}\n")),
-            "t.yaml:4:3: unknown field `labels`, expected one of name"
+            "t.yaml:4:3: metadata.labels: unknown key: expected one of name"
         );
     }
 
@@ -463,24 +472,24 @@ spec:
     fn unknown_keys_are_located() {
         assert_eq!(
             err(&FULL.replace("  mode: monitor\n", "  mode: monitor\n  moed: x\n")),
-            "t.yaml:7:3: unknown field `moed`, expected one of mode, selector, expect, actions"
+            "t.yaml:7:3: spec.moed: unknown key: did you mean `mode`? expected one of mode, selector, expect, actions"
         );
         assert_eq!(
             err(&FULL.replace("    driver: idxd\n", "    driver: idxd\n    bus: pci\n")),
-            "t.yaml:12:5: unknown field `bus`, expected one of name, pci, vendorDevice, driver, iommuGroup"
+            "t.yaml:12:5: spec.selector.bus: unknown key: expected one of name, pci, vendorDevice, driver, iommuGroup"
         );
         assert_eq!(
             err(&FULL.replace("    levels: [first]\n", "    level: [first]\n")),
-            "t.yaml:14:5: unknown field `level`, expected one of levels, unknownLevel, responses, maxServiceLatency, unrecoverable"
+            "t.yaml:14:5: spec.expect.level: unknown key: did you mean `levels`? expected one of levels, unknownLevel, responses, maxServiceLatency, unrecoverable"
         );
     }
 
     #[test]
     fn mode_is_required_and_checked() {
-        assert_eq!(err(&FULL.replace("  mode: monitor\n", "")), "t.yaml:12:3: missing field `mode`");
+        assert_eq!(err(&FULL.replace("  mode: monitor\n", "")), "t.yaml:6:3: spec: `mode` is missing");
         assert_eq!(
             err(&FULL.replace("mode: monitor", "mode: audit")),
-            "t.yaml:6:9: unknown variant `audit`, expected one of monitor, enforce"
+            "t.yaml:6:9: spec.mode: `audit` is not one of monitor, enforce"
         );
     }
 
@@ -541,11 +550,11 @@ spec:
     fn level_and_response_errors() {
         assert_eq!(
             err(&FULL.replace("[first]", "[first, third]")),
-            "t.yaml:14:21: unknown variant `third`, expected one of unknown, first, second"
+            "t.yaml:14:21: spec.expect.levels[1]: `third` is not one of unknown, first, second"
         );
         assert_eq!(
             err(&FULL.replace("[success, invalid]", "[success, timeout]")),
-            "t.yaml:15:26: unknown variant `timeout`, expected one of success, invalid, failure, none"
+            "t.yaml:15:26: spec.expect.responses[1]: `timeout` is not one of success, invalid, failure, none"
         );
         assert_eq!(
             err(&FULL.replace("[first]", "[]")),
@@ -625,6 +634,37 @@ spec:
     }
 
     #[test]
+    fn every_kind_of_mistake_in_one_file_is_reported_in_one_pass() {
+        let text = "apiVersion: iopf.dev/v1alpha1
+kind: DevicePolicy
+metadata:
+  name: three-mistakes
+  name: again
+spec:
+  mode: enforec
+  selecter: {driver: idxd}
+  expect:
+    levels: [frist]
+    maxServiceLatency: true
+  actions: [log, isolat]
+";
+        let e = parse(text).unwrap_err();
+        let lines: Vec<String> = e.errors().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "t.yaml:5:3: metadata.name: given twice (first at line 4 column 3)",
+                "t.yaml:7:3: spec: `selector` is missing",
+                "t.yaml:7:9: spec.mode: `enforec` is not one of monitor, enforce: did you mean `enforce`?",
+                "t.yaml:8:3: spec.selecter: unknown key: did you mean `selector`? expected one of mode, selector, expect, actions",
+                "t.yaml:10:14: spec.expect.levels[0]: `frist` is not one of unknown, first, second: did you mean `first`?",
+                "t.yaml:11:24: spec.expect.maxServiceLatency: must be a duration (an integer followed by ns, us, ms or s, e.g. 50us), not a boolean",
+                "t.yaml:12:18: spec.actions[1]: `isolat` is not an action (did you mean `isolate`?): use `log`, `alert`, `exec: {command: [...]}` or `isolate` (`isolate: {unbindDriver: true}`)",
+            ]
+        );
+    }
+
+    #[test]
     fn duplicate_names_across_files() {
         let dir = TempDir::new("dup");
         let a = dir.write("a.yaml", &policy("same", "{driver: idxd}"));
@@ -643,7 +683,7 @@ spec:
         let missing = dir.0.join("missing.yaml");
         let e = PolicySet::load(&[a.clone(), b.clone(), missing.clone()]).unwrap_err();
         let lines: Vec<String> = e.errors().iter().map(|e| e.to_string()).collect();
-        assert_eq!(lines.len(), 3, "{e}");
+        assert_eq!(lines.len(), 4, "{e}");
         assert_eq!(
             lines[0],
             format!(
@@ -651,8 +691,9 @@ spec:
                 a.display()
             )
         );
-        assert_eq!(lines[1], format!("{}:2:1: missing field `metadata`", b.display()));
-        assert!(lines[2].starts_with(&format!("{}: cannot read: ", missing.display())), "{}", lines[2]);
+        assert_eq!(lines[1], format!("{}:1:1: document: `metadata` is missing", b.display()));
+        assert_eq!(lines[2], format!("{}:1:1: document: `spec` is missing", b.display()));
+        assert!(lines[3].starts_with(&format!("{}: cannot read: ", missing.display())), "{}", lines[3]);
     }
 
     #[test]

@@ -93,6 +93,73 @@ impl Selector {
     }
 }
 
+/// One selector key checked against one device: the key, what the policy asks, what the
+/// device has (`None`: it has no such attribute), and whether they match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMatch {
+    pub key: &'static str,
+    pub want: String,
+    pub got: Option<String>,
+    pub matches: bool,
+}
+
+impl Selector {
+    /// Every given key of the selector against `d`, in the file's key order.
+    pub fn explain(&self, d: &SysfsDevice) -> Vec<KeyMatch> {
+        let mut out = Vec::new();
+        let mut key = |key, want: Option<String>, got: Option<String>, matches: bool| {
+            if let Some(want) = want {
+                out.push(KeyMatch { key, want, got, matches });
+            }
+        };
+        let name = Some(d.name.clone());
+        key("name", self.name.clone(), name.clone(), self.name.as_ref().is_none_or(|n| *n == d.name));
+        let pci = (d.bus == "pci").then(|| d.name.clone());
+        key("pci", self.pci.clone(), pci, self.pci.as_ref().is_none_or(|a| d.bus == "pci" && *a == d.name));
+        let vd = |v: (u16, u16)| format!("{:04x}:{:04x}", v.0, v.1);
+        key(
+            "vendorDevice",
+            self.vendor_device.map(vd),
+            d.vendor_device.map(vd),
+            self.vendor_device.is_none_or(|x| d.vendor_device == Some(x)),
+        );
+        key(
+            "driver",
+            self.driver.clone(),
+            d.driver.clone(),
+            self.driver.as_ref().is_none_or(|x| d.driver.as_ref() == Some(x)),
+        );
+        key(
+            "iommuGroup",
+            self.iommu_group.map(|g| g.to_string()),
+            d.iommu_group.map(|g| g.to_string()),
+            self.iommu_group.is_none_or(|g| d.iommu_group == Some(g)),
+        );
+        out
+    }
+
+    /// The selector in words, for devices that are not there yet.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = &self.name {
+            parts.push(format!("named `{n}` (any bus)"));
+        }
+        if let Some(a) = &self.pci {
+            parts.push(format!("at PCI address {a}"));
+        }
+        if let Some((v, d)) = self.vendor_device {
+            parts.push(format!("with PCI ID {v:04x}:{d:04x}"));
+        }
+        if let Some(x) = &self.driver {
+            parts.push(format!("bound to driver `{x}`"));
+        }
+        if let Some(g) = self.iommu_group {
+            parts.push(format!("in IOMMU group {g}"));
+        }
+        format!("a device {}", parts.join(", "))
+    }
+}
+
 /// One rule per selected device name; any device selected by two policies fails the whole
 /// resolution (every such device is reported).
 pub(super) fn resolve(policies: &[Policy], devices: &[SysfsDevice]) -> Result<Resolved, PolicyError> {

@@ -1,8 +1,7 @@
-//! `spec.actions` as YAML gives it, and its validation into `Action`s.
+//! `spec.actions` as the file gives it, validated into `Action`s.
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
@@ -10,154 +9,152 @@ use super::{
     Exec, Isolate,
 };
 use crate::policy::{
-    PolicyError,
-    file::{invalid, parse_duration},
+    file::parse_duration,
+    tree::{Ctx, Node, did_you_mean, echo},
 };
 
-/// `- log`, `- alert`, `- exec: {...}`, `- isolate: {...}` (`isolate: {}` for no options).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(in crate::policy) enum RawAction {
-    Log,
-    Alert,
-    Exec(Box<RawExec>),
-    Isolate(RawIsolate),
-}
+const NAMES: [&str; 4] = ["log", "alert", "exec", "isolate"];
+const FORMS: &str = "`log`, `alert`, `exec: {command: [...]}` or `isolate` (`isolate: {unbindDriver: true}`)";
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(in crate::policy) struct RawExec {
-    command: Spanned<Vec<Spanned<String>>>,
-    timeout: Option<Spanned<String>>,
-    /// Signed so a negative number gets our message rather than serde's.
-    max_per_minute: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(in crate::policy) struct RawIsolate {
-    #[serde(default)]
-    unbind_driver: bool,
-}
-
-impl RawAction {
-    fn label(&self) -> &'static str {
-        match self {
-            RawAction::Log => "log",
-            RawAction::Alert => "alert",
-            RawAction::Exec(_) => "exec",
-            RawAction::Isolate(_) => "isolate",
-        }
-    }
-}
-
-/// Validates `spec.actions`; absent means `[log]`. Errors are pushed to `errors`.
-pub(in crate::policy) fn compile_actions(
-    p: &str,
-    raw: Option<&Spanned<Vec<Spanned<RawAction>>>>,
-    errors: &mut Vec<PolicyError>,
-) -> Vec<Action> {
+/// Validates `spec.actions`; absent means `[log]`. Errors are pushed to `ctx`.
+pub(in crate::policy) fn compile_actions(ctx: &mut Ctx, raw: Option<&Spanned<Node>>) -> Vec<Action> {
     let Some(raw) = raw else { return vec![Action::Log] };
-    if raw.value.is_empty() {
-        errors.push(invalid(p, raw, "spec.actions", "must not be empty (omit the key for `[log]`)".into()));
+    let Some(items) = ctx.list(raw, "spec.actions") else { return Vec::new() };
+    if items.is_empty() {
+        ctx.error(raw, "spec.actions", "must not be empty (omit the key for `[log]`)".into());
         return Vec::new();
     }
-    let mut out = Vec::new();
+    let mut out: Vec<Action> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
-    for (i, item) in raw.value.iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         let field = format!("spec.actions[{i}]");
-        let label = item.value.label();
-        if seen.contains(&label) {
-            // One of each: two `exec`s would share one rate limit and one exit-status series.
-            errors.push(invalid(p, item, &field, format!("`{label}` is listed twice (one of each action)")));
+        // `- log` or `- exec: {...}`: the action's name and its options (null when none).
+        let (name, options): (&str, Option<&Spanned<Node>>) = match &item.value {
+            Node::Str(s) => (s, None),
+            Node::Map(entries) if entries.len() == 1 => (&entries[0].0.value, Some(&entries[0].1)),
+            other => {
+                ctx.error(item, &field, format!("must be one of {FORMS}, not {}", other.kind()));
+                continue;
+            }
+        };
+        if !NAMES.contains(&name) {
+            let hint = did_you_mean(name, &NAMES).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+            ctx.error(item, &field, format!("`{}` is not an action{hint}: use {FORMS}", echo(name)));
             continue;
         }
-        seen.push(label);
-        match &item.value {
-            RawAction::Log => out.push(Action::Log),
-            RawAction::Alert => out.push(Action::Alert),
-            RawAction::Exec(e) => {
-                if let Some(e) = compile_exec(p, e, &field, errors) {
-                    out.push(Action::Exec(e));
-                }
-            }
-            RawAction::Isolate(i) => out.push(Action::Isolate(Isolate { unbind_driver: i.unbind_driver })),
+        if seen.contains(&name) {
+            // One of each: two `exec`s would share one rate limit and one exit-status series.
+            ctx.error(item, &field, format!("`{name}` is listed twice (one of each action)"));
+            continue;
         }
+        seen.push(NAMES.iter().find(|n| **n == name).expect("checked above"));
+        let options = options.filter(|o| o.value != Node::Null);
+        let action = match name {
+            "log" | "alert" if options.is_some() => {
+                ctx.error(item, &field, format!("`{name}` takes no options"));
+                None
+            }
+            "log" => Some(Action::Log),
+            "alert" => Some(Action::Alert),
+            "exec" => match options {
+                None => {
+                    ctx.error(
+                        item,
+                        &field,
+                        "`exec` needs `command` (`exec: {command: [/path/to/program, args...]}`)".into(),
+                    );
+                    None
+                }
+                Some(o) => compile_exec(ctx, o, &format!("{field}.exec")).map(Action::Exec),
+            },
+            _ => compile_isolate(ctx, options, &format!("{field}.isolate")).map(Action::Isolate),
+        };
+        out.extend(action);
     }
     out
 }
 
-fn compile_exec(p: &str, e: &RawExec, field: &str, errors: &mut Vec<PolicyError>) -> Option<Exec> {
-    let before = errors.len();
-    let argv = &e.command.value;
-    match argv.first() {
-        None => errors.push(invalid(
-            p,
-            &e.command,
-            &format!("{field}.exec.command"),
-            "must name a program (a list: the absolute path, then its arguments; no shell)".into(),
-        )),
-        Some(prog) if !prog.value.starts_with('/') => errors.push(invalid(
-            p,
-            prog,
-            &format!("{field}.exec.command[0]"),
-            format!("`{}` is not an absolute path (no PATH lookup, no shell)", truncated(&prog.value)),
-        )),
-        Some(_) => {}
-    }
-    if argv.len() > EXEC_ARGS_MAX {
-        let m = format!("has {} entries (at most {EXEC_ARGS_MAX})", argv.len());
-        errors.push(invalid(p, &e.command, &format!("{field}.exec.command"), m));
-    }
-    for (i, a) in argv.iter().enumerate() {
-        if a.value.len() > EXEC_ARG_MAX || a.value.contains('\0') {
-            let m = format!("must be at most {EXEC_ARG_MAX} bytes without NUL");
-            errors.push(invalid(p, a, &format!("{field}.exec.command[{i}]"), m));
+fn compile_exec(ctx: &mut Ctx, n: &Spanned<Node>, field: &str) -> Option<Exec> {
+    let before = ctx.errors.len();
+    let mut f = ctx.map(n, field)?;
+    let command = f.require(ctx, "command");
+    let timeout = f.get("timeout");
+    let rate = f.get("maxPerMinute");
+    f.finish(ctx);
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(c) = command
+        && let Some(items) = ctx.list(c, &format!("{field}.command"))
+    {
+        if items.is_empty() {
+            let m = "must name a program (a list: the absolute path, then its arguments; no shell)";
+            ctx.error(c, &format!("{field}.command"), m.into());
+        }
+        if items.len() > EXEC_ARGS_MAX {
+            ctx.error(c, &format!("{field}.command"), format!("has {} entries (at most {EXEC_ARGS_MAX})", items.len()));
+        }
+        for (i, a) in items.iter().enumerate() {
+            let af = format!("{field}.command[{i}]");
+            // Numbers are fine as arguments (`[/bin/x, --count, 3]`); collections are not.
+            let Some(text) = a.value.text().filter(|_| !matches!(a.value, Node::Null)) else {
+                ctx.error(a, &af, format!("must be a string, not {}", a.value.kind()));
+                continue;
+            };
+            if text.len() > EXEC_ARG_MAX || text.contains('\0') {
+                ctx.error(a, &af, format!("must be at most {EXEC_ARG_MAX} bytes without NUL"));
+            } else if i == 0 && !text.starts_with('/') {
+                ctx.error(a, &af, format!("`{}` is not an absolute path (no PATH lookup, no shell)", echo(&text)));
+            }
+            argv.push(text);
         }
     }
-    let timeout = match &e.timeout {
+    let timeout = match timeout {
         None => EXEC_TIMEOUT_DEFAULT,
-        Some(t) => match parse_duration(&t.value) {
-            Ok(ns) if Duration::from_nanos(ns) <= EXEC_TIMEOUT_MAX => Duration::from_nanos(ns),
-            Ok(_) => {
-                let m = format!("`{}` is longer than {}s", t.value, EXEC_TIMEOUT_MAX.as_secs());
-                errors.push(invalid(p, t, &format!("{field}.exec.timeout"), m));
-                EXEC_TIMEOUT_DEFAULT
+        Some(t) => {
+            let tf = format!("{field}.timeout");
+            match t.value.text().filter(|_| !matches!(t.value, Node::Bool(_))).map(|s| (parse_duration(&s), s)) {
+                Some((Ok(ns), _)) if Duration::from_nanos(ns) <= EXEC_TIMEOUT_MAX => Duration::from_nanos(ns),
+                Some((Ok(_), s)) => {
+                    ctx.error(t, &tf, format!("`{}` is longer than {}s", echo(&s), EXEC_TIMEOUT_MAX.as_secs()));
+                    EXEC_TIMEOUT_DEFAULT
+                }
+                Some((Err(m), _)) => {
+                    ctx.error(t, &tf, m);
+                    EXEC_TIMEOUT_DEFAULT
+                }
+                None => {
+                    ctx.error(t, &tf, format!("must be a duration such as 10s, not {}", t.value.kind()));
+                    EXEC_TIMEOUT_DEFAULT
+                }
             }
-            Err(m) => {
-                errors.push(invalid(p, t, &format!("{field}.exec.timeout"), m));
-                EXEC_TIMEOUT_DEFAULT
-            }
-        },
+        }
     };
-    let max_per_minute = match &e.max_per_minute {
+    let max_per_minute = match rate {
         None => EXEC_RATE_DEFAULT,
-        Some(r) => match u32::try_from(r.value) {
-            Ok(n) if (1..=EXEC_RATE_MAX).contains(&n) => n,
-            _ => {
-                let m = format!("`{}` is not a rate from 1 to {EXEC_RATE_MAX} runs per minute", r.value);
-                errors.push(invalid(p, r, &format!("{field}.exec.maxPerMinute"), m));
+        Some(r) => match ctx.int(r, &format!("{field}.maxPerMinute")).map(|v| (u32::try_from(v), v)) {
+            Some((Ok(n), _)) if (1..=EXEC_RATE_MAX).contains(&n) => n,
+            Some((_, v)) => {
+                let m = format!("`{v}` is not a rate from 1 to {EXEC_RATE_MAX} runs per minute");
+                ctx.error(r, &format!("{field}.maxPerMinute"), m);
                 EXEC_RATE_DEFAULT
             }
+            None => EXEC_RATE_DEFAULT,
         },
     };
-    if errors.len() > before {
+    if ctx.errors.len() > before {
         return None;
     }
-    Some(Exec { command: argv.iter().map(|a| a.value.clone()).collect(), timeout, max_per_minute })
+    Some(Exec { command: argv, timeout, max_per_minute })
 }
 
-/// A value echoed in a message, cut to a readable length.
-fn truncated(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.len() <= MAX {
-        return s.to_owned();
+fn compile_isolate(ctx: &mut Ctx, n: Option<&Spanned<Node>>, field: &str) -> Option<Isolate> {
+    let Some(n) = n else { return Some(Isolate { unbind_driver: false }) };
+    let mut f = ctx.map(n, field)?;
+    let unbind = f.get("unbindDriver");
+    f.finish(ctx);
+    match unbind {
+        None => Some(Isolate { unbind_driver: false }),
+        Some(u) => ctx.bool(u, &format!("{field}.unbindDriver")).map(|unbind_driver| Isolate { unbind_driver }),
     }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
