@@ -17,7 +17,7 @@ use crate::{
     metrics::{PageFaultSource, PlanSource, Registry},
     pagefault,
     policy::{
-        PolicySet, Resolved, SYSFS_ROOT,
+        PolicyIds, PolicySet, Resolved, SYSFS_ROOT,
         action::dispatch::{Dispatcher, Table},
         install::Installed,
         uevent::Uevents,
@@ -34,7 +34,9 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         (true, false) => PfMode::Selected,
     };
     // Policies are read and resolved before anything is loaded: a bad file changes nothing.
-    let policies = PolicySet::load(&opts.policies)?;
+    let mut policies = PolicySet::load(&opts.policies)?;
+    let mut ids = PolicyIds::default();
+    policies.assign_ids(&mut ids);
     let resolved = policies.resolve(Path::new(SYSFS_ROOT))?;
     // An enforce action this host cannot honour fails the start: never a silent monitor.
     crate::policy::action::preflight::check(&policies, &resolved, Path::new(SYSFS_ROOT))?;
@@ -75,7 +77,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     let registry = Registry::default();
     // Device slots and rules go in before attach, so a policy device's first fault is checked.
     let mut iopf_maps = crate::iopf::maps::IopfMaps::take(&mut ebpf)?;
-    let mut installed = Installed::new(&resolved, Source::Kernel as u8);
+    let mut installed = Installed::new(&resolved, Source::Kernel as u8, ids);
     installed.reserve(&mut iopf_maps, opts.dev_slots)?;
     let iopf_maps = Arc::new(Mutex::new(iopf_maps));
     let installed = Arc::new(Mutex::new(installed));
@@ -266,7 +268,8 @@ impl Keeper {
     /// device slots than are free, leaves the last good one in force.
     fn reload(&mut self) {
         let root = Path::new(SYSFS_ROOT);
-        let loaded = PolicySet::load(&self.paths).and_then(|set| {
+        let loaded = PolicySet::load(&self.paths).and_then(|mut set| {
+            set.assign_ids(&mut self.installed.lock().unwrap_or_else(|e| e.into_inner()).ids);
             let r = set.resolve(root)?;
             crate::policy::action::preflight::check(&set, &r, root)?;
             Ok((set, r))

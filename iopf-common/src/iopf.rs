@@ -529,6 +529,8 @@ pub struct IopfStats {
     pub walk_disagreements: u64,
     /// Interrupts (kernels without `bpf_loop`) with records pending past `MAX_COUNTED_RECORDS`.
     pub dmar_scan_truncated: u64,
+    /// Violations not counted per policy because `IOPF_POLICY_VIOLATIONS` was full.
+    pub policy_violations_overflow: u64,
 }
 
 impl IopfStats {
@@ -559,6 +561,7 @@ impl IopfStats {
         self.dmar_events_dropped += o.dmar_events_dropped;
         self.walk_disagreements += o.walk_disagreements;
         self.dmar_scan_truncated += o.dmar_scan_truncated;
+        self.policy_violations_overflow += o.policy_violations_overflow;
     }
 }
 

@@ -43,3 +43,5 @@ unsafe impl aya::Pod for crate::viommu::VeventKey {}
 // SAFETY: `#[repr(C)]` u8s, explicit padding and a u64 (16 bytes, no implicit padding):
 // every bit pattern is valid.
 unsafe impl aya::Pod for crate::walk::Walk {}
+// SAFETY: `#[repr(C)]` two u32s, no padding.
+unsafe impl aya::Pod for crate::policy::ViolationKey {}

@@ -35,6 +35,20 @@ impl Rule {
     pub const NONE: Self = Self { flags: 0, forbidden_levels: 0, allowed_codes: 0, policy_id: 0, max_service_ns: 0 };
 }
 
+/// Key of the per-policy violation counters (`IOPF_POLICY_VIOLATIONS`, value: one count per
+/// `VIOLATIONS` entry): the device slot and the policy in force when the violation happened,
+/// so a device that goes away or a policy renamed later does not relabel its history.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ViolationKey {
+    pub slot: u32,
+    pub policy_id: u32,
+}
+
+/// Entries of `IOPF_POLICY_VIOLATIONS` (device x policy pairs that ever violated); past it,
+/// violations are counted per device only and the overflow is counted.
+pub const VIOLATION_KEYS: u32 = 8192;
+
 /// Verdict bits (the `verdict` field of an event; 0 = no rule or no violation).
 pub const VERDICT_CHECKED: u32 = 1;
 pub const VIOLATION_LEVEL: u32 = 1 << 1;

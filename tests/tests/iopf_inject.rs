@@ -220,3 +220,50 @@ fn tuple_key_reuse_supersedes_the_stale_fault() {
     let by_code = |c: u8| got.counts.iter().filter(|(k, _)| k.dev == d && k.code == c).map(|(_, v)| v).sum::<u64>();
     assert_eq!((by_code(RESP_NONE), by_code(RESP_SUCCESS)), (1, 1));
 }
+
+/// A violation is counted under the policy whose rule it broke, as named then: a reload
+/// that renames the policy starts a new series and leaves the old one as it was.
+#[test]
+fn violations_keep_the_policy_they_broke_across_a_rename() {
+    use iopf_agent::policy::{PolicyIds, PolicySet, SysfsDevice, install::Installed};
+    use iopf_common::{iopf::Source, policy::VIOLATION_LEVEL};
+    if !require_root("violations_keep_the_policy_they_broke_across_a_rename") {
+        return;
+    }
+    const DEV: &str = "0000:6a:01.0";
+    let text = format!(
+        "apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: rename\nspec:\n  devices:\n    - name: \"{DEV}\"\n      faults: 5\n      configuration: nested_parent\n      responses: {{success: 1}}\n      dispatchNs: {{min: 100, max: 100}}\n      serviceNs: {{min: 1000, max: 1000}}\n"
+    );
+    let s = Scenario::parse("rename.yaml", &text).expect("scenario");
+    let policy = |name: &str| {
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: monitor\n  selector: {{name: \"{DEV}\"}}\n  expect:\n    levels: [first]\n"
+        )
+    };
+    let devices = [SysfsDevice { name: DEV.into(), bus: "simulated".into(), ..SysfsDevice::default() }];
+    let g = globals(false);
+    let plan = model::plan(&s, &g.consts, g.tuple_keys);
+    let mut ebpf = loader::load(g).expect("load");
+    let mut maps = IopfMaps::take(&mut ebpf).unwrap();
+    let mut ids = PolicyIds::default();
+    let mut set = PolicySet::parse("a.yaml".as_ref(), &policy("pinned-a")).unwrap();
+    set.assign_ids(&mut ids);
+    let resolved = set.resolve_devices(&devices).unwrap();
+    let mut installed = Installed::new(&resolved, Source::Simulated as u8, ids);
+    installed.reserve(&mut maps, g.dev_slots).unwrap();
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let mut set = PolicySet::parse("a.yaml".as_ref(), &policy("pinned-b")).unwrap();
+    set.assign_ids(&mut installed.ids);
+    let resolved = set.resolve_devices(&devices).unwrap();
+    assert_eq!(installed.replace(&mut maps, &resolved, g.dev_slots).unwrap(), 1, "the rule's policy id changed");
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let snap = maps.snapshot().unwrap();
+    let level = iopf_common::policy::violation_slot(VIOLATION_LEVEL);
+    let got: Vec<(String, Option<&str>, usize, u64)> = snap
+        .policy_violations
+        .iter()
+        .map(|((d, _, id, slot), n)| (iopf_agent::iopf::maps::dev_str(d), installed.ids.name(*id), *slot, *n))
+        .collect();
+    assert_eq!(got, [(DEV.to_owned(), Some("pinned-a"), level, 5), (DEV.to_owned(), Some("pinned-b"), level, 5)]);
+    assert_eq!(snap.stats.policy_violations_overflow, 0);
+}

@@ -114,10 +114,8 @@ fn policy_reload_is_all_or_nothing() {
     std::fs::write(&file, &good).unwrap();
     let agent = Agent::start(&["--policy", file.to_str().unwrap()]);
     assert!(
-        agent
-            .log
-            .iter()
-            .any(|l| l.starts_with("iopf-agent: policy cpu-watch (monitor, ") && l.ends_with("devices [cpu0]")),
+        agent.log.iter().any(|l| l.starts_with("iopf-agent: policy cpu-watch (monitor, ")
+            && l.ends_with("devices [cpu0], actions [log]")),
         "{:#?}",
         agent.log
     );
@@ -132,13 +130,14 @@ fn policy_reload_is_all_or_nothing() {
     assert!(refused.is_some(), "bad reload refused");
     let next = agent.wait_line("p.yaml:");
     assert!(next.is_some_and(|l| l.contains("p.yaml:11:")), "the error says where");
-    // A renamed policy (same rule for cpu0) and a new one for another device, which gets its
-    // device slot and rule at the reload: one rule written.
+    // A renamed policy (same expectations for cpu0, but a new policy id: its violations are
+    // counted under the new name from now on) and a new one for another device, which gets
+    // its device slot and rule at the reload: two rules written.
     let other = other_device();
     let two = good.replace("cpu-watch", "cpu-watch-2") + &policy("other-watch", &other, "levels: [first]");
     std::fs::write(&file, two).unwrap();
     let ok = hup("iopf-agent: policies reloaded:");
-    assert_eq!(ok.as_deref(), Some("iopf-agent: policies reloaded: 2 policies, 1 device rules changed"));
+    assert_eq!(ok.as_deref(), Some("iopf-agent: policies reloaded: 2 policies, 2 device rules changed"));
     let (code, _) = agent.stop();
     assert_eq!(code, Some(0));
     std::fs::remove_dir_all(&d).ok();

@@ -13,7 +13,7 @@ use iopf_common::{
         COUNT_SLOTS, CountKey, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DevAgg, DevKey, HistKey, IopfStats, Latency,
         count_labels,
     },
-    policy::Rule,
+    policy::{Rule, VIOLATIONS},
 };
 use thiserror::Error;
 
@@ -42,6 +42,9 @@ pub struct IopfSnapshot {
     pub counts: BTreeMap<CountKey, u64>,
     pub hists: BTreeMap<HistKey, Histogram>,
     pub violations: BTreeMap<ViolationKey, u64>,
+    /// The same violations under the policy whose rule decided them:
+    /// (device, source, policy id, violation slot) -> count.
+    pub policy_violations: BTreeMap<([u8; DEV_NAME_LEN], u8, u32, usize), u64>,
     pub stats: IopfStats,
     pub dmar: BTreeMap<DmarKey, u64>,
     pub vevents: BTreeMap<iopf_common::viommu::VeventKey, u64>,
@@ -57,6 +60,7 @@ pub struct IopfMaps {
     dev_next: Array<MapData, u64>,
     dev_agg: PerCpuArray<MapData, DevAgg>,
     policy: Array<MapData, Rule>,
+    policy_violations: HashMap<MapData, iopf_common::policy::ViolationKey, [u64; VIOLATIONS.len()]>,
     stats: PerCpuArray<MapData, IopfStats>,
     dmar: PerCpuHashMap<MapData, DmarKey, u64>,
     vevents: PerCpuHashMap<MapData, iopf_common::viommu::VeventKey, u64>,
@@ -80,6 +84,7 @@ impl IopfMaps {
             dev_next: take(ebpf, "IOPF_DEV_NEXT")?,
             dev_agg: take(ebpf, "IOPF_DEV_AGG")?,
             policy: take(ebpf, "IOPF_POLICY")?,
+            policy_violations: take(ebpf, "IOPF_POLICY_VIOLATIONS")?,
             stats: take(ebpf, "IOPF_STATS")?,
             dmar: take(ebpf, "DMAR_COUNTS")?,
             vevents: take(ebpf, "VEVENT_COUNTS")?,
@@ -178,6 +183,13 @@ impl IopfMaps {
                 let per_cpu =
                     self.dev_agg.get(&slot, 0).map_err(|source| MapsError::Map { map: "IOPF_DEV_AGG", source })?;
                 fold(slot, &per_cpu);
+            }
+        }
+        for item in self.policy_violations.iter() {
+            let (k, counts) = item.map_err(|source| MapsError::Map { map: "IOPF_POLICY_VIOLATIONS", source })?;
+            let Some(d) = devices.get(&k.slot) else { continue };
+            for (i, &v) in counts.iter().enumerate().filter(|(_, v)| **v != 0) {
+                *s.policy_violations.entry((d.dev, d.source, k.policy_id, i)).or_default() += v;
             }
         }
         sum_per_cpu(&self.dmar, "DMAR_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {

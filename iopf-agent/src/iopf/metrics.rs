@@ -90,11 +90,12 @@ impl MetricSource for IopfSource {
         ));
         let installed = self.policy.as_ref().map(|p| p.lock().unwrap_or_else(|e| e.into_inner()));
         let violations = snap
-            .violations
+            .policy_violations
             .iter()
-            .map(|((dev, source, slot), v)| {
+            .map(|((dev, source, policy_id, slot), v)| {
                 let dev = dev_str(dev);
-                let policy = installed.as_ref().and_then(|i| i.policy_of(&dev)).unwrap_or("none").to_owned();
+                // The name the policy had when the violation was counted (ids are never reused).
+                let policy = installed.as_ref().and_then(|i| i.ids.name(*policy_id)).unwrap_or("unknown").to_owned();
                 let what = iopf_common::policy::VIOLATIONS.get(*slot).map_or("unknown", |(_, n)| n);
                 counter(
                     &[
@@ -110,7 +111,7 @@ impl MetricSource for IopfSource {
         drop(installed);
         out.push(family(
             "iopf_policy_violations_total",
-            "Faults that broke their device's policy, by violation (level, service_latency, response_code).",
+            "Faults that broke a policy, by device, by the policy whose rule they broke (its name when they happened) and by violation (level, service_latency, response_code, unrecoverable).",
             Kind::Counter,
             violations,
         ));
@@ -139,6 +140,7 @@ impl MetricSource for IopfSource {
                 ("pending_migrated", s.pending_migrated),
                 ("devices_overflow", s.devices_overflow),
                 ("violations", s.violations),
+                ("policy_violations_overflow", s.policy_violations_overflow),
                 ("unrecoverable", s.unrecoverable),
                 ("dmar_records_undecoded", s.dmar_records_undecoded),
                 ("dmar_scan_truncated", s.dmar_scan_truncated),

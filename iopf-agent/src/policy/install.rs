@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use iopf_common::{iopf::DevKey, policy::Rule};
 use thiserror::Error;
 
-use super::Resolved;
+use super::{PolicyIds, Resolved};
 use crate::iopf::maps::{IopfMaps, MapsError, dev_bytes, dev_str};
 
 #[derive(Debug, Error)]
@@ -23,6 +23,8 @@ pub enum InstallError {
 /// What the kernel should hold (device -> policy and rule) and what it holds (slot -> rule).
 #[derive(Debug, Default)]
 pub struct Installed {
+    /// The ids the policies' violations are counted under, for the whole run.
+    pub ids: PolicyIds,
     source: u8,
     wanted: BTreeMap<String, (String, Rule)>,
     rules: BTreeMap<u32, Rule>,
@@ -30,8 +32,8 @@ pub struct Installed {
 
 impl Installed {
     /// Rules for `resolved`'s devices, as seen with `source` (kernel or simulated).
-    pub fn new(resolved: &Resolved, source: u8) -> Self {
-        let mut i = Installed { source, ..Self::default() };
+    pub fn new(resolved: &Resolved, source: u8, ids: PolicyIds) -> Self {
+        let mut i = Installed { source, ids, ..Self::default() };
         i.want(resolved);
         i
     }

@@ -180,7 +180,28 @@ pub struct Resolved {
     pub unmatched: Vec<String>,
 }
 
-/// Loaded, validated policies in load order (`Rule::policy_id` = 1 + index).
+/// Policy ids the kernel side counts violations under, one per policy name for the agent's
+/// lifetime: a reload keeps a name's id, a new or renamed policy gets a fresh one, so
+/// counts taken under a name keep that name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyIds {
+    ids: BTreeMap<String, u32>,
+}
+
+impl PolicyIds {
+    /// The name counted under `id`.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.ids.iter().find(|(_, i)| **i == id).map(|(n, _)| n.as_str())
+    }
+
+    fn id(&mut self, name: &str) -> u32 {
+        let next = u32::try_from(self.ids.len() + 1).unwrap_or(u32::MAX);
+        *self.ids.entry(name.to_owned()).or_insert(next)
+    }
+}
+
+/// Loaded, validated policies in load order (`Rule::policy_id` = 1 + index until
+/// `assign_ids`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicySet {
     policies: Vec<Policy>,
@@ -222,6 +243,13 @@ impl PolicySet {
 
     pub fn policies(&self) -> &[Policy] {
         &self.policies
+    }
+
+    /// Gives every policy its lasting id from `ids` (new names get new ids).
+    pub fn assign_ids(&mut self, ids: &mut PolicyIds) {
+        for p in &mut self.policies {
+            p.rule.policy_id = ids.id(&p.name);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -662,6 +690,23 @@ spec:
                 "t.yaml:12:18: spec.actions[1]: `isolat` is not an action (did you mean `isolate`?): use `log`, `alert`, `exec: {command: [...]}` or `isolate` (`isolate: {unbindDriver: true}`)",
             ]
         );
+    }
+
+    #[test]
+    fn policy_ids_last_across_reloads_and_renames_get_new_ones() {
+        let two = format!("{}---\n{}", policy("a", "{driver: idxd}"), policy("b", "{driver: dsa}"));
+        let mut ids = PolicyIds::default();
+        let mut set = parse(&two).unwrap();
+        set.assign_ids(&mut ids);
+        let got =
+            |s: &PolicySet| s.policies().iter().map(|p| (p.name().to_owned(), p.rule().policy_id)).collect::<Vec<_>>();
+        assert_eq!(got(&set), [("a".into(), 1), ("b".into(), 2)]);
+        // Reloaded with `b` first and `a` renamed to `c`.
+        let mut set =
+            parse(&format!("{}---\n{}", policy("b", "{driver: dsa}"), policy("c", "{driver: idxd}"))).unwrap();
+        set.assign_ids(&mut ids);
+        assert_eq!(got(&set), [("b".into(), 2), ("c".into(), 3)]);
+        assert_eq!((ids.name(1), ids.name(2), ids.name(3), ids.name(4)), (Some("a"), Some("b"), Some("c"), None));
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         .iter()
         .map(|d| SysfsDevice { name: d.name.clone(), bus: "simulated".into(), ..SysfsDevice::default() })
         .collect();
-    let set = PolicySet::load(&opts.policies)?;
+    let mut set = PolicySet::load(&opts.policies)?;
+    let mut ids = crate::policy::PolicyIds::default();
+    set.assign_ids(&mut ids);
     let resolved = set.resolve_devices(&devices)?;
     // Simulated devices share names with nothing real: acting on them would touch the host.
     for p in set.policies().iter().filter(|p| p.mode() == crate::policy::Mode::Enforce) {
@@ -98,7 +100,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     let mut ebpf = loader::load(globals)?;
     crate::features::require_atomics(&mut ebpf)?;
     let mut maps = IopfMaps::take(&mut ebpf)?;
-    let mut installed = Installed::new(&resolved, Source::Simulated as u8);
+    let mut installed = Installed::new(&resolved, Source::Simulated as u8, ids);
     installed.reserve(&mut maps, globals.dev_slots)?;
     if opts.trace {
         let mut reader = EventReader::take(&mut ebpf)?;

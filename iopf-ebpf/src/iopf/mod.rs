@@ -22,8 +22,8 @@ use iopf_common::{
     },
     pagefault::MAX_SCAN_CPUS,
     policy::{
-        Rule, VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_LATENCY, VIOLATION_LEVEL, VIOLATIONS, verdict_answer,
-        verdict_level, verdict_unrecoverable, violation_slot,
+        Rule, VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_KEYS, VIOLATION_LATENCY, VIOLATION_LEVEL, VIOLATIONS,
+        ViolationKey, verdict_answer, verdict_level, verdict_unrecoverable, violation_slot,
     },
 };
 
@@ -86,6 +86,12 @@ static IOPF_DEV_NEXT: Array<u64> = Array::with_max_entries(2, 0);
 /// Per device slot, per CPU: counters, histograms, violations.
 #[map]
 static IOPF_DEV_AGG: PerCpuArray<DevAgg> = PerCpuArray::with_max_entries(DEV_SLOTS_DEFAULT, 0);
+/// (device slot, policy in force) -> one count per violation kind: the policy a violation
+/// broke, captured when it happened. Shared by all CPUs (added atomically); violations are
+/// rare, and a per-CPU hash would preallocate its entries on every CPU.
+#[map]
+static IOPF_POLICY_VIOLATIONS: HashMap<ViolationKey, [u64; VIOLATIONS.len()]> =
+    HashMap::with_max_entries(VIOLATION_KEYS, 0);
 /// Per device slot: the compiled policy rule (written by the agent).
 #[map]
 static IOPF_POLICY: Array<Rule> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
@@ -257,17 +263,48 @@ fn count_violations(a: *mut DevAgg, verdict: u32) {
     }
 }
 
+/// The same violations under (device slot, policy id), the policy being the one whose rule
+/// decided them. Not inlined: three paths call it, and it only runs on a violation.
+#[inline(never)]
+fn count_policy_violations(slot: u32, policy_id: u32, verdict: u32) {
+    if verdict & !VERDICT_CHECKED == 0 {
+        return;
+    }
+    let k = ViolationKey { slot, policy_id };
+    let mut p = IOPF_POLICY_VIOLATIONS.get_ptr_mut(&k);
+    if p.is_none() {
+        // Two CPUs may race to create the entry: BPF_NOEXIST lets one win, both then add.
+        let _ = IOPF_POLICY_VIOLATIONS.insert(&k, &[0; VIOLATIONS.len()], BPF_NOEXIST);
+        p = IOPF_POLICY_VIOLATIONS.get_ptr_mut(&k);
+    }
+    let Some(p) = p else {
+        crate::stat!(policy_violations_overflow);
+        return;
+    };
+    for (bit, _) in VIOLATIONS {
+        // SAFETY: `p` is the map value, valid for the run; the index is bounds-checked.
+        if verdict & bit != 0
+            && let Some(v) = unsafe { (*p).get_mut(violation_slot(bit)) }
+        {
+            // SAFETY: a u64 inside that value; every writer adds atomically.
+            unsafe { add(v, 1) };
+        }
+    }
+}
+
 /// Counts an unrecoverable fault at `level` under its device (no in-flight machinery) and
 /// checks it against the device's rule; returns the verdict. A subprogram of its own: the
 /// DMAR decoder calls it per record, unrolled on kernels without `bpf_loop`.
 #[inline(never)]
 pub fn count_unrecoverable(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8) -> u32 {
     let idx = dev_slot(dev, source);
-    let v = verdict_unrecoverable(&rule(idx), level);
+    let r = rule(idx);
+    let v = verdict_unrecoverable(&r, level);
     if let Some(a) = agg(idx) {
         bump(a, Config::Unknown as u8, level, CODE_UNRECOVERABLE);
         count_violations(a, v);
     }
+    count_policy_violations(idx, r.policy_id, v);
     if v & !VERDICT_CHECKED != 0 {
         crate::stat!(violations);
     }
@@ -540,7 +577,8 @@ fn start_inflight(
     level: Level,
     method: Method,
 ) {
-    let verdict = verdict_level(&rule(p.dev_idx), level as u8);
+    let r = rule(p.dev_idx);
+    let verdict = verdict_level(&r, level as u8);
     if let Some(a) = agg(p.dev_idx) {
         bump(a, config as u8, level as u8, CODE_REPORTED);
         if let Some(ns) = dispatch_ns {
@@ -548,6 +586,7 @@ fn start_inflight(
         }
         count_violations(a, verdict);
     }
+    count_policy_violations(p.dev_idx, r.policy_id, verdict);
     let f = Inflight {
         dev: p.dev,
         fault: p.fault,
@@ -605,8 +644,10 @@ fn finish(f: &mut Inflight, code: u8, now: u64, fix: u64) {
     // leave the value register unset, which the verifier refuses to read.
     let fix_ns = if fix == NO_FIX { None } else { Some(fix) };
     let service = now.saturating_sub(f.report_ns);
-    let verdict = f.verdict | verdict_answer(&rule(f.dev_idx), code, service);
+    let r = rule(f.dev_idx);
+    let verdict = f.verdict | verdict_answer(&r, code, service);
     let answer_bits = verdict & (VIOLATION_CODE | VIOLATION_LATENCY);
+    count_policy_violations(f.dev_idx, r.policy_id, answer_bits);
     if let Some(a) = agg(f.dev_idx) {
         bump(a, f.config, f.level, code);
         // A freed group was never answered: it has no service time.
