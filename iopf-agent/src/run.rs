@@ -204,8 +204,12 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
 
 fn log_policies(set: &PolicySet, resolved: &Resolved) {
     for p in set.policies() {
-        let devs: Vec<&str> =
-            resolved.devices.iter().filter(|(_, r)| r.policy == p.name()).map(|(d, _)| d.as_str()).collect();
+        let devs: Vec<String> = resolved
+            .devices
+            .iter()
+            .filter(|(_, r)| r.policy == p.name())
+            .map(|(d, _)| if resolved.expected.contains(d) { format!("{d} (not present yet)") } else { d.clone() })
+            .collect();
         let actions: Vec<&str> = p.actions().iter().map(|a| a.label()).collect();
         let acting: Vec<&str> = p.actions().iter().filter(|a| a.acts()).map(|a| a.label()).collect();
         let note = match p.mode() {

@@ -396,6 +396,9 @@ pub struct DevAgg {
     pub hist: [crate::hist::Histogram; Latency::ALL.len()],
     /// By `policy::violation_slot`.
     pub violations: [u64; crate::policy::VIOLATIONS.len()],
+    /// Faults (reported or unrecoverable) checked against a rule: the rest of the device's
+    /// faults came before its rule did.
+    pub checked: u64,
 }
 
 impl DevAgg {
@@ -403,6 +406,7 @@ impl DevAgg {
         counts: [0; COUNT_SLOTS],
         hist: [crate::hist::Histogram::ZERO; Latency::ALL.len()],
         violations: [0; crate::policy::VIOLATIONS.len()],
+        checked: 0,
     };
 
     pub fn merge(&mut self, o: &Self) {
@@ -415,6 +419,7 @@ impl DevAgg {
         for (a, b) in self.violations.iter_mut().zip(o.violations.iter()) {
             *a += *b;
         }
+        self.checked += o.checked;
     }
 }
 

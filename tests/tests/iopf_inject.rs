@@ -267,3 +267,50 @@ fn violations_keep_the_policy_they_broke_across_a_rename() {
     assert_eq!(got, [(DEV.to_owned(), Some("pinned-a"), level, 5), (DEV.to_owned(), Some("pinned-b"), level, 5)]);
     assert_eq!(snap.stats.policy_violations_overflow, 0);
 }
+
+/// Faults of a device that came before its rule are counted as unchecked, exactly: 5 before
+/// the rule, 5 after, and /metrics says 5 unchecked and 5 violations.
+#[test]
+fn faults_before_the_rule_are_counted_unchecked() {
+    use std::sync::{Arc, Mutex};
+
+    use iopf_agent::{
+        iopf::metrics::IopfSource,
+        metrics::Registry,
+        policy::{PolicyIds, PolicySet, Resolved, SysfsDevice, install::Installed},
+    };
+    use iopf_common::iopf::Source;
+    if !require_root("faults_before_the_rule_are_counted_unchecked") {
+        return;
+    }
+    const DEV: &str = "0000:6a:02.0";
+    let text = format!(
+        "apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: late\nspec:\n  devices:\n    - name: \"{DEV}\"\n      faults: 5\n      configuration: nested_parent\n      responses: {{success: 1}}\n      dispatchNs: {{min: 100, max: 100}}\n      serviceNs: {{min: 1000, max: 1000}}\n"
+    );
+    let s = Scenario::parse("late.yaml", &text).expect("scenario");
+    let g = globals(false);
+    let plan = model::plan(&s, &g.consts, g.tuple_keys);
+    let mut ebpf = loader::load(g).expect("load");
+    let maps = Arc::new(Mutex::new(IopfMaps::take(&mut ebpf).unwrap()));
+    let installed =
+        Arc::new(Mutex::new(Installed::new(&Resolved::default(), Source::Simulated as u8, PolicyIds::default())));
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let policy = format!(
+        "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: late\nspec:\n  mode: monitor\n  selector: {{name: \"{DEV}\"}}\n  expect:\n    levels: [first]\n"
+    );
+    let mut set = PolicySet::parse("p.yaml".as_ref(), &policy).unwrap();
+    set.assign_ids(&mut installed.lock().unwrap().ids);
+    let dev = [SysfsDevice { name: DEV.into(), bus: "simulated".into(), ..SysfsDevice::default() }];
+    let resolved = set.resolve_devices(&dev).unwrap();
+    installed.lock().unwrap().replace(&mut maps.lock().unwrap(), &resolved, g.dev_slots).unwrap();
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let registry = Registry::default();
+    registry.add(IopfSource::new(maps, Some(installed)));
+    let e = iopf_tests::prom::Exposition::parse(&registry.render());
+    let l = [("device", DEV), ("policy", "late"), ("source", "simulated")];
+    assert_eq!(e.get("iopf_policy_unchecked_total", &l), Some(5.0));
+    assert_eq!(
+        e.get("iopf_policy_violations_total", &[("device", DEV), ("policy", "late"), ("violation", "level")]),
+        Some(5.0)
+    );
+}

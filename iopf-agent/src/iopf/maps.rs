@@ -45,6 +45,8 @@ pub struct IopfSnapshot {
     /// The same violations under the policy whose rule decided them:
     /// (device, source, policy id, violation slot) -> count.
     pub policy_violations: BTreeMap<([u8; DEV_NAME_LEN], u8, u32, usize), u64>,
+    /// Per (device, source): faults checked against a rule (`DevAgg::checked`).
+    pub checked: BTreeMap<([u8; DEV_NAME_LEN], u8), u64>,
     pub stats: IopfStats,
     pub dmar: BTreeMap<DmarKey, u64>,
     pub vevents: BTreeMap<iopf_common::viommu::VeventKey, u64>,
@@ -229,6 +231,9 @@ fn add_device(s: &mut IopfSnapshot, k: &DevKey, a: &DevAgg) {
         if v != 0 {
             *s.violations.entry((k.dev, k.source, i)).or_default() += v;
         }
+    }
+    if a.checked != 0 {
+        *s.checked.entry((k.dev, k.source)).or_default() += a.checked;
     }
 }
 

@@ -108,7 +108,30 @@ impl MetricSource for IopfSource {
                 )
             })
             .collect();
+        // Faults of a device now under a policy that came before its rule: every fault of
+        // the device is either checked or here.
+        let mut faults_of: std::collections::BTreeMap<([u8; iopf_common::iopf::DEV_NAME_LEN], u8), u64> =
+            std::collections::BTreeMap::new();
+        for (k, v) in snap.counts.iter().filter(|(k, _)| matches!(k.code, CODE_REPORTED | CODE_UNRECOVERABLE)) {
+            *faults_of.entry((k.dev, k.source)).or_default() += v;
+        }
+        let unchecked = faults_of
+            .iter()
+            .filter_map(|(key, total)| {
+                let dev = dev_str(&key.0);
+                let policy = installed.as_ref()?.policy_of(&dev)?.to_owned();
+                let checked = snap.checked.get(key).copied().unwrap_or(0);
+                let src = Source::from_u8(key.1).label();
+                Some(counter(&[("device", &dev), ("policy", &policy), ("source", src)], total.saturating_sub(checked)))
+            })
+            .collect();
         drop(installed);
+        out.push(family(
+            "iopf_policy_unchecked_total",
+            "Faults of a device now under a policy that were counted before its rule was installed (not checked).",
+            Kind::Counter,
+            unchecked,
+        ));
         out.push(family(
             "iopf_policy_violations_total",
             "Faults that broke a policy, by device, by the policy whose rule they broke (its name when they happened) and by violation (level, service_latency, response_code, unrecoverable).",

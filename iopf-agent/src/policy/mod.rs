@@ -178,6 +178,9 @@ pub struct DeviceRule {
 pub struct Resolved {
     pub devices: BTreeMap<String, DeviceRule>,
     pub unmatched: Vec<String>,
+    /// Devices in `devices` that are not present now: named exactly by a selector (`name`
+    /// and/or `pci` keys only), so their slot and rule are in place before they appear.
+    pub expected: std::collections::BTreeSet<String>,
 }
 
 /// Policy ids the kernel side counts violations under, one per policy name for the agent's
@@ -257,8 +260,13 @@ impl PolicySet {
     }
 
     /// Resolves selectors against the devices under `sysfs_root` (`/sys` on a live system).
+    /// Devices that are not present yet but named exactly get their rule too
+    /// (`Resolved::expected`).
     pub fn resolve(&self, sysfs_root: &Path) -> Result<Resolved, PolicyError> {
-        self.resolve_devices(&enumerate(sysfs_root)?)
+        let devices = enumerate(sysfs_root)?;
+        let mut r = self.resolve_devices(&devices)?;
+        select::add_expected(&self.policies, &devices, &mut r)?;
+        Ok(r)
     }
 
     /// Resolves selectors against an already enumerated device list.

@@ -191,7 +191,51 @@ pub(super) fn resolve(policies: &[Policy], devices: &[SysfsDevice]) -> Result<Re
         .into_iter()
         .map(|(dev, p)| (dev.to_owned(), DeviceRule { policy: p.name().to_owned(), rule: p.rule() }))
         .collect();
-    Ok(Resolved { devices, unmatched })
+    Ok(Resolved { devices, unmatched, expected: BTreeSet::new() })
+}
+
+impl Selector {
+    /// The one device name this selector can match, when it names it exactly (only `name`
+    /// and/or `pci`, equal when both): known before the device exists.
+    pub fn exact_name(&self) -> Option<&str> {
+        let only_names = self.vendor_device.is_none() && self.driver.is_none() && self.iommu_group.is_none();
+        match (&self.name, &self.pci) {
+            _ if !only_names => None,
+            (Some(n), None) => Some(n),
+            (None, Some(a)) => Some(a),
+            (Some(n), Some(a)) if n == a => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Adds the devices exactly named by a selector that are not present now (on any bus), so
+/// that a device faulting within milliseconds of appearing is already checked. A name
+/// another policy already claims this way is a conflict, as for present devices.
+pub(super) fn add_expected(policies: &[Policy], present: &[SysfsDevice], r: &mut Resolved) -> Result<(), PolicyError> {
+    let mut errors = Vec::new();
+    for p in policies {
+        let Some(name) = p.selector().exact_name() else { continue };
+        if present.iter().any(|d| d.name == name) {
+            continue;
+        }
+        match r.devices.get(name) {
+            None => {
+                r.devices.insert(name.to_owned(), DeviceRule { policy: p.name().to_owned(), rule: p.rule() });
+                r.expected.insert(name.to_owned());
+            }
+            Some(owner) if owner.policy == p.name() => {}
+            Some(owner) => {
+                if let Some(q) = policies.iter().find(|q| q.name() == owner.policy) {
+                    errors.push(conflict(name, q, p));
+                }
+            }
+        }
+    }
+    match PolicyError::from_list(errors) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn conflict(device: &str, first: &Policy, second: &Policy) -> PolicyError {
@@ -351,6 +395,29 @@ mod tests {
         .collect();
         assert_eq!(r.devices, want);
         assert_eq!(r.unmatched, ["pci-only", "nvme"]);
+    }
+
+    #[test]
+    fn devices_named_exactly_get_their_rule_before_they_appear() {
+        let t = tree();
+        let policies = set(&[
+            policy("later", "{name: iommufd_mock7}"),
+            policy("later-pci", "{pci: \"0000:7f:00.0\", name: \"0000:7f:00.0\"}"),
+            // Not exact: a driver can only be matched once the device is there.
+            policy("later-driver", "{pci: \"0000:7e:00.0\", driver: idxd}"),
+        ]);
+        let r = policies.resolve(&t.0).unwrap();
+        let got: Vec<(&str, &str)> = r.devices.iter().map(|(d, r)| (d.as_str(), r.policy.as_str())).collect();
+        assert_eq!(got, [("0000:7f:00.0", "later-pci"), ("iommufd_mock7", "later")]);
+        assert_eq!(r.expected.iter().map(String::as_str).collect::<Vec<_>>(), ["0000:7f:00.0", "iommufd_mock7"]);
+        assert_eq!(r.unmatched, ["later", "later-pci", "later-driver"]);
+        // The pure resolution (simulate's) adds none.
+        assert!(policies.resolve_devices(&enumerate(&t.0).unwrap()).unwrap().devices.is_empty());
+        let e = set(&[policy("one", "{name: x7}"), policy("two", "{name: x7}")]).resolve(&t.0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "device `x7` is selected by two policies: `one` (p.yaml:4:9) and `two` (p.yaml:14:9)"
+        );
     }
 
     #[test]

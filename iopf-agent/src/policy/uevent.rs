@@ -49,9 +49,10 @@ impl Uevents {
         Ok(Self(afd))
     }
 
-    /// Waits for an event that changes which devices exist or which driver they have, then
-    /// for the burst it belongs to (a device and its children announce themselves at once)
-    /// to pass.
+    /// Waits for an event that changes which devices exist or which driver they have; the
+    /// events already queued behind it (a device and its children announce themselves at
+    /// once) are consumed with it. No waiting for the burst to end: a device can fault within
+    /// milliseconds of appearing, and its rule must be there first.
     pub async fn changed(&mut self) -> io::Result<()> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -59,12 +60,19 @@ impl Uevents {
                 break;
             }
         }
+        let fd = self.0.get_ref().as_raw_fd();
         loop {
-            match tokio::time::timeout(std::time::Duration::from_millis(100), self.read_one(&mut buf)).await {
-                Ok(r) => {
-                    r?;
-                }
-                Err(_quiet) => return Ok(()),
+            // SAFETY: `buf` is writable for its length; the fd is our socket; MSG_DONTWAIT
+            // makes an empty queue return EAGAIN at once.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(()),
+                    // Dropped events: the caller resolves again anyway.
+                    _ if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(()),
+                    _ => Err(e),
+                };
             }
         }
     }

@@ -252,6 +252,10 @@ fn observe(a: *mut DevAgg, latency: Latency, ns: u64) {
 
 #[inline(always)]
 fn count_violations(a: *mut DevAgg, verdict: u32) {
+    if verdict & VERDICT_CHECKED != 0 {
+        // SAFETY: as in `bump`.
+        unsafe { add(&raw mut (*a).checked, 1) };
+    }
     for (bit, _) in VIOLATIONS {
         // SAFETY: as in `bump`.
         if verdict & bit != 0
