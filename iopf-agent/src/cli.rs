@@ -85,6 +85,64 @@ enum Cmd {
         #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
         btf_dir: PathBuf,
     },
+    /// Load and attach like `run`, and print live events: aligned columns (colour on a
+    /// terminal) or --json lines (schema iopf.dev/trace/v1). Filters combine with AND; a
+    /// repeated filter matches any of its values.
+    Trace {
+        /// NDJSON, one event per line (schema iopf.dev/trace/v1).
+        #[arg(long)]
+        json: bool,
+        /// No ANSI colours even on a terminal.
+        #[arg(long)]
+        no_color: bool,
+        /// Only this device (dev_name, e.g. 0000:00:03.0); repeatable.
+        #[arg(long = "device", value_name = "NAME")]
+        devices: Vec<String>,
+        /// Only this PASID; repeatable.
+        #[arg(long = "pasid", value_name = "PASID")]
+        pasids: Vec<u32>,
+        /// Only faults classified at this level; repeatable.
+        #[arg(long = "level", value_parser = ["first", "second", "unknown"])]
+        levels: Vec<String>,
+        /// Only this configuration; repeatable.
+        #[arg(long = "config", value_parser = ["flat_kernel", "flat_user", "flat_sva", "nested", "nested_parent", "unknown"])]
+        configs: Vec<String>,
+        /// Only this response; repeatable.
+        #[arg(long = "response", value_parser = ["success", "invalid", "failure", "none"])]
+        responses: Vec<String>,
+        /// Only faults answered at least this late (e.g. 50us, 2ms).
+        #[arg(long, value_parser = parse_duration_arg)]
+        min_latency: Option<u64>,
+        /// Only this kind of event; repeatable.
+        #[arg(long = "kind", value_parser = ["iopf", "dmar"])]
+        kinds: Vec<String>,
+        /// Only events that break a policy.
+        #[arg(long)]
+        violations: bool,
+        /// Stop after this long (e.g. 30s).
+        #[arg(long, value_parser = parse_duration_arg)]
+        duration: Option<u64>,
+        /// DevicePolicy files or directories to check the faults against; repeatable.
+        #[arg(long = "policy", value_name = "PATH")]
+        policies: Vec<PathBuf>,
+        /// Also serve metrics here.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long, default_value_t = iopf_common::iopf::DEV_SLOTS_DEFAULT - 1,
+              value_parser = clap::value_parser!(u32).range(1..=65535))]
+        max_devices: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// DMA-capable devices of this host from sysfs and PCI config space: IDs, driver, IOMMU
+    /// group and domain type, IOMMU unit, ATS/PRI/PASID, and whether faults can be reported.
+    Devices {
+        /// One JSON document (schema iopf.dev/devices/v1).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = crate::policy::SYSFS_ROOT, hide = true)]
+        sysfs_root: PathBuf,
+    },
     /// Check policy files, or explain what they select on this host (no privileges, nothing
     /// loaded).
     Policy {
@@ -142,8 +200,11 @@ pub struct PlanOptions {
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub listen: SocketAddr,
-    pub trace: bool,
+    /// None: no metrics endpoint (`trace` without --listen).
+    pub listen: Option<SocketAddr>,
+    pub trace: Option<crate::trace::TraceOutput>,
+    /// Stop after this long (`trace --duration`).
+    pub duration: Option<std::time::Duration>,
     pub policies: Vec<PathBuf>,
     /// Device slots including the "other" slot 0.
     pub dev_slots: u32,
@@ -161,10 +222,11 @@ pub struct DoctorOptions {
 #[derive(Debug)]
 pub enum Command {
     Simulate(crate::simulate::run::SimulateOptions),
-    Run(RunOptions),
+    Run(Box<RunOptions>),
     Doctor(DoctorOptions),
     Release { device: String, sysfs_root: PathBuf },
     PolicyCheck { paths: Vec<PathBuf>, host: bool, sysfs_root: PathBuf },
+    Devices { json: bool, sysfs_root: PathBuf },
     PolicyExplain { paths: Vec<PathBuf>, sysfs_root: PathBuf },
 }
 
@@ -182,24 +244,79 @@ impl From<Common> for PlanOptions {
     }
 }
 
+/// `50us`, `2ms`, `30s` as nanoseconds (the policy files' duration form).
+fn parse_duration_arg(s: &str) -> Result<u64, String> {
+    crate::policy::parse_duration(s)
+}
+
 /// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
 pub fn parse() -> Command {
     match Cli::parse().cmd {
         Cmd::Run { listen, page_faults, trace, policies, max_devices, pids, cgroups, common } => {
-            Command::Run(RunOptions {
-                listen,
-                trace,
+            Command::Run(Box::new(RunOptions {
+                listen: Some(listen),
+                trace: trace.then(crate::trace::TraceOutput::stream),
+                duration: None,
                 policies,
                 dev_slots: max_devices + 1,
                 page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
                 selection: crate::pagefault::Selection { pids, cgroups },
                 plan: common.into(),
-            })
+            }))
         }
         Cmd::Simulate { scenario, listen, trace, btf_dir, policies } => {
             Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, trace, btf_dir, policies })
         }
         Cmd::Release { device, sysfs_root } => Command::Release { device, sysfs_root },
+        Cmd::Devices { json, sysfs_root } => Command::Devices { json, sysfs_root },
+        Cmd::Trace {
+            json,
+            no_color,
+            devices,
+            pasids,
+            levels,
+            configs,
+            responses,
+            min_latency,
+            kinds,
+            violations,
+            duration,
+            policies,
+            listen,
+            max_devices,
+            common,
+        } => {
+            use std::io::IsTerminal as _;
+            let format = if json {
+                crate::trace::Format::Json
+            } else {
+                crate::trace::Format::Human { color: !no_color && std::io::stdout().is_terminal() }
+            };
+            let kinds = kinds
+                .iter()
+                .map(|k| if k == "iopf" { crate::trace::filter::Kind::Iopf } else { crate::trace::filter::Kind::Dmar })
+                .collect();
+            let filter = crate::trace::Filter {
+                devices,
+                pasids,
+                levels,
+                configs,
+                responses,
+                min_latency_ns: min_latency,
+                kinds,
+                violations_only: violations,
+            };
+            Command::Run(Box::new(RunOptions {
+                listen,
+                trace: Some(crate::trace::TraceOutput { format, filter, clock: crate::trace::clock::WallClock::now() }),
+                duration: duration.map(std::time::Duration::from_nanos),
+                policies,
+                dev_slots: max_devices + 1,
+                page_faults: false,
+                selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
+                plan: common.into(),
+            }))
+        }
         Cmd::Policy { cmd: PolicyCmd::Check { host, paths, sysfs_root } } => {
             Command::PolicyCheck { paths, host, sysfs_root }
         }

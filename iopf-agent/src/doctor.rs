@@ -133,10 +133,16 @@ pub fn render_text(r: &Report) -> String {
 
 pub fn run(opts: DoctorOptions) -> Result<(), AgentError> {
     let (_ebpf, report, _) = survey(&opts.plan, loader::Globals::default())?;
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?);
+    let text = if opts.json {
+        serde_json::to_string_pretty(&report).map_err(std::io::Error::other)? + "\n"
     } else {
-        print!("{}", render_text(&report));
+        render_text(&report)
+    };
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stopped reading (`doctor --json | head`) is not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r?,
     }
     check_required(&opts.plan, &report.hooks)
 }

@@ -41,6 +41,8 @@ pub enum AgentError {
     #[error("`{0}` is not a PCI device (no /sys/bus/pci/devices/{0}); give its address as SSSS:BB:DD.F")]
     NotPci(String),
     #[error(transparent)]
+    Devices(#[from] crate::devices::DevicesError),
+    #[error(transparent)]
     Pci(#[from] crate::policy::action::pci::PciError),
     #[error("this kernel cannot run the in-flight IOPF programs: {0} (`iopf-agent doctor` shows what it has)")]
     NoAtomics(String),
@@ -77,7 +79,7 @@ impl AgentError {
             {
                 3
             }
-            AgentError::Pci(_) => 1,
+            AgentError::Pci(_) | AgentError::Devices(_) => 1,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! iopf-agent as a library: the binary in main.rs is a thin edge over these modules.
 
 pub mod cli;
+pub mod devices;
 pub mod doctor;
 pub mod error;
 pub mod features;
@@ -19,4 +20,5 @@ pub mod release;
 pub mod run;
 pub mod server;
 pub mod simulate;
+pub mod trace;
 pub mod tracefs;

@@ -10,9 +10,10 @@ fn main() {
     let cmd = cli::parse();
     let res = match cmd {
         cli::Command::Doctor(o) => doctor::run(o),
-        cli::Command::Run(o) => block_on(run::run(o)),
+        cli::Command::Run(o) => block_on(run::run(*o)),
         cli::Command::Simulate(o) => block_on(simulate::run::run(o)),
         cli::Command::Release { device, sysfs_root } => iopf_agent::release::run(&device, &sysfs_root),
+        cli::Command::Devices { json, sysfs_root } => devices(json, &sysfs_root),
         cli::Command::PolicyCheck { paths, host, sysfs_root } => {
             exit_with(policy_cmd::check(&paths, host, &sysfs_root))
         }
@@ -21,6 +22,26 @@ fn main() {
     if let Err(e) = res {
         eprintln!("iopf-agent: error: {}", chain(&e));
         std::process::exit(e.exit_code());
+    }
+}
+
+/// `devices`: a closed stdout (`| head`) is not an error.
+fn devices(json: bool, root: &std::path::Path) -> Result<(), AgentError> {
+    let devs = iopf_agent::devices::inventory(root)?;
+    let mut out = std::io::stdout().lock();
+    let r = if json {
+        iopf_agent::devices::render_json(&devs, &mut out)
+    } else {
+        iopf_agent::devices::render_text_under(root, &devs, &mut out)
+    };
+    quiet_pipe(r)
+}
+
+/// Writing to a reader that went away ends the command with success.
+fn quiet_pipe(r: std::io::Result<()>) -> Result<(), AgentError> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(AgentError::from),
     }
 }
 

@@ -27,7 +27,10 @@ use crate::{
 
 pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     // Bind first: a busy port fails before anything is loaded into the kernel.
-    let listener = server::bind(opts.listen).await?;
+    let listener = match opts.listen {
+        Some(a) => Some(server::bind(a).await?),
+        None => None,
+    };
     let pf_mode = match (opts.page_faults, opts.selection.is_all()) {
         (false, _) => PfMode::Off,
         (true, true) => PfMode::All,
@@ -43,7 +46,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     log_policies(&policies, &resolved);
     let globals = Globals {
         pf_mode,
-        events: opts.trace,
+        events: opts.trace.is_some(),
         dev_slots: opts.dev_slots,
         pf_cgroups: !opts.selection.cgroups.is_empty(),
         ..Globals::default()
@@ -155,38 +158,38 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
     let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
-    // With --trace every event goes to stdout; with policies the violations go to the action
-    // thread. (With neither the rings stay unmapped.)
-    if opts.trace || dispatcher.is_some() {
+    // With a trace every event goes to stdout; with policies the violations go to the action
+    // thread. (With neither the rings stay unmapped.) A reader gone (`| head`) ends the run.
+    let stdout_closed = Arc::new(tokio::sync::Notify::new());
+    if opts.trace.is_some() || dispatcher.is_some() {
+        if let Some(h) = opts.trace.as_ref().and_then(|t| t.header()) {
+            print!("{h}");
+        }
         let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
-        let (trace, d) = (opts.trace, dispatcher.clone());
+        let (trace, d, closed) = (opts.trace.clone(), dispatcher.clone(), stdout_closed.clone());
         tokio::spawn(async move {
             let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
-                if trace {
-                    crate::iopf::ndjson::write_event(b, e, &consts);
+                if let Some(t) = &trace {
+                    t.iopf(b, e, &consts);
                 }
                 if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_event(e, &consts)) {
                     d.as_ref().expect("checked").send(v);
                 }
             };
-            if let Err(e) = reader.stream(std::io::stdout, render).await {
-                eprintln!("iopf-agent: event stream stopped: {e}");
-            }
+            stream_ended("event stream", reader.stream(std::io::stdout, render).await, &closed);
         });
         let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS")?;
-        let d = dispatcher.clone();
+        let (trace, d, closed) = (opts.trace.clone(), dispatcher.clone(), stdout_closed.clone());
         tokio::spawn(async move {
             let render = |b: &mut Vec<u8>, e: &iopf_common::dmar::DmarEvent| {
-                if trace {
-                    crate::iopf::ndjson::write_dmar(b, e);
+                if let Some(t) = &trace {
+                    t.dmar(b, e);
                 }
                 if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_dmar(e)) {
                     d.as_ref().expect("checked").send(v);
                 }
             };
-            if let Err(e) = dmar.stream(std::io::stdout, render).await {
-                eprintln!("iopf-agent: VT-d fault stream stopped: {e}");
-            }
+            stream_ended("VT-d fault stream", dmar.stream(std::io::stdout, render).await, &closed);
         });
     }
     // Parsed BTF is only needed to plan and attach: free it and hand the heap back to the
@@ -194,9 +197,26 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     drop(btf);
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe { libc::malloc_trim(0) };
-    let addr = listener.local_addr()?;
-    eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
-    server::serve(listener, registry, shutdown_signal()).await?;
+    let duration = opts.duration;
+    let closed = stdout_closed.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            _ = closed.notified() => {},
+            _ = async { tokio::time::sleep(duration.expect("guarded")).await }, if duration.is_some() => {},
+        }
+    };
+    match listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
+            server::serve(listener, registry, stop).await?;
+        }
+        None => {
+            eprintln!("iopf-agent: tracing");
+            stop.await;
+        }
+    }
     eprintln!("iopf-agent: stopped");
     drop(ebpf);
     Ok(())
@@ -334,6 +354,16 @@ impl Keeper {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let mut inst = self.installed.lock().unwrap_or_else(|e| e.into_inner());
         inst.replace(&mut maps, resolved, self.slots)
+    }
+}
+
+/// A ring reader stopped: a closed stdout ends the run quietly (exit 0, like `| head`
+/// expects); anything else is said.
+fn stream_ended(what: &str, r: std::io::Result<()>, closed: &tokio::sync::Notify) {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => closed.notify_one(),
+        Err(e) => eprintln!("iopf-agent: {what} stopped: {e}"),
+        Ok(()) => {}
     }
 }
 

@@ -79,6 +79,7 @@ const DEBIAN_VTD_SCENARIOS: &[&str] = &[
     "dmar-policy",
     "dmar-walk",
     "dmar-isolate",
+    "trace-dmar",
     "pagefault-fentry",
     "pagefault-kprobe",
     "attach-fentry",

@@ -324,7 +324,7 @@ fn choices<'a, T: Copy + PartialEq>(
 }
 
 /// `<integer><unit>`, unit one of ns, us, ms, s; nanoseconds, > 0, fitting in a u64.
-pub(in crate::policy) fn parse_duration(s: &str) -> Result<u64, String> {
+pub fn parse_duration(s: &str) -> Result<u64, String> {
     // "ns"/"us"/"ms" before "s": each of them also ends in "s".
     const UNITS: [(&str, u64); 4] = [("ns", 1), ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)];
     let Some((digits, scale)) = UNITS.iter().find_map(|&(u, k)| Some((s.strip_suffix(u)?, k))) else {

@@ -21,6 +21,7 @@ use iopf_common::policy::Rule;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use file::parse_duration;
 pub use select::{KeyMatch, SysfsDevice, enumerate};
 
 pub const API_VERSION: &str = "iopf.dev/v1alpha1";

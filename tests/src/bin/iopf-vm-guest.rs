@@ -1001,6 +1001,129 @@ fn isolate_run(a: &Args, mode: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `iopf-agent trace` on real VT-d fault records: JSON lines filtered to edu (schema, wall
+/// time within the run), the columns view filtered by level, and a reader that goes away
+/// (`| head -1`) ends the trace with exit 0.
+fn trace_dmar(a: &Args) -> Result<(), String> {
+    use std::io::BufRead as _;
+
+    use iopf_tests::edu::{Access, Edu};
+    let edu = Edu::open()?;
+    let spawn = |extra: &[&str]| -> Result<(Child, mpsc::Receiver<String>), String> {
+        let mut child = Command::new(&a.agent)
+            .args(["trace", "--require", "dmar_fault"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn trace: {e}"))?;
+        let err = BufReader::new(child.stderr.take().ok_or("no stderr")?);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                println!("  [trace] {l}");
+                let _ = tx.send(l);
+            }
+        });
+        let end = Instant::now() + Duration::from_secs(240);
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(l) if l == "iopf-agent: tracing" => return Ok((child, rx)),
+                Ok(_) => {}
+                Err(_) if Instant::now() > end => return Err("trace did not start within 240 s".into()),
+                Err(_) => {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        return Err(format!("trace exited {st}"));
+                    }
+                }
+            }
+        }
+    };
+    let wall = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // 1. JSON, this device only, stopping by itself.
+    let before = std::time::SystemTime::now();
+    let (mut child, _) = spawn(&["--json", "--kind", "dmar", "--device", &edu.bdf, "--duration", "15s"])?;
+    for i in 0..3u64 {
+        edu.dma(0x600_0000 + i * 0x1000, Access::Read)?;
+    }
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
+    let st = child.wait().map_err(|e| format!("wait: {e}"))?;
+    let after = std::time::SystemTime::now();
+    check(st.success(), format!("trace --duration exited {st}"))?;
+    check(lines.len() == 3, format!("{} JSON lines, want 3: {lines:?}", lines.len()))?;
+    for (i, l) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| format!("line {i}: {e}: {l}"))?;
+        let want_addr = format!("{:#x}", 0x600_0000 + i as u64 * 0x1000);
+        check(
+            v["schema"] == "iopf.dev/trace/v1"
+                && v["kind"] == "dmar_fault"
+                && v["device"] == edu.bdf.as_str()
+                && v["addr"] == want_addr,
+            format!("line {i}: {v}"),
+        )?;
+        // Wall time: inside the run, to the second (the guest clock is the time source).
+        let t = v["time"].as_str().unwrap_or_default();
+        let secs = civil_secs(t).ok_or_else(|| format!("line {i}: time {t:?} is not RFC 3339"))?;
+        check(
+            (wall(before)..=wall(after) + 1).contains(&secs),
+            format!("line {i}: time {t} outside the run [{}, {}]", wall(before), wall(after)),
+        )?;
+    }
+    // 2. Columns, a level no fault of this unit has: nothing but the header.
+    let first_stage = std::env::var("iopf_vtd_mode").is_ok_and(|m| m == "first_stage");
+    let other = if first_stage { "second" } else { "first" };
+    let (mut child, _) = spawn(&["--no-color", "--level", other, "--duration", "10s"])?;
+    edu.dma(0x600_8000, Access::Write)?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
+    let st = child.wait().map_err(|e| format!("wait: {e}"))?;
+    check(st.success(), format!("trace exited {st}"))?;
+    check(
+        lines.len() == 1 && lines[0].starts_with("TIME ") && lines[0].contains("VERDICT"),
+        format!("--level {other}: want only the header, got {lines:?}"),
+    )?;
+    // 3. A reader that stops after one line: the trace ends with exit 0 at its next write.
+    let (mut child, _) = spawn(&["--json", "--duration", "120s"])?;
+    let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    edu.dma(0x600_9000, Access::Read)?;
+    let mut first = String::new();
+    out.read_line(&mut first).map_err(|e| format!("read: {e}"))?;
+    drop(out);
+    edu.dma(0x600_a000, Access::Read)?;
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().map_err(|e| format!("wait: {e}"))? {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return Err("trace kept running after its reader went away".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    check(first.contains("\"kind\":\"dmar_fault\""), format!("first line {first:?}"))?;
+    check(st.success(), format!("trace with a closed stdout exited {st}, want 0"))?;
+    Ok(())
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time (`2026-12-02T04:46:10.5Z`), computed here
+/// (days from civil date), not by the agent's code.
+fn civil_secs(t: &str) -> Option<u64> {
+    let (y, m, d) =
+        (t.get(0..4)?.parse::<i64>().ok()?, t.get(5..7)?.parse::<i64>().ok()?, t.get(8..10)?.parse::<i64>().ok()?);
+    let (hh, mm, ss) =
+        (t.get(11..13)?.parse::<i64>().ok()?, t.get(14..16)?.parse::<i64>().ok()?, t.get(17..19)?.parse::<i64>().ok()?);
+    if !t.ends_with('Z') {
+        return None;
+    }
+    let days_before_month = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let mut days = (1970..y).map(|y| if leap(y) { 366 } else { 365 }).sum::<i64>();
+    days += days_before_month[(m - 1) as usize] + d - 1 + i64::from(m > 2 && leap(y));
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// IOVAs of the burst: 32 pages from 16 MiB, mapped in no domain.
 const BURST: u64 = 32;
 const BURST_BASE: u64 = 0x100_0000;
@@ -1332,6 +1455,7 @@ fn main() {
             "dmar-burst" => dmar_burst(&args),
             "dmar-policy" => dmar_policy(&args),
             "dmar-isolate" => dmar_isolate(&args),
+            "trace-dmar" => trace_dmar(&args),
             "bench-pf-fentry" => vm_figures(iopf_tests::bench::vm::pf_figures("fentry")),
             "bench-pf-kprobe" => vm_figures(iopf_tests::bench::vm::pf_figures("kprobe")),
             "bench-iopf-fentry" => vm_figures(iopf_tests::bench::vm::iopf_figures("fentry")),

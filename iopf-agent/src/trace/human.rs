@@ -1,0 +1,113 @@
+//! `trace` for people: one aligned line per event; violations red, unanswered or failed
+//! responses yellow (ANSI, only on a terminal unless --no-color).
+
+use std::fmt::Write as _;
+
+use iopf_common::{
+    dmar::{DmarEvent, bdf_name},
+    iopf::{Config, Consts, Event, Level, Method, response_label},
+    policy::{VERDICT_CHECKED, VIOLATIONS},
+};
+
+use super::{clock::WallClock, perm_names};
+use crate::iopf::maps::dev_str;
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const RESET: &str = "\x1b[0m";
+
+pub fn header() -> String {
+    format!(
+        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}\n",
+        "TIME", "KIND", "DEVICE", "PASID", "ADDR", "ACCESS", "CONFIG/LEVEL", "RESPONSE", "SERVICE", "VERDICT"
+    )
+}
+
+fn verdict(v: u32) -> String {
+    if v & VERDICT_CHECKED == 0 {
+        return "-".into();
+    }
+    let broken: Vec<&str> = VIOLATIONS.iter().filter(|(b, _)| v & b != 0).map(|(_, n)| *n).collect();
+    if broken.is_empty() { "ok".into() } else { broken.join(",") }
+}
+
+/// `12.3us`, `4.56ms`, `1.20s`.
+fn duration(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+fn line(buf: &mut Vec<u8>, s: &str, color: Option<&str>) {
+    match color {
+        Some(c) => {
+            buf.extend_from_slice(c.as_bytes());
+            buf.extend_from_slice(s.trim_end().as_bytes());
+            buf.extend_from_slice(RESET.as_bytes());
+            buf.push(b'\n');
+        }
+        None => buf.extend_from_slice(s.as_bytes()),
+    }
+}
+
+pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, color: bool) {
+    let pasid_valid = e.fault.flags & consts.flag_pasid_valid != 0;
+    let pasid = if pasid_valid { e.fault.pasid.to_string() } else { "-".into() };
+    let access: Vec<&str> = perm_names(e.fault.perm).collect();
+    let cl = format!(
+        "{}/{} ({})",
+        Config::from_u8(e.config).label(),
+        Level::from_u8(e.level).label(),
+        Method::from_u8(e.method).label()
+    );
+    let resp = response_label(e.code);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}",
+        clock.time_of_day(e.report_ns),
+        "iopf",
+        dev_str(&e.dev),
+        pasid,
+        format!("{:#x}", e.fault.addr),
+        if access.is_empty() { "-".into() } else { access.join(",") },
+        cl,
+        resp,
+        duration(e.service_ns),
+        verdict(e.verdict)
+    );
+    let c = if !color {
+        None
+    } else if e.verdict & !VERDICT_CHECKED != 0 {
+        Some(RED)
+    } else if resp != "success" {
+        Some(YELLOW)
+    } else {
+        None
+    };
+    line(buf, &s, c);
+}
+
+pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool) {
+    let pasid = if e.pasid_present != 0 { e.pasid.to_string() } else { "-".into() };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}",
+        clock.time_of_day(e.ts_ns),
+        "dmar",
+        dev_str(&bdf_name(e.segment, e.source_id)),
+        pasid,
+        format!("{:#x}", e.addr),
+        if e.read != 0 { "read" } else { "write" },
+        format!("reason {:#04x}/{}", e.reason, Level::from_u8(e.level).label()),
+        "-",
+        "-",
+        verdict(e.verdict)
+    );
+    let c = if color && e.verdict & !VERDICT_CHECKED != 0 { Some(RED) } else { None };
+    line(buf, &s, c);
+}

@@ -1,0 +1,80 @@
+//! `iopf-agent trace`: live events for people (columns, colour on a terminal) or machines
+//! (NDJSON, schema `iopf.dev/trace/v1`), filtered, with wall-clock times.
+
+pub mod clock;
+pub mod filter;
+pub mod human;
+pub mod json;
+
+use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event};
+
+pub use filter::Filter;
+
+/// How events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `run --trace`: the event stream as it always was (no time, no schema field).
+    Stream,
+    /// `trace --json`.
+    Json,
+    /// `trace`: aligned columns; `color` for ANSI colours.
+    Human { color: bool },
+}
+
+/// What `run` needs to print a trace.
+#[derive(Debug, Clone)]
+pub struct TraceOutput {
+    pub format: Format,
+    pub filter: Filter,
+    pub clock: clock::WallClock,
+}
+
+impl TraceOutput {
+    /// The plain event stream of `run --trace`: every event, as before.
+    pub fn stream() -> Self {
+        TraceOutput { format: Format::Stream, filter: Filter::default(), clock: clock::WallClock::now() }
+    }
+
+    pub fn iopf(&self, buf: &mut Vec<u8>, e: &Event, consts: &Consts) {
+        if !self.filter.iopf(e) {
+            return;
+        }
+        match self.format {
+            Format::Stream => crate::iopf::ndjson::write_event(buf, e, consts),
+            Format::Json => json::iopf(buf, e, consts, &self.clock),
+            Format::Human { color } => human::iopf(buf, e, consts, &self.clock, color),
+        }
+    }
+
+    pub fn dmar(&self, buf: &mut Vec<u8>, e: &DmarEvent) {
+        if !self.filter.dmar(e) {
+            return;
+        }
+        match self.format {
+            Format::Stream => crate::iopf::ndjson::write_dmar(buf, e),
+            Format::Json => json::dmar(buf, e, &self.clock),
+            Format::Human { color } => human::dmar(buf, e, &self.clock, color),
+        }
+    }
+
+    /// The header line of the human format (nothing for the others).
+    pub fn header(&self) -> Option<String> {
+        matches!(self.format, Format::Human { .. }).then(human::header)
+    }
+}
+
+/// Names of the set bits of an IOPF `perm` (uapi `IOMMU_FAULT_PERM_*`, unchanged since 5.x).
+pub fn perm_names(perm: u32) -> impl Iterator<Item = &'static str> {
+    const PERMS: [(u32, &str); 4] = [(1, "read"), (2, "write"), (4, "exec"), (8, "priv")];
+    PERMS.into_iter().filter(move |(b, _)| perm & b != 0).map(|(_, n)| n)
+}
+
+/// Names of the set bits of an IOPF `flags`, from this kernel's constants.
+pub fn flag_names(flags: u32, c: &Consts) -> Vec<&'static str> {
+    let known =
+        [(c.flag_pasid_valid, "pasid_valid"), (c.flag_last_page, "last_page"), (c.flag_needs_pasid, "needs_pasid")];
+    known.into_iter().filter(|(b, _)| *b != 0 && flags & b != 0).map(|(_, n)| n).collect()
+}
+
+#[cfg(test)]
+mod tests;
