@@ -23,6 +23,7 @@ apt_pkgs=(
   prometheus                                             # real Prometheus scraping the agent in tests
   bpftrace                                               # benchmark comparison
   zstd cpio xz-utils busybox-static                      # BTF fixtures, VM-tier initramfs
+  python3-jsonschema                                     # validates the shipped policy schema in tests
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -35,12 +36,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   say "apt: all packages present"
 fi
-# Debian starts the prometheus service on install; tests run their own instances.
-if command -v systemctl >/dev/null && systemctl is-active -q prometheus 2>/dev/null; then
-  say "stopping the distribution's prometheus service (tests start their own)"
-  sudo_ systemctl stop prometheus || true
-fi
-
+# Debian starts a prometheus service on install; it is left alone: tests run their own
+# instances on free ports.
 command -v rustup >/dev/null || { echo "rustup not found: install it from your distribution or rustup.rs" >&2; exit 1; }
 if ! rustup toolchain list | grep -q "^${stable}"; then
   say "rustup: installing ${stable}"

@@ -180,6 +180,8 @@ enum PolicyCmd {
         #[arg(long, default_value = crate::policy::SYSFS_ROOT, hide = true)]
         sysfs_root: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of a DevicePolicy document.
+    Schema,
     /// Which devices of this host each policy selects and why, near misses, and what it
     /// would select if a device appeared.
     Explain {
@@ -228,6 +230,7 @@ pub enum Command {
     PolicyCheck { paths: Vec<PathBuf>, host: bool, sysfs_root: PathBuf },
     Devices { json: bool, sysfs_root: PathBuf },
     PolicyExplain { paths: Vec<PathBuf>, sysfs_root: PathBuf },
+    PolicySchema,
 }
 
 impl From<Common> for PlanOptions {
@@ -321,6 +324,7 @@ pub fn parse() -> Command {
             Command::PolicyCheck { paths, host, sysfs_root }
         }
         Cmd::Policy { cmd: PolicyCmd::Explain { paths, sysfs_root } } => Command::PolicyExplain { paths, sysfs_root },
+        Cmd::Policy { cmd: PolicyCmd::Schema } => Command::PolicySchema,
         Cmd::Doctor { json, common } => Command::Doctor(DoctorOptions { json, plan: common.into() }),
     }
 }

@@ -17,6 +17,10 @@ fn main() {
         cli::Command::PolicyCheck { paths, host, sysfs_root } => {
             exit_with(policy_cmd::check(&paths, host, &sysfs_root))
         }
+        cli::Command::PolicySchema => {
+            let text = serde_json::to_string_pretty(&iopf_agent::policy::schema::device_policy()).unwrap_or_default();
+            quiet_pipe(std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{text}\n").as_bytes()))
+        }
         cli::Command::PolicyExplain { paths, sysfs_root } => exit_with(policy_cmd::explain(&paths, &sysfs_root)),
     };
     if let Err(e) = res {

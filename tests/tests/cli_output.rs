@@ -46,7 +46,11 @@ fn exits_0_when_the_reader_is_gone(args: &[&str]) {
 fn a_closed_stdout_is_not_an_error() {
     exits_0_when_the_reader_is_gone(&["devices", "--json"]);
     exits_0_when_the_reader_is_gone(&["devices"]);
-    exits_0_when_the_reader_is_gone(&["policy", "explain", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies")]);
+    exits_0_when_the_reader_is_gone(&[
+        "policy",
+        "explain",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies"),
+    ]);
     exits_0_when_the_reader_is_gone(&["policy", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies")]);
     if iopf_tests::require_root("a_closed_stdout_is_not_an_error (doctor)") {
         exits_0_when_the_reader_is_gone(&["doctor", "--json"]);

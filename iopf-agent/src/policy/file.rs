@@ -16,14 +16,15 @@ use super::{
     tree::{self, Ctx, Node, echo},
 };
 
-const MODES: [(&str, Mode); 2] = [("monitor", Mode::Monitor), ("enforce", Mode::Enforce)];
-const LEVELS: [(&str, Level); 3] = [("unknown", Level::Unknown), ("first", Level::First), ("second", Level::Second)];
-const RESPONSES: [(&str, u8); 4] =
+pub(super) const MODES: [(&str, Mode); 2] = [("monitor", Mode::Monitor), ("enforce", Mode::Enforce)];
+pub(super) const LEVELS: [(&str, Level); 3] =
+    [("unknown", Level::Unknown), ("first", Level::First), ("second", Level::Second)];
+pub(super) const RESPONSES: [(&str, u8); 4] =
     [("success", RESP_SUCCESS), ("invalid", RESP_INVALID), ("failure", RESP_FAILURE), ("none", RESP_NONE)];
 /// `unknownLevel`: true when such faults are violations.
-const UNKNOWN_LEVEL: [(&str, bool); 2] = [("allowed", false), ("violation", true)];
+pub(super) const UNKNOWN_LEVEL: [(&str, bool); 2] = [("allowed", false), ("violation", true)];
 /// `unrecoverable`: true when none is expected.
-const UNRECOVERABLE: [(&str, bool); 2] = [("allowed", false), ("none", true)];
+pub(super) const UNRECOVERABLE: [(&str, bool); 2] = [("allowed", false), ("none", true)];
 
 /// The levels `spec.expect.levels` chooses among: listing one allows it, the other is then
 /// a violation. `unknown` is not among them: a fault whose level could not be decided says
@@ -34,7 +35,7 @@ const SELECTOR_KEYS: &str = "name, pci, vendorDevice, driver, iommuGroup";
 const EXPECT_KEYS: &str = "levels, unknownLevel, responses, maxServiceLatency, unrecoverable";
 const DURATION_FORM: &str = "an integer followed by ns, us, ms or s, e.g. 50us";
 /// Longest `metadata.name`: it becomes a metric label and a log field.
-const NAME_MAX: usize = 63;
+pub(super) const NAME_MAX: usize = 63;
 
 /// Largest policy file read (policies are a few hundred bytes each).
 const MAX_FILE_BYTES: u64 = 1 << 20;

@@ -8,6 +8,7 @@
 pub mod action;
 mod file;
 pub mod install;
+pub mod schema;
 mod select;
 mod tree;
 pub mod uevent;

@@ -12,7 +12,7 @@ mod raw;
 
 use std::time::Duration;
 
-pub(super) use raw::compile_actions;
+pub(super) use raw::{NAMES, compile_actions};
 
 /// One action of a policy, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crate::policy::{
     tree::{Ctx, Node, did_you_mean, echo},
 };
 
-const NAMES: [&str; 4] = ["log", "alert", "exec", "isolate"];
+pub(in crate::policy) const NAMES: [&str; 4] = ["log", "alert", "exec", "isolate"];
 const FORMS: &str = "`log`, `alert`, `exec: {command: [...]}` or `isolate` (`isolate: {unbindDriver: true}`)";
 
 /// Validates `spec.actions`; absent means `[log]`. Errors are pushed to `ctx`.
