@@ -17,9 +17,9 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-fn device(name: &str, faults: u32, config: &str, responses: &str, service_ns: u64) -> String {
+fn device(name: &str, faults: u32, config: &str, responses: &str, service_ns: u64, expect: &str) -> String {
     format!(
-        "    - name: \"{name}\"\n      faults: {faults}\n      configuration: {config}\n      responses: {responses}\n      dispatchNs: {{min: 100, max: 100}}\n      serviceNs: {{min: {service_ns}, max: {service_ns}}}\n"
+        "    - name: \"{name}\"\n      faults: {faults}\n      configuration: {config}\n      responses: {responses}\n      dispatchNs: {{min: 100, max: 100}}\n      serviceNs: {{min: {service_ns}, max: {service_ns}}}\n      expectViolations: {{{expect}}}\n"
     )
 }
 
@@ -37,11 +37,13 @@ fn simulated_faults_break_their_policies_exactly() {
     let d = dir("sim");
     let mut scn =
         String::from("apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: p\nspec:\n  devices:\n");
-    scn += &device("0000:6a:01.0", 40, "nested_parent", "{success: 1}", 1000);
-    scn += &device("0000:6a:02.0", 30, "nested", "{failure: 1}", 1000);
-    scn += &device("0000:6a:03.0", 20, "flat_sva", "{success: 1}", 5000);
-    scn += &device("0000:6a:04.0", 10, "nested_parent", "{success: 1}", 1000);
-    scn += &device("0000:6a:05.0", 12, "nested", "{none: 1}", 1000);
+    // Each device's violations as worked out from its rule below (the expectation `simulate`
+    // holds the kernel's counts against).
+    scn += &device("0000:6a:01.0", 40, "nested_parent", "{success: 1}", 1000, "level: 40");
+    scn += &device("0000:6a:02.0", 30, "nested", "{failure: 1}", 1000, "responseCode: 30");
+    scn += &device("0000:6a:03.0", 20, "flat_sva", "{success: 1}", 5000, "serviceLatency: 20");
+    scn += &device("0000:6a:04.0", 10, "nested_parent", "{success: 1}", 1000, "");
+    scn += &device("0000:6a:05.0", 12, "nested", "{none: 1}", 1000, "responseCode: 12");
     std::fs::write(d.join("scenario.yaml"), scn).unwrap();
     let mut pol = policy("stage2-pinned", "0000:6a:01.0", "levels: [first]");
     pol += &policy("no-failure", "0000:6a:02.0", "responses: [success, invalid]");
@@ -154,4 +156,44 @@ fn other_device() -> String {
         }
     }
     seen.into_iter().find(|(n, c)| *c == 1 && n != "cpu0").map(|(n, _)| n).expect("a second device in sysfs")
+}
+
+/// The shipped examples: the policies scenario breaks both shipped policies, exactly as its
+/// declarations say, and a wrong declaration or a missing one is caught.
+#[test]
+fn shipped_examples_break_the_shipped_policies_as_declared() {
+    if !require_root("shipped_examples_break_the_shipped_policies_as_declared") {
+        return;
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let scn = format!("{root}/examples/scenarios/policies.yaml");
+    let pol = format!("{root}/examples/policies");
+    let agent = Agent::start_with(&["simulate", "--scenario", &scn, "--policy", &pol, "--listen", "127.0.0.1:0"]);
+    let (_, body) = http_get(agent.addr, "/metrics").unwrap();
+    let _ = agent.stop();
+    let e = Exposition::parse(&body);
+    let v = |dev: &str, policy: &str, what: &str| {
+        e.get("iopf_policy_violations_total", &[("device", dev), ("policy", policy), ("violation", what)])
+    };
+    assert_eq!(v("0000:6a:01.0", "dsa-pinned-s2", "level"), Some(200.0));
+    assert_eq!(v("iommufd_mock0", "iommufd-mock", "response_code"), Some(50.0));
+    assert_eq!(v("iommufd_mock0", "iommufd-mock", "service_latency"), Some(50.0));
+    assert_eq!(e.samples.iter().filter(|s| s.name == "iopf_policy_violations_total").count(), 3);
+
+    let d = dir("declared");
+    let text = std::fs::read_to_string(&scn).unwrap();
+    let wrong = d.join("wrong.yaml");
+    std::fs::write(&wrong, text.replace("expectViolations: {level: 200}", "expectViolations: {level: 199}")).unwrap();
+    let (code, out, err) = run_to_end(&["simulate", "--scenario", wrong.to_str().unwrap(), "--policy", &pol]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("mismatch: violations"), "{out}");
+    let missing = d.join("missing.yaml");
+    std::fs::write(&missing, text.replace("      expectViolations: {level: 200}\n", "")).unwrap();
+    let (code, _, err) = run_to_end(&["simulate", "--scenario", missing.to_str().unwrap(), "--policy", &pol]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("spec.devices[0].expectViolations: `0000:6a:01.0` is selected by policy `dsa-pinned-s2`: declare"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).ok();
 }

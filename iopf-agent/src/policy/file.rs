@@ -222,7 +222,7 @@ pub(super) fn parse_pci(s: &str) -> Result<String, String> {
 }
 
 /// `vendor:device`, four hex digits each, as `lspci -n` prints them.
-pub(super) fn parse_vendor_device(s: &str) -> Result<(u16, u16), String> {
+pub fn parse_vendor_device(s: &str) -> Result<(u16, u16), String> {
     let bad = || format!("`{s}` is not a PCI vendor:device ID (expected four hex digits each, e.g. 8086:0b25)");
     let (v, d) = s.split_once(':').ok_or_else(bad)?;
     if !hex_width(v, 4..=4) || !hex_width(d, 4..=4) {

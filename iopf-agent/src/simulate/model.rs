@@ -164,6 +164,20 @@ pub fn plan(s: &Scenario, consts: &Consts, tuple_keys: bool) -> FaultPlan {
 /// Compiled rules of simulated devices, by device name.
 pub type Rules = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], Rule>;
 
+/// Violations per device, by `policy::violation_slot`, as a scenario declares them.
+pub type Declared = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], [u64; 4]>;
+
+/// The per-device violation counters a declaration stands for (non-zero entries only, as
+/// the kernel's snapshot holds them).
+pub fn declared_violations(d: &Declared) -> std::collections::BTreeMap<crate::iopf::maps::ViolationKey, u64> {
+    let src = Source::Simulated as u8;
+    d.iter()
+        .flat_map(|(dev, counts)| {
+            counts.iter().enumerate().filter(|(_, n)| **n != 0).map(move |(slot, n)| ((*dev, src, slot), *n))
+        })
+        .collect()
+}
+
 /// How the ring buffer is used while a plan is driven.
 #[derive(Debug, Clone, Copy)]
 pub struct EventsExpect {

@@ -7,11 +7,7 @@ use std::{
 
 use std::io::Write as _;
 
-use super::{
-    drive::{drive, drive_with},
-    model,
-    scenario::Scenario,
-};
+use super::{drive::drive_with, model, scenario::Scenario};
 use crate::{
     error::AgentError,
     iopf::{
@@ -43,6 +39,9 @@ pub struct SimulateOptions {
     pub policies: Vec<PathBuf>,
 }
 
+/// Plans at least this large print their progress.
+const PROGRESS_FROM: usize = 1_000_000;
+
 pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     let scenario = Scenario::load(&opts.scenario)?;
     // Scenario devices exist nowhere in sysfs: only `name` selectors can match them.
@@ -50,7 +49,13 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         .spec
         .devices
         .iter()
-        .map(|d| SysfsDevice { name: d.name.clone(), bus: "simulated".into(), ..SysfsDevice::default() })
+        .map(|d| SysfsDevice {
+            name: d.name.clone(),
+            bus: d.bus.clone(),
+            driver: d.driver.clone(),
+            iommu_group: d.iommu_group,
+            vendor_device: d.vendor_device.as_deref().and_then(|v| crate::policy::parse_vendor_device(v).ok()),
+        })
         .collect();
     let mut set = PolicySet::load(&opts.policies)?;
     let mut ids = crate::policy::PolicyIds::default();
@@ -71,6 +76,28 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         eprintln!("iopf-agent: policy {p} selects no device of the scenario");
     }
     let rules: model::Rules = resolved.devices.iter().map(|(d, r)| (dev_bytes(d), r.rule)).collect();
+    // What the scenario's author says each selected device must violate: the expectation the
+    // kernel's counts are held against (not computed by the verdict code under test).
+    let mut declared = model::Declared::new();
+    for (i, d) in scenario.spec.devices.iter().enumerate() {
+        let Some(r) = resolved.devices.get(&d.name) else { continue };
+        match d.expect_violations {
+            Some(e) => {
+                declared.insert(dev_bytes(&d.name), e.by_slot());
+            }
+            None => {
+                return Err(crate::simulate::scenario::ScenarioError::Invalid {
+                    path: opts.scenario.display().to_string(),
+                    field: format!("spec.devices[{i}].expectViolations"),
+                    message: format!(
+                        "`{}` is selected by policy `{}`: declare the violations it must count (e.g. expectViolations: {{level: 40}}; absent kinds are 0)",
+                        d.name, r.policy
+                    ),
+                }
+                .into());
+            }
+        }
+    }
     let listener = match opts.listen {
         Some(a) => Some(server::bind(a).await?),
         None => None,
@@ -113,13 +140,26 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
             let _ = reader.pump(&mut buf, &mut out, &render);
         })?;
     } else {
-        drive(&mut Injector::new(&mut ebpf)?, &plan)?;
+        // Long runs say how far they are, every tenth (stderr: stdout carries the table).
+        let (total, step) = (plan.faults.len(), (plan.faults.len() / 10).max(1));
+        let (mut done, mut next) = (0usize, step);
+        let window = plan.window.max(1);
+        drive_with(&mut Injector::new(&mut ebpf)?, &plan, || {
+            done = (done + window).min(total);
+            if total >= PROGRESS_FROM && done >= next {
+                eprintln!("iopf-agent: simulate: {done} of {total} faults driven");
+                next += step;
+            }
+        })?;
     }
     let got = maps.snapshot()?;
     // Traced runs drain the ring after every window; otherwise only violations are written
     // and nobody reads them here.
     let capacity = if opts.trace { u64::MAX } else { model::RING_RECORDS };
-    let want = model::expected(&plan, model::EventsExpect { all: opts.trace, capacity }, &rules);
+    let mut want = model::expected(&plan, model::EventsExpect { all: opts.trace, capacity }, &rules);
+    if !rules.is_empty() {
+        want.violations = model::declared_violations(&declared);
+    }
     // The table goes where it does not mix with NDJSON.
     let mut table: Box<dyn std::io::Write> =
         if opts.trace { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };

@@ -120,7 +120,45 @@ pub struct Device {
     /// handle_mm_fault time per fault, when given.
     #[serde(default)]
     pub mm_fix_ns: Option<Range>,
+    /// What policy selectors see of the device: its bus (`pci` for `pci:` selectors; default
+    /// `simulated`), PCI vendor:device, driver and IOMMU group.
+    #[serde(default = "default_bus")]
+    pub bus: String,
+    #[serde(default)]
+    pub vendor_device: Option<String>,
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub iommu_group: Option<u32>,
+    /// The violations `simulate --policy` must find for this device, by kind, as the
+    /// scenario's author worked them out (required for a device a policy selects).
+    #[serde(default)]
+    pub expect_violations: Option<ExpectViolations>,
 }
+
+/// Violations of one device, by kind (`policy::VIOLATIONS` order); absent kinds are 0.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ExpectViolations {
+    pub level: u64,
+    pub service_latency: u64,
+    pub response_code: u64,
+    pub unrecoverable: u64,
+}
+
+impl ExpectViolations {
+    /// By `policy::violation_slot`.
+    pub fn by_slot(&self) -> [u64; 4] {
+        [self.level, self.service_latency, self.response_code, self.unrecoverable]
+    }
+}
+
+fn default_bus() -> String {
+    "simulated".into()
+}
+
+/// Most faults one scenario may plan (each planned fault holds about 100 bytes).
+pub const MAX_FAULTS: u64 = 10_000_000;
 
 fn default_pasids() -> Vec<u32> {
     vec![0]
@@ -172,6 +210,13 @@ impl Scenario {
         if self.spec.devices.is_empty() {
             return bad("spec.devices".into(), "needs at least one device".into());
         }
+        let total: u64 = self.spec.devices.iter().map(|d| u64::from(d.faults)).sum();
+        if total > MAX_FAULTS {
+            return bad(
+                "spec.devices".into(),
+                format!("{total} faults in all: at most {MAX_FAULTS} per scenario (split it into several runs)"),
+            );
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, d) in self.spec.devices.iter().enumerate() {
             let f = |x: &str| format!("spec.devices[{i}].{x}");
@@ -180,6 +225,19 @@ impl Scenario {
             }
             if !names.insert(&d.name) {
                 return bad(f("name"), format!("`{}` appears twice", d.name));
+            }
+            if let Some(vd) = &d.vendor_device
+                && let Err(m) = crate::policy::parse_vendor_device(vd)
+            {
+                return bad(f("vendorDevice"), m);
+            }
+            if d.bus.is_empty() || d.bus.contains('/') {
+                return bad(f("bus"), "must be non-empty and contain no `/`".into());
+            }
+            if let Some(e) = d.expect_violations
+                && e.by_slot().iter().any(|&n| n > u64::from(d.faults))
+            {
+                return bad(f("expectViolations"), format!("a count is above the device's {} faults", d.faults));
             }
             if d.pasids.is_empty() {
                 return bad(f("pasids"), "needs at least one PASID (0 = none)".into());
@@ -263,6 +321,32 @@ mod tests {
         let text = OK.replace("iopf.dev/v1alpha1", "iopf.dev/v9");
         let e = Scenario::parse("t.yaml", &text).unwrap_err().to_string();
         assert_eq!(e, "t.yaml: apiVersion: `iopf.dev/v9` is not supported (expected `iopf.dev/v1alpha1`)");
+    }
+
+    #[test]
+    fn a_billion_faults_is_refused_and_selector_attributes_are_checked() {
+        let e = Scenario::parse("t.yaml", &OK.replace("faults: 3", "faults: 1000000000")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.yaml: spec.devices: 1000000000 faults in all: at most 10000000 per scenario (split it into several runs)"
+        );
+        let with = |extra: &str| OK.replace("      faults: 3\n", &format!("      faults: 3\n{extra}"));
+        let s = Scenario::parse(
+            "t.yaml",
+            &with("      bus: pci\n      vendorDevice: \"8086:0b25\"\n      driver: idxd\n      iommuGroup: 12\n      expectViolations: {level: 3}\n"),
+        )
+        .unwrap();
+        let d = &s.spec.devices[0];
+        assert_eq!(
+            (d.bus.as_str(), d.vendor_device.as_deref(), d.driver.as_deref(), d.iommu_group),
+            ("pci", Some("8086:0b25"), Some("idxd"), Some(12))
+        );
+        assert_eq!(d.expect_violations.map(|e| e.by_slot()), Some([3, 0, 0, 0]));
+        let e = Scenario::parse("t.yaml", &with("      vendorDevice: \"8086\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("t.yaml: spec.devices[0].vendorDevice: `8086` is not a PCI vendor:device ID"), "{e}");
+        let e = Scenario::parse("t.yaml", &with("      expectViolations: {level: 4}\n")).unwrap_err().to_string();
+        assert_eq!(e, "t.yaml: spec.devices[0].expectViolations: a count is above the device's 3 faults");
+        assert_eq!(Scenario::parse("t.yaml", OK).unwrap().spec.devices[0].bus, "simulated");
     }
 
     #[test]
