@@ -20,7 +20,9 @@ use crate::{
         PolicyIds, PolicySet, Resolved, SYSFS_ROOT,
         action::dispatch::{Dispatcher, Table},
         install::Installed,
+        reload::ReloadStatus,
         uevent::Uevents,
+        watch::Watcher,
     },
     server,
 };
@@ -106,32 +108,48 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         registry.add(d.source());
         Some(d)
     };
-    if let Some(dispatcher) = &dispatcher {
-        // The handler is installed here, before the agent says it is serving: SIGHUP's default
-        // action would end the process.
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(hup) => {
-                let uevents = match Uevents::open() {
-                    Ok(u) => Some(u),
-                    Err(e) => {
-                        eprintln!(
-                            "iopf-agent: no kernel uevents ({e}): devices that appear later are covered from the next SIGHUP"
-                        );
-                        None
-                    }
-                };
-                let keeper = Keeper {
-                    paths: opts.policies.clone(),
-                    set: policies,
-                    slots: opts.dev_slots,
-                    maps: iopf_maps,
-                    installed,
-                    dispatcher: dispatcher.clone(),
-                };
-                tokio::spawn(keeper.run(hup, uevents));
-            }
-            Err(e) => eprintln!("iopf-agent: no SIGHUP handler, policies will not reload: {e}"),
+    // The SIGHUP handler is installed before the agent says it is serving: SIGHUP's default
+    // action would end the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    match (hup, &dispatcher) {
+        (Ok(hup), Some(dispatcher)) => {
+            let uevents = match Uevents::open() {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    eprintln!(
+                        "iopf-agent: no kernel uevents ({e}): devices that appear later are covered from the next SIGHUP"
+                    );
+                    None
+                }
+            };
+            let watcher = match Watcher::open(&opts.policies) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    eprintln!("iopf-agent: policy files not watched ({e}): changes apply at SIGHUP");
+                    None
+                }
+            };
+            let status = ReloadStatus::started();
+            registry.add(status.clone());
+            let keeper = Keeper {
+                paths: opts.policies.clone(),
+                set: policies,
+                slots: opts.dev_slots,
+                maps: iopf_maps,
+                installed,
+                dispatcher: dispatcher.clone(),
+                status,
+            };
+            tokio::spawn(keeper.run(hup, uevents, watcher));
         }
+        (Ok(mut hup), None) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    eprintln!("iopf-agent: SIGHUP: no --policy given, nothing to reload");
+                }
+            });
+        }
+        (Err(e), _) => eprintln!("iopf-agent: no SIGHUP handler, policies will not reload: {e}"),
     }
     if opts.page_faults {
         let plan = plans.iter_mut().find(|p| p.name == "mm_fault").expect("mm_fault is a known hook");
@@ -262,35 +280,52 @@ struct Keeper {
     maps: Arc<Mutex<IopfMaps>>,
     installed: Arc<Mutex<Installed>>,
     dispatcher: Dispatcher,
+    status: ReloadStatus,
 }
 
 impl Keeper {
-    async fn run(mut self, mut hup: tokio::signal::unix::Signal, mut uevents: Option<Uevents>) {
+    async fn run(
+        mut self,
+        mut hup: tokio::signal::unix::Signal,
+        mut uevents: Option<Uevents>,
+        mut watcher: Option<Watcher>,
+    ) {
         loop {
             let reload = tokio::select! {
                 r = hup.recv() => match r {
-                    Some(()) => true,
+                    Some(()) => Some("SIGHUP"),
                     None => return,
                 },
+                r = async { watcher.as_mut().map(|w| w.changed()).expect("guarded").await }, if watcher.is_some() => {
+                    match r {
+                        Ok(()) => Some("policy files changed"),
+                        Err(e) => {
+                            eprintln!("iopf-agent: policy files no longer watched ({e}): changes apply at SIGHUP");
+                            watcher = None;
+                            None
+                        }
+                    }
+                }
                 r = async { uevents.as_mut().map(|u| u.changed()).expect("guarded").await }, if uevents.is_some() => {
                     if let Err(e) = r {
                         eprintln!("iopf-agent: kernel uevents stopped ({e}): devices that appear later are covered from the next SIGHUP");
                         uevents = None;
                     }
-                    false
+                    self.devices_changed();
+                    None
                 }
             };
-            if reload {
-                self.reload();
-            } else {
-                self.devices_changed();
+            if let Some(why) = reload {
+                eprintln!("iopf-agent: {why}: reloading policies");
+                let accepted = self.reload();
+                self.status.record(accepted);
             }
         }
     }
 
     /// SIGHUP: the files again, all or nothing. A set with errors, or one that needs more
     /// device slots than are free, leaves the last good one in force.
-    fn reload(&mut self) {
+    fn reload(&mut self) -> bool {
         let root = Path::new(SYSFS_ROOT);
         let loaded = PolicySet::load(&self.paths).and_then(|mut set| {
             set.assign_ids(&mut self.installed.lock().unwrap_or_else(|e| e.into_inner()).ids);
@@ -302,7 +337,7 @@ impl Keeper {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("iopf-agent: policy reload refused, the previous policies stay in force:\n{e}");
-                return;
+                return false;
             }
         };
         match self.install(&resolved) {
@@ -311,11 +346,15 @@ impl Keeper {
                 eprintln!("iopf-agent: policies reloaded: {} policies, {n} device rules changed", set.policies().len());
                 self.dispatcher.replace(Table::new(&set, &resolved));
                 self.set = set;
+                true
             }
-            Err(e) => eprintln!(
-                "iopf-agent: policy reload refused, the previous policies stay in force: {}",
-                crate::error::chain(&e)
-            ),
+            Err(e) => {
+                eprintln!(
+                    "iopf-agent: policy reload refused, the previous policies stay in force: {}",
+                    crate::error::chain(&e)
+                );
+                false
+            }
         }
     }
 

@@ -197,3 +197,48 @@ fn shipped_examples_break_the_shipped_policies_as_declared() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A saved file reloads by itself (inotify, no SIGHUP), refused and accepted sets show in
+/// the reload metrics, and a SIGHUP to an agent without --policy is only logged.
+#[test]
+fn file_changes_reload_and_the_outcome_is_a_metric() {
+    if !require_root("file_changes_reload_and_the_outcome_is_a_metric") {
+        return;
+    }
+    let d = dir("watch");
+    let file = d.join("p.yaml");
+    let good = policy("cpu-watch", "cpu0", "levels: [first]");
+    std::fs::write(&file, &good).unwrap();
+    let agent = Agent::start(&["--policy", d.to_str().unwrap()]);
+    let metric = |name: &str| {
+        let (_, body) = http_get(agent.addr, "/metrics").unwrap();
+        Exposition::parse(&body).get(name, &[])
+    };
+    assert_eq!(metric("iopf_policy_reload_success"), Some(1.0));
+    // An editor's save: write a temporary file, rename it over the policy.
+    let tmp = d.join(".p.yaml.tmp");
+    std::fs::write(&tmp, good.replace("levels: [first]", "levels: [thrid]")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    assert!(agent.wait_line("iopf-agent: policy files changed: reloading policies").is_some());
+    assert!(agent.wait_line("iopf-agent: policy reload refused").is_some());
+    assert_eq!(metric("iopf_policy_reload_success"), Some(0.0));
+    std::fs::write(&file, good.replace("cpu-watch", "cpu-watch-2")).unwrap();
+    assert!(agent.wait_line("iopf-agent: policies reloaded: 1 policies").is_some());
+    assert_eq!(metric("iopf_policy_reload_success"), Some(1.0));
+    let (_, body) = http_get(agent.addr, "/metrics").unwrap();
+    let e = Exposition::parse(&body);
+    assert_eq!(e.get("iopf_policy_reloads_total", &[("result", "refused")]), Some(1.0));
+    assert_eq!(e.get("iopf_policy_reloads_total", &[("result", "accepted")]), Some(1.0));
+    let (code, _) = agent.stop();
+    assert_eq!(code, Some(0));
+
+    let agent = Agent::start(&[]);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    assert!(agent.wait_line("iopf-agent: SIGHUP: no --policy given, nothing to reload").is_some());
+    let (status, _) = http_get(agent.addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "still serving after SIGHUP");
+    let (code, _) = agent.stop();
+    assert_eq!(code, Some(0));
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -8,10 +8,12 @@
 pub mod action;
 mod file;
 pub mod install;
+pub mod reload;
 pub mod schema;
 mod select;
 mod tree;
 pub mod uevent;
+pub mod watch;
 
 use std::{
     collections::BTreeMap,
