@@ -30,7 +30,7 @@ fn alert_rules_pass_promtool_unit_tests() {
     let d = dashboards();
     let check = Command::new(PROMTOOL).args(["check", "rules", "iopf-alerts.yml"]).current_dir(&d).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 5 rules found"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 6 rules found"));
     let test = Command::new(PROMTOOL).args(["test", "rules", "iopf-alerts.test.yml"]).current_dir(&d).output().unwrap();
     assert!(
         test.status.success(),
@@ -49,7 +49,7 @@ fn dashboard_queries() -> Vec<String> {
         for p in v["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {
                 let e = t["expr"].as_str().unwrap();
-                out.push(e.replace("$instance", ".*").replace("$device", ".*"));
+                out.push(e.replace("$instance", ".*").replace("$device", ".*").replace("$source", ".*"));
             }
         }
     }
@@ -83,17 +83,24 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
     let dir = std::env::temp_dir().join(format!("iopf-dash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    // Two agents: `run` (hooks, agent info, page faults) and `simulate` with a policy that
-    // its scenario breaks (IOPF families, violations).
-    let pol = dir.join("p.yaml");
-    std::fs::write(&pol, "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: pinned\nspec:\n  mode: monitor\n  selector:\n    name: \"0000:00:04.0\"\n  expect:\n    levels: [second]\n").unwrap();
+    // Four agents: `run` (hooks, agent info, page faults) and three simulated hosts, one with
+    // the shipped policies that its scenario breaks (violations).
     let scn = format!("{}/../examples/scenarios/small.yaml", env!("CARGO_MANIFEST_DIR"));
-    let sim = Agent::start_with(&[
+    let sim = Agent::start_with(&["simulate", "--scenario", &scn, "--listen", "127.0.0.1:0"]);
+    let examples = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+    let sim2 = Agent::start_with(&[
         "simulate",
         "--scenario",
-        &scn,
+        &format!("{examples}/scenarios/policies.yaml"),
         "--policy",
-        pol.to_str().unwrap(),
+        &format!("{examples}/policies"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let sim3 = Agent::start_with(&[
+        "simulate",
+        "--scenario",
+        &format!("{examples}/scenarios/mixed-10k.yaml"),
         "--listen",
         "127.0.0.1:0",
     ]);
@@ -106,9 +113,11 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
     let prom = Prometheus::start(
         &dir,
         &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: iopf\n    static_configs:\n      - targets: ['{}', '{}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: iopf\n    static_configs:\n      - targets: ['{}', '{}', '{}', '{}']\n",
             dashboards().join("iopf-alerts.yml").display(),
             sim.addr,
+            sim2.addr,
+            sim3.addr,
             run.addr
         ),
     );
@@ -121,9 +130,9 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
         let up = prom.query("sum(up{job=\"iopf\"})");
         rules = prom.api("/api/v1/rules");
         let evaluated = rules["data"]["groups"][0]["rules"].as_array().is_some_and(|r| {
-            r.len() == 5 && r.iter().all(|x| x["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
+            r.len() == 6 && r.iter().all(|x| x["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
         });
-        if up["data"]["result"][0]["value"][1] == "2" && evaluated {
+        if up["data"]["result"][0]["value"][1] == "4" && evaluated {
             let v = prom.api("/api/v1/label/__name__/values");
             names = v["data"].as_array().unwrap().iter().filter_map(|n| n.as_str().map(str::to_owned)).collect();
             let alerts = prom.api("/api/v1/alerts");
@@ -141,10 +150,14 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // rate() needs two samples of each series in its window.
+    std::thread::sleep(Duration::from_secs(3));
     let queries: Vec<(String, serde_json::Value)> =
         dashboard_queries().into_iter().map(|q| (q.clone(), prom.query(&q))).collect();
     drop(prom);
     let _ = sim.stop();
+    let _ = sim2.stop();
+    let _ = sim3.stop();
     let _ = run.stop();
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -160,7 +173,13 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
     let mut referenced = BTreeSet::new();
     for (q, v) in &queries {
         assert_eq!(v["status"], "success", "dashboard query `{q}`: {v}");
-        referenced.extend(families(q));
+        let fams = families(q);
+        // Data, not just success: every panel shows something for this fleet, except those
+        // only a real fault path feeds.
+        let real_only = fams.iter().all(|f| real_path_only.contains(&f.as_str()));
+        let rows = v["data"]["result"].as_array().map_or(0, Vec::len);
+        assert!(real_only || rows > 0, "dashboard query `{q}` returned no data: {v}");
+        referenced.extend(fams);
     }
     let rules_text = std::fs::read_to_string(dashboards().join("iopf-alerts.yml")).unwrap();
     referenced.extend(families(&rules_text));
@@ -174,4 +193,34 @@ fn prometheus_loads_the_rules_and_evaluates_every_dashboard_query() {
         );
     }
     assert!(referenced.len() >= 12, "queries name the families: {referenced:?}");
+}
+
+/// What a fleet needs of every panel: the data source variable, a unit, `instance` (and
+/// `device`, `source`) multi-select with All, and no hard-coded `source`.
+#[test]
+fn every_panel_uses_the_data_source_variable_and_has_a_unit() {
+    for f in ["iopf-faults.json", "iopf-pagefaults.json"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dashboards().join(f)).unwrap()).unwrap();
+        let vars = v["templating"]["list"].as_array().unwrap();
+        assert!(vars.iter().any(|x| x["name"] == "DS" && x["type"] == "datasource"), "{f}: DS variable");
+        for name in ["instance", "device", "source"] {
+            if let Some(x) = vars.iter().find(|x| x["name"] == name) {
+                assert!(x["multi"] == true && x["includeAll"] == true && x["allValue"] == ".*", "{f}: {name}: {x}");
+            } else {
+                assert!(name != "instance" && f == "iopf-pagefaults.json", "{f}: no {name} variable");
+            }
+        }
+        for p in v["panels"].as_array().unwrap() {
+            let t = p["title"].as_str().unwrap();
+            assert_eq!(p["datasource"]["uid"], "${DS}", "{f}: panel {t}");
+            assert!(p["fieldConfig"]["defaults"]["unit"].is_string(), "{f}: panel {t} has no unit");
+            for q in p["targets"].as_array().unwrap() {
+                assert_eq!(q["datasource"]["uid"], "${DS}", "{f}: panel {t}");
+                let e = q["expr"].as_str().unwrap();
+                assert!(!e.contains("source=\"kernel\""), "{f}: panel {t} hard-codes the source: {e}");
+                assert!(e.contains("instance=~\"$instance\""), "{f}: panel {t} ignores $instance: {e}");
+            }
+        }
+    }
 }
