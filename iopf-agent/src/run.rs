@@ -184,31 +184,39 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             print!("{h}");
         }
         let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
-        let (trace, d, closed) = (opts.trace.clone(), dispatcher.clone(), stdout_closed.clone());
-        tokio::spawn(async move {
-            let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
-                if let Some(t) = &trace {
-                    t.iopf(b, e, &consts);
-                }
-                if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_event(e, &consts)) {
-                    d.as_ref().expect("checked").send(v);
-                }
-            };
-            stream_ended("event stream", reader.stream(std::io::stdout, render).await, &closed);
-        });
         let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS")?;
         let (trace, d, closed) = (opts.trace.clone(), dispatcher.clone(), stdout_closed.clone());
-        tokio::spawn(async move {
-            let render = |b: &mut Vec<u8>, e: &iopf_common::dmar::DmarEvent| {
-                if let Some(t) = &trace {
-                    t.dmar(b, e);
-                }
-                if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_dmar(e)) {
-                    d.as_ref().expect("checked").send(v);
-                }
+        // On a thread and runtime of their own: a slow stdout reader blocks these writes, and
+        // must not block scrapes, reloads or signals.
+        std::thread::Builder::new().name("iopf-events".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("iopf-agent: event stream not started: {e}"),
             };
-            stream_ended("VT-d fault stream", dmar.stream(std::io::stdout, render).await, &closed);
-        });
+            let iopf = async {
+                let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
+                    if let Some(t) = &trace {
+                        t.iopf(b, e, &consts);
+                    }
+                    if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_event(e, &consts)) {
+                        d.as_ref().expect("checked").send(v);
+                    }
+                };
+                stream_ended("event stream", reader.stream(std::io::stdout, render).await, &closed);
+            };
+            let vtd = async {
+                let render = |b: &mut Vec<u8>, e: &iopf_common::dmar::DmarEvent| {
+                    if let Some(t) = &trace {
+                        t.dmar(b, e);
+                    }
+                    if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_dmar(e)) {
+                        d.as_ref().expect("checked").send(v);
+                    }
+                };
+                stream_ended("VT-d fault stream", dmar.stream(std::io::stdout, render).await, &closed);
+            };
+            rt.block_on(async { tokio::join!(iopf, vtd) });
+        })?;
     }
     // Parsed BTF is only needed to plan and attach: free it and hand the heap back to the
     // system, so the resident agent stays small.

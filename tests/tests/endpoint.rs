@@ -1,0 +1,99 @@
+//! The metrics endpoint against clients that misbehave: slowloris, a thousand idle
+//! connections, malformed and oversized requests. The agent is `simulate --listen`, which
+//! serves the same endpoint as `run` without needing hooks.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use iopf_tests::{
+    agent::Agent,
+    prom::{Exposition, http_get},
+    require_root,
+};
+
+fn agent() -> Agent {
+    let scn = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scenarios/small.yaml");
+    Agent::start_with(&["simulate", "--scenario", scn, "--listen", "127.0.0.1:0"])
+}
+
+/// What the server answers to raw bytes (until it closes or 10 s pass).
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn slowloris_is_cut_off_at_the_header_timeout() {
+    if !require_root("slowloris_is_cut_off_at_the_header_timeout") {
+        return;
+    }
+    let a = agent();
+    let mut s = TcpStream::connect(a.addr).unwrap();
+    let t0 = Instant::now();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    // One header byte every 250 ms, never finishing: the server must close within 5 s + slack.
+    let closed = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        if s.write_all(b"X").is_err() {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            break t0.elapsed();
+        }
+        // A closed socket shows as EOF on read.
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 512];
+        let eof = s.read(&mut b).is_ok();
+        s.set_nonblocking(false).unwrap();
+        if eof {
+            break t0.elapsed();
+        }
+    };
+    println!("slowloris closed after {closed:?}");
+    assert!(closed >= Duration::from_secs(4) && closed < Duration::from_secs(8), "closed after {closed:?}");
+    let _ = a.stop();
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_delay_a_scrape() {
+    if !require_root("a_thousand_idle_connections_do_not_delay_a_scrape") {
+        return;
+    }
+    let a = agent();
+    let idle: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(a.addr).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let (code, body) = http_get(a.addr, "/metrics").expect("scrape");
+    let took = t0.elapsed();
+    println!("scrape with {} idle connections: {took:?}", idle.len());
+    assert_eq!(code, 200);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let e = Exposition::parse(&body);
+    let open = e.get("iopf_http_connections", &[("state", "open")]).unwrap();
+    assert!((1000.0..=1001.0).contains(&open), "open connections {open}");
+    drop(idle);
+    let _ = a.stop();
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_4xx() {
+    if !require_root("malformed_and_oversized_requests_get_4xx") {
+        return;
+    }
+    let a = agent();
+    let bad = raw(a.addr, b"GARBAGE\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad:?}");
+    let big = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let over = raw(a.addr, big.as_bytes());
+    assert!(over.starts_with("HTTP/1.1 431"), "{over:?}");
+    // And the endpoint still serves.
+    assert_eq!(http_get(a.addr, "/healthz").unwrap().0, 200);
+    let _ = a.stop();
+}
