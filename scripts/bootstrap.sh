@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what building and testing iopf needs, idempotently, saying what it does.
+# Installs what building (`bootstrap.sh run`) or also testing (`bootstrap.sh test`, the
+# default) iopf needs, idempotently, saying what it does.
 # Safe to run repeatedly: every step checks first and skips when already satisfied.
 set -euo pipefail
 
@@ -16,15 +17,21 @@ bpf_linker_version=0.13.0
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# `./x run` needs only what builds the agent; `./x test` also what the tests drive.
+mode=${1:-test}
 apt_pkgs=(
   "llvm-${llvm_major}-dev" "libpolly-${llvm_major}-dev" # bpf-linker build
   libzstd-dev zlib1g-dev                                 # bpf-linker links these via llvm-config
-  qemu-system-x86                                        # VM test tier
-  prometheus                                             # real Prometheus scraping the agent in tests
-  bpftrace                                               # benchmark comparison
-  zstd cpio xz-utils busybox-static                      # BTF fixtures, VM-tier initramfs
-  python3-jsonschema                                     # validates the shipped policy schema in tests
 )
+if [ "$mode" = test ]; then
+  apt_pkgs+=(
+    qemu-system-x86                                      # VM test tier
+    prometheus                                           # real Prometheus scraping the agent in tests
+    bpftrace                                             # benchmark comparison
+    zstd cpio xz-utils busybox-static                    # BTF fixtures, VM-tier initramfs
+    python3-jsonschema                                   # validates the shipped policy schema in tests
+  )
+fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

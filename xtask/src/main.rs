@@ -88,7 +88,8 @@ fn is_root() -> bool {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run { args } => {
-            sh("build", Command::new("cargo").args(["build", "--release", "-p", "iopf-agent"]))?;
+            // Quiet: a rebuild does not replay the eBPF build's log; errors still show.
+            sh("build", Command::new("cargo").args(["build", "--release", "--quiet", "-p", "iopf-agent"]))?;
             let bin = "target/release/iopf-agent";
             let args = if args.is_empty() { vec!["--page-faults".to_owned()] } else { args };
             let mut cmd = if is_root() {
@@ -99,7 +100,11 @@ fn main() -> anyhow::Result<()> {
                 c
             };
             cmd.arg("run").args(&args);
-            sh("iopf-agent", &mut cmd)
+            eprintln!("[xtask] iopf-agent: {cmd:?}");
+            // The agent replaces this process: its exit status is `./x run`'s, and signals
+            // reach it directly.
+            use std::os::unix::process::CommandExt as _;
+            Err(cmd.exec()).context("starting iopf-agent")
         }
         Cmd::VmTest { kernels, scenarios, timeout, no_build } => {
             vm_test(&kernels, &scenarios, Duration::from_secs(timeout), !no_build)
