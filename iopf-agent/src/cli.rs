@@ -82,6 +82,9 @@ enum Cmd {
         /// Print every answered fault as an NDJSON event on stdout.
         #[arg(long)]
         trace: bool,
+        /// Write every answered fault to this recording (as `record` does).
+        #[arg(long, value_name = "FILE", conflicts_with = "trace")]
+        record: Option<PathBuf>,
         #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
         btf_dir: PathBuf,
     },
@@ -134,6 +137,32 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Load and attach like `run`, and write every event to FILE (compact, versioned, with a
+    /// header: kernel, agent version, attach plan) until SIGINT/SIGTERM or --duration.
+    Record {
+        file: PathBuf,
+        #[arg(long, value_parser = parse_duration_arg)]
+        duration: Option<u64>,
+        /// DevicePolicy files or directories (their verdicts are recorded with the events).
+        #[arg(long = "policy", value_name = "PATH")]
+        policies: Vec<PathBuf>,
+        /// Also serve metrics here.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print a recording's events (columns, or --json) and a summary per device.
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        no_color: bool,
+        /// Only the summary.
+        #[arg(long)]
+        summary: bool,
+    },
     /// DMA-capable devices of this host from sysfs and PCI config space: IDs, driver, IOMMU
     /// group and domain type, IOMMU unit, ATS/PRI/PASID, and whether faults can be reported.
     Devices {
@@ -175,6 +204,9 @@ enum PolicyCmd {
         /// device) and check that enforce actions can be honoured here.
         #[arg(long)]
         host: bool,
+        /// Instead, what the policies would have flagged in this recording (`record`).
+        #[arg(long, value_name = "RECORDING", conflicts_with = "host")]
+        against: Option<PathBuf>,
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
         #[arg(long, default_value = crate::policy::SYSFS_ROOT, hide = true)]
@@ -207,6 +239,8 @@ pub struct RunOptions {
     pub trace: Option<crate::trace::TraceOutput>,
     /// Stop after this long (`trace --duration`).
     pub duration: Option<std::time::Duration>,
+    /// Write the events to this recording instead of stdout (`record`).
+    pub record: Option<PathBuf>,
     pub policies: Vec<PathBuf>,
     /// Device slots including the "other" slot 0.
     pub dev_slots: u32,
@@ -229,6 +263,8 @@ pub enum Command {
     Release { device: String, sysfs_root: PathBuf },
     PolicyCheck { paths: Vec<PathBuf>, host: bool, sysfs_root: PathBuf },
     Devices { json: bool, sysfs_root: PathBuf },
+    Replay { file: PathBuf, format: crate::trace::Format, summary: bool },
+    PolicyAgainst { file: PathBuf, policies: Vec<PathBuf> },
     PolicyExplain { paths: Vec<PathBuf>, sysfs_root: PathBuf },
     PolicySchema,
 }
@@ -260,6 +296,7 @@ pub fn parse() -> Command {
                 listen: Some(listen),
                 trace: trace.then(crate::trace::TraceOutput::stream),
                 duration: None,
+                record: None,
                 policies,
                 dev_slots: max_devices + 1,
                 page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
@@ -267,11 +304,42 @@ pub fn parse() -> Command {
                 plan: common.into(),
             }))
         }
-        Cmd::Simulate { scenario, listen, trace, btf_dir, policies } => {
-            Command::Simulate(crate::simulate::run::SimulateOptions { scenario, listen, trace, btf_dir, policies })
+        Cmd::Simulate { scenario, listen, trace, record, btf_dir, policies } => {
+            Command::Simulate(crate::simulate::run::SimulateOptions {
+                scenario,
+                listen,
+                trace,
+                record,
+                btf_dir,
+                policies,
+            })
         }
         Cmd::Release { device, sysfs_root } => Command::Release { device, sysfs_root },
         Cmd::Devices { json, sysfs_root } => Command::Devices { json, sysfs_root },
+        Cmd::Replay { file, json, no_color, summary } => {
+            use std::io::IsTerminal as _;
+            let format = if json {
+                crate::trace::Format::Json
+            } else {
+                crate::trace::Format::Human { color: !no_color && std::io::stdout().is_terminal() }
+            };
+            Command::Replay { file, format, summary }
+        }
+        Cmd::Record { file, duration, policies, listen, common } => Command::Run(Box::new(RunOptions {
+            listen,
+            trace: Some(crate::trace::TraceOutput {
+                format: crate::trace::Format::Record,
+                filter: crate::trace::Filter::default(),
+                clock: crate::trace::clock::WallClock::now(),
+            }),
+            duration: duration.map(std::time::Duration::from_nanos),
+            record: Some(file),
+            policies,
+            dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
+            page_faults: false,
+            selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
+            plan: common.into(),
+        })),
         Cmd::Trace {
             json,
             no_color,
@@ -313,6 +381,7 @@ pub fn parse() -> Command {
                 listen,
                 trace: Some(crate::trace::TraceOutput { format, filter, clock: crate::trace::clock::WallClock::now() }),
                 duration: duration.map(std::time::Duration::from_nanos),
+                record: None,
                 policies,
                 dev_slots: max_devices + 1,
                 page_faults: false,
@@ -320,7 +389,10 @@ pub fn parse() -> Command {
                 plan: common.into(),
             }))
         }
-        Cmd::Policy { cmd: PolicyCmd::Check { host, paths, sysfs_root } } => {
+        Cmd::Policy { cmd: PolicyCmd::Check { against: Some(file), paths, .. } } => {
+            Command::PolicyAgainst { file, policies: paths }
+        }
+        Cmd::Policy { cmd: PolicyCmd::Check { host, paths, sysfs_root, against: None } } => {
             Command::PolicyCheck { paths, host, sysfs_root }
         }
         Cmd::Policy { cmd: PolicyCmd::Explain { paths, sysfs_root } } => Command::PolicyExplain { paths, sysfs_root },

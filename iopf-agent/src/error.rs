@@ -41,6 +41,8 @@ pub enum AgentError {
     #[error("`{0}` is not a PCI device (no /sys/bus/pci/devices/{0}); give its address as SSSS:BB:DD.F")]
     NotPci(String),
     #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
+    #[error(transparent)]
     Devices(#[from] crate::devices::DevicesError),
     #[error(transparent)]
     Pci(#[from] crate::policy::action::pci::PciError),
@@ -80,6 +82,9 @@ impl AgentError {
                 3
             }
             AgentError::Pci(_) | AgentError::Devices(_) => 1,
+            AgentError::Record(crate::record::RecordError::Io { .. }) => 1,
+            // A file that is not a readable recording is bad input.
+            AgentError::Record(_) => 2,
         }
     }
 }

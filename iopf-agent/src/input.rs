@@ -11,7 +11,7 @@ use thiserror::Error;
 pub enum InputError {
     #[error("cannot read: {0}")]
     Io(#[from] std::io::Error),
-    #[error("not a regular file ({0}): give a YAML file")]
+    #[error("not a regular file ({0}): give the path of a file")]
     NotRegular(&'static str),
     #[error("larger than {cap} bytes: split it into several files")]
     TooLarge { cap: u64 },
@@ -36,14 +36,21 @@ fn kind(ft: std::fs::FileType) -> &'static str {
     }
 }
 
-/// The text of the regular file at `path`, at most `cap` bytes.
-pub fn read_text(path: &Path, cap: u64) -> Result<String, InputError> {
+/// The regular file at `path`, opened for reading (anything else refused without waiting).
+pub fn open_regular(path: &Path) -> Result<std::fs::File, InputError> {
     // Non-blocking: opening a FIFO for reading would otherwise wait for a writer.
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
     let meta = f.metadata()?;
     if !meta.file_type().is_file() {
         return Err(InputError::NotRegular(kind(meta.file_type())));
     }
+    Ok(f)
+}
+
+/// The text of the regular file at `path`, at most `cap` bytes.
+pub fn read_text(path: &Path, cap: u64) -> Result<String, InputError> {
+    let f = open_regular(path)?;
+    let meta = f.metadata()?;
     if meta.len() > cap {
         return Err(InputError::TooLarge { cap });
     }

@@ -16,6 +16,7 @@ pub mod paths;
 pub mod policy;
 pub mod policy_cmd;
 pub mod progstats;
+pub mod record;
 pub mod release;
 pub mod run;
 pub mod server;

@@ -173,6 +173,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     log_hooks(&plans);
     registry.add(crate::progstats::ProgramSource { progs: crate::progstats::track_loaded(&ebpf) });
+    let recorded_plan: Vec<crate::record::PlannedHook> = plans.iter().map(crate::record::PlannedHook::of).collect();
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
     let consts = report.iopf_abi.as_ref().map(|a| a.consts).unwrap_or(crate::kabi::iopf::CURRENT_CONSTS);
@@ -185,6 +186,29 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         }
         let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
         let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS")?;
+        let sink = match &opts.record {
+            Some(path) => {
+                let devices = crate::policy::enumerate(Path::new(SYSFS_ROOT))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|d| d.bus == "pci" || d.iommu_group.is_some() || d.bus == "iommufd_mock")
+                    .map(crate::record::RecordedDevice::of)
+                    .collect();
+                let h = crate::record::Header::new(
+                    &report.kernel,
+                    "kernel",
+                    &consts,
+                    recorded_plan,
+                    devices,
+                    crate::record::Times::Monotonic,
+                );
+                let w = crate::record::Writer::create(path, &h)?;
+                eprintln!("iopf-agent: recording events to {}", path.display());
+                crate::record::Sink::File(w)
+            }
+            None => crate::record::Sink::Stdout,
+        };
+        let (sink1, sink2) = (sink.clone(), sink);
         let (trace, d, closed) = (opts.trace.clone(), dispatcher.clone(), stdout_closed.clone());
         // On a thread and runtime of their own: a slow stdout reader blocks these writes, and
         // must not block scrapes, reloads or signals.
@@ -202,7 +226,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
                         d.as_ref().expect("checked").send(v);
                     }
                 };
-                stream_ended("event stream", reader.stream(std::io::stdout, render).await, &closed);
+                stream_ended("event stream", reader.stream(move || sink1.clone(), render).await, &closed);
             };
             let vtd = async {
                 let render = |b: &mut Vec<u8>, e: &iopf_common::dmar::DmarEvent| {
@@ -213,7 +237,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
                         d.as_ref().expect("checked").send(v);
                     }
                 };
-                stream_ended("VT-d fault stream", dmar.stream(std::io::stdout, render).await, &closed);
+                stream_ended("VT-d fault stream", dmar.stream(move || sink2.clone(), render).await, &closed);
             };
             rt.block_on(async { tokio::join!(iopf, vtd) });
         })?;

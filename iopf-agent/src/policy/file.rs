@@ -209,7 +209,7 @@ fn checked<T>(
 
 /// `domain:bus:device.function` as the kernel names PCI devices (`%04x:%02x:%02x.%d`);
 /// returned in lower case, the form sysfs uses.
-pub(super) fn parse_pci(s: &str) -> Result<String, String> {
+pub fn parse_pci(s: &str) -> Result<String, String> {
     let bad = || format!("`{s}` is not a PCI address (expected domain:bus:device.function, e.g. 0000:6a:01.0)");
     let (domain, rest) = s.split_once(':').ok_or_else(bad)?;
     let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;

@@ -24,7 +24,7 @@ use iopf_common::policy::Rule;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use file::{parse_duration, parse_vendor_device};
+pub use file::{parse_duration, parse_pci, parse_vendor_device};
 pub use select::{KeyMatch, SysfsDevice, enumerate};
 
 pub const API_VERSION: &str = "iopf.dev/v1alpha1";

@@ -34,9 +34,16 @@ pub struct SimulateOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Print every event as NDJSON on stdout (the totals table then goes to stderr).
     pub trace: bool,
+    /// Write every answered fault to this recording.
+    pub record: Option<PathBuf>,
     pub btf_dir: PathBuf,
     /// `DevicePolicy` files or directories, checked against the scenario's devices (by name).
     pub policies: Vec<PathBuf>,
+}
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 /// Plans at least this large print their progress.
@@ -105,7 +112,8 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     // The running kernel's constants when it has an IOPF ABI, else the newest generation's.
     let btf = KernelBtf::load(&opts.btf_dir).ok();
     let abi = btf.as_ref().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
-    let base = Globals { events: opts.trace, ..Globals::default() };
+    let all_events = opts.trace || opts.record.is_some();
+    let base = Globals { events: all_events, ..Globals::default() };
     let mut globals = match &abi {
         Some(a) => base.with_abi(a),
         None => Globals { consts: CURRENT_CONSTS, ..base },
@@ -129,7 +137,33 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     let mut maps = IopfMaps::take(&mut ebpf)?;
     let mut installed = Installed::new(&resolved, Source::Simulated as u8, ids);
     installed.reserve(&mut maps, globals.dev_slots)?;
-    if opts.trace {
+    if let Some(path) = &opts.record {
+        let mut reader = EventReader::take(&mut ebpf)?;
+        let recorded = devices.iter().map(crate::record::RecordedDevice::of).collect();
+        let h = crate::record::Header::new(
+            &kernel_release(),
+            "simulated",
+            &globals.consts,
+            Vec::new(),
+            recorded,
+            crate::record::Times::FromStart,
+        );
+        let mut out = crate::record::Writer::create(path, &h)?;
+        let mut buf = Vec::new();
+        let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
+            crate::record::file::encode(b, &crate::record::Record::Iopf(*e))
+        };
+        let mut failed = None;
+        drive_with(&mut Injector::new(&mut ebpf)?, &plan, || {
+            if let Err(e) = reader.pump(&mut buf, &mut out, &render) {
+                failed.get_or_insert(e);
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(AgentError::Io(e));
+        }
+        std::io::Write::flush(&mut out)?;
+    } else if opts.trace {
         let mut reader = EventReader::take(&mut ebpf)?;
         let consts = globals.consts;
         let mut out = std::io::stdout().lock();
@@ -155,8 +189,8 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     let got = maps.snapshot()?;
     // Traced runs drain the ring after every window; otherwise only violations are written
     // and nobody reads them here.
-    let capacity = if opts.trace { u64::MAX } else { model::RING_RECORDS };
-    let mut want = model::expected(&plan, model::EventsExpect { all: opts.trace, capacity }, &rules);
+    let capacity = if all_events { u64::MAX } else { model::RING_RECORDS };
+    let mut want = model::expected(&plan, model::EventsExpect { all: all_events, capacity }, &rules);
     if !rules.is_empty() {
         want.violations = model::declared_violations(&declared);
     }

@@ -20,7 +20,12 @@ impl WallClock {
         WallClock { offset_ns: now_ns(libc::CLOCK_REALTIME) - now_ns(libc::CLOCK_MONOTONIC) }
     }
 
-    /// A fixed offset (tests).
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC in ns.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
+    /// A fixed offset (tests, and replays of a recording).
     pub fn with_offset(offset_ns: i128) -> Self {
         WallClock { offset_ns }
     }

@@ -19,6 +19,8 @@ pub enum Format {
     Json,
     /// `trace`: aligned columns; `color` for ANSI colours.
     Human { color: bool },
+    /// `record`: the records themselves, for the recording file.
+    Record,
 }
 
 /// What `run` needs to print a trace.
@@ -43,6 +45,7 @@ impl TraceOutput {
             Format::Stream => crate::iopf::ndjson::write_event(buf, e, consts),
             Format::Json => json::iopf(buf, e, consts, &self.clock),
             Format::Human { color } => human::iopf(buf, e, consts, &self.clock, color),
+            Format::Record => crate::record::file::encode(buf, &crate::record::Record::Iopf(*e)),
         }
     }
 
@@ -54,6 +57,7 @@ impl TraceOutput {
             Format::Stream => crate::iopf::ndjson::write_dmar(buf, e),
             Format::Json => json::dmar(buf, e, &self.clock),
             Format::Human { color } => human::dmar(buf, e, &self.clock, color),
+            Format::Record => crate::record::file::encode(buf, &crate::record::Record::Dmar(*e)),
         }
     }
 

@@ -1104,6 +1104,61 @@ fn trace_dmar(a: &Args) -> Result<(), String> {
     };
     check(first.contains("\"kind\":\"dmar_fault\""), format!("first line {first:?}"))?;
     check(st.success(), format!("trace with a closed stdout exited {st}, want 0"))?;
+    record_dmar(a, &edu)
+}
+
+/// `record` on real VT-d fault records, then `replay` and `policy check --against` it.
+fn record_dmar(a: &Args, edu: &iopf_tests::edu::Edu) -> Result<(), String> {
+    use std::io::BufRead as _;
+
+    use iopf_tests::edu::Access;
+    let rec = std::env::temp_dir().join("iopf-dmar.iopf");
+    let mut child = Command::new(&a.agent)
+        .args(["record", rec.to_str().unwrap_or_default(), "--require", "dmar_fault", "--duration", "15s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn record: {e}"))?;
+    let mut err = BufReader::new(child.stderr.take().ok_or("no stderr")?);
+    let mut line = String::new();
+    while !line.starts_with("iopf-agent: tracing") {
+        line.clear();
+        if err.read_line(&mut line).map_err(|e| format!("record stderr: {e}"))? == 0 {
+            return Err("record exited before tracing".into());
+        }
+    }
+    std::thread::spawn(move || for _ in err.lines() {});
+    for i in 0..2u64 {
+        edu.dma(0x700_0000 + i * 0x1000, Access::Write)?;
+    }
+    let st = child.wait().map_err(|e| format!("wait: {e}"))?;
+    check(st.success(), format!("record exited {st}"))?;
+    let out = Command::new(&a.agent).args(["replay", "--json"]).arg(&rec).output().map_err(|e| e.to_string())?;
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let ours: Vec<&serde_json::Value> = lines.iter().filter(|v| v["device"] == edu.bdf.as_str()).collect();
+    check(ours.len() == 2, format!("replayed {} edu records, want 2: {lines:?}", ours.len()))?;
+    for (i, v) in ours.iter().enumerate() {
+        let want = format!("{:#x}", 0x700_0000 + i as u64 * 0x1000);
+        check(v["kind"] == "dmar_fault" && v["addr"] == want && v["access"] == "write", format!("record {i}: {v}"))?;
+    }
+    let policy = std::env::temp_dir().join("iopf-record-policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: edu-quiet\nspec:\n  mode: monitor\n  selector:\n    pci: \"{}\"\n  expect:\n    unrecoverable: none\n",
+            edu.bdf
+        ),
+    )
+    .map_err(|e| format!("write policy: {e}"))?;
+    let out = Command::new(&a.agent)
+        .args(["policy", "check", "--against"])
+        .arg(&rec)
+        .arg(&policy)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("  policy check --against: {}", text.trim().replace('\n', "; "));
+    check(text.contains(&format!("edu-quiet {} unrecoverable 2\n", edu.bdf)), format!("against: {text}"))?;
     Ok(())
 }
 

@@ -1,0 +1,387 @@
+//! Writing and reading the recording file.
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, Read, Write},
+    path::Path,
+};
+
+use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{KIND_DMAR, KIND_IOPF, MAGIC, SCHEMA, VERSION};
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error("`{path}`: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("`{path}`: {source}")]
+    Input { path: String, source: crate::input::InputError },
+    #[error("`{path}` is not an iopf recording (no `IOPFREC` magic)")]
+    NotRecording { path: String },
+    #[error("`{path}`: recording format {got} is not the {VERSION} this agent reads")]
+    Version { path: String, got: u32 },
+    #[error("`{path}`: bad header: {message}")]
+    Header { path: String, message: String },
+    #[error("`{path}`: record {index} at byte {offset}: {message}")]
+    Record { path: String, index: u64, offset: u64, message: String },
+}
+
+/// Record sizes of the writing agent: a reader with other layouts refuses the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub iopf_event: usize,
+    pub dmar_event: usize,
+}
+
+impl Layout {
+    pub fn here() -> Self {
+        Layout { iopf_event: size_of::<Event>(), dmar_event: size_of::<DmarEvent>() }
+    }
+}
+
+/// One hook of the attach plan, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedHook {
+    pub name: String,
+    pub rung: String,
+    pub state: String,
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub schema: String,
+    pub agent_version: String,
+    pub kernel: String,
+    /// RFC 3339 UTC.
+    pub started: String,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, ns (event times are monotonic).
+    pub clock_offset_ns: i64,
+    /// `kernel` or `simulated`.
+    pub source: String,
+    pub consts: ConstsJson,
+    pub layout: Layout,
+    pub hooks: Vec<PlannedHook>,
+    /// What selectors can see of the devices at start (so policies can be checked against
+    /// the recording later, anywhere).
+    pub devices: Vec<RecordedDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedDevice {
+    pub name: String,
+    pub bus: String,
+    pub driver: Option<String>,
+    pub vendor_device: Option<(u16, u16)>,
+    pub iommu_group: Option<u32>,
+}
+
+impl RecordedDevice {
+    pub fn of(d: &crate::policy::SysfsDevice) -> Self {
+        RecordedDevice {
+            name: d.name.clone(),
+            bus: d.bus.clone(),
+            driver: d.driver.clone(),
+            vendor_device: d.vendor_device,
+            iommu_group: d.iommu_group,
+        }
+    }
+
+    pub fn sysfs(&self) -> crate::policy::SysfsDevice {
+        crate::policy::SysfsDevice {
+            name: self.name.clone(),
+            bus: self.bus.clone(),
+            driver: self.driver.clone(),
+            vendor_device: self.vendor_device,
+            iommu_group: self.iommu_group,
+        }
+    }
+}
+
+/// The IOPF flag constants the events were produced with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConstsJson {
+    pub flag_pasid_valid: u32,
+    pub flag_last_page: u32,
+    pub flag_needs_pasid: u32,
+}
+
+impl ConstsJson {
+    pub fn of(c: &Consts) -> Self {
+        ConstsJson {
+            flag_pasid_valid: c.flag_pasid_valid,
+            flag_last_page: c.flag_last_page,
+            flag_needs_pasid: c.flag_needs_pasid,
+        }
+    }
+
+    /// Consts for rendering (the fields events need; the rest from this agent).
+    pub fn apply(&self, base: Consts) -> Consts {
+        Consts {
+            flag_pasid_valid: self.flag_pasid_valid,
+            flag_last_page: self.flag_last_page,
+            flag_needs_pasid: self.flag_needs_pasid,
+            ..base
+        }
+    }
+}
+
+/// Where event times come from: the kernel's monotonic clock, or a simulation's own clock
+/// that starts at 0 when the recording does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Times {
+    Monotonic,
+    FromStart,
+}
+
+impl Header {
+    pub fn new(
+        kernel: &str,
+        source: &str,
+        consts: &Consts,
+        hooks: Vec<PlannedHook>,
+        devices: Vec<RecordedDevice>,
+        times: Times,
+    ) -> Self {
+        let clock = crate::trace::clock::WallClock::now();
+        let now = monotonic_now();
+        let offset = match times {
+            Times::Monotonic => clock.offset_ns(),
+            Times::FromStart => clock.offset_ns() + i128::from(now),
+        };
+        Header {
+            schema: SCHEMA.into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel.into(),
+            started: clock.rfc3339(now),
+            clock_offset_ns: offset as i64,
+            source: source.into(),
+            consts: ConstsJson::of(consts),
+            layout: Layout::here(),
+            hooks,
+            devices,
+        }
+    }
+}
+
+fn monotonic_now() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// One recorded event.
+#[derive(Debug, Clone, Copy)]
+pub enum Record {
+    Iopf(Event),
+    Dmar(DmarEvent),
+}
+
+/// Bytes of `v` (a `#[repr(C)]` record of plain integers).
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain-old-data record (integers and byte arrays, explicit padding), so
+    // every byte is initialised; the slice borrows `v`.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// Appends one record to `out` (the ring readers' render step).
+pub fn encode(out: &mut Vec<u8>, r: &Record) {
+    let (kind, b) = match r {
+        Record::Iopf(e) => (KIND_IOPF, bytes_of(e)),
+        Record::Dmar(e) => (KIND_DMAR, bytes_of(e)),
+    };
+    out.push(kind);
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The file start: magic, version, header.
+pub fn preamble(h: &Header) -> Vec<u8> {
+    let json = serde_json::to_vec(h).unwrap_or_default();
+    let mut out = Vec::with_capacity(16 + json.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
+/// A recording being written (buffered; `flush` on stop). Clones share the file: the IOPF
+/// and VT-d streams write whole records under its lock.
+#[derive(Clone)]
+pub struct Writer {
+    out: std::sync::Arc<std::sync::Mutex<BufWriter<File>>>,
+}
+
+impl Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+impl Writer {
+    /// Creates `path` (refusing to overwrite anything but a regular file) and writes the header.
+    pub fn create(path: &Path, h: &Header) -> Result<Self, RecordError> {
+        let p = path.display().to_string();
+        if let Ok(md) = std::fs::metadata(path)
+            && !md.is_file()
+        {
+            let e = std::io::Error::other("exists and is not a regular file: give a file path");
+            return Err(RecordError::Io { path: p, source: e });
+        }
+        let f = File::create(path).map_err(|source| RecordError::Io { path: p.clone(), source })?;
+        let mut out = BufWriter::with_capacity(1 << 16, f);
+        out.write_all(&preamble(h)).map_err(|source| RecordError::Io { path: p, source })?;
+        Ok(Writer { out: std::sync::Arc::new(std::sync::Mutex::new(out)) })
+    }
+}
+
+/// Largest header accepted (a plan of a few dozen hooks is a few KiB).
+const HEADER_MAX: u32 = 1 << 20;
+
+/// A recording being read, record by record (memory stays bounded whatever its size).
+pub struct Reader {
+    path: String,
+    input: BufReader<File>,
+    pub header: Header,
+    index: u64,
+    offset: u64,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Self, RecordError> {
+        let p = path.display().to_string();
+        let f = crate::input::open_regular(path).map_err(|source| RecordError::Input { path: p.clone(), source })?;
+        let mut input = BufReader::with_capacity(1 << 16, f);
+        let io = |source| RecordError::Io { path: p.clone(), source };
+        let mut head = [0u8; 16];
+        if input.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
+            return Err(RecordError::NotRecording { path: p });
+        }
+        let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(RecordError::Version { path: p, got: version });
+        }
+        let len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
+        if len > HEADER_MAX {
+            return Err(RecordError::Header { path: p, message: format!("{len} bytes (at most {HEADER_MAX})") });
+        }
+        let mut json = vec![0u8; len as usize];
+        if let Err(e) = input.read_exact(&mut json) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(RecordError::Header {
+                    path: p,
+                    message: "cut short (the recording was interrupted?)".into(),
+                });
+            }
+            return Err(io(e));
+        }
+        let header: Header = serde_json::from_slice(&json)
+            .map_err(|e| RecordError::Header { path: p.clone(), message: e.to_string() })?;
+        if header.layout != Layout::here() {
+            let message = format!(
+                "recorded with record sizes {:?}, this agent's are {:?} (replay it with the agent {} that wrote it)",
+                header.layout,
+                Layout::here(),
+                header.agent_version
+            );
+            return Err(RecordError::Header { path: p, message });
+        }
+        Ok(Reader { path: p, input, header, index: 0, offset: 16 + u64::from(len) })
+    }
+
+    /// The next record; `Ok(None)` at a clean end of file.
+    pub fn next_record(&mut self) -> Result<Option<Record>, RecordError> {
+        let mut head = [0u8; 3];
+        match read_full(&mut self.input, &mut head) {
+            Ok(0) => return Ok(None),
+            Ok(3) => {}
+            Ok(_) => return Err(self.bad("cut short in its header (the recording was interrupted?)")),
+            Err(source) => return Err(RecordError::Io { path: self.path.clone(), source }),
+        }
+        let len = u16::from_le_bytes([head[1], head[2]]) as usize;
+        let want = match head[0] {
+            super::KIND_IOPF => size_of::<Event>(),
+            super::KIND_DMAR => size_of::<DmarEvent>(),
+            k => return Err(self.bad(&format!("unknown kind {k}"))),
+        };
+        if len != want {
+            return Err(self.bad(&format!("length {len}, want {want}")));
+        }
+        let mut buf = vec![0u8; len];
+        match read_full(&mut self.input, &mut buf) {
+            Ok(n) if n == len => {}
+            Ok(_) => return Err(self.bad("cut short (the recording was interrupted?)")),
+            Err(source) => return Err(RecordError::Io { path: self.path.clone(), source }),
+        }
+        // SAFETY: `buf` holds exactly size_of::<T>() bytes of a record of plain integers, for
+        // which every bit pattern is valid; read_unaligned copes with the Vec's alignment.
+        let r = unsafe {
+            match head[0] {
+                super::KIND_IOPF => Record::Iopf(std::ptr::read_unaligned(buf.as_ptr().cast::<Event>())),
+                _ => Record::Dmar(std::ptr::read_unaligned(buf.as_ptr().cast::<DmarEvent>())),
+            }
+        };
+        self.index += 1;
+        self.offset += 3 + len as u64;
+        Ok(Some(r))
+    }
+
+    fn bad(&self, message: &str) -> RecordError {
+        RecordError::Record { path: self.path.clone(), index: self.index, offset: self.offset, message: message.into() }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; the number of bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Where a stream's rendered bytes go: stdout, or the recording.
+#[derive(Clone)]
+pub enum Sink {
+    Stdout,
+    File(Writer),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write(buf),
+            Sink::File(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().flush(),
+            Sink::File(w) => w.flush(),
+        }
+    }
+}
+
+impl PlannedHook {
+    pub fn of(p: &crate::hooks::Plan) -> Self {
+        PlannedHook {
+            name: p.name.to_owned(),
+            rung: p.rung.as_str().to_owned(),
+            state: p.state.as_str().to_owned(),
+            target: p.target.clone(),
+        }
+    }
+}

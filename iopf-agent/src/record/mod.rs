@@ -1,0 +1,21 @@
+//! Recordings: the events of a run (IOPF events and VT-d fault records) in a compact,
+//! versioned file, to replay through the same renderers and to check policies against.
+//!
+//! Layout (all integers little-endian):
+//! - magic `IOPFREC\0`, format version (u32), header length (u32), the header (JSON:
+//!   `schema`, agent version, kernel, start time, clock offset, IOPF constants, attach plan,
+//!   record sizes);
+//! - records: kind (u8: 1 IOPF event, 2 VT-d fault record), length (u16), the record's bytes
+//!   exactly as the kernel wrote them (`#[repr(C)]` `Event` / `DmarEvent`).
+
+pub mod against;
+pub mod file;
+pub mod replay;
+
+pub use file::{Header, PlannedHook, Reader, Record, RecordError, RecordedDevice, Sink, Times, Writer};
+
+pub const MAGIC: &[u8; 8] = b"IOPFREC\0";
+pub const VERSION: u32 = 1;
+pub const SCHEMA: &str = "iopf.dev/recording/v1";
+pub const KIND_IOPF: u8 = 1;
+pub const KIND_DMAR: u8 = 2;
