@@ -283,6 +283,16 @@ impl From<Common> for PlanOptions {
     }
 }
 
+/// `--json`, else columns, coloured only on a terminal and without `--no-color`.
+fn output_format(json: bool, no_color: bool) -> crate::trace::Format {
+    use std::io::IsTerminal as _;
+    if json {
+        crate::trace::Format::Json
+    } else {
+        crate::trace::Format::Human { color: !no_color && std::io::stdout().is_terminal() }
+    }
+}
+
 /// `50us`, `2ms`, `30s` as nanoseconds (the policy files' duration form).
 fn parse_duration_arg(s: &str) -> Result<u64, String> {
     crate::policy::parse_duration(s)
@@ -317,12 +327,7 @@ pub fn parse() -> Command {
         Cmd::Release { device, sysfs_root } => Command::Release { device, sysfs_root },
         Cmd::Devices { json, sysfs_root } => Command::Devices { json, sysfs_root },
         Cmd::Replay { file, json, no_color, summary } => {
-            use std::io::IsTerminal as _;
-            let format = if json {
-                crate::trace::Format::Json
-            } else {
-                crate::trace::Format::Human { color: !no_color && std::io::stdout().is_terminal() }
-            };
+            let format = output_format(json, no_color);
             Command::Replay { file, format, summary }
         }
         Cmd::Record { file, duration, policies, listen, common } => Command::Run(Box::new(RunOptions {
@@ -357,12 +362,7 @@ pub fn parse() -> Command {
             max_devices,
             common,
         } => {
-            use std::io::IsTerminal as _;
-            let format = if json {
-                crate::trace::Format::Json
-            } else {
-                crate::trace::Format::Human { color: !no_color && std::io::stdout().is_terminal() }
-            };
+            let format = output_format(json, no_color);
             let kinds = kinds
                 .iter()
                 .map(|k| if k == "iopf" { crate::trace::filter::Kind::Iopf } else { crate::trace::filter::Kind::Dmar })
