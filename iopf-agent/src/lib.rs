@@ -15,6 +15,7 @@ pub mod pagefault;
 pub mod paths;
 pub mod policy;
 pub mod policy_cmd;
+pub mod privs;
 pub mod progstats;
 pub mod record;
 pub mod release;

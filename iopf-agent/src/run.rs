@@ -242,6 +242,11 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             rt.block_on(async { tokio::join!(iopf, vtd) });
         })?;
     }
+    // Attached, fds held: keep only what bpf() on those fds needs.
+    match crate::privs::drop_after_attach() {
+        Ok(kept) => eprintln!("iopf-agent: capabilities after attach: {kept} only (bounding set empty)"),
+        Err(e) => eprintln!("iopf-agent: WARNING: capabilities NOT dropped after attach: {e}"),
+    }
     // Parsed BTF is only needed to plan and attach: free it and hand the heap back to the
     // system, so the resident agent stays small.
     drop(btf);

@@ -230,3 +230,47 @@ fn refused_attach_is_reported_failed_in_metrics_and_log() {
         .count();
     assert_eq!(other_states, 0);
 }
+
+/// After attach the agent keeps CAP_BPF alone (the bpf() calls on its fds), with an empty
+/// bounding set, and still serves, reloads policies into its maps and reads them.
+#[test]
+fn capabilities_are_dropped_after_attach() {
+    if !require_root("capabilities_are_dropped_after_attach") {
+        return;
+    }
+    let d = std::env::temp_dir().join(format!("iopf-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let pol = d.join("p.yaml");
+    let policy = |dev: &str| {
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: p\nspec:\n  mode: monitor\n  selector:\n    name: \"{dev}\"\n  expect:\n    levels: [first]\n"
+        )
+    };
+    std::fs::write(&pol, policy("cpu0")).unwrap();
+    let agent = Agent::start(&["--page-faults", "--policy", pol.to_str().unwrap()]);
+    assert!(
+        agent.log.iter().any(|l| l == "iopf-agent: capabilities after attach: CAP_BPF only (bounding set empty)"),
+        "{:#?}",
+        agent.log
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_owned());
+    let bpf = format!("{:016x}", 1u64 << 39);
+    assert_eq!(field("CapEff:"), Some(bpf.clone()));
+    assert_eq!(field("CapPrm:"), Some(bpf));
+    assert_eq!(field("CapInh:").as_deref(), Some("0000000000000000"));
+    assert_eq!(field("CapBnd:").as_deref(), Some("0000000000000000"));
+    // Still reads its maps, and a reload still writes a new device's slot and rule.
+    let (code, body) = http_get(agent.addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("iopf_page_faults_total"), "page-fault maps read");
+    // A name no device has: its slot and rule are reserved all the same (exact selector).
+    std::fs::write(&pol, policy("iopf-test-absent0")).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    let line = agent.wait_line("iopf-agent: policies reloaded:");
+    assert!(line.as_deref().is_some_and(|l| l.ends_with("1 policies, 2 device rules changed")), "{line:?}");
+    let (code, _) = agent.stop();
+    assert_eq!(code, Some(0));
+    std::fs::remove_dir_all(&d).ok();
+}
