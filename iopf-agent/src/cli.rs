@@ -178,6 +178,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for this command line.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from the same definitions as --help.
+    Man,
     /// Undo a policy's `isolate`: set Bus Master Enable of a PCI device again.
     Release {
         /// PCI address, SSSS:BB:DD.F.
@@ -260,12 +267,34 @@ pub enum Command {
     Simulate(crate::simulate::run::SimulateOptions),
     Run(Box<RunOptions>),
     Doctor(DoctorOptions),
-    Release { device: String, sysfs_root: PathBuf },
-    PolicyCheck { paths: Vec<PathBuf>, host: bool, sysfs_root: PathBuf },
-    Devices { json: bool, sysfs_root: PathBuf },
-    Replay { file: PathBuf, format: crate::trace::Format, summary: bool },
-    PolicyAgainst { file: PathBuf, policies: Vec<PathBuf> },
-    PolicyExplain { paths: Vec<PathBuf>, sysfs_root: PathBuf },
+    Release {
+        device: String,
+        sysfs_root: PathBuf,
+    },
+    PolicyCheck {
+        paths: Vec<PathBuf>,
+        host: bool,
+        sysfs_root: PathBuf,
+    },
+    Devices {
+        json: bool,
+        sysfs_root: PathBuf,
+    },
+    /// Completions or the man page, already rendered.
+    Generated(Vec<u8>),
+    Replay {
+        file: PathBuf,
+        format: crate::trace::Format,
+        summary: bool,
+    },
+    PolicyAgainst {
+        file: PathBuf,
+        policies: Vec<PathBuf>,
+    },
+    PolicyExplain {
+        paths: Vec<PathBuf>,
+        sysfs_root: PathBuf,
+    },
     PolicySchema,
 }
 
@@ -326,6 +355,16 @@ pub fn parse() -> Command {
         }
         Cmd::Release { device, sysfs_root } => Command::Release { device, sysfs_root },
         Cmd::Devices { json, sysfs_root } => Command::Devices { json, sysfs_root },
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "iopf-agent", &mut out);
+            Command::Generated(out)
+        }
+        Cmd::Man => {
+            let mut out = Vec::new();
+            let _ = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out);
+            Command::Generated(out)
+        }
         Cmd::Replay { file, json, no_color, summary } => {
             let format = output_format(json, no_color);
             Command::Replay { file, format, summary }

@@ -38,6 +38,9 @@ pub enum AgentError {
     Install(#[from] crate::policy::install::InstallError),
     #[error("the kernel's counters differ from the scenario's expected totals")]
     SimulationMismatch,
+    /// Flags that name something that is not there (checked before anything loads).
+    #[error("{0}")]
+    Usage(String),
     #[error("`{0}` is not a PCI device (no /sys/bus/pci/devices/{0}); give its address as SSSS:BB:DD.F")]
     NotPci(String),
     #[error(transparent)]
@@ -75,7 +78,7 @@ impl AgentError {
             AgentError::Inject(_) | AgentError::Attach(_) | AgentError::NoAtomics(_) => 4,
             AgentError::Maps(_) | AgentError::SimulationMismatch => 1,
             AgentError::Serve(ServeError::Serve(_)) | AgentError::Io(_) => 1,
-            AgentError::NotPci(_) => 2,
+            AgentError::NotPci(_) | AgentError::Usage(_) => 2,
             AgentError::Pci(crate::policy::action::pci::PciError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {

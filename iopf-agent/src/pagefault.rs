@@ -47,6 +47,31 @@ impl Selection {
     pub fn is_all(&self) -> bool {
         self.pids.is_empty() && self.cgroups.is_empty()
     }
+
+    /// Checks what the flags name before anything is loaded: each cgroup a cgroup v2
+    /// directory, each process alive. The message says which and how to fix it.
+    pub fn check(&self) -> Result<(), String> {
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        for path in &self.cgroups {
+            let md = std::fs::metadata(path).map_err(|e| format!("--cgroup `{}`: {e}", path.display()))?;
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+            // SAFETY: statfs on a NUL-terminated path into a struct we own.
+            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+            let on_v2 = unsafe { libc::statfs(c.as_ptr(), &mut fs) } == 0 && fs.f_type as i64 == CGROUP2_SUPER_MAGIC;
+            if !md.is_dir() || !on_v2 {
+                return Err(format!(
+                    "--cgroup `{}` is not a cgroup v2 directory (give one under /sys/fs/cgroup)",
+                    path.display()
+                ));
+            }
+        }
+        for pid in &self.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(format!("--pid {pid}: no such process"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One snapshot of the page-fault maps, summed over CPUs.

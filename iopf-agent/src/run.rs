@@ -28,6 +28,8 @@ use crate::{
 };
 
 pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
+    // Flags naming what is not there are usage errors, before anything is bound or loaded.
+    opts.selection.check().map_err(AgentError::Usage)?;
     // Bind first: a busy port fails before anything is loaded into the kernel.
     let listener = match opts.listen {
         Some(a) => Some(server::bind(a).await?),

@@ -57,3 +57,47 @@ fn a_closed_stdout_is_not_an_error() {
         exits_0_when_the_reader_is_gone(&["doctor"]);
     }
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_same_definitions() {
+    let (code, bash, err) = run_to_end(&["completions", "bash"]);
+    assert_eq!(code, Some(0), "{err}");
+    let check = Command::new("bash").args(["-n", "-c", &bash]).output().unwrap();
+    assert!(check.status.success(), "bash -n: {}", String::from_utf8_lossy(&check.stderr));
+    let (_, help, _) = run_to_end(&["--help"]);
+    let (code, man, _) = run_to_end(&["man"]);
+    assert_eq!(code, Some(0));
+    assert!(man.contains(".TH iopf-agent 1"), "{man}");
+    // Every subcommand --help lists is in the completions and the man page.
+    let subs: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|s| *s != "help")
+        .collect();
+    assert!(subs.len() >= 10, "{help}");
+    for s in subs {
+        assert!(bash.contains(s), "completions lack {s}");
+        assert!(
+            man.contains(&format!("iopf\\-agent\\-{}", s.replace('-', "\\-"))) || man.contains(s),
+            "man page lacks {s}"
+        );
+    }
+}
+
+/// Flags that name what is not there are usage errors (exit 2), before anything loads.
+#[test]
+fn a_missing_cgroup_or_process_is_a_usage_error_before_anything_attaches() {
+    for (args, want) in [
+        (vec!["run", "--listen", "127.0.0.1:0", "--cgroup", "/nonexistent"], "--cgroup `/nonexistent`: No such file"),
+        (vec!["run", "--listen", "127.0.0.1:0", "--cgroup", "/tmp"], "is not a cgroup v2 directory"),
+        (vec!["run", "--listen", "127.0.0.1:0", "--pid", "4194305"], "--pid 4194305: no such process"),
+    ] {
+        let (code, _, err) = run_to_end(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("iopf-agent: error: ") && err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "nothing planned or attached first: {err}");
+    }
+}
