@@ -14,6 +14,7 @@ nightly=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/iopf-ebpf/rust-toolchain.
 # bpf-linker must be built against the same LLVM major as the nightly's rustc.
 llvm_major=22
 bpf_linker_version=0.13.0
+cargo_fuzz_version=0.13.2
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -68,5 +69,13 @@ if ! command -v bpf-linker >/dev/null || ! bpf-linker --version 2>/dev/null | gr
     --version "$bpf_linker_version" --no-default-features --features "llvm-${llvm_major}"
 else
   say "cargo: bpf-linker ${bpf_linker_version} present"
+fi
+if [ "$mode" = test ]; then
+  if ! cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz ${cargo_fuzz_version}"; then
+    say "cargo: installing cargo-fuzz ${cargo_fuzz_version} (fuzz tier of ./x test)"
+    cargo "+${stable}" install --locked cargo-fuzz --version "$cargo_fuzz_version"
+  else
+    say "cargo: cargo-fuzz ${cargo_fuzz_version} present"
+  fi
 fi
 say "done"

@@ -122,6 +122,8 @@ fn main() -> anyhow::Result<()> {
             // Default members only (iopf-ebpf builds for bpfel, through build.rs). Root tests share the kernel's perf/tracepoint state: run them one at a time so
             // each test's counts are its own.
             sh("tests", Command::new("cargo").args(["test", "--", "--test-threads=1"]))?;
+            // The parsers of operator input under libFuzzer, 30 s per target.
+            sh("fuzz", &mut Command::new("scripts/fuzz.sh"))?;
             vm_test(&[], &[], Duration::from_secs(300), true)?;
             eprintln!("[xtask] all test tiers passed");
             Ok(())
