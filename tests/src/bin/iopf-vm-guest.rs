@@ -1042,7 +1042,7 @@ fn trace_dmar(a: &Args) -> Result<(), String> {
     let wall = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     // 1. JSON, this device only, stopping by itself.
     let before = std::time::SystemTime::now();
-    let (mut child, _) = spawn(&["--json", "--kind", "dmar", "--device", &edu.bdf, "--duration", "15s"])?;
+    let (mut child, _) = spawn(&["--json", "--kind", "dmar", "--device", &edu.bdf, "--duration", "8s"])?;
     for i in 0..3u64 {
         edu.dma(0x600_0000 + i * 0x1000, Access::Read)?;
     }
@@ -1073,7 +1073,7 @@ fn trace_dmar(a: &Args) -> Result<(), String> {
     // 2. Columns, a level no fault of this unit has: nothing but the header.
     let first_stage = std::env::var("iopf_vtd_mode").is_ok_and(|m| m == "first_stage");
     let other = if first_stage { "second" } else { "first" };
-    let (mut child, _) = spawn(&["--no-color", "--level", other, "--duration", "10s"])?;
+    let (mut child, _) = spawn(&["--no-color", "--level", other, "--duration", "5s"])?;
     edu.dma(0x600_8000, Access::Write)?;
     let out = child.stdout.take().ok_or("no stdout")?;
     let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
@@ -1114,7 +1114,7 @@ fn record_dmar(a: &Args, edu: &iopf_tests::edu::Edu) -> Result<(), String> {
     use iopf_tests::edu::Access;
     let rec = std::env::temp_dir().join("iopf-dmar.iopf");
     let mut child = Command::new(&a.agent)
-        .args(["record", rec.to_str().unwrap_or_default(), "--require", "dmar_fault", "--duration", "15s"])
+        .args(["record", rec.to_str().unwrap_or_default(), "--require", "dmar_fault", "--duration", "8s"])
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawn record: {e}"))?;
