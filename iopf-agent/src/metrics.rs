@@ -24,6 +24,30 @@ impl Registry {
         self.sources.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(s));
     }
 
+    /// Every family the sources produce now, series or not: name, type, help, and the label
+    /// names its series carry (`/metrics/families`, and docs/metrics.md from it).
+    pub fn describe(&self) -> Vec<FamilyInfo> {
+        let mut fams = Vec::new();
+        for s in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            s.collect(&mut fams);
+        }
+        fams.iter()
+            .map(|f| {
+                let mut labels: Vec<String> = f
+                    .series
+                    .iter()
+                    .flat_map(|s| label_names(&s.labels))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if f.kind == Kind::Histogram && !f.series.is_empty() {
+                    labels.push("le".into());
+                }
+                FamilyInfo { name: f.name, kind: f.kind.as_str(), help: f.help, labels }
+            })
+            .collect()
+    }
+
     /// Renders every family in the Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
         let mut fams = Vec::new();
@@ -40,6 +64,34 @@ impl Registry {
         self.last_len.store(out.len(), std::sync::atomic::Ordering::Relaxed);
         out
     }
+}
+
+/// What `/metrics/families` says of one family.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FamilyInfo {
+    pub name: &'static str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<String>,
+}
+
+/// The label names of an already rendered `k="v",...` list (values may hold escaped quotes).
+fn label_names(rendered: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = rendered.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let Some(eq) = rendered[i..].find("=\"") else { break };
+        out.push(rendered[i..i + eq].trim_start_matches(',').to_owned());
+        // Skip the quoted value.
+        let mut j = i + eq + 2;
+        while j < b.len() && b[j] != b'"' {
+            j += if b[j] == b'\\' { 2 } else { 1 };
+        }
+        i = j + 1;
+    }
+    out
 }
 
 /// Metric type, as the `# TYPE` line names it.
@@ -296,6 +348,16 @@ impl Source for PageFaultSource {
                 counter(&[("path", "migrated")], snap.stats.migrated),
             ],
         ));
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    #[test]
+    fn label_names_survive_escaped_values() {
+        let l = super::labels(&[("device", "a\"b,c=\"d"), ("policy", "p")]);
+        assert_eq!(super::label_names(&l), ["device", "policy"]);
+        assert!(super::label_names("").is_empty());
     }
 }
 

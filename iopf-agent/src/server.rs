@@ -119,7 +119,18 @@ impl Source for EndpointSource {
 }
 
 fn router(registry: Registry) -> Router {
+    let reg = registry.clone();
     Router::new()
+        .route(
+            "/metrics/families",
+            get(move || {
+                let r = reg.clone();
+                async move {
+                    let body = serde_json::to_string_pretty(&r.describe()).unwrap_or_default();
+                    ([(header::CONTENT_TYPE, "application/json")], body + "\n")
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
