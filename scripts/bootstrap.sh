@@ -15,6 +15,7 @@ nightly=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/iopf-ebpf/rust-toolchain.
 llvm_major=22
 bpf_linker_version=0.13.0
 cargo_fuzz_version=0.13.2
+kubernetes_validate_version=1.37.0
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -31,6 +32,7 @@ if [ "$mode" = test ]; then
     bpftrace                                             # benchmark comparison
     zstd cpio xz-utils busybox-static                    # BTF fixtures, VM-tier initramfs
     python3-jsonschema                                   # validates the shipped policy schema in tests
+    python3-pip                                          # installs kubernetes-validate into the cache
   )
 fi
 missing=()
@@ -71,6 +73,16 @@ else
   say "cargo: bpf-linker ${bpf_linker_version} present"
 fi
 if [ "$mode" = test ]; then
+  # The offline Kubernetes validator (it ships the API schemas) for the deployment tests,
+  # into our cache, not the system's Python.
+  pylib="${IOPF_CACHE:-$HOME/.cache/iopf}/python"
+  if ! PYTHONPATH="$pylib" /usr/bin/python3 -m kubernetes_validate --version 2>/dev/null | grep -qx "$kubernetes_validate_version"; then
+    say "pip: installing kubernetes-validate ${kubernetes_validate_version} into ${pylib}"
+    /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+      --target "$pylib" "kubernetes-validate==${kubernetes_validate_version}"
+  else
+    say "pip: kubernetes-validate ${kubernetes_validate_version} present"
+  fi
   if ! cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz ${cargo_fuzz_version}"; then
     say "cargo: installing cargo-fuzz ${cargo_fuzz_version} (fuzz tier of ./x test)"
     cargo "+${stable}" install --locked cargo-fuzz --version "$cargo_fuzz_version"
