@@ -98,10 +98,9 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
     // The ServiceMonitor (a CRD the validator has no schema for) selects the Service and its
     // port, and names the job the alerts expect.
     let svc = docs.iter().find(|d| d["kind"] == "Service").unwrap();
-    let sm: serde_json::Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(repo().join("deploy/kubernetes/servicemonitor.yaml")).unwrap(),
-    )
-    .unwrap();
+    let sm: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo().join("deploy/kubernetes/servicemonitor.yaml")).unwrap())
+            .unwrap();
     assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]);
     assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
     assert_eq!(sm["spec"]["endpoints"][0]["relabelings"][0]["replacement"], "iopf");
@@ -118,7 +117,10 @@ fn fleet_prometheus_config_and_recording_rules_pass_promtool() {
         .unwrap();
     let out = String::from_utf8_lossy(&rules.stdout);
     assert!(rules.status.success() && out.contains("SUCCESS: 7 rules found"), "{out}");
-    let cfg =
-        Command::new(PROMTOOL).args(["check", "config", "federate.yml"]).current_dir(repo().join("deploy/prometheus")).output().unwrap();
+    let cfg = Command::new(PROMTOOL)
+        .args(["check", "config", "federate.yml"])
+        .current_dir(repo().join("deploy/prometheus"))
+        .output()
+        .unwrap();
     assert!(cfg.status.success(), "{}{}", String::from_utf8_lossy(&cfg.stdout), String::from_utf8_lossy(&cfg.stderr));
 }

@@ -80,6 +80,7 @@ const DEBIAN_VTD_SCENARIOS: &[&str] = &[
     "dmar-walk",
     "dmar-isolate",
     "trace-dmar",
+    "devices",
     "pagefault-fentry",
     "pagefault-kprobe",
     "attach-fentry",
@@ -89,7 +90,7 @@ const DEBIAN_VTD_SCENARIOS: &[&str] = &[
 /// Modules a Debian kernel needs for the 9p shares (not built in there).
 const DEBIAN_9P_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio"];
 /// The VT-d scenarios a mode's own boot runs.
-const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy", "dmar-walk"];
+const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy", "dmar-walk", "devices"];
 /// The 9p modules and VFIO's (dmar-walk gives edu to a type1 container to map pages).
 const DEBIAN_VTD_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio", "vfio_pci", "vfio_iommu_type1"];
 const DEBIAN_7_3: Source =

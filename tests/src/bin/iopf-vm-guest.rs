@@ -1179,6 +1179,57 @@ fn civil_secs(t: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
+/// `devices --json` in a guest with an IOMMU: edu is listed behind the VT-d unit, with its
+/// group's domain type, and with unrecoverable faults reported by the fault recording
+/// registers and no recoverable ones (edu has no PRI).
+fn devices_guest(a: &Args) -> Result<(), String> {
+    let bdf = iopf_tests::edu::Edu::find()?;
+    let out = Command::new(&a.agent).args(["devices", "--json"]).output().map_err(|e| format!("devices: {e}"))?;
+    check(out.status.success(), format!("devices exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("devices JSON: {e}"))?;
+    let edu = v["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == bdf.as_str()))
+        .ok_or_else(|| format!("edu {bdf} not listed: {v}"))?;
+    println!("  edu: {edu}");
+    let group = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group"))
+        .ok()
+        .and_then(|l| l.file_name()?.to_str()?.parse::<u64>().ok());
+    let domain = group
+        .and_then(|g| std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{g}/type")).ok())
+        .map(|t| t.trim().to_owned());
+    check(
+        edu["vendor_device"] == "1234:11e8"
+            && edu["iommu_group"].as_u64() == group
+            && edu["domain_type"].as_str() == domain.as_deref(),
+        format!("edu identity/group/domain {edu}, sysfs group {group:?} type {domain:?}"),
+    )?;
+    check(
+        edu["iommu"]["driver"] == "intel-iommu" && edu["iommu"]["name"].as_str().is_some_and(|n| n.starts_with("dmar")),
+        format!("edu's unit: {}", edu["iommu"]),
+    )?;
+    check(
+        edu["unrecoverable"]["possible"] == true
+            && edu["unrecoverable"]["why"].to_string().contains("VT-d fault recording registers (dmar_fault)"),
+        format!("unrecoverable: {}", edu["unrecoverable"]),
+    )?;
+    check(edu["recoverable"]["possible"] == false, format!("recoverable: {}", edu["recoverable"]))?;
+    // The unit's decoded ecap follows the QEMU options of this boot.
+    let mode = std::env::var("iopf_vtd_mode").unwrap_or_else(|_| "legacy".into());
+    let u = &edu["iommu"];
+    let want = match mode.as_str() {
+        "scalable" => (true, true),
+        "first_stage" => (true, false),
+        _ => (false, false),
+    };
+    check(
+        (u["scalable"] == want.0, u["second_stage"] == want.1) == (true, true)
+            && (mode != "first_stage" || u["first_stage"] == true),
+        format!("{mode} mode: ecap decoded as {u}"),
+    )?;
+    Ok(())
+}
+
 /// IOVAs of the burst: 32 pages from 16 MiB, mapped in no domain.
 const BURST: u64 = 32;
 const BURST_BASE: u64 = 0x100_0000;
@@ -1511,6 +1562,7 @@ fn main() {
             "dmar-policy" => dmar_policy(&args),
             "dmar-isolate" => dmar_isolate(&args),
             "trace-dmar" => trace_dmar(&args),
+            "devices" => devices_guest(&args),
             "bench-pf-fentry" => vm_figures(iopf_tests::bench::vm::pf_figures("fentry")),
             "bench-pf-kprobe" => vm_figures(iopf_tests::bench::vm::pf_figures("kprobe")),
             "bench-iopf-fentry" => vm_figures(iopf_tests::bench::vm::iopf_figures("fentry")),
