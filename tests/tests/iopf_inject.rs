@@ -314,3 +314,74 @@ fn faults_before_the_rule_are_counted_unchecked() {
         Some(5.0)
     );
 }
+
+/// Reloads while faults flow: the rules of every scenario device are rewritten over and over
+/// (new policy ids, different rules) as mixed-10k is driven; every counter and histogram is
+/// still exactly the model's (rules decide violations, never what is counted).
+#[test]
+fn totals_stay_exact_across_reloads_under_a_fault_stream() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use iopf_agent::policy::{PolicyIds, PolicySet, SysfsDevice, install::Installed};
+    use iopf_common::iopf::Source;
+    if !require_root("totals_stay_exact_across_reloads_under_a_fault_stream") {
+        return;
+    }
+    let s = scenario("mixed-10k.yaml");
+    let g = globals(false);
+    let plan = model::plan(&s, &g.consts, g.tuple_keys);
+    let mut ebpf = loader::load(g).expect("load");
+    let mut maps = IopfMaps::take(&mut ebpf).unwrap();
+    let devices: Vec<SysfsDevice> = s
+        .spec
+        .devices
+        .iter()
+        .map(|d| SysfsDevice { name: d.name.clone(), bus: "simulated".into(), ..SysfsDevice::default() })
+        .collect();
+    let sets: Vec<PolicySet> = ["levels: [first]", "responses: [success]", "maxServiceLatency: 50us"]
+        .iter()
+        .map(|expect| {
+            let text: String = devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| format!("---\napiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: p{i}-{}\nspec:\n  mode: monitor\n  selector: {{name: \"{}\"}}\n  expect:\n    {expect}\n", expect.len(), d.name))
+                .collect();
+            PolicySet::parse("r.yaml".as_ref(), &text).unwrap()
+        })
+        .collect();
+    let mut ids = PolicyIds::default();
+    let mut first = sets[0].clone();
+    first.assign_ids(&mut ids);
+    let mut installed = Installed::new(&first.resolve_devices(&devices).unwrap(), Source::Simulated as u8, ids);
+    installed.reserve(&mut maps, g.dev_slots).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = done.clone();
+    let reloader = std::thread::spawn(move || {
+        let mut n = 0u32;
+        while !d2.load(Ordering::Relaxed) {
+            let mut set = sets[(n % 3) as usize].clone();
+            set.assign_ids(&mut installed.ids);
+            let r = set.resolve_devices(&devices).unwrap();
+            installed.replace(&mut maps, &r, g.dev_slots).unwrap();
+            n += 1;
+        }
+        (n, maps)
+    });
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    done.store(true, Ordering::Relaxed);
+    let (reloads, maps) = reloader.join().unwrap();
+    println!("{reloads} reloads while {} faults were driven", plan.faults.len());
+    assert!(reloads >= 3, "the reloads overlapped the stream: {reloads}");
+    let got = maps.snapshot().unwrap();
+    let want =
+        model::expected(&plan, model::EventsExpect { all: false, capacity: model::RING_RECORDS }, &model::Rules::new());
+    assert_eq!(got.counts, want.counts, "counters");
+    assert_eq!(got.hists, want.hists, "histograms");
+    assert_eq!(
+        (got.stats.reports, got.stats.handled, got.stats.responses),
+        (want.stats.reports, want.stats.handled, want.stats.responses)
+    );
+}
