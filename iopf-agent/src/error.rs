@@ -70,6 +70,7 @@ impl AgentError {
         match self {
             AgentError::Load(LoadError::NotPrivileged) => 3,
             AgentError::Load(LoadError::Refused(_)) => 4,
+            AgentError::PageFault(crate::pagefault::PageFaultError::NotPermitted(_)) => 3,
             AgentError::PageFault(_) | AgentError::Required { .. } => 4,
             AgentError::Serve(ServeError::InUse { .. } | ServeError::Bind { .. }) => 5,
             AgentError::UnknownHook(_) | AgentError::Scenario(_) | AgentError::Policy(_) => 2,

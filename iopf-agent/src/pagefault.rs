@@ -22,6 +22,11 @@ use crate::hooks::{Plan, Rung};
 pub enum PageFaultError {
     #[error("page-fault tracing is unavailable on this kernel: {0}")]
     Unavailable(String),
+    /// Every rung was refused for want of privilege, not of a kernel feature.
+    #[error(
+        "page-fault tracing is not permitted to this process: {0} (the kernel has the hooks but refused them with EPERM: this process lacks a privilege the kernel asks for here, root or CAP_SYS_ADMIN beside CAP_BPF and CAP_PERFMON depending on the kernel and its lockdown; tracepoints also need tracefs)"
+    )]
+    NotPermitted(String),
     #[error("program `{prog}` could not be loaded or attached to `{target}`")]
     Attach { prog: &'static str, target: String, source: aya::programs::ProgramError },
     #[error("map `{0}` missing from the eBPF object")]
@@ -191,6 +196,10 @@ pub fn programs(exchange: bool) -> &'static Programs {
 pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs, kernel_btf: Option<&Btf>) -> Result<(), PageFaultError> {
     let target = plan.target.clone().unwrap_or_default();
     match plan.rung {
+        // EPERM in the reasons: the kernel has the feature, this process may not use it.
+        Rung::Unavailable if plan.reason.contains("Operation not permitted") => {
+            return Err(PageFaultError::NotPermitted(plan.reason.clone()));
+        }
         Rung::Unavailable => return Err(PageFaultError::Unavailable(plan.reason.clone())),
         Rung::Fentry => {
             let parsed;

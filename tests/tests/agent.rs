@@ -274,3 +274,56 @@ fn capabilities_are_dropped_after_attach() {
     assert_eq!(code, Some(0));
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Not root, with CAP_BPF and CAP_PERFMON only (setpriv): either the agent runs, or it says
+/// which privilege is missing (exit 3), never "unavailable on this kernel" (exit 4) for a
+/// kernel that has the hooks.
+#[test]
+fn without_root_the_missing_privilege_is_named() {
+    if !require_root("without_root_the_missing_privilege_is_named") {
+        return;
+    }
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    assert!(setpriv.exists(), "/usr/bin/setpriv missing (util-linux)");
+    // A copy nobody can execute (the build tree may not be reachable for uid 65534).
+    let dir = std::env::temp_dir().join(format!("iopf-np-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("iopf-agent");
+    std::fs::copy(iopf_tests::agent::agent_bin(), &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |caps: &[&str]| {
+        let mut c = std::process::Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        if !caps.is_empty() {
+            let list = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
+            c.arg(format!("--inh-caps={list}")).arg(format!("--ambient-caps={list}"));
+        }
+        let mut child = c
+            .arg(&bin)
+            .args(["run", "--listen", "127.0.0.1:0", "--page-faults"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Refused at once, or running (then it serves until stopped: stop it).
+        let t = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() && t.elapsed() < std::time::Duration::from_secs(30) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let o = child.wait_with_output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("not privileged"), "{err}");
+    let (code, err) = run(&["bpf", "perfmon"]);
+    // It may run (killed after 30 s, status None) or be refused: a refusal names the privilege.
+    assert_ne!(code, Some(4), "a privilege refusal reported as a missing kernel feature: {err}");
+    if code == Some(3) {
+        assert!(err.contains("not permitted to this process") || err.contains("not privileged"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
