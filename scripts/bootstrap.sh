@@ -33,6 +33,7 @@ if [ "$mode" = test ]; then
     zstd cpio xz-utils busybox-static                    # BTF fixtures, VM-tier initramfs
     python3-jsonschema                                   # validates the shipped policy schema in tests
     python3-pip                                          # installs kubernetes-validate into the cache
+    chromium                                             # renders the HTML report in tests (headless)
   )
 fi
 missing=()

@@ -163,6 +163,13 @@ enum Cmd {
         #[arg(long)]
         summary: bool,
     },
+    /// Write one self-contained HTML page (inline SVG, readable offline) of a recording.
+    Report {
+        file: PathBuf,
+        /// Where the page goes.
+        #[arg(long, value_name = "OUT")]
+        html: PathBuf,
+    },
     /// DMA-capable devices of this host from sysfs and PCI config space: IDs, driver, IOMMU
     /// group and domain type, IOMMU unit, ATS/PRI/PASID, and whether faults can be reported.
     Devices {
@@ -287,6 +294,10 @@ pub enum Command {
         format: crate::trace::Format,
         summary: bool,
     },
+    Report {
+        file: PathBuf,
+        html: PathBuf,
+    },
     PolicyAgainst {
         file: PathBuf,
         policies: Vec<PathBuf>,
@@ -369,6 +380,7 @@ pub fn parse() -> Command {
             let format = output_format(json, no_color);
             Command::Replay { file, format, summary }
         }
+        Cmd::Report { file, html } => Command::Report { file, html },
         Cmd::Record { file, duration, policies, listen, common } => Command::Run(Box::new(RunOptions {
             listen,
             trace: Some(crate::trace::TraceOutput {

@@ -15,6 +15,7 @@ fn main() {
         cli::Command::Release { device, sysfs_root } => iopf_agent::release::run(&device, &sysfs_root),
         cli::Command::Devices { json, sysfs_root } => devices(json, &sysfs_root),
         cli::Command::Generated(bytes) => quiet_pipe(std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)),
+        cli::Command::Report { file, html } => iopf_agent::record::report::run(&file, &html),
         cli::Command::Replay { file, format, summary } => iopf_agent::record::replay::run(&file, format, summary),
         cli::Command::PolicyAgainst { file, policies } => exit_with(iopf_agent::record::against::run(&file, &policies)),
         cli::Command::PolicyCheck { paths, host, sysfs_root } => {

@@ -11,6 +11,7 @@
 pub mod against;
 pub mod file;
 pub mod replay;
+pub mod report;
 
 pub use file::{Header, PlannedHook, Reader, Record, RecordError, RecordedDevice, Sink, Times, Writer};
 
