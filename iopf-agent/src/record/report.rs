@@ -180,7 +180,7 @@ pub fn render(reader: &mut Reader) -> Result<String, AgentError> {
         o.push_str("<h2>VT-d fault reasons</h2>\n<table id=\"reasons\"><tr><th>device</th><th>reason</th><th>records</th></tr>\n");
         for ((dev, reason), n) in &g.reasons {
             let _ =
-                write!(o, "<tr><td>{}</td><td>{reason:#04x}</td><td data-field=\"reason\">{n}</td></tr>\n", esc(dev));
+                writeln!(o, "<tr><td>{}</td><td>{reason:#04x}</td><td data-field=\"reason\">{n}</td></tr>", esc(dev));
         }
         o.push_str("</table>\n");
     }
