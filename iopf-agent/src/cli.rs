@@ -33,6 +33,21 @@ struct Common {
     btf_dir: PathBuf,
 }
 
+/// What `trace` and `record` take besides their own flags.
+#[derive(Debug, clap::Args)]
+struct Live {
+    /// Stop after this long (e.g. 30s).
+    #[arg(long, value_parser = parse_duration_arg)]
+    duration: Option<u64>,
+    /// DevicePolicy files or directories to check the faults against (their verdicts go
+    /// with the events); repeatable.
+    #[arg(long = "policy", value_name = "PATH")]
+    policies: Vec<PathBuf>,
+    /// Also serve metrics here.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Load and attach the programs and serve Prometheus metrics until SIGINT/SIGTERM.
@@ -122,15 +137,8 @@ enum Cmd {
         /// Only events that break a policy.
         #[arg(long)]
         violations: bool,
-        /// Stop after this long (e.g. 30s).
-        #[arg(long, value_parser = parse_duration_arg)]
-        duration: Option<u64>,
-        /// DevicePolicy files or directories to check the faults against; repeatable.
-        #[arg(long = "policy", value_name = "PATH")]
-        policies: Vec<PathBuf>,
-        /// Also serve metrics here.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        live: Live,
         #[arg(long, default_value_t = iopf_common::iopf::DEV_SLOTS_DEFAULT - 1,
               value_parser = clap::value_parser!(u32).range(1..=65535))]
         max_devices: u32,
@@ -141,14 +149,8 @@ enum Cmd {
     /// header: kernel, agent version, attach plan) until SIGINT/SIGTERM or --duration.
     Record {
         file: PathBuf,
-        #[arg(long, value_parser = parse_duration_arg)]
-        duration: Option<u64>,
-        /// DevicePolicy files or directories (their verdicts are recorded with the events).
-        #[arg(long = "policy", value_name = "PATH")]
-        policies: Vec<PathBuf>,
-        /// Also serve metrics here.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        live: Live,
         #[command(flatten)]
         common: Common,
     },
@@ -381,7 +383,7 @@ pub fn parse() -> Command {
             Command::Replay { file, format, summary }
         }
         Cmd::Report { file, html } => Command::Report { file, html },
-        Cmd::Record { file, duration, policies, listen, common } => Command::Run(Box::new(RunOptions {
+        Cmd::Record { file, live: Live { duration, policies, listen }, common } => Command::Run(Box::new(RunOptions {
             listen,
             trace: Some(crate::trace::TraceOutput {
                 format: crate::trace::Format::Record,
@@ -407,9 +409,7 @@ pub fn parse() -> Command {
             min_latency,
             kinds,
             violations,
-            duration,
-            policies,
-            listen,
+            live: Live { duration, policies, listen },
             max_devices,
             common,
         } => {

@@ -57,6 +57,24 @@ pub struct IommuUnit {
     pub second_stage: Option<bool>,
 }
 
+impl IommuUnit {
+    /// A unit known by name and driver only, no register read.
+    pub fn bare(name: String, driver: IommuDriver) -> Self {
+        IommuUnit {
+            name,
+            driver,
+            cap: None,
+            ecap: None,
+            prs: None,
+            pasid: None,
+            nested: None,
+            scalable: None,
+            first_stage: None,
+            second_stage: None,
+        }
+    }
+}
+
 /// VT-d Extended Capability Register bits (the kernel's `ecap_prs()` and neighbours in
 /// drivers/iommu/intel/iommu.h).
 const ECAP_NEST: u32 = 26;
@@ -72,18 +90,7 @@ pub fn unit(sysfs_root: &Path, dev_dir: &Path) -> Option<IommuUnit> {
     let name = link.file_name()?.to_str()?.to_owned();
     let class_dir = sysfs_root.join("class/iommu").join(&name);
     let driver = driver_of(&name, &link, &class_dir);
-    let mut u = IommuUnit {
-        name,
-        driver,
-        cap: None,
-        ecap: None,
-        prs: None,
-        pasid: None,
-        nested: None,
-        scalable: None,
-        first_stage: None,
-        second_stage: None,
-    };
+    let mut u = IommuUnit::bare(name, driver);
     if driver == IommuDriver::IntelIommu {
         u.cap = sysfs::read_text(&class_dir.join("intel-iommu/cap"));
         u.ecap = sysfs::read_text(&class_dir.join("intel-iommu/ecap"));

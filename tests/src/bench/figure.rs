@@ -66,21 +66,8 @@ impl Context {
 /// Today (UTC) as YYYY-MM-DD, from the system clock.
 pub fn utc_date() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = iopf_agent::trace::clock::civil((secs / 86_400) as i64);
     format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A measured figure: its per-round values and what they summarise to.
@@ -202,9 +189,9 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_423), (2025, 12, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(iopf_agent::trace::clock::civil(0), (1970, 1, 1));
+        assert_eq!(iopf_agent::trace::clock::civil(20_423), (2025, 12, 1));
+        assert_eq!(iopf_agent::trace::clock::civil(11_016), (2000, 2, 29));
     }
 
     #[test]
