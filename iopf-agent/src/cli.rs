@@ -77,8 +77,18 @@ enum Cmd {
         /// implies --page-faults.
         #[arg(long = "cgroup", value_name = "PATH")]
         cgroups: Vec<PathBuf>,
+        /// Pin the programs, links and maps in this bpffs directory: they stay attached and
+        /// counting while the agent is down, and the next `run --pin` with the same settings
+        /// adopts them (counters continue). `iopf-agent unpin DIR` detaches them.
+        #[arg(long, value_name = "DIR")]
+        pin: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
+    },
+    /// Detach and remove the programs and maps a `run --pin DIR` left pinned.
+    Unpin {
+        /// The directory given to `run --pin`.
+        dir: PathBuf,
     },
     /// Drive a scenario of synthetic faults through the in-kernel programs
     /// (BPF_PROG_TEST_RUN), print the expected totals, check the kernel's counters against
@@ -263,6 +273,8 @@ pub struct RunOptions {
     pub page_faults: bool,
     pub selection: crate::pagefault::Selection,
     pub plan: PlanOptions,
+    /// `--pin DIR` (bpffs).
+    pub pin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -280,6 +292,7 @@ pub enum Command {
         device: String,
         sysfs_root: PathBuf,
     },
+    Unpin(PathBuf),
     PolicyCheck {
         paths: Vec<PathBuf>,
         host: bool,
@@ -343,7 +356,7 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 /// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
 pub fn parse() -> Command {
     match Cli::parse().cmd {
-        Cmd::Run { listen, page_faults, trace, policies, max_devices, pids, cgroups, common } => {
+        Cmd::Run { listen, page_faults, trace, policies, max_devices, pids, cgroups, pin, common } => {
             Command::Run(Box::new(RunOptions {
                 listen: Some(listen),
                 trace: trace.then(crate::trace::TraceOutput::stream),
@@ -354,8 +367,10 @@ pub fn parse() -> Command {
                 page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
                 selection: crate::pagefault::Selection { pids, cgroups },
                 plan: common.into(),
+                pin,
             }))
         }
+        Cmd::Unpin { dir } => Command::Unpin(dir),
         Cmd::Simulate { scenario, listen, trace, record, btf_dir, policies } => {
             Command::Simulate(crate::simulate::run::SimulateOptions {
                 scenario,
@@ -397,6 +412,7 @@ pub fn parse() -> Command {
             page_faults: false,
             selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
             plan: common.into(),
+            pin: None,
         })),
         Cmd::Trace {
             json,
@@ -438,6 +454,7 @@ pub fn parse() -> Command {
                 page_faults: false,
                 selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
                 plan: common.into(),
+                pin: None,
             }))
         }
         Cmd::Policy { cmd: PolicyCmd::Check { against: Some(file), paths, .. } } => {

@@ -51,6 +51,15 @@ pub enum AgentError {
     Pci(#[from] crate::policy::action::pci::PciError),
     #[error("this kernel cannot run the in-flight IOPF programs: {0} (`iopf-agent doctor` shows what it has)")]
     NoAtomics(String),
+    /// Boxed: it carries paths and aya's errors.
+    #[error(transparent)]
+    Pin(Box<crate::pin::PinError>),
+}
+
+impl From<crate::pin::PinError> for AgentError {
+    fn from(e: crate::pin::PinError) -> Self {
+        AgentError::Pin(Box::new(e))
+    }
 }
 
 impl From<crate::iopf::attach::AttachError> for AgentError {
@@ -86,6 +95,12 @@ impl AgentError {
                 3
             }
             AgentError::Pci(_) | AgentError::Devices(_) => 1,
+            // A directory that cannot hold pins, or is in use: the flag's value is wrong.
+            AgentError::Pin(e) => match **e {
+                crate::pin::PinError::NotBpffs(_) | crate::pin::PinError::InUse(_) => 2,
+                crate::pin::PinError::Unpinnable { .. } => 4,
+                _ => 1,
+            },
             AgentError::Record(crate::record::RecordError::Io { .. }) => 1,
             // A file that is not a readable recording is bad input.
             AgentError::Record(_) => 2,

@@ -10,6 +10,11 @@ use thiserror::Error;
 /// The object built by build.rs from iopf-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iopf"));
 
+/// The eBPF object's bytes (what a pinned state's fingerprint covers).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("not privileged: loading eBPF programs needs root (or CAP_BPF and CAP_PERFMON); run iopf-agent as root")]

@@ -13,6 +13,7 @@ fn main() {
         cli::Command::Run(o) => block_on(run::run(*o)),
         cli::Command::Simulate(o) => block_on(simulate::run::run(o)),
         cli::Command::Release { device, sysfs_root } => iopf_agent::release::run(&device, &sysfs_root),
+        cli::Command::Unpin(dir) => unpin(&dir),
         cli::Command::Devices { json, sysfs_root } => devices(json, &sysfs_root),
         cli::Command::Generated(bytes) => quiet_pipe(std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)),
         cli::Command::Report { file, html } => iopf_agent::record::report::run(&file, &html),
@@ -31,6 +32,18 @@ fn main() {
         eprintln!("iopf-agent: error: {}", chain(&e));
         std::process::exit(e.exit_code());
     }
+}
+
+/// `unpin DIR`: says what it detached.
+fn unpin(dir: &std::path::Path) -> Result<(), AgentError> {
+    let removed = iopf_agent::pin::unpin(dir)?;
+    if removed.is_empty() {
+        eprintln!("iopf-agent: nothing pinned in {}", dir.display());
+    }
+    for name in removed {
+        eprintln!("iopf-agent: detached and removed {}", dir.join(name).display());
+    }
+    Ok(())
 }
 
 /// `devices`: a closed stdout (`| head`) is not an error.

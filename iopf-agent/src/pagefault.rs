@@ -16,6 +16,8 @@ use iopf_common::{
 };
 use thiserror::Error;
 
+use crate::pin::How;
+
 use crate::hooks::{Plan, Rung};
 
 #[derive(Debug, Error)]
@@ -39,6 +41,15 @@ pub enum PageFaultError {
     Cpus(String),
     #[error("kernel BTF needed for fentry")]
     Btf(#[source] aya::BtfError),
+    /// Boxed: it carries paths and aya's errors.
+    #[error(transparent)]
+    Pin(Box<crate::pin::PinError>),
+}
+
+impl From<crate::pin::PinError> for PageFaultError {
+    fn from(e: crate::pin::PinError) -> Self {
+        PageFaultError::Pin(Box::new(e))
+    }
 }
 
 /// Which tasks are measured.
@@ -92,8 +103,8 @@ pub struct PfMaps {
 }
 
 impl PfMaps {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, PageFaultError> {
-        let map = ebpf.take_map("PF_CPU").ok_or(PageFaultError::MissingMap("PF_CPU"))?;
+    pub fn take(store: &mut (impl crate::pin::store::MapStore + ?Sized)) -> Result<Self, PageFaultError> {
+        let map = store.take_map("PF_CPU").ok_or(PageFaultError::MissingMap("PF_CPU"))?;
         let cpu = PerCpuArray::try_from(map).map_err(|source| PageFaultError::Map { map: "PF_CPU", source })?;
         Ok(Self { cpu })
     }
@@ -191,9 +202,21 @@ pub fn programs(exchange: bool) -> &'static Programs {
     if exchange { &SLOT_PROGRAMS } else { &TID_PROGRAMS }
 }
 
-/// Attaches the page-fault programs `progs` on the planned rung. Links live as long as `ebpf`.
+/// Attaches the page-fault programs `progs` on the planned rung. Links live as long as `ebpf`,
+/// or are pinned or adopted (`how`). Returns the rung attached (an adopted state's).
 /// `kernel_btf`: aya's parse of the kernel's BTF when already made (fentry needs it).
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs, kernel_btf: Option<&Btf>) -> Result<(), PageFaultError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    progs: &Programs,
+    kernel_btf: Option<&Btf>,
+    how: How,
+) -> Result<Rung, PageFaultError> {
+    if let Some(adopted) = how.adopted(plan.name) {
+        return adopted.ok_or_else(|| {
+            PageFaultError::Unavailable("the agent whose pinned state was adopted did not trace page faults".into())
+        });
+    }
     let target = plan.target.clone().unwrap_or_default();
     match plan.rung {
         // EPERM in the reasons: the kernel has the feature, this process may not use it.
@@ -212,16 +235,19 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs, kernel_btf: Option
             };
             let p: &mut FEntry = prog(ebpf, progs.fentry)?;
             p.load(&target, btf).map_err(attach_err(progs.fentry, &target))?;
-            p.attach().map_err(attach_err(progs.fentry, &target))?;
+            let id = p.attach().map_err(attach_err(progs.fentry, &target))?;
+            how.keep(p, progs.fentry, id)?;
             let p: &mut FExit = prog(ebpf, progs.fexit)?;
             p.load(&target, btf).map_err(attach_err(progs.fexit, &target))?;
-            p.attach().map_err(attach_err(progs.fexit, &target))?;
+            let id = p.attach().map_err(attach_err(progs.fexit, &target))?;
+            how.keep(p, progs.fexit, id)?;
         }
         Rung::Kprobe => {
             for name in [progs.kprobe, progs.kretprobe] {
                 let p: &mut KProbe = prog(ebpf, name)?;
                 p.load().map_err(attach_err(name, &target))?;
-                p.attach(&target, 0).map_err(attach_err(name, &target))?;
+                let id = p.attach(&target, 0).map_err(attach_err(name, &target))?;
+                how.keep(p, name, id)?;
             }
         }
         Rung::Tracepoint => {
@@ -230,7 +256,9 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs, kernel_btf: Option
             let p: &mut TracePoint = prog(ebpf, progs.tp_entry)?;
             p.load().map_err(attach_err(progs.tp_entry, "exceptions"))?;
             for name in ["page_fault_user", "page_fault_kernel"] {
-                p.attach("exceptions", name).map_err(attach_err(progs.tp_entry, format!("exceptions:{name}")))?;
+                let id =
+                    p.attach("exceptions", name).map_err(attach_err(progs.tp_entry, format!("exceptions:{name}")))?;
+                how.keep(p, progs.tp_entry, id)?;
             }
             let cpus = aya::util::online_cpus().map_err(|(what, e)| PageFaultError::Cpus(format!("{what}: {e}")))?;
             for (name, ev) in
@@ -239,16 +267,19 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, progs: &Programs, kernel_btf: Option
                 let p: &mut PerfEvent = prog(ebpf, name)?;
                 p.load().map_err(attach_err(name, format!("{ev:?}")))?;
                 for &cpu in &cpus {
-                    p.attach(
-                        PerfEventConfig::Software(ev),
-                        PerfEventScope::AllProcessesOneCpu { cpu },
-                        SamplePolicy::Period(1),
-                        false,
-                    )
-                    .map_err(attach_err(name, format!("{ev:?} on cpu {cpu}")))?;
+                    let id = p
+                        .attach(
+                            PerfEventConfig::Software(ev),
+                            PerfEventScope::AllProcessesOneCpu { cpu },
+                            SamplePolicy::Period(1),
+                            false,
+                        )
+                        .map_err(attach_err(name, format!("{ev:?} on cpu {cpu}")))?;
+                    how.keep(p, name, id)?;
                 }
             }
         }
     }
-    Ok(())
+    how.attached(plan.name, plan.rung)?;
+    Ok(plan.rung)
 }

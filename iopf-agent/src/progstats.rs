@@ -33,6 +33,31 @@ impl Tracked {
         Some(Self { name: name.to_owned(), fd })
     }
 
+    /// A program pinned at `path` (an adopted `--pin` state), opened with BPF_OBJ_GET.
+    pub fn from_pin(name: &str, path: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: bpf_attr is a plain C struct; all-zero is valid.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.__bindgen_anon_4.pathname = c.as_ptr() as u64;
+        // SAFETY: BPF_OBJ_GET reads the NUL-terminated path `c`, alive for the call, and
+        // returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_OBJ_GET as libc::c_long,
+                &raw mut attr,
+                size_of::<bpf_attr>() as libc::c_long,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+        Ok(Self { name: name.to_owned(), fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } })
+    }
+
     pub fn stats(&self) -> std::io::Result<ProgStats> {
         // SAFETY: bpf_prog_info and bpf_attr are plain C structs; all-zero is valid for both.
         let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };

@@ -55,6 +55,29 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         pf_cgroups: !opts.selection.cgroups.is_empty(),
         ..Globals::default()
     };
+    // With --pin: adopt the state a previous agent pinned, or pin this one's. Checked
+    // before anything loads: a directory that cannot hold pins changes nothing.
+    let pin_root = match &opts.pin {
+        Some(dir) => Some(crate::pin::open(dir, pin_fingerprint(&opts, &globals))?),
+        None => None,
+    };
+    let (pin_root, (pins, adopted)) = match pin_root {
+        None => (None, (None, None)),
+        Some((root, start, removed)) => {
+            for r in removed {
+                eprintln!(
+                    "iopf-agent: removed the pinned state {} ({}): its programs are detached, its counters lost",
+                    root.root.join(&r.name).display(),
+                    r.why
+                );
+            }
+            let split = match start {
+                crate::pin::Start::Fresh(p) => (Some(p), None),
+                crate::pin::Start::Adopt(a) => (None, Some(a)),
+            };
+            (Some(root), split)
+        }
+    };
     let (mut ebpf, report, btf) = doctor::survey(&opts.plan, globals)?;
     for p in &report.hooks {
         let target = p.target.as_deref().unwrap_or("-");
@@ -81,22 +104,48 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         );
     }
 
+    if let Some(p) = &pins {
+        p.maps(&ebpf)?;
+    }
+    let how = match (&pins, &adopted) {
+        (Some(p), _) => crate::pin::How::Pin(p),
+        (_, Some(a)) => crate::pin::How::Adopt(a),
+        _ => crate::pin::How::Own,
+    };
+    // Maps come from the loaded object, or from the adopted pins (a second handle on the
+    // same directory: `how` holds the first).
+    let mut adopted_maps = adopted.clone();
+    macro_rules! store {
+        () => {
+            match adopted_maps.as_mut() {
+                Some(a) => a as &mut dyn crate::pin::store::MapStore,
+                None => &mut ebpf as &mut dyn crate::pin::store::MapStore,
+            }
+        };
+    }
+
     let registry = Registry::default();
     // Device slots and rules go in before attach, so a policy device's first fault is checked.
-    let mut iopf_maps = crate::iopf::maps::IopfMaps::take(&mut ebpf)?;
+    let mut iopf_maps = crate::iopf::maps::IopfMaps::take(store!())?;
     let mut installed = Installed::new(&resolved, Source::Kernel as u8, ids);
     installed.reserve(&mut iopf_maps, opts.dev_slots)?;
     let iopf_maps = Arc::new(Mutex::new(iopf_maps));
     let installed = Arc::new(Mutex::new(installed));
     let abi = report.iopf_abi.as_ref().ok();
     let mut plans = report.hooks.clone();
-    for (hook, e) in
-        crate::iopf::attach::attach_all(&mut ebpf, &mut plans, abi, btf.as_ref().and_then(crate::kabi::KernelBtf::aya))
-    {
-        if opts.plan.require.iter().any(|r| r == hook) {
+    for (hook, e) in crate::iopf::attach::attach_all(
+        &mut ebpf,
+        &mut plans,
+        abi,
+        btf.as_ref().and_then(crate::kabi::KernelBtf::aya),
+        how,
+    ) {
+        // A hook that cannot be pinned would stop with the agent: --pin is refused.
+        if opts.plan.require.iter().any(|r| r == hook) || matches!(e, crate::iopf::attach::AttachError::Pin(_)) {
             return Err(e.into());
         }
     }
+    let lifecycle = crate::lifecycle::Lifecycle::take(store!(), adopted.is_some(), pin_root.is_some())?;
     if !opts.page_faults
         && let Some(p) = plans.iter_mut().find(|p| p.name == "mm_fault")
     {
@@ -155,16 +204,20 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     }
     if opts.page_faults {
         let plan = plans.iter_mut().find(|p| p.name == "mm_fault").expect("mm_fault is a known hook");
-        pagefault::attach(
+        plan.rung = pagefault::attach(
             &mut ebpf,
             plan,
             pagefault::programs(exchange),
             btf.as_ref().and_then(crate::kabi::KernelBtf::aya),
+            how,
         )?;
         plan.settle(Ok(()));
         let plan = plan.clone();
-        pagefault::select(&mut ebpf, &opts.selection)?;
-        let maps = pagefault::PfMaps::take(&mut ebpf)?;
+        // An adopted state has the selection already (it is part of the fingerprint).
+        if adopted.is_none() {
+            pagefault::select(&mut ebpf, &opts.selection)?;
+        }
+        let maps = pagefault::PfMaps::take(store!())?;
         let what = if opts.selection.is_all() {
             "all tasks".to_owned()
         } else {
@@ -174,7 +227,11 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         registry.add(PageFaultSource { maps: Mutex::new(maps), rung: rung_label(plan.rung) });
     }
     log_hooks(&plans);
-    registry.add(crate::progstats::ProgramSource { progs: crate::progstats::track_loaded(&ebpf) });
+    let progs = match &adopted {
+        Some(a) => a.programs(),
+        None => crate::progstats::track_loaded(&ebpf),
+    };
+    registry.add(crate::progstats::ProgramSource { progs });
     let recorded_plan: Vec<crate::record::PlannedHook> = plans.iter().map(crate::record::PlannedHook::of).collect();
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
@@ -186,8 +243,8 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         if let Some(h) = opts.trace.as_ref().and_then(|t| t.header()) {
             print!("{h}");
         }
-        let reader = crate::iopf::events::EventReader::take(&mut ebpf)?;
-        let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS")?;
+        let reader = crate::iopf::events::EventReader::take(store!())?;
+        let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(store!(), "DMAR_EVENTS")?;
         let sink = match &opts.record {
             Some(path) => {
                 let devices = crate::policy::enumerate(Path::new(SYSFS_ROOT))
@@ -244,6 +301,24 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             rt.block_on(async { tokio::join!(iopf, vtd) });
         })?;
     }
+    match (pins, &adopted) {
+        (Some(p), _) => {
+            let dir = p.complete(&mut ebpf)?;
+            eprintln!(
+                "iopf-agent: pinned in {}: the programs stay attached and counting when this agent stops; `run --pin` with the same settings adopts them, `iopf-agent unpin {}` detaches them",
+                dir.display(),
+                pin_root.as_ref().map(|r| r.root.display().to_string()).unwrap_or_default()
+            );
+        }
+        (None, Some(a)) => eprintln!(
+            "iopf-agent: adopted the pinned state in {} (restart {}): its programs stayed attached, the counters continue (counting since {} s ago)",
+            a.dir().display(),
+            lifecycle.restarts(),
+            crate::lifecycle::now().saturating_sub(lifecycle.counting_since())
+        ),
+        (None, None) => {}
+    }
+    registry.add(lifecycle);
     // Attached, fds held: keep only what bpf() on those fds needs.
     match crate::privs::drop_after_attach() {
         Ok(kept) => eprintln!("iopf-agent: capabilities after attach: {kept} only (bounding set empty)"),
@@ -274,9 +349,32 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
             stop.await;
         }
     }
-    eprintln!("iopf-agent: stopped");
+    match &pin_root {
+        Some(r) => eprintln!(
+            "iopf-agent: stopped; the programs stay attached (pinned in {}; `iopf-agent unpin {0}` detaches them)",
+            r.root.display()
+        ),
+        None => eprintln!("iopf-agent: stopped"),
+    }
     drop(ebpf);
     Ok(())
+}
+
+/// What a pinned state must match to be adopted: the agent, its eBPF object, and every
+/// setting baked into the loaded programs or their maps.
+fn pin_fingerprint(opts: &RunOptions, g: &Globals) -> u64 {
+    let settings = format!(
+        "{:?} events={} slots={} cgroups={} {:?} {:?} {:?} break={:?}",
+        g.pf_mode,
+        g.events,
+        g.dev_slots,
+        g.pf_cgroups,
+        opts.selection,
+        opts.plan.force_rung,
+        opts.plan.btf_dir,
+        std::env::var("IOPF_TEST_BREAK_HOOK").ok(),
+    );
+    crate::pin::fnv1a64(&[env!("CARGO_PKG_VERSION").as_bytes(), crate::loader::object(), settings.as_bytes()])
 }
 
 fn log_policies(set: &PolicySet, resolved: &Resolved) {

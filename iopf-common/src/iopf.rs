@@ -340,6 +340,15 @@ pub const DEV_SLOT_OVERFLOW: u32 = 0;
 /// Default number of device slots (the agent's `--max-devices`).
 pub const DEV_SLOTS_DEFAULT: u32 = 256;
 
+/// `IOPF_FLAGS` entries. The eBPF side reads only `FLAG_KEEP_UNTIL_FREE`; the others are the
+/// agent's, kept in a map so they outlive the agent when its state is pinned (`run --pin`).
+pub const FLAG_KEEP_UNTIL_FREE: u32 = 0;
+/// Agents that adopted this pinned state after the first (restarts).
+pub const FLAG_RESTARTS: u32 = 1;
+/// Unix time (seconds) the counters in these maps began.
+pub const FLAG_COUNTING_SINCE: u32 = 2;
+pub const FLAGS_LEN: u32 = 4;
+
 /// Response-code slots of the per-device counters: the four `RESP_*` codes, then the
 /// "reported" and "unrecoverable" pseudo-codes.
 pub const CODE_SLOTS: usize = 6;

@@ -25,7 +25,7 @@ fn trace_child(child: &TouchPages, progs: &Programs) -> (aya::Ebpf, PfMaps) {
     let plan = report.hooks.iter().find(|p| p.name == "mm_fault").expect("mm_fault planned").clone();
     assert_ne!(plan.rung, Rung::Unavailable, "page-fault hook unavailable here: {}", plan.reason);
     eprintln!("page-fault rung: {} ({})", plan.rung.as_str(), plan.target.as_deref().unwrap_or("-"));
-    pagefault::attach(&mut ebpf, &plan, progs, None).expect("attach");
+    pagefault::attach(&mut ebpf, &plan, progs, None, iopf_agent::pin::How::Own).expect("attach");
     pagefault::select(&mut ebpf, &Selection { pids: vec![child.pid()], cgroups: vec![] }).expect("select");
     let maps = PfMaps::take(&mut ebpf).expect("maps");
     let before = maps.snapshot().expect("snapshot");

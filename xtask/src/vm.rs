@@ -104,7 +104,7 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &[],
         qemu: &["-machine", "q35"],
         append: "",
-        scenarios: &["doctor", "mock-iopf-fentry", "mock-iopf-kprobe", "pagefault-fentry", "simulate"],
+        scenarios: &["doctor", "mock-iopf-fentry", "mock-iopf-kprobe", "pin-restart", "pagefault-fentry", "simulate"],
     },
     KernelSpec {
         name: "iopf-7.3",
@@ -117,6 +117,7 @@ pub const KERNELS: &[KernelSpec] = &[
             "doctor",
             "mock-iopf-fentry",
             "mock-iopf-kprobe",
+            "pin-restart",
             "sva-kmod-fentry",
             "sva-kmod-kprobe",
             "mock-flat-pasid",

@@ -9,6 +9,7 @@ use thiserror::Error;
 use crate::{
     hooks::{HookState, Plan, Rung},
     kabi::iopf::IopfAbi,
+    pin::How,
 };
 
 #[derive(Debug, Error)]
@@ -19,6 +20,9 @@ pub enum AttachError {
     Program { hook: &'static str, prog: &'static str, target: String, source: Box<aya::programs::ProgramError> },
     #[error("kernel BTF needed for fentry")]
     Btf(#[source] aya::BtfError),
+    /// Boxed: it carries paths and aya's errors.
+    #[error(transparent)]
+    Pin(Box<crate::pin::PinError>),
 }
 
 /// Entry and optional exit program for a hook, per rung.
@@ -75,18 +79,28 @@ pub fn attach_all(
     plans: &mut [Plan],
     abi: Option<&IopfAbi>,
     kernel_btf: Option<&Btf>,
+    how: How,
 ) -> Vec<(&'static str, AttachError)> {
     let mut parsed = None;
     let mut failed = Vec::new();
     for plan in plans.iter_mut().filter(|p| p.name != "mm_fault" && p.state == HookState::Planned) {
-        match attach_one(ebpf, plan, abi, kernel_btf, &mut parsed) {
+        match attach_one(ebpf, plan, abi, kernel_btf, &mut parsed, how) {
             Ok(Used::Attached) => plan.settle(Ok(())),
+            Ok(Used::Adopted(rung)) => {
+                plan.rung = rung;
+                plan.settle(Ok(()));
+            }
+            Ok(Used::NotAdopted) => plan.settle(Err("not attached by the agent whose pinned state was adopted".into())),
             Ok(Used::Not(why)) => plan.unused(why),
             Err(e) => {
                 plan.settle(Err(crate::error::chain(&e)));
                 failed.push((plan.name, e));
             }
         }
+    }
+    if let How::Adopt(_) = how {
+        // The flag is in the adopted maps, as the pinning agent set it.
+        return failed;
     }
     // With the free hook on, a group stays in flight from its first response to its free,
     // so a second response to it is recognised (and not timed twice).
@@ -104,6 +118,10 @@ pub fn attach_all(
 enum Used {
     Attached,
     Not(&'static str),
+    /// Adopting: the pinned state has this hook attached on this rung.
+    Adopted(Rung),
+    /// Adopting: the pinned state does not have this hook.
+    NotAdopted,
 }
 
 /// Test hook (`IOPF_TEST_BREAK_HOOK=io_page_fault`): attach that hook's program to a
@@ -119,7 +137,9 @@ fn attach_one(
     abi: Option<&IopfAbi>,
     kernel_btf: Option<&Btf>,
     parsed: &mut Option<Btf>,
+    how: How,
 ) -> Result<Used, AttachError> {
+    let adopted = |hook: &str| how.adopted(hook).map(|r| r.map_or(Used::NotAdopted, Used::Adopted));
     {
         let err = |prog: &'static str, target: &str| {
             let target = target.to_owned();
@@ -127,10 +147,15 @@ fn attach_one(
             move |source| AttachError::Program { hook, prog, target, source: Box::new(source) }
         };
         if plan.name == "io_page_fault" && plan.rung == Rung::Tracepoint {
+            if let Some(u) = adopted(plan.name) {
+                return Ok(u);
+            }
             let p: &mut TracePoint = prog(ebpf, "iopf_io_page_fault")?;
             p.load().map_err(err("iopf_io_page_fault", "iommu:io_page_fault"))?;
             let name = if broken_for_test(plan.name) { "iopf_test_absent" } else { "io_page_fault" };
-            p.attach("iommu", name).map_err(err("iopf_io_page_fault", &format!("iommu:{name}")))?;
+            let id = p.attach("iommu", name).map_err(err("iopf_io_page_fault", &format!("iommu:{name}")))?;
+            how.keep(p, "iopf_io_page_fault", id).map_err(|e| AttachError::Pin(Box::new(e)))?;
+            how.attached(plan.name, plan.rung).map_err(|e| AttachError::Pin(Box::new(e)))?;
             return Ok(Used::Attached);
         }
         let Some(abi) = abi else { return Ok(Used::Not("no IOPF ABI in kernel BTF")) };
@@ -139,6 +164,11 @@ fn attach_one(
                 "<= 6.8: faults are classified and keyed at report; this per-fault SVA function adds nothing",
             ));
         };
+        if matches!(plan.rung, Rung::Fentry | Rung::Kprobe)
+            && let Some(u) = adopted(plan.name)
+        {
+            return Ok(u);
+        }
         let target = plan.target.clone().unwrap_or_default();
         match plan.rung {
             Rung::Fentry => {
@@ -153,22 +183,26 @@ fn attach_one(
                 };
                 let p: &mut FEntry = prog(ebpf, progs.fentry)?;
                 p.load(&target, btf).map_err(err(progs.fentry, &target))?;
-                p.attach().map_err(err(progs.fentry, &target))?;
+                let id = p.attach().map_err(err(progs.fentry, &target))?;
+                how.keep(p, progs.fentry, id).map_err(|e| AttachError::Pin(Box::new(e)))?;
                 if let Some(x) = progs.fexit {
                     let p: &mut FExit = prog(ebpf, x)?;
                     p.load(&target, btf).map_err(err(x, &target))?;
-                    p.attach().map_err(err(x, &target))?;
+                    let id = p.attach().map_err(err(x, &target))?;
+                    how.keep(p, x, id).map_err(|e| AttachError::Pin(Box::new(e)))?;
                 }
             }
             Rung::Kprobe => {
                 for name in [Some(progs.kprobe), progs.kretprobe].into_iter().flatten() {
                     let p: &mut KProbe = prog(ebpf, name)?;
                     p.load().map_err(err(name, &target))?;
-                    p.attach(&target, 0).map_err(err(name, &target))?;
+                    let id = p.attach(&target, 0).map_err(err(name, &target))?;
+                    how.keep(p, name, id).map_err(|e| AttachError::Pin(Box::new(e)))?;
                 }
             }
             Rung::Tracepoint | Rung::Unavailable => return Ok(Used::Not("no program for this rung")),
         }
+        how.attached(plan.name, plan.rung).map_err(|e| AttachError::Pin(Box::new(e)))?;
         Ok(Used::Attached)
     }
 }

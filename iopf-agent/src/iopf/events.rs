@@ -2,13 +2,11 @@
 
 use std::{io::Write, marker::PhantomData};
 
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
-};
+use aya::maps::{MapData, RingBuf};
 use iopf_common::iopf::Event;
 
 use super::maps::MapsError;
+use crate::pin::store::MapStore;
 
 /// A ring buffer of `T` records (same `#[repr(C)]` definition on both sides).
 pub struct Ring<T> {
@@ -20,8 +18,8 @@ pub struct Ring<T> {
 pub type EventReader = Ring<Event>;
 
 impl<T: Copy> Ring<T> {
-    pub fn take_named(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
-        let m = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
+    pub fn take_named(store: &mut (impl MapStore + ?Sized), name: &'static str) -> Result<Self, MapsError> {
+        let m = store.take_map(name).ok_or(MapsError::Missing(name))?;
         Ok(Self { ring: RingBuf::try_from(m).map_err(|source| MapsError::Map { map: name, source })?, _t: PhantomData })
     }
 
@@ -101,8 +99,8 @@ impl<T: Copy> Ring<T> {
 const FLUSH_AT: usize = 64 * 1024;
 
 impl EventReader {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        Self::take_named(ebpf, "IOPF_EVENTS")
+    pub fn take(store: &mut (impl MapStore + ?Sized)) -> Result<Self, MapsError> {
+        Self::take_named(store, "IOPF_EVENTS")
     }
 }
 

@@ -17,6 +17,8 @@ use iopf_common::{
 };
 use thiserror::Error;
 
+use crate::pin::store::MapStore;
+
 #[derive(Debug, Error)]
 pub enum MapsError {
     #[error("map `{0}` missing from the eBPF object")]
@@ -71,16 +73,16 @@ pub struct IopfMaps {
     ncpus: usize,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
+fn take<T>(store: &mut (impl MapStore + ?Sized), name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let m = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
+    let m = store.take_map(name).ok_or(MapsError::Missing(name))?;
     T::try_from(m).map_err(|source| MapsError::Map { map: name, source })
 }
 
 impl IopfMaps {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+    pub fn take(ebpf: &mut (impl MapStore + ?Sized)) -> Result<Self, MapsError> {
         Ok(Self {
             dev_ids: take(ebpf, "IOPF_DEV_IDS")?,
             dev_next: take(ebpf, "IOPF_DEV_NEXT")?,

@@ -201,10 +201,25 @@ impl PolicyIds {
         self.ids.iter().find(|(_, i)| **i == id).map(|(n, _)| n.as_str())
     }
 
+    /// A name's id is derived from the name (FNV-1a, 32 bits), not from load order, so it is
+    /// the same in every run: an agent adopting pinned maps (`run --pin`) labels the counts
+    /// an earlier agent's rules made with the right policy. 0 is "no policy" to the kernel
+    /// side; a collision with another name takes the next free id.
     fn id(&mut self, name: &str) -> u32 {
-        let next = u32::try_from(self.ids.len() + 1).unwrap_or(u32::MAX);
-        *self.ids.entry(name.to_owned()).or_insert(next)
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let mut id = name_hash(name).max(1);
+        while self.name(id).is_some() {
+            id = id.wrapping_add(1).max(1);
+        }
+        self.ids.insert(name.to_owned(), id);
+        id
     }
+}
+
+fn name_hash(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// Loaded, validated policies in load order (`Rule::policy_id` = 1 + index until
@@ -705,20 +720,35 @@ spec:
     }
 
     #[test]
-    fn policy_ids_last_across_reloads_and_renames_get_new_ones() {
+    fn policy_ids_are_the_names_hashes_in_every_run_and_order() {
+        // FNV-1a 32 of "a", "b", "c" (reference values of the hash).
+        let (a, b, c) = (0xe40c_292c, 0xe70c_2de5, 0xe60c_2c52);
         let two = format!("{}---\n{}", policy("a", "{driver: idxd}"), policy("b", "{driver: dsa}"));
         let mut ids = PolicyIds::default();
         let mut set = parse(&two).unwrap();
         set.assign_ids(&mut ids);
         let got =
             |s: &PolicySet| s.policies().iter().map(|p| (p.name().to_owned(), p.rule().policy_id)).collect::<Vec<_>>();
-        assert_eq!(got(&set), [("a".into(), 1), ("b".into(), 2)]);
-        // Reloaded with `b` first and `a` renamed to `c`.
+        assert_eq!(got(&set), [("a".into(), a), ("b".into(), b)]);
+        // Reloaded with `b` first and `a` renamed to `c`: ids do not follow the order.
         let mut set =
             parse(&format!("{}---\n{}", policy("b", "{driver: dsa}"), policy("c", "{driver: idxd}"))).unwrap();
         set.assign_ids(&mut ids);
-        assert_eq!(got(&set), [("b".into(), 2), ("c".into(), 3)]);
-        assert_eq!((ids.name(1), ids.name(2), ids.name(3), ids.name(4)), (Some("a"), Some("b"), Some("c"), None));
+        assert_eq!(got(&set), [("b".into(), b), ("c".into(), c)]);
+        assert_eq!((ids.name(a), ids.name(b), ids.name(c), ids.name(1)), (Some("a"), Some("b"), Some("c"), None));
+        // A new run (a restarted agent) gives the same ids.
+        let mut fresh = PolicyIds::default();
+        set.assign_ids(&mut fresh);
+        assert_eq!(got(&set), [("b".into(), b), ("c".into(), c)]);
+    }
+
+    #[test]
+    fn a_hash_collision_takes_the_next_free_id() {
+        let mut ids = PolicyIds::default();
+        // Another name already holds "a"'s hash.
+        ids.ids.insert("other".into(), 0xe40c_292c);
+        assert_eq!(ids.id("a"), 0xe40c_292d);
+        assert_eq!(ids.id("a"), 0xe40c_292d);
     }
 
     #[test]

@@ -97,11 +97,12 @@ static IOPF_POLICY_VIOLATIONS: HashMap<ViolationKey, [u64; VIOLATIONS.len()]> =
 static IOPF_POLICY: Array<Rule> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
 #[map]
 static IOPF_STATS: PerCpuArray<IopfStats> = PerCpuArray::with_max_entries(1, 0);
-/// Run-time switches the agent sets after attaching. [0]: 1 when groups stay in flight from
-/// their first response until `iopf_free_group` (the free hook is attached), so a second
-/// response to a group is seen as such; 0: the first response ends the fault.
+/// Run-time switches the agent sets after attaching. [FLAG_KEEP_UNTIL_FREE]: 1 when groups
+/// stay in flight from their first response until `iopf_free_group` (the free hook is
+/// attached), so a second response to a group is seen as such; 0: the first response ends
+/// the fault. The other entries are the agent's bookkeeping (restarts, counting since).
 #[map]
-static IOPF_FLAGS: Array<u64> = Array::with_max_entries(1, 0);
+static IOPF_FLAGS: Array<u64> = Array::with_max_entries(iopf_common::iopf::FLAGS_LEN, 0);
 #[map]
 static IOPF_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -683,7 +684,7 @@ fn finish(f: &mut Inflight, code: u8, now: u64, fix: u64) {
 /// <= 6.8 has no free hook, so there the first response ends the fault.
 #[inline(always)]
 fn keep_until_free() -> bool {
-    TUPLE_KEYS.load() == 0 && IOPF_FLAGS.get(0).copied().unwrap_or(0) != 0
+    TUPLE_KEYS.load() == 0 && IOPF_FLAGS.get(iopf_common::iopf::FLAG_KEEP_UNTIL_FREE).copied().unwrap_or(0) != 0
 }
 
 /// The in-flight record of `key`, in place (table slot or spilled hash).

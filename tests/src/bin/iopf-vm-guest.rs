@@ -115,6 +115,129 @@ fn check(cond: bool, what: impl Into<String>) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what.into()) }
 }
 
+const PIN_DIR: &str = "/sys/fs/bpf/iopf-vmtest";
+/// Faults per phase of the restart storm: agent up, agent killed and down, agent restarted.
+const STORM_PHASE: u32 = 800;
+
+/// `run --pin` across a SIGKILL: a storm of 3 x STORM_PHASE mock faults, answered SUCCESS and
+/// INVALID in turn; the agent is killed (SIGKILL) a quarter into it and restarted, adopting
+/// its pins, while the storm goes on. The totals afterwards equal the storm's exactly. Then a
+/// start with other settings removes the state and counts from zero, and `unpin` detaches.
+fn pin_restart(a: &Args) -> Result<(), String> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+    let _ = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status();
+    let _ = std::fs::create_dir_all(PIN_DIR);
+    let unpin = || Command::new(&a.agent).args(["unpin", PIN_DIR]).output().map_err(|e| format!("unpin: {e}"));
+    unpin()?;
+    let mut mock = MockIopf::new()?;
+    let pinned =
+        ["--pin", PIN_DIR, "--require", "report", "--require", "iommufd_handler", "--require", "page_response"];
+    let first = start_agent(a, &pinned)?;
+    check(
+        first.log.iter().any(|l| l.starts_with(&format!("iopf-agent: pinned in {PIN_DIR}/iopf-"))),
+        "first agent did not say it pinned its state",
+    )?;
+    // The storm runs on its own thread; `done` counts answered faults, `gate` holds it
+    // before the last phase until the restarted agent serves.
+    let done = Arc::new(AtomicU32::new(0));
+    let gate = Arc::new(AtomicU32::new(0));
+    let storm = {
+        let (done, gate) = (done.clone(), gate.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            for i in 0..3 * STORM_PHASE {
+                if i == 2 * STORM_PHASE {
+                    while gate.load(Ordering::Acquire) == 0 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                mock.trigger(1 + i % 3, i % 256, PERM_READ | PERM_WRITE, 0xbeef_0000 + u64::from(i) * 0x1000)?;
+                let f = mock.read_fault()?;
+                mock.respond(f.cookie, if i % 2 == 0 { RESP_SUCCESS } else { RESP_INVALID })?;
+                done.fetch_add(1, Ordering::Release);
+            }
+            Ok(())
+        })
+    };
+    while done.load(Ordering::Acquire) < STORM_PHASE / 4 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut first = first;
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let at_kill = done.load(Ordering::Acquire);
+    while done.load(Ordering::Acquire) < 2 * STORM_PHASE {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = start_agent(a, &pinned)?;
+    let at_restart = done.load(Ordering::Acquire);
+    println!("  pin-restart: agent killed after {at_kill} faults, restarted after {at_restart}");
+    check(
+        second.log.iter().any(|l| l.starts_with(&format!("iopf-agent: adopted the pinned state in {PIN_DIR}/iopf-"))),
+        "restarted agent did not adopt the pinned state",
+    )?;
+    gate.store(1, Ordering::Release);
+    storm.join().map_err(|_| "storm thread panicked".to_owned())??;
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http_get(second.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    let e = Exposition::parse(&body);
+    let n = f64::from(3 * STORM_PHASE);
+    let sum = |name: &str, want: &[(&str, &str)]| -> f64 {
+        e.samples
+            .iter()
+            .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|g| g == v)))
+            .map(|s| s.value)
+            .sum()
+    };
+    let faults = sum("iopf_faults_total", &[("source", "kernel")]);
+    let succ = sum("iopf_responses_total", &[("code", "success")]);
+    let inv = sum("iopf_responses_total", &[("code", "invalid")]);
+    let dispatch = sum("iopf_latency_seconds_count", &[("latency", "dispatch")]);
+    let stage = |s: &str| sum("iopf_pipeline_total", &[("stage", s)]);
+    println!(
+        "  pin-restart: faults {faults} success {succ} invalid {inv} dispatch samples {dispatch}, reports {} handled {} responses {}, want {n}",
+        stage("reports"),
+        stage("handled"),
+        stage("responses")
+    );
+    check(faults == n, format!("iopf_faults_total {faults}, want {n}"))?;
+    check(succ == n / 2.0 && inv == n / 2.0, format!("responses success {succ} invalid {inv}, want {} each", n / 2.0))?;
+    check(dispatch == n, format!("dispatch samples {dispatch}, want {n}"))?;
+    for st in ["reports", "handled", "responses"] {
+        check(stage(st) == n, format!("pipeline {st} {}, want {n}", stage(st)))?;
+    }
+    check(stage("response_unmatched") == 0.0, format!("response_unmatched {}", stage("response_unmatched")))?;
+    check(
+        e.get("iopf_agent_restarts_total", &[]) == Some(1.0),
+        format!("restarts {:?}", e.get("iopf_agent_restarts_total", &[])),
+    )?;
+    check(e.get("iopf_agent_pinned", &[]) == Some(1.0), "iopf_agent_pinned not 1")?;
+    let since = e.get("iopf_agent_counting_since_seconds", &[]).unwrap_or(0.0);
+    let started = e.get("iopf_agent_start_time_seconds", &[]).unwrap_or(0.0);
+    check(since > 0.0 && since <= started, format!("counting since {since} not before the restart {started}"))?;
+    second.stop();
+    // Other settings: the state cannot be adopted; it is removed, counting starts from zero.
+    let third = start_agent(a, &["--pin", PIN_DIR, "--max-devices", "100", "--require", "report"])?;
+    check(
+        third.log.iter().any(|l| l.starts_with("iopf-agent: removed the pinned state") && l.contains("settings")),
+        "an agent with other settings did not remove the old state",
+    )?;
+    let (_, body) = http_get(third.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    let e3 = Exposition::parse(&body);
+    let fresh: f64 = e3.samples.iter().filter(|s| s.name == "iopf_faults_total").map(|s| s.value).sum();
+    check(fresh == 0.0, format!("fresh state counts {fresh} faults, want 0"))?;
+    check(e3.get("iopf_agent_restarts_total", &[]) == Some(0.0), "fresh state: restarts not 0")?;
+    third.stop();
+    let out = unpin()?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    check(out.status.success() && said.contains("detached and removed"), format!("unpin: {said}"))?;
+    let left: Vec<_> = std::fs::read_dir(PIN_DIR).map_err(|e| format!("{PIN_DIR}: {e}"))?.flatten().collect();
+    check(left.is_empty(), format!("{PIN_DIR} not empty after unpin: {left:?}"))?;
+    Ok(())
+}
+
 /// Scenario 1: N mock faults with chosen pasid/grpid/perm/addr, delays and response codes.
 fn mock_iopf(a: &Args, rung: &str) -> Result<(), String> {
     // A policy selects the mock device by name: every fault must be answered SUCCESS; the
@@ -1544,6 +1667,7 @@ fn main() {
         let res = std::panic::catch_unwind(|| match s.as_str() {
             "mock-iopf-fentry" => mock_iopf(&args, "fentry"),
             "mock-iopf-kprobe" => mock_iopf(&args, "kprobe"),
+            "pin-restart" => pin_restart(&args),
             "pagefault-fentry" => pagefault(&args, "fentry"),
             "pagefault-kprobe" => pagefault(&args, "kprobe"),
             "attach-fentry" => attach_all(&args, "fentry"),
