@@ -82,6 +82,11 @@ enum Cmd {
         /// adopts them (counters continue). `iopf-agent unpin DIR` detaches them.
         #[arg(long, value_name = "DIR")]
         pin: Option<PathBuf>,
+        /// Turn on the kernel's per-program run count and time while the agent runs
+        /// (iopf_program_runs_total, iopf_program_run_seconds_total); costs a clock read per
+        /// program run. Off again when the agent exits.
+        #[arg(long)]
+        bpf_stats: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -275,6 +280,8 @@ pub struct RunOptions {
     pub plan: PlanOptions,
     /// `--pin DIR` (bpffs).
     pub pin: Option<PathBuf>,
+    /// `--bpf-stats`.
+    pub bpf_stats: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -356,7 +363,7 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 /// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
 pub fn parse() -> Command {
     match Cli::parse().cmd {
-        Cmd::Run { listen, page_faults, trace, policies, max_devices, pids, cgroups, pin, common } => {
+        Cmd::Run { listen, page_faults, trace, policies, max_devices, pids, cgroups, pin, bpf_stats, common } => {
             Command::Run(Box::new(RunOptions {
                 listen: Some(listen),
                 trace: trace.then(crate::trace::TraceOutput::stream),
@@ -368,6 +375,7 @@ pub fn parse() -> Command {
                 selection: crate::pagefault::Selection { pids, cgroups },
                 plan: common.into(),
                 pin,
+                bpf_stats,
             }))
         }
         Cmd::Unpin { dir } => Command::Unpin(dir),
@@ -413,6 +421,7 @@ pub fn parse() -> Command {
             selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
             plan: common.into(),
             pin: None,
+            bpf_stats: false,
         })),
         Cmd::Trace {
             json,
@@ -455,6 +464,7 @@ pub fn parse() -> Command {
                 selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
                 plan: common.into(),
                 pin: None,
+                bpf_stats: false,
             }))
         }
         Cmd::Policy { cmd: PolicyCmd::Check { against: Some(file), paths, .. } } => {

@@ -11,6 +11,7 @@ pub mod iopf;
 pub mod kabi;
 pub mod lifecycle;
 pub mod loader;
+pub mod mapfill;
 pub mod metrics;
 pub mod pagefault;
 pub mod paths;

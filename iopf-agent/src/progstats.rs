@@ -89,24 +89,88 @@ pub fn track_loaded(ebpf: &aya::Ebpf) -> Vec<Tracked> {
     names.iter().filter_map(|n| Tracked::of(ebpf, n)).collect()
 }
 
-/// `iopf_program_misses_total{program}`, read from the kernel at scrape time.
+/// Who turned the kernel's run-time statistics on (run count and time per program cost a
+/// clock read per run, so they are off by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsBy {
+    /// `run --bpf-stats`: on while the agent holds the BPF_ENABLE_STATS descriptor; the
+    /// kernel turns them off again when the agent exits, unless someone else wants them.
+    Agent,
+    /// `kernel.bpf_stats_enabled = 1`, set by the administrator.
+    Sysctl,
+    Off,
+}
+
+impl StatsBy {
+    pub fn label(self) -> &'static str {
+        match self {
+            StatsBy::Agent => "agent",
+            StatsBy::Sysctl => "sysctl",
+            StatsBy::Off => "off",
+        }
+    }
+}
+
+/// Turns the statistics on for this process's lifetime when `want` (the returned descriptor
+/// must be kept), and says who has them on.
+pub fn enable_stats(want: bool) -> (Option<OwnedFd>, StatsBy) {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
+    if !want {
+        return (None, if sysctl { StatsBy::Sysctl } else { StatsBy::Off });
+    }
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => (Some(fd), StatsBy::Agent),
+        Err(e) => {
+            eprintln!(
+                "iopf-agent: WARNING: --bpf-stats: the kernel refused BPF_ENABLE_STATS ({e}): no per-program run counts or times"
+            );
+            (None, if sysctl { StatsBy::Sysctl } else { StatsBy::Off })
+        }
+    }
+}
+
+/// `iopf_program_misses_total{program}` and, while the statistics are on, run counts and
+/// times, read from the kernel at scrape time.
 pub struct ProgramSource {
     pub progs: Vec<Tracked>,
+    pub stats_by: StatsBy,
+    /// Held: the statistics stay on while it is open.
+    pub _stats_fd: Option<OwnedFd>,
 }
 
 impl crate::metrics::Source for ProgramSource {
     fn collect(&self, out: &mut Vec<crate::metrics::Family>) {
-        use crate::metrics::{Kind, counter, family};
-        let series = self
-            .progs
-            .iter()
-            .filter_map(|p| p.stats().ok().map(|s| counter(&[("program", &p.name)], s.recursion_misses)))
-            .collect();
+        use crate::metrics::{Kind, counter, family, gauge};
+        let stats: Vec<(&str, ProgStats)> =
+            self.progs.iter().filter_map(|p| p.stats().ok().map(|s| (p.name.as_str(), s))).collect();
         out.push(family(
             "iopf_program_misses_total",
             "Runs of each loaded program the kernel skipped because the program was already running on that CPU (a preempted fentry/fexit program): events lost at the hook.",
             Kind::Counter,
-            series,
+            stats.iter().map(|(n, s)| counter(&[("program", n)], s.recursion_misses)).collect(),
+        ));
+        out.push(family(
+            "iopf_bpf_stats",
+            "1 for who has the kernel's per-program run statistics on: agent (run --bpf-stats), sysctl (kernel.bpf_stats_enabled), or off.",
+            Kind::Gauge,
+            vec![gauge(&[("enabled_by", self.stats_by.label())], 1.0)],
+        ));
+        let on = self.stats_by != StatsBy::Off;
+        out.push(family(
+            "iopf_program_runs_total",
+            "Runs of each loaded program counted by the kernel while its statistics are on (iopf_bpf_stats); no series when they are off.",
+            Kind::Counter,
+            if on { stats.iter().map(|(n, s)| counter(&[("program", n)], s.run_cnt)).collect() } else { Vec::new() },
+        ));
+        out.push(family(
+            "iopf_program_run_seconds_total",
+            "Time spent in each loaded program, by the kernel's own accounting, while its statistics are on; divided by iopf_program_runs_total it is the cost per run.",
+            Kind::Counter,
+            if on {
+                stats.iter().map(|(n, s)| gauge(&[("program", n)], s.run_time_ns as f64 * 1e-9)).collect()
+            } else {
+                Vec::new()
+            },
         ));
     }
 }

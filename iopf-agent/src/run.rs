@@ -231,7 +231,9 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
         Some(a) => a.programs(),
         None => crate::progstats::track_loaded(&ebpf),
     };
-    registry.add(crate::progstats::ProgramSource { progs });
+    let (stats_fd, stats_by) = crate::progstats::enable_stats(opts.bpf_stats);
+    registry.add(crate::progstats::ProgramSource { progs, stats_by, _stats_fd: stats_fd });
+    registry.add(crate::mapfill::MapFill::take(store!()));
     let recorded_plan: Vec<crate::record::PlannedHook> = plans.iter().map(crate::record::PlannedHook::of).collect();
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 

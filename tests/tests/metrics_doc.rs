@@ -72,7 +72,7 @@ fn metrics_reference_matches_the_code() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let run = Agent::start(&["--page-faults", "--policy", &format!("{ex}/policies")]);
+    let run = Agent::start(&["--page-faults", "--bpf-stats", "--policy", &format!("{ex}/policies")]);
     let mut got = BTreeMap::new();
     families(sim.addr, &mut got);
     families(run.addr, &mut got);

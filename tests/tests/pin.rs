@@ -27,7 +27,7 @@ fn pin_dir(name: &str) -> PathBuf {
     let d = root.join(format!("iopf-test-{name}-{}", std::process::id()));
     let _ = run_to_end(&["unpin", d.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir(&d).expect("mkdir on bpffs");
+    // Not made here: the agent makes a missing directory under a bpffs itself.
     d
 }
 
@@ -146,7 +146,7 @@ fn a_pin_directory_off_bpffs_is_refused_before_anything_loads() {
     assert_eq!(
         last,
         format!(
-            "iopf-agent: error: --pin {}: not a directory on a BPF file system (mount one: `mount -t bpf bpf /sys/fs/bpf`, then `mkdir /sys/fs/bpf/iopf`)",
+            "iopf-agent: error: --pin {}: not a directory on a BPF file system (mount one: `mount -t bpf bpf /sys/fs/bpf`, and pin under it, e.g. --pin /sys/fs/bpf/iopf)",
             tmp.display()
         )
     );

@@ -36,7 +36,7 @@ const COMPLETE: &str = "complete";
 
 #[derive(Debug, Error)]
 pub enum PinError {
-    #[error("--pin {}: not a directory on a BPF file system (mount one: `mount -t bpf bpf /sys/fs/bpf`, then `mkdir /sys/fs/bpf/iopf`)", .0.display())]
+    #[error("--pin {}: not a directory on a BPF file system (mount one: `mount -t bpf bpf /sys/fs/bpf`, and pin under it, e.g. --pin /sys/fs/bpf/iopf)", .0.display())]
     NotBpffs(PathBuf),
     #[error("--pin {}: another iopf-agent holds this pin directory (stop it, or give each agent its own directory)", .0.display())]
     InUse(PathBuf),
@@ -94,6 +94,10 @@ pub struct Removed {
 /// state named by `fingerprint` is there to adopt.
 pub fn open(root: &Path, fingerprint: u64) -> Result<(PinRoot, Start, Vec<Removed>), PinError> {
     let io = |what| move |source| PinError::Io { path: root.to_owned(), what, source };
+    // A missing directory is made when its parent is a bpffs (`--pin /sys/fs/bpf/iopf`).
+    if !root.exists() && root.parent().is_some_and(on_bpffs) {
+        std::fs::create_dir(root).map_err(io("cannot create"))?;
+    }
     if !on_bpffs(root) {
         return Err(PinError::NotBpffs(root.to_owned()));
     }

@@ -171,7 +171,8 @@ fn pin_restart(a: &Args) -> Result<(), String> {
     while done.load(Ordering::Acquire) < 2 * STORM_PHASE {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let second = start_agent(a, &pinned)?;
+    // --bpf-stats is not baked into the programs: the same state is adopted.
+    let second = start_agent(a, &[&pinned[..], &["--bpf-stats"]].concat())?;
     let at_restart = done.load(Ordering::Acquire);
     println!("  pin-restart: agent killed after {at_kill} faults, restarted after {at_restart}");
     check(
@@ -214,6 +215,16 @@ fn pin_restart(a: &Args) -> Result<(), String> {
         format!("restarts {:?}", e.get("iopf_agent_restarts_total", &[])),
     )?;
     check(e.get("iopf_agent_pinned", &[]) == Some(1.0), "iopf_agent_pinned not 1")?;
+    // Statistics were on from the restart: the last phase's reports, each one run.
+    let runs = e.get("iopf_program_runs_total", &[("program", "iopf_report_fentry")]);
+    check(runs == Some(f64::from(STORM_PHASE)), format!("iopf_report_fentry runs {runs:?}, want {STORM_PHASE}"))?;
+    check(e.get("iopf_bpf_stats", &[("enabled_by", "agent")]) == Some(1.0), "iopf_bpf_stats not by agent")?;
+    let fill = |m: &str| e.get("iopf_map_entries", &[("map", m)]);
+    check(
+        fill("IOPF_DEV_SLOT_TAKEN") == Some(1.0),
+        format!("slots taken {:?}, want 1 (the mock)", fill("IOPF_DEV_SLOT_TAKEN")),
+    )?;
+    check(fill("IOPF_INFLIGHT") == Some(0.0), format!("in flight {:?} after every answer", fill("IOPF_INFLIGHT")))?;
     let since = e.get("iopf_agent_counting_since_seconds", &[]).unwrap_or(0.0);
     let started = e.get("iopf_agent_start_time_seconds", &[]).unwrap_or(0.0);
     check(since > 0.0 && since <= started, format!("counting since {since} not before the restart {started}"))?;
