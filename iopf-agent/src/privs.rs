@@ -37,10 +37,14 @@ pub fn kept() -> (u32, &'static str) {
 }
 
 /// Empties the bounding set and reduces the effective and permitted sets to `kept()`, the
-/// inheritable and ambient ones to nothing. Returns the kept capability's name.
-pub fn drop_after_attach() -> io::Result<&'static str> {
+/// inheritable and ambient ones to nothing. Returns what was done, for the log. Without
+/// CAP_SETPCAP (a non-root agent started with only the capabilities it needs) the bounding
+/// set cannot be touched and is left; a command it starts still gains nothing, since the
+/// inheritable and ambient sets are empty and the user is not root.
+pub fn drop_after_attach() -> io::Result<String> {
     let (keep, name) = kept();
     // The bounding set needs CAP_SETPCAP, dropped last (with everything else) by capset.
+    let mut bounding = true;
     for cap in 0..=last_cap() {
         if cap == CAP_SETPCAP {
             continue;
@@ -48,9 +52,14 @@ pub fn drop_after_attach() -> io::Result<&'static str> {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
             let e = io::Error::last_os_error();
-            // EINVAL: a number this kernel does not know.
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
+            match e.raw_os_error() {
+                // A number this kernel does not know.
+                Some(libc::EINVAL) => {}
+                Some(libc::EPERM) => {
+                    bounding = false;
+                    break;
+                }
+                _ => return Err(e),
             }
         }
     }
@@ -69,5 +78,9 @@ pub fn drop_after_attach() -> io::Result<&'static str> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(name)
+    Ok(if bounding {
+        format!("{name} only (bounding set empty)")
+    } else {
+        format!("{name} only (bounding set left as it was: no CAP_SETPCAP to empty it)")
+    })
 }

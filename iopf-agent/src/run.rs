@@ -323,7 +323,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     registry.add(lifecycle);
     // Attached, fds held: keep only what bpf() on those fds needs.
     match crate::privs::drop_after_attach() {
-        Ok(kept) => eprintln!("iopf-agent: capabilities after attach: {kept} only (bounding set empty)"),
+        Ok(kept) => eprintln!("iopf-agent: capabilities after attach: {kept}"),
         Err(e) => eprintln!("iopf-agent: WARNING: capabilities NOT dropped after attach: {e}"),
     }
     // Parsed BTF is only needed to plan and attach: free it and hand the heap back to the

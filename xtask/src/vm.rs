@@ -118,6 +118,7 @@ pub const KERNELS: &[KernelSpec] = &[
             "mock-iopf-fentry",
             "mock-iopf-kprobe",
             "pin-restart",
+            "nonroot",
             "sva-kmod-fentry",
             "sva-kmod-kprobe",
             "mock-flat-pasid",

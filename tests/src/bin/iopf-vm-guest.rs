@@ -46,7 +46,20 @@ struct RunningAgent {
 }
 
 fn start_agent(a: &Args, args: &[&str]) -> Result<RunningAgent, String> {
-    let mut child = Command::new(&a.agent)
+    start_agent_via(a, &[], args)
+}
+
+/// As `start_agent`, the agent started by the command `via` (e.g. setpriv ...).
+fn start_agent_via(a: &Args, via: &[&str], args: &[&str]) -> Result<RunningAgent, String> {
+    let mut cmd = match via.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&a.agent);
+            c
+        }
+        None => Command::new(&a.agent),
+    };
+    let mut child = cmd
         .args(["run", "--listen", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
@@ -246,6 +259,68 @@ fn pin_restart(a: &Args) -> Result<(), String> {
     check(out.status.success() && said.contains("detached and removed"), format!("unpin: {said}"))?;
     let left: Vec<_> = std::fs::read_dir(PIN_DIR).map_err(|e| format!("{PIN_DIR}: {e}"))?.flatten().collect();
     check(left.is_empty(), format!("{PIN_DIR} not empty after unpin: {left:?}"))?;
+    Ok(())
+}
+
+/// The capabilities a non-root agent is started with: load and attach tracing programs
+/// (BPF, PERFMON) and read tracefs for tracepoint ids (DAC_READ_SEARCH). Not SYS_ADMIN.
+const NONROOT_CAPS: &str = "+bpf,+perfmon,+dac_read_search";
+
+/// The agent as user nobody with only NONROOT_CAPS: it attaches the IOPF hooks on the rungs
+/// root gets, counts mock faults exactly, and ends with CAP_BPF alone.
+fn nonroot(a: &Args) -> Result<(), String> {
+    let mut mock = MockIopf::new()?;
+    let via = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps=-all,{NONROOT_CAPS}"),
+        &format!("--ambient-caps={NONROOT_CAPS}"),
+    ];
+    let agent = start_agent_via(
+        a,
+        &via,
+        &["--require", "report", "--require", "iommufd_handler", "--require", "page_response", "--require", "io_page_fault"],
+    )?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).map_err(|e| format!("status: {e}"))?;
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or_default().to_owned();
+    println!("  nonroot: Uid {} CapEff {} CapPrm {} CapBnd {}", field("Uid:"), field("CapEff:"), field("CapPrm:"), field("CapBnd:"));
+    check(field("Uid:").starts_with("65534"), format!("agent uid {}", field("Uid:")))?;
+    // CAP_BPF (39) alone after attach.
+    check(field("CapEff:") == "0000008000000000", format!("CapEff {} after attach, want CAP_BPF only", field("CapEff:")))?;
+    // fentry where root gets it too (the response hooks take kprobes on this full-preemption
+    // kernel, root or not).
+    for h in ["report", "iommufd_handler"] {
+        check(
+            agent.log.iter().any(|l| l.starts_with(&format!("iopf-agent: attached {h}: fentry "))),
+            format!("hook {h} not attached on fentry as non-root"),
+        )?;
+    }
+    for h in ["page_response", "io_page_fault"] {
+        check(
+            agent.log.iter().any(|l| l.starts_with(&format!("iopf-agent: attached {h}: "))),
+            format!("hook {h} not attached as non-root"),
+        )?;
+    }
+    for i in 0..MOCK_FAULTS {
+        mock.trigger(1, i, PERM_READ, 0xcafe_0000 + u64::from(i) * 0x1000)?;
+        let f = mock.read_fault()?;
+        mock.respond(f.cookie, RESP_SUCCESS)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    let e = Exposition::parse(&body);
+    let faults: f64 = e.samples.iter().filter(|s| s.name == "iopf_faults_total").map(|s| s.value).sum();
+    let succ: f64 = e
+        .samples
+        .iter()
+        .filter(|s| s.name == "iopf_responses_total" && s.labels.get("code").is_some_and(|c| c == "success"))
+        .map(|s| s.value)
+        .sum();
+    println!("  nonroot: faults {faults} success {succ}, want {MOCK_FAULTS}");
+    check(faults == f64::from(MOCK_FAULTS) && succ == f64::from(MOCK_FAULTS), format!("faults {faults} success {succ}"))?;
+    agent.stop();
     Ok(())
 }
 
@@ -1679,6 +1754,7 @@ fn main() {
             "mock-iopf-fentry" => mock_iopf(&args, "fentry"),
             "mock-iopf-kprobe" => mock_iopf(&args, "kprobe"),
             "pin-restart" => pin_restart(&args),
+            "nonroot" => nonroot(&args),
             "pagefault-fentry" => pagefault(&args, "fentry"),
             "pagefault-kprobe" => pagefault(&args, "kprobe"),
             "attach-fentry" => attach_all(&args, "fentry"),
