@@ -545,6 +545,9 @@ pub struct IopfStats {
     pub dmar_scan_truncated: u64,
     /// Violations not counted per policy because `IOPF_POLICY_VIOLATIONS` was full.
     pub policy_violations_overflow: u64,
+    /// Faults whose rate check was skipped: the device's window kept changing under
+    /// concurrent faults past the retries (`RATE_TRIES` in the eBPF side).
+    pub rate_unchecked: u64,
 }
 
 impl IopfStats {
@@ -576,6 +579,7 @@ impl IopfStats {
         self.walk_disagreements += o.walk_disagreements;
         self.dmar_scan_truncated += o.dmar_scan_truncated;
         self.policy_violations_overflow += o.policy_violations_overflow;
+        self.rate_unchecked += o.rate_unchecked;
     }
 }
 

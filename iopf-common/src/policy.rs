@@ -29,10 +29,53 @@ pub struct Rule {
     pub policy_id: u32,
     /// Report -> response longer than this is a violation. 0: no limit.
     pub max_service_ns: u64,
+    /// More recoverable faults than this in one rate window (`RATE_WINDOW_NS`) of the
+    /// device: each one past it is a violation. 0: no limit.
+    pub max_faults_per_window: u32,
+    pub _pad: u32,
 }
 
 impl Rule {
-    pub const NONE: Self = Self { flags: 0, forbidden_levels: 0, allowed_codes: 0, policy_id: 0, max_service_ns: 0 };
+    pub const NONE: Self = Self {
+        flags: 0,
+        forbidden_levels: 0,
+        allowed_codes: 0,
+        policy_id: 0,
+        max_service_ns: 0,
+        max_faults_per_window: 0,
+        _pad: 0,
+    };
+}
+
+/// The fault-rate window: fixed, aligned 1-second windows of the monotonic clock
+/// (`bpf_ktime_get_ns`), per device. Fixed windows, not sliding: a burst that straddles a
+/// boundary is split between two windows.
+pub const RATE_WINDOW_NS: u64 = 1_000_000_000;
+
+/// One step of a device's rate window, kept in one word (window number in the high half,
+/// faults in it in the low half) so the kernel side updates it with one compare-and-exchange:
+/// the fault at `now_ns` moves the state to the returned one; the count is the fault's
+/// position in its window (1 for the first).
+#[inline(always)]
+pub const fn rate_step(state: u64, now_ns: u64) -> (u64, u32) {
+    let window = (now_ns / RATE_WINDOW_NS) as u32 as u64;
+    let next = if state >> 32 == window {
+        let n = state as u32;
+        (window << 32) | (if n == u32::MAX { n } else { n + 1 }) as u64
+    } else {
+        (window << 32) | 1
+    };
+    (next, next as u32)
+}
+
+/// The rate check for the `count`th fault of its window.
+#[inline(always)]
+pub fn verdict_rate(r: &Rule, count: u32) -> u32 {
+    if r.flags & RULE_ACTIVE != 0 && r.max_faults_per_window != 0 && count > r.max_faults_per_window {
+        VIOLATION_RATE
+    } else {
+        0
+    }
 }
 
 /// Key of the per-policy violation counters (`IOPF_POLICY_VIOLATIONS`, value: one count per
@@ -55,12 +98,14 @@ pub const VIOLATION_LEVEL: u32 = 1 << 1;
 pub const VIOLATION_LATENCY: u32 = 1 << 2;
 pub const VIOLATION_CODE: u32 = 1 << 3;
 pub const VIOLATION_UNRECOVERABLE: u32 = 1 << 4;
+pub const VIOLATION_RATE: u32 = 1 << 5;
 /// Every violation bit, in label order.
-pub const VIOLATIONS: [(u32, &str); 4] = [
+pub const VIOLATIONS: [(u32, &str); 5] = [
     (VIOLATION_LEVEL, "level"),
     (VIOLATION_LATENCY, "service_latency"),
     (VIOLATION_CODE, "response_code"),
     (VIOLATION_UNRECOVERABLE, "unrecoverable"),
+    (VIOLATION_RATE, "fault_rate"),
 ];
 
 /// Index of a violation bit in per-device violation counters.
@@ -70,7 +115,8 @@ pub const fn violation_slot(bit: u32) -> usize {
         VIOLATION_LEVEL => 0,
         VIOLATION_LATENCY => 1,
         VIOLATION_CODE => 2,
-        _ => 3,
+        VIOLATION_UNRECOVERABLE => 3,
+        _ => 4,
     }
 }
 
@@ -131,7 +177,31 @@ mod tests {
         allowed_codes: 1 << RESP_SUCCESS | 1 << RESP_INVALID,
         policy_id: 1,
         max_service_ns: 50_000,
+        max_faults_per_window: 0,
+        _pad: 0,
     };
+
+    #[test]
+    fn rate_windows_count_per_aligned_second_and_restart_at_each() {
+        // Three faults in second 5, then one in second 6, then one in second 5 again
+        // (a clock cannot go back, but a wrapped state must not count on).
+        let s = 0;
+        let (s, a) = rate_step(s, 5_000_000_000);
+        let (s, b) = rate_step(s, 5_999_999_999);
+        let (s, c) = rate_step(s, 5_500_000_000);
+        assert_eq!((a, b, c), (1, 2, 3));
+        assert_eq!(s, 5 << 32 | 3);
+        let (s, d) = rate_step(s, 6_000_000_000);
+        assert_eq!((s, d), (6 << 32 | 1, 1));
+        let (_, e) = rate_step(s, 5_000_000_000);
+        assert_eq!(e, 1);
+        // Saturates instead of wrapping into the window bits.
+        assert_eq!(rate_step(7 << 32 | u32::MAX as u64, 7_000_000_000), (7 << 32 | u32::MAX as u64, u32::MAX));
+        let r = Rule { max_faults_per_window: 2, ..PINNED_S2 };
+        assert_eq!((verdict_rate(&r, 2), verdict_rate(&r, 3)), (0, VIOLATION_RATE));
+        assert_eq!(verdict_rate(&Rule { max_faults_per_window: 0, ..PINNED_S2 }, 1_000), 0);
+        assert_eq!(verdict_rate(&Rule { flags: 0, ..r }, 3), 0);
+    }
 
     #[test]
     fn no_rule_checks_nothing() {
@@ -173,7 +243,7 @@ mod tests {
 
     #[test]
     fn violation_slots_are_distinct() {
-        let s: [usize; 4] = VIOLATIONS.map(|(b, _)| violation_slot(b));
-        assert_eq!(s, [0, 1, 2, 3]);
+        let s: [usize; 5] = VIOLATIONS.map(|(b, _)| violation_slot(b));
+        assert_eq!(s, [0, 1, 2, 3, 4]);
     }
 }

@@ -259,11 +259,13 @@ fn violations_keep_the_policy_they_broke_across_a_rename() {
     drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
     let snap = maps.snapshot().unwrap();
     let level = iopf_common::policy::violation_slot(VIOLATION_LEVEL);
-    let got: Vec<(String, Option<&str>, usize, u64)> = snap
+    let mut got: Vec<(String, Option<&str>, usize, u64)> = snap
         .policy_violations
         .iter()
         .map(|((d, _, id, slot), n)| (iopf_agent::iopf::maps::dev_str(d), installed.ids.name(*id), *slot, *n))
         .collect();
+    // Ids are name hashes: order by name.
+    got.sort();
     assert_eq!(got, [(DEV.to_owned(), Some("pinned-a"), level, 5), (DEV.to_owned(), Some("pinned-b"), level, 5)]);
     assert_eq!(snap.stats.policy_violations_overflow, 0);
 }
@@ -384,4 +386,60 @@ fn totals_stay_exact_across_reloads_under_a_fault_stream() {
         (got.stats.reports, got.stats.handled, got.stats.responses),
         (want.stats.reports, want.stats.handled, want.stats.responses)
     );
+}
+
+/// `maxFaultRate: 10` in fixed 1-second windows of the report clock: 25 faults 10 ms apart in
+/// second 5, then 8 in second 6, then 12 more in second 6 a little later. Worked out by hand:
+/// second 5 has 25 (15 over), second 6 has 20 (10 over): 25 violations, and each over-rate
+/// fault is exactly the 11th and later of its second.
+#[test]
+fn fault_rate_is_counted_per_aligned_second_exactly() {
+    use iopf_agent::policy::{PolicyIds, PolicySet, SysfsDevice, install::Installed};
+    use iopf_common::{iopf::Source, policy::VIOLATION_RATE};
+    if !require_root("fault_rate_is_counted_per_aligned_second_exactly") {
+        return;
+    }
+    const DEV: &str = "0000:6a:04.0";
+    let text = format!(
+        "apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: rate\nspec:\n  devices:\n    - name: \"{DEV}\"\n      faults: 45\n      configuration: nested\n      responses: {{success: 1}}\n      dispatchNs: {{min: 100, max: 100}}\n      serviceNs: {{min: 1000, max: 1000}}\n"
+    );
+    let s = Scenario::parse("rate.yaml", &text).expect("scenario");
+    let g = globals(true);
+    let mut plan = model::plan(&s, &g.consts, g.tuple_keys);
+    let times: Vec<u64> = (0..25u64)
+        .map(|i| 5_000_000_000 + i * 10_000_000)
+        .chain((0..8u64).map(|i| 6_000_000_000 + i * 1_000))
+        .chain((0..12u64).map(|i| 6_900_000_000 + i * 1_000))
+        .collect();
+    for (f, at) in plan.faults.iter_mut().zip(&times) {
+        let shift = |t: u64| t - f.report_ns + at;
+        f.handler_ns = shift(f.handler_ns);
+        f.response = f.response.map(|(c, t)| (c, shift(t)));
+        f.report_ns = *at;
+    }
+    let policy = format!(
+        "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: rate\nspec:\n  mode: monitor\n  selector: {{name: \"{DEV}\"}}\n  expect:\n    maxFaultRate: 10\n"
+    );
+    let devices = [SysfsDevice { name: DEV.into(), bus: "simulated".into(), ..SysfsDevice::default() }];
+    let mut ebpf = loader::load(g).expect("load");
+    let mut maps = IopfMaps::take(&mut ebpf).unwrap();
+    let mut reader = EventReader::take(&mut ebpf).unwrap();
+    let mut ids = PolicyIds::default();
+    let mut set = PolicySet::parse("r.yaml".as_ref(), &policy).unwrap();
+    set.assign_ids(&mut ids);
+    let resolved = set.resolve_devices(&devices).unwrap();
+    let mut installed = Installed::new(&resolved, Source::Simulated as u8, ids);
+    installed.reserve(&mut maps, g.dev_slots).unwrap();
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let snap = maps.snapshot().unwrap();
+    let slot = iopf_common::policy::violation_slot(VIOLATION_RATE);
+    let per_policy: u64 = snap.policy_violations.iter().filter(|((_, _, _, s), _)| *s == slot).map(|(_, n)| *n).sum();
+    assert_eq!(per_policy, 25);
+    assert_eq!(snap.violations.iter().filter(|((_, _, s), _)| *s == slot).map(|(_, n)| *n).sum::<u64>(), 25);
+    assert_eq!(snap.stats.rate_unchecked, 0);
+    // Which faults: the events carry their verdicts, in answer order = report order here.
+    let flagged: Vec<u64> =
+        reader.drain().iter().filter(|e| e.verdict & VIOLATION_RATE != 0).map(|e| e.report_ns).collect();
+    let want: Vec<u64> = times[10..25].iter().chain(&times[35..45]).copied().collect();
+    assert_eq!(flagged, want);
 }

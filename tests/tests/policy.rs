@@ -178,7 +178,8 @@ fn shipped_examples_break_the_shipped_policies_as_declared() {
     assert_eq!(v("0000:6a:01.0", "dsa-pinned-s2", "level"), Some(200.0));
     assert_eq!(v("iommufd_mock0", "iommufd-mock", "response_code"), Some(50.0));
     assert_eq!(v("iommufd_mock0", "iommufd-mock", "service_latency"), Some(50.0));
-    assert_eq!(e.samples.iter().filter(|s| s.name == "iopf_policy_violations_total").count(), 3);
+    assert_eq!(v("iommufd_mock0", "iommufd-mock", "fault_rate"), Some(30.0));
+    assert_eq!(e.samples.iter().filter(|s| s.name == "iopf_policy_violations_total").count(), 4);
 
     let d = dir("declared");
     let text = std::fs::read_to_string(&scn).unwrap();

@@ -38,14 +38,14 @@ fn a_recording_replays_every_event_exactly_and_policies_check_against_it() {
         assert_eq!(&r, t, "event {i}");
     }
     assert!(err.contains("350 records"), "{err}");
-    // The scenario declares 200 level violations for dsa-pinned-s2's device and 50 + 50 for
-    // iommufd-mock's (worked out by hand in the file): the recording must give the same.
+    // The scenario declares 200 level violations for dsa-pinned-s2's device and 50 + 50 + 30
+    // for iommufd-mock's (worked out by hand in the file): the recording must give the same.
     let (code, out, err) =
         run_to_end(&["policy", "check", "--against", rec.to_str().unwrap(), &format!("{}/policies", examples())]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         out,
-        "dsa-pinned-s2 0000:6a:01.0 level 200\niommufd-mock iommufd_mock0 response_code 50\niommufd-mock iommufd_mock0 service_latency 50\n300 violations in 350 recorded events\n"
+        "dsa-pinned-s2 0000:6a:01.0 level 200\niommufd-mock iommufd_mock0 fault_rate 30\niommufd-mock iommufd_mock0 response_code 50\niommufd-mock iommufd_mock0 service_latency 50\n330 violations in 350 recorded events\n"
     );
     let (code, out, _) = run_to_end(&["replay", "--summary", rec.to_str().unwrap()]);
     assert_eq!(code, Some(0));

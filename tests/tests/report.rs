@@ -59,13 +59,13 @@ fn the_html_report_renders_and_shows_the_recordings_numbers() {
     let dom = String::from_utf8_lossy(&chromium(&["--dump-dom", &url]).stdout).into_owned();
     assert!(dom.contains("<span data-field=\"records\">350</span>"), "{dom}");
     // From the scenario: 100 faults all answered SUCCESS; 50 all FAILURE, breaking
-    // iommufd-mock's response and 10 ms rules; 200 answered SUCCESS or INVALID, all at the
+    // iommufd-mock's response and 10 ms rules, the last 30 also its rate of 20 per second; 200 answered SUCCESS or INVALID, all at the
     // second level that dsa-pinned-s2 forbids.
     let gpu = row(&dom, "0000:3b:00.0");
     assert_eq!((gpu["faults"].as_str(), gpu["success"].as_str(), gpu["violations"].as_str()), ("100", "100", "-"));
     let mock = row(&dom, "iommufd_mock0");
     assert_eq!((mock["faults"].as_str(), mock["failure"].as_str()), ("50", "50"));
-    assert_eq!(mock["violations"], "response_code 50, service_latency 50");
+    assert_eq!(mock["violations"], "fault_rate 30, response_code 50, service_latency 50");
     let dsa = row(&dom, "0000:6a:01.0");
     let answered: u64 = dsa["success"].parse::<u64>().unwrap() + dsa["invalid"].parse::<u64>().unwrap();
     assert_eq!(

@@ -164,6 +164,7 @@ impl MetricSource for IopfSource {
                 ("devices_overflow", s.devices_overflow),
                 ("violations", s.violations),
                 ("policy_violations_overflow", s.policy_violations_overflow),
+                ("rate_unchecked", s.rate_unchecked),
                 ("unrecoverable", s.unrecoverable),
                 ("dmar_records_undecoded", s.dmar_records_undecoded),
                 ("dmar_scan_truncated", s.dmar_scan_truncated),

@@ -32,7 +32,7 @@ pub(super) const UNRECOVERABLE: [(&str, bool); 2] = [("allowed", false), ("none"
 const STAGE_LEVELS: [Level; 2] = [Level::First, Level::Second];
 
 const SELECTOR_KEYS: &str = "name, pci, vendorDevice, driver, iommuGroup";
-const EXPECT_KEYS: &str = "levels, unknownLevel, responses, maxServiceLatency, unrecoverable";
+const EXPECT_KEYS: &str = "levels, unknownLevel, responses, maxServiceLatency, maxFaultRate, unrecoverable";
 const DURATION_FORM: &str = "an integer followed by ns, us, ms or s, e.g. 50us";
 /// Longest `metadata.name`: it becomes a metric label and a log field.
 pub(super) const NAME_MAX: usize = 63;
@@ -243,8 +243,9 @@ fn compile_expect(ctx: &mut Ctx, n: &Spanned<Node>, rule: &mut Rule) {
     let unknown_level = f.get("unknownLevel");
     let responses = f.get("responses");
     let latency = f.get("maxServiceLatency");
+    let rate = f.get("maxFaultRate");
     let unrecoverable = f.get("unrecoverable");
-    let given = [levels, unknown_level, responses, latency, unrecoverable].iter().any(Option::is_some);
+    let given = [levels, unknown_level, responses, latency, rate, unrecoverable].iter().any(Option::is_some);
     f.finish(ctx);
     if !given {
         ctx.error(n, "spec.expect", format!("needs at least one of {EXPECT_KEYS}"));
@@ -289,6 +290,21 @@ fn compile_expect(ctx: &mut Ctx, n: &Spanned<Node>, rule: &mut Rule) {
                 Ok(ns) => rule.max_service_ns = ns,
                 Err(m) => ctx.error(latency, "spec.expect.maxServiceLatency", m),
             },
+        }
+    }
+    if let Some(rate) = rate {
+        // Faults per second: the kernel side counts them in aligned 1-second windows.
+        match rate.value {
+            Node::Int(n) if (1..=i128::from(u32::MAX)).contains(&n) => rule.max_faults_per_window = n as u32,
+            _ => ctx.error(
+                rate,
+                "spec.expect.maxFaultRate",
+                format!(
+                    "must be a whole number of recoverable faults per second, 1 to {}, not {}",
+                    u32::MAX,
+                    rate.value.text().map_or_else(|| rate.value.kind().to_owned(), |t| format!("`{t}`"))
+                ),
+            ),
         }
     }
 }

@@ -445,6 +445,7 @@ spec:
             allowed_codes: 0b011,
             policy_id: 1,
             max_service_ns: 50_000,
+            ..Rule::NONE
         };
         assert_eq!(p.rule(), want);
     }
@@ -463,6 +464,7 @@ spec:
             allowed_codes: 0b1100,
             policy_id: 1,
             max_service_ns: 0,
+            ..Rule::NONE
         };
         assert_eq!(p.rule(), want);
 
@@ -535,8 +537,32 @@ spec:
         );
         assert_eq!(
             err(&FULL.replace("    levels: [first]\n", "    level: [first]\n")),
-            "t.yaml:14:5: spec.expect.level: unknown key: did you mean `levels`? expected one of levels, unknownLevel, responses, maxServiceLatency, unrecoverable"
+            "t.yaml:14:5: spec.expect.level: unknown key: did you mean `levels`? expected one of levels, unknownLevel, responses, maxServiceLatency, maxFaultRate, unrecoverable"
         );
+    }
+
+    #[test]
+    fn max_fault_rate_is_a_positive_count_per_second() {
+        let with =
+            |v: &str| FULL.replace("    levels: [first]\n", &format!("    levels: [first]\n    maxFaultRate: {v}\n"));
+        let set = parse(&with("1000")).unwrap();
+        assert_eq!(set.policies()[0].rule().max_faults_per_window, 1000);
+        for (v, shown) in [
+            ("0", "`0`"),
+            ("-5", "`-5`"),
+            ("fast", "`fast`"),
+            ("1.5", "`1.5`"),
+            ("[1]", "a list"),
+            ("4294967296", "`4294967296`"),
+        ] {
+            assert_eq!(
+                err(&with(v)),
+                format!(
+                    "t.yaml:15:19: spec.expect.maxFaultRate: must be a whole number of recoverable faults per second, 1 to 4294967295, not {shown}"
+                ),
+                "{v}"
+            );
+        }
     }
 
     #[test]
@@ -649,8 +675,7 @@ spec:
 
     #[test]
     fn expect_needs_a_key() {
-        let msg =
-            "spec.expect: needs at least one of levels, unknownLevel, responses, maxServiceLatency, unrecoverable";
+        let msg = "spec.expect: needs at least one of levels, unknownLevel, responses, maxServiceLatency, maxFaultRate, unrecoverable";
         assert_eq!(err(&FULL.replace(EXPECT_BLOCK, "")), format!("t.yaml:6:3: {msg}"));
         assert_eq!(err(&FULL.replace(EXPECT_BLOCK, "  expect: {}\n")), format!("t.yaml:13:11: {msg}"));
     }

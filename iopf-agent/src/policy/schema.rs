@@ -85,6 +85,7 @@ pub fn device_policy() -> Value {
                             "unknownLevel": {"enum": names(&UNKNOWN_LEVEL), "default": "allowed"},
                             "responses": set_of(json!({"enum": names(&RESPONSES)})),
                             "maxServiceLatency": {"type": "string", "pattern": DURATION},
+                            "maxFaultRate": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
                             "unrecoverable": {"enum": names(&UNRECOVERABLE), "default": "allowed"}
                         }
                     },

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, io::Write as _, path::Path};
 
 use iopf_common::{
     dmar::bdf_name,
-    policy::{Rule, VERDICT_CHECKED, VIOLATIONS, verdict_answer, verdict_level, verdict_unrecoverable},
+    policy::{
+        Rule, VERDICT_CHECKED, VIOLATIONS, rate_step, verdict_answer, verdict_level, verdict_rate,
+        verdict_unrecoverable,
+    },
 };
 
 use super::{Reader, Record};
@@ -42,13 +45,37 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         }
     }
     let resolved = set.resolve_devices(&devices)?;
+    // Rate windows in report order, as the kernel side counts them (events come in answer
+    // order): each recorded fault's rate verdict, by record index.
+    let mut rate = vec![0u32; records.len()];
+    let mut order: Vec<(u64, usize)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Record::Iopf(e) => Some((e.report_ns, i)),
+            Record::Dmar(_) => None,
+        })
+        .collect();
+    order.sort_unstable();
+    let mut windows: BTreeMap<String, u64> = BTreeMap::new();
+    for (at, i) in order {
+        let dev = name(&records[i]);
+        if let Some(dr) = resolved.devices.get(&dev)
+            && dr.rule.max_faults_per_window != 0
+        {
+            let w = windows.entry(dev).or_default();
+            let (next, n) = rate_step(*w, at);
+            *w = next;
+            rate[i] = verdict_rate(&dr.rule, n);
+        }
+    }
     let mut flagged = Flagged::new();
-    for r in &records {
+    for (i, r) in records.iter().enumerate() {
         let dev = name(r);
         let Some(dr) = resolved.devices.get(&dev) else { continue };
         let rule: &Rule = &dr.rule;
         let v = match r {
-            Record::Iopf(e) => verdict_level(rule, e.level) | verdict_answer(rule, e.code, e.service_ns),
+            Record::Iopf(e) => verdict_level(rule, e.level) | rate[i] | verdict_answer(rule, e.code, e.service_ns),
             Record::Dmar(e) => verdict_unrecoverable(rule, e.level),
         };
         if v & !VERDICT_CHECKED == 0 {

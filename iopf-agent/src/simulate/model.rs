@@ -165,7 +165,8 @@ pub fn plan(s: &Scenario, consts: &Consts, tuple_keys: bool) -> FaultPlan {
 pub type Rules = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], Rule>;
 
 /// Violations per device, by `policy::violation_slot`, as a scenario declares them.
-pub type Declared = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], [u64; 4]>;
+pub type Declared =
+    std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], [u64; iopf_common::policy::VIOLATIONS.len()]>;
 
 /// The per-device violation counters a declaration stands for (non-zero entries only, as
 /// the kernel's snapshot holds them).
@@ -193,9 +194,18 @@ pub struct EventsExpect {
 pub const RING_RECORDS: u64 = ((1 << 20) - 1) / (8 + size_of::<iopf_common::iopf::Event>() as u64).next_multiple_of(8);
 
 /// The verdict the kernel reaches for `f` under `rule`, with the free time `drive` uses.
-pub fn verdict(f: &PlannedFault, rule: &Rule) -> u32 {
+/// `window`: the device's rate window before `f` (`policy::rate_step`), moved on by it; the
+/// faults must come in the order `drive` classifies them (plan order).
+pub fn verdict(f: &PlannedFault, rule: &Rule, window: &mut u64) -> u32 {
     let (code, at) = f.response.unwrap_or((RESP_NONE, f.handler_ns));
-    verdict_level(rule, f.level as u8) | verdict_answer(rule, code, at - f.report_ns)
+    let rate = if rule.flags & iopf_common::policy::RULE_ACTIVE != 0 && rule.max_faults_per_window != 0 {
+        let (next, n) = iopf_common::policy::rate_step(*window, f.report_ns);
+        *window = next;
+        iopf_common::policy::verdict_rate(rule, n)
+    } else {
+        0
+    };
+    verdict_level(rule, f.level as u8) | rate | verdict_answer(rule, code, at - f.report_ns)
 }
 
 /// What the kernel maps must hold after `plan` is driven (simulated source).
@@ -214,6 +224,8 @@ pub fn expected(plan: &FaultPlan, events: EventsExpect, rules: &Rules) -> IopfSn
     let mut observe = |k: HistKey, ns: u64| s.hists.entry(k).or_insert(Histogram::ZERO).record(ns);
     let mut emitted = 0u64;
     let mut violating = 0u64;
+    // Per device: its rate window, from a fresh kernel state.
+    let mut windows = std::collections::BTreeMap::new();
     for f in &plan.faults {
         if !plan.tuple_keys {
             observe(hk(f, Latency::Dispatch), f.handler_ns - f.report_ns);
@@ -231,7 +243,7 @@ pub fn expected(plan: &FaultPlan, events: EventsExpect, rules: &Rules) -> IopfSn
             Some((code, _)) => *s.counts.entry(ck(f, code)).or_default() += 1,
             None => *s.counts.entry(ck(f, RESP_NONE)).or_default() += 1,
         }
-        let v = rules.get(&f.dev).map_or(0, |r| verdict(f, r));
+        let v = rules.get(&f.dev).map_or(0, |r| verdict(f, r, windows.entry(f.dev).or_default()));
         for (bit, _) in VIOLATIONS {
             if v & bit != 0 {
                 *s.violations.entry((f.dev, src, violation_slot(bit))).or_default() += 1;

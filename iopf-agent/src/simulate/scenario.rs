@@ -144,12 +144,13 @@ pub struct ExpectViolations {
     pub service_latency: u64,
     pub response_code: u64,
     pub unrecoverable: u64,
+    pub fault_rate: u64,
 }
 
 impl ExpectViolations {
     /// By `policy::violation_slot`.
-    pub fn by_slot(&self) -> [u64; 4] {
-        [self.level, self.service_latency, self.response_code, self.unrecoverable]
+    pub fn by_slot(&self) -> [u64; iopf_common::policy::VIOLATIONS.len()] {
+        [self.level, self.service_latency, self.response_code, self.unrecoverable, self.fault_rate]
     }
 }
 
@@ -341,7 +342,7 @@ mod tests {
             (d.bus.as_str(), d.vendor_device.as_deref(), d.driver.as_deref(), d.iommu_group),
             ("pci", Some("8086:0b25"), Some("idxd"), Some(12))
         );
-        assert_eq!(d.expect_violations.map(|e| e.by_slot()), Some([3, 0, 0, 0]));
+        assert_eq!(d.expect_violations.map(|e| e.by_slot()), Some([3, 0, 0, 0, 0]));
         let e = Scenario::parse("t.yaml", &with("      vendorDevice: \"8086\"\n")).unwrap_err().to_string();
         assert!(e.starts_with("t.yaml: spec.devices[0].vendorDevice: `8086` is not a PCI vendor:device ID"), "{e}");
         let e = Scenario::parse("t.yaml", &with("      expectViolations: {level: 4}\n")).unwrap_err().to_string();

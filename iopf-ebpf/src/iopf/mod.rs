@@ -95,6 +95,9 @@ static IOPF_POLICY_VIOLATIONS: HashMap<ViolationKey, [u64; VIOLATIONS.len()]> =
 /// Per device slot: the compiled policy rule (written by the agent).
 #[map]
 static IOPF_POLICY: Array<Rule> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
+/// Per device slot: its fault-rate window (`policy::rate_step`), shared by all CPUs.
+#[map]
+static IOPF_RATE: Array<u64> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
 #[map]
 static IOPF_STATS: PerCpuArray<IopfStats> = PerCpuArray::with_max_entries(1, 0);
 /// Run-time switches the agent sets after attaching. [FLAG_KEEP_UNTIL_FREE]: 1 when groups
@@ -225,6 +228,34 @@ fn rule(idx: u32) -> Rule {
     IOPF_POLICY.get(idx).copied().unwrap_or(Rule::NONE)
 }
 
+/// Times a compare-and-exchange of a rate window is retried before giving up on the check
+/// for this fault (counted: `rate_unchecked`); each retry means another CPU's fault of the
+/// same device landed in between.
+const RATE_TRIES: u32 = 8;
+
+/// The rate check of a device's fault at `now`: moves its window one fault on and checks
+/// the fault's position against the rule. Costs nothing for a rule without a rate.
+#[inline(never)]
+fn rate_verdict(idx: u32, r: &Rule, now: u64) -> u32 {
+    if r.flags & iopf_common::policy::RULE_ACTIVE == 0 || r.max_faults_per_window == 0 {
+        return 0;
+    }
+    let Some(p) = IOPF_RATE.get_ptr_mut(idx) else { return 0 };
+    let mut i = 0;
+    while i < RATE_TRIES {
+        // SAFETY: a u64 map value, valid for the run; only changed by compare-and-exchange.
+        let old = unsafe { core::ptr::read_volatile(p) };
+        let (next, count) = iopf_common::policy::rate_step(old, now);
+        // SAFETY: as above.
+        if unsafe { cmpxchg(p, old, next) } == old {
+            return iopf_common::policy::verdict_rate(r, count);
+        }
+        i += 1;
+    }
+    crate::stat!(rate_unchecked);
+    0
+}
+
 #[inline(always)]
 fn bump(a: *mut DevAgg, config: u8, level: u8, code: u8) {
     // SAFETY: `a` is a map value valid for the run; the index is bounds-checked by `get_mut`.
@@ -279,7 +310,14 @@ fn count_policy_violations(slot: u32, policy_id: u32, verdict: u32) {
     let mut p = IOPF_POLICY_VIOLATIONS.get_ptr_mut(&k);
     if p.is_none() {
         // Two CPUs may race to create the entry: BPF_NOEXIST lets one win, both then add.
-        let _ = IOPF_POLICY_VIOLATIONS.insert(&k, &[0; VIOLATIONS.len()], BPF_NOEXIST);
+        // Zeroed on the stack word by word: a zero array literal can become a read-only
+        // data constant, and the loader's globals share that section.
+        let mut zero = [1u64; VIOLATIONS.len()];
+        for z in zero.iter_mut() {
+            // SAFETY: a u64 of this stack array.
+            unsafe { core::ptr::write_volatile(z, 0) };
+        }
+        let _ = IOPF_POLICY_VIOLATIONS.insert(&k, &zero, BPF_NOEXIST);
         p = IOPF_POLICY_VIOLATIONS.get_ptr_mut(&k);
     }
     let Some(p) = p else {
@@ -583,7 +621,7 @@ fn start_inflight(
     method: Method,
 ) {
     let r = rule(p.dev_idx);
-    let verdict = verdict_level(&r, level as u8);
+    let verdict = verdict_level(&r, level as u8) | rate_verdict(p.dev_idx, &r, p.report_ns);
     if let Some(a) = agg(p.dev_idx) {
         bump(a, config as u8, level as u8, CODE_REPORTED);
         if let Some(ns) = dispatch_ns {
