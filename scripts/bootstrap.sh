@@ -29,6 +29,7 @@ if [ "$mode" = test ]; then
   apt_pkgs+=(
     qemu-system-x86                                      # VM test tier
     prometheus                                           # real Prometheus scraping the agent in tests
+    curl openssl                                         # TLS endpoint tests: client, test certificates
     bpftrace                                             # benchmark comparison
     zstd cpio xz-utils busybox-static                    # BTF fixtures, VM-tier initramfs
     python3-jsonschema                                   # validates the shipped policy schema in tests

@@ -46,6 +46,10 @@ struct Live {
     /// Also serve metrics here.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// TLS and basic auth for the endpoint: a web config file in the Prometheus
+    /// exporters' format (tls_server_config, basic_auth_users; see examples/web-config.yml).
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    web_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +59,10 @@ enum Cmd {
         /// Address for /metrics (loopback by default; port 0 picks a free port).
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// TLS and basic auth for the endpoint: a web config file in the Prometheus
+        /// exporters' format (tls_server_config, basic_auth_users; see examples/web-config.yml).
+        #[arg(long, value_name = "FILE")]
+        web_config: Option<PathBuf>,
         /// Measure CPU page-fault count and latency (all tasks unless --pid/--cgroup select).
         #[arg(long)]
         page_faults: bool,
@@ -105,6 +113,10 @@ enum Cmd {
         /// Serve the metrics here until SIGINT/SIGTERM.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// TLS and basic auth for the endpoint: a web config file in the Prometheus
+        /// exporters' format (tls_server_config, basic_auth_users; see examples/web-config.yml).
+        #[arg(long, value_name = "FILE", requires = "listen")]
+        web_config: Option<PathBuf>,
         /// DevicePolicy file or directory to check the scenario's faults against (by device
         /// name); repeatable.
         #[arg(long = "policy", value_name = "PATH")]
@@ -267,6 +279,8 @@ pub struct PlanOptions {
 pub struct RunOptions {
     /// None: no metrics endpoint (`trace` without --listen).
     pub listen: Option<SocketAddr>,
+    /// `--web-config`: TLS and basic auth for the endpoint.
+    pub web_config: Option<PathBuf>,
     pub trace: Option<crate::trace::TraceOutput>,
     /// Stop after this long (`trace --duration`).
     pub duration: Option<std::time::Duration>,
@@ -363,26 +377,38 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 /// Parses `std::env::args`; on bad flags clap prints one message and exits 2.
 pub fn parse() -> Command {
     match Cli::parse().cmd {
-        Cmd::Run { listen, page_faults, trace, policies, max_devices, pids, cgroups, pin, bpf_stats, common } => {
-            Command::Run(Box::new(RunOptions {
-                listen: Some(listen),
-                trace: trace.then(crate::trace::TraceOutput::stream),
-                duration: None,
-                record: None,
-                policies,
-                dev_slots: max_devices + 1,
-                page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
-                selection: crate::pagefault::Selection { pids, cgroups },
-                plan: common.into(),
-                pin,
-                bpf_stats,
-            }))
-        }
+        Cmd::Run {
+            listen,
+            web_config,
+            page_faults,
+            trace,
+            policies,
+            max_devices,
+            pids,
+            cgroups,
+            pin,
+            bpf_stats,
+            common,
+        } => Command::Run(Box::new(RunOptions {
+            listen: Some(listen),
+            web_config,
+            trace: trace.then(crate::trace::TraceOutput::stream),
+            duration: None,
+            record: None,
+            policies,
+            dev_slots: max_devices + 1,
+            page_faults: page_faults || !pids.is_empty() || !cgroups.is_empty(),
+            selection: crate::pagefault::Selection { pids, cgroups },
+            plan: common.into(),
+            pin,
+            bpf_stats,
+        })),
         Cmd::Unpin { dir } => Command::Unpin(dir),
-        Cmd::Simulate { scenario, listen, trace, record, btf_dir, policies } => {
+        Cmd::Simulate { scenario, listen, web_config, trace, record, btf_dir, policies } => {
             Command::Simulate(crate::simulate::run::SimulateOptions {
                 scenario,
                 listen,
+                web_config,
                 trace,
                 record,
                 btf_dir,
@@ -406,23 +432,26 @@ pub fn parse() -> Command {
             Command::Replay { file, format, summary }
         }
         Cmd::Report { file, html } => Command::Report { file, html },
-        Cmd::Record { file, live: Live { duration, policies, listen }, common } => Command::Run(Box::new(RunOptions {
-            listen,
-            trace: Some(crate::trace::TraceOutput {
-                format: crate::trace::Format::Record,
-                filter: crate::trace::Filter::default(),
-                clock: crate::trace::clock::WallClock::now(),
-            }),
-            duration: duration.map(std::time::Duration::from_nanos),
-            record: Some(file),
-            policies,
-            dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
-            page_faults: false,
-            selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
-            plan: common.into(),
-            pin: None,
-            bpf_stats: false,
-        })),
+        Cmd::Record { file, live: Live { duration, policies, listen, web_config }, common } => {
+            Command::Run(Box::new(RunOptions {
+                listen,
+                web_config,
+                trace: Some(crate::trace::TraceOutput {
+                    format: crate::trace::Format::Record,
+                    filter: crate::trace::Filter::default(),
+                    clock: crate::trace::clock::WallClock::now(),
+                }),
+                duration: duration.map(std::time::Duration::from_nanos),
+                record: Some(file),
+                policies,
+                dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
+                page_faults: false,
+                selection: crate::pagefault::Selection { pids: Vec::new(), cgroups: Vec::new() },
+                plan: common.into(),
+                pin: None,
+                bpf_stats: false,
+            }))
+        }
         Cmd::Trace {
             json,
             no_color,
@@ -434,7 +463,7 @@ pub fn parse() -> Command {
             min_latency,
             kinds,
             violations,
-            live: Live { duration, policies, listen },
+            live: Live { duration, policies, listen, web_config },
             max_devices,
             common,
         } => {
@@ -455,6 +484,7 @@ pub fn parse() -> Command {
             };
             Command::Run(Box::new(RunOptions {
                 listen,
+                web_config,
                 trace: Some(crate::trace::TraceOutput { format, filter, clock: crate::trace::clock::WallClock::now() }),
                 duration: duration.map(std::time::Duration::from_nanos),
                 record: None,

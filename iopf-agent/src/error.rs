@@ -82,6 +82,7 @@ impl AgentError {
             AgentError::PageFault(crate::pagefault::PageFaultError::NotPermitted(_)) => 3,
             AgentError::PageFault(_) | AgentError::Required { .. } => 4,
             AgentError::Serve(ServeError::InUse { .. } | ServeError::Bind { .. }) => 5,
+            AgentError::Serve(ServeError::WebConfig(_)) => 2,
             AgentError::UnknownHook(_) | AgentError::Scenario(_) | AgentError::Policy(_) => 2,
             AgentError::Install(crate::policy::install::InstallError::Slots { .. }) => 2,
             AgentError::Install(_) => 1,

@@ -30,9 +30,10 @@ use crate::{
 pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     // Flags naming what is not there are usage errors, before anything is bound or loaded.
     opts.selection.check().map_err(AgentError::Usage)?;
-    // Bind first: a busy port fails before anything is loaded into the kernel.
+    // Bind first (after reading --web-config): a bad config or a busy port fails before
+    // anything is loaded into the kernel.
     let listener = match opts.listen {
-        Some(a) => Some(server::bind(a).await?),
+        Some(a) => Some(server::bind(a, opts.web_config.as_deref()).await?),
         None => None,
     };
     let pf_mode = match (opts.page_faults, opts.selection.is_all()) {
@@ -342,8 +343,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     };
     match listener {
         Some(listener) => {
-            let addr = listener.local_addr()?;
-            eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
+            eprintln!("iopf-agent: serving metrics on {}", listener.describe()?);
             server::serve(listener, registry, stop).await?;
         }
         None => {

@@ -72,8 +72,11 @@ impl Agent {
                 panic!("iopf-agent did not start serving; log so far: {log:#?}")
             });
             log.push(line.clone());
-            if let Some(url) = line.strip_prefix("iopf-agent: serving metrics on http://") {
-                let addr = url.trim_end_matches("/metrics").parse().expect("listen address");
+            // `http://ADDR/metrics`, or with --web-config `https://ADDR/metrics (TLS, ...)`.
+            if let Some(url) = line.strip_prefix("iopf-agent: serving metrics on ") {
+                let url = url.split(' ').next().unwrap_or_default();
+                let hostport = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or(url);
+                let addr = hostport.trim_end_matches("/metrics").parse().expect("listen address");
                 return Agent { child, addr, log, rest: rx };
             }
         }

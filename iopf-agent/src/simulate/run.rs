@@ -32,6 +32,8 @@ use iopf_common::iopf::Source;
 pub struct SimulateOptions {
     pub scenario: PathBuf,
     pub listen: Option<std::net::SocketAddr>,
+    /// `--web-config`: TLS and basic auth for the endpoint.
+    pub web_config: Option<PathBuf>,
     /// Print every event as NDJSON on stdout (the totals table then goes to stderr).
     pub trace: bool,
     /// Write every answered fault to this recording.
@@ -106,7 +108,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         }
     }
     let listener = match opts.listen {
-        Some(a) => Some(server::bind(a).await?),
+        Some(a) => Some(server::bind(a, opts.web_config.as_deref()).await?),
         None => None,
     };
     // The running kernel's constants when it has an IOPF ABI, else the newest generation's.
@@ -229,13 +231,25 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
             writeln!(table, "{dev:<20} {cfg:<12} {lvl:<8} {:>8} {:>8} {:>8} {:>8} {:>8}", r[0], r[1], r[2], r[3], r[4]);
     }
     if !rules.is_empty() {
-        let _ = writeln!(table, "{:<20} {:>10} {:>10} {:>10}", "device", "level", "latency", "code");
-        let mut by_dev: std::collections::BTreeMap<String, [u64; 3]> = Default::default();
+        // One column per violation kind (`policy::VIOLATIONS`).
+        let mut head = format!("{:<20}", "device");
+        for (_, n) in iopf_common::policy::VIOLATIONS {
+            head += &format!(" {n:>15}");
+        }
+        let _ = writeln!(table, "{head}");
+        let mut by_dev: std::collections::BTreeMap<String, [u64; iopf_common::policy::VIOLATIONS.len()]> =
+            Default::default();
         for (&(dev, _, slot), &n) in &want.violations {
-            by_dev.entry(dev_str(&dev)).or_default()[slot.min(2)] += n;
+            if let Some(c) = by_dev.entry(dev_str(&dev)).or_default().get_mut(slot) {
+                *c += n;
+            }
         }
         for (dev, v) in &by_dev {
-            let _ = writeln!(table, "{dev:<20} {:>10} {:>10} {:>10}", v[0], v[1], v[2]);
+            let mut line = format!("{dev:<20}");
+            for n in v {
+                line += &format!(" {n:>15}");
+            }
+            let _ = writeln!(table, "{line}");
         }
         let _ = writeln!(table, "faults violating a policy: {}", want.stats.violations);
     }
@@ -265,8 +279,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     if let Some(listener) = listener {
         let registry = Registry::default();
         registry.add(IopfSource::new(Arc::new(Mutex::new(maps)), Some(Arc::new(Mutex::new(installed)))));
-        let addr = listener.local_addr()?;
-        eprintln!("iopf-agent: serving metrics on http://{addr}/metrics");
+        eprintln!("iopf-agent: serving metrics on {}", listener.describe()?);
         server::serve(listener, registry, crate::run::shutdown_signal()).await?;
         eprintln!("iopf-agent: stopped");
     }

@@ -281,14 +281,33 @@ fn nonroot(a: &Args) -> Result<(), String> {
     let agent = start_agent_via(
         a,
         &via,
-        &["--require", "report", "--require", "iommufd_handler", "--require", "page_response", "--require", "io_page_fault"],
+        &[
+            "--require",
+            "report",
+            "--require",
+            "iommufd_handler",
+            "--require",
+            "page_response",
+            "--require",
+            "io_page_fault",
+        ],
     )?;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).map_err(|e| format!("status: {e}"))?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).map_err(|e| format!("status: {e}"))?;
     let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or_default().to_owned();
-    println!("  nonroot: Uid {} CapEff {} CapPrm {} CapBnd {}", field("Uid:"), field("CapEff:"), field("CapPrm:"), field("CapBnd:"));
+    println!(
+        "  nonroot: Uid {} CapEff {} CapPrm {} CapBnd {}",
+        field("Uid:"),
+        field("CapEff:"),
+        field("CapPrm:"),
+        field("CapBnd:")
+    );
     check(field("Uid:").starts_with("65534"), format!("agent uid {}", field("Uid:")))?;
     // CAP_BPF (39) alone after attach.
-    check(field("CapEff:") == "0000008000000000", format!("CapEff {} after attach, want CAP_BPF only", field("CapEff:")))?;
+    check(
+        field("CapEff:") == "0000008000000000",
+        format!("CapEff {} after attach, want CAP_BPF only", field("CapEff:")),
+    )?;
     // fentry where root gets it too (the response hooks take kprobes on this full-preemption
     // kernel, root or not).
     for h in ["report", "iommufd_handler"] {
@@ -319,7 +338,10 @@ fn nonroot(a: &Args) -> Result<(), String> {
         .map(|s| s.value)
         .sum();
     println!("  nonroot: faults {faults} success {succ}, want {MOCK_FAULTS}");
-    check(faults == f64::from(MOCK_FAULTS) && succ == f64::from(MOCK_FAULTS), format!("faults {faults} success {succ}"))?;
+    check(
+        faults == f64::from(MOCK_FAULTS) && succ == f64::from(MOCK_FAULTS),
+        format!("faults {faults} success {succ}"),
+    )?;
     agent.stop();
     Ok(())
 }

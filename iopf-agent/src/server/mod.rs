@@ -6,9 +6,17 @@
 //! `MAX_HEADER_BYTES`, a connection lives at most `CONNECTION_LIFETIME`, at most
 //! `max_connections()` are open at once (more are closed at accept), and /metrics is rendered
 //! on the blocking pool, off the task that accepts and reads.
+//!
+//! `--web-config` adds TLS (`tls`, the handshake under the same deadline and cap) and basic
+//! auth on every path (`auth`), from a file in the exporters' format (`webconfig`).
+
+pub mod auth;
+pub mod tls;
+pub mod webconfig;
 
 use std::{
     net::SocketAddr,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,7 +27,11 @@ use std::{
 use axum::{Router, http::header, response::IntoResponse, routing::get};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
 
 use crate::metrics::{Family, Kind, Registry, Source, counter, family, gauge};
 
@@ -34,6 +46,9 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    /// A web config that cannot be used as written (a usage error: nothing was started).
+    #[error(transparent)]
+    WebConfig(#[from] webconfig::WebConfigError),
 }
 
 /// How long open connections get to finish once shutdown is asked for. A client that sent
@@ -75,11 +90,62 @@ pub fn raise_fd_limit() {
     }
 }
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+/// A bound endpoint and what its web config asked for.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<tls::Tls>>,
+    auth: Option<Arc<auth::Auth>>,
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// The URL and protection, for the start line: `http://ADDR/metrics` when plain.
+    pub fn describe(&self) -> std::io::Result<String> {
+        let addr = self.local_addr()?;
+        let users = match self.auth.as_ref().map(|a| a.users()) {
+            None => "off".to_owned(),
+            Some(1) => "1 user".to_owned(),
+            Some(n) => format!("{n} users"),
+        };
+        Ok(match (&self.tls, &self.auth) {
+            (None, None) => format!("http://{addr}/metrics"),
+            (None, Some(_)) => {
+                format!(
+                    "http://{addr}/metrics (no TLS: passwords cross the network in clear text; basic auth: {users})"
+                )
+            }
+            (Some(t), _) => {
+                let certs = match t.client_auth {
+                    webconfig::ClientAuth::NoClientCert => "no client certificates",
+                    webconfig::ClientAuth::VerifyClientCertIfGiven => "client certificates optional",
+                    webconfig::ClientAuth::RequireAndVerifyClientCert => "client certificates required",
+                };
+                format!("https://{addr}/metrics (TLS, {certs}; basic auth: {users})")
+            }
+        })
+    }
+}
+
+/// Reads and checks the web config, if any (certificates, key, CA and hashes included),
+/// then binds: a bad config or a busy port fails before anything is loaded.
+pub async fn bind(addr: SocketAddr, web_config: Option<&Path>) -> Result<Listener, ServeError> {
+    let (tls, auth) = match web_config {
+        None => (None, None),
+        Some(path) => {
+            let cfg = webconfig::read(path)?;
+            let shown = path.display().to_string();
+            let tls = cfg.tls.as_ref().map(|t| tls::Tls::load(&shown, t)).transpose()?;
+            (tls.map(Arc::new), auth::Auth::new(&cfg.users))
+        }
+    };
+    let tcp = TcpListener::bind(addr).await.map_err(|source| match source.kind() {
         std::io::ErrorKind::AddrInUse => ServeError::InUse { addr },
         _ => ServeError::Bind { addr, source },
-    })
+    })?;
+    Ok(Listener { tcp, tls, auth })
 }
 
 /// Connections refused at the cap, and accept errors (descriptors exhausted).
@@ -93,6 +159,8 @@ struct EndpointSource {
     counters: Arc<Counters>,
     open: Arc<Semaphore>,
     cap: usize,
+    tls: Arc<tls::TlsCounters>,
+    auth: Arc<auth::AuthCounters>,
 }
 
 impl Source for EndpointSource {
@@ -115,12 +183,38 @@ impl Source for EndpointSource {
                 counter(&[("reason", "accept_error")], self.counters.accept_errors.load(Ordering::Relaxed)),
             ],
         ));
+        out.push(family(
+            "iopf_http_tls_handshake_failures_total",
+            "TLS handshakes that did not complete, by reason: timeout (not done within the header-read timeout), plain_http (HTTP sent to the TLS port, answered 400), client_cert (none given where required, or not signed by the client CA), peer_alert (the client gave up, often distrusting the certificate), closed, protocol. Zero without TLS.",
+            Kind::Counter,
+            self.tls.failures().map(|(reason, n)| counter(&[("reason", reason)], n)).collect(),
+        ));
+        let (ok, failed) = self.tls.reloads();
+        out.push(family(
+            "iopf_http_tls_certificate_reloads_total",
+            "Times the TLS certificate and key were read again after their files changed, by result (error: the previous pair stays in use).",
+            Kind::Counter,
+            vec![counter(&[("result", "ok")], ok), counter(&[("result", "error")], failed)],
+        ));
+        out.push(family(
+            "iopf_http_auth_failures_total",
+            "Requests refused by basic auth, by reason: missing, malformed, unknown_user, wrong_password (401), busy (503: no bcrypt slot in time). Zero without basic auth.",
+            Kind::Counter,
+            self.auth.failures().map(|(reason, n)| counter(&[("reason", reason)], n)).collect(),
+        ));
+        let (bcrypt, cached) = self.auth.checks();
+        out.push(family(
+            "iopf_http_auth_checks_total",
+            "Basic-auth password checks, by how: bcrypt (a verification on the blocking pool) or cache (the user's last good password).",
+            Kind::Counter,
+            vec![counter(&[("by", "bcrypt")], bcrypt), counter(&[("by", "cache")], cached)],
+        ));
     }
 }
 
-fn router(registry: Registry) -> Router {
+fn router(registry: Registry, auth: Option<Arc<auth::Auth>>) -> Router {
     let reg = registry.clone();
-    Router::new()
+    let app = Router::new()
         .route(
             "/metrics/families",
             get(move || {
@@ -143,11 +237,30 @@ fn router(registry: Registry) -> Router {
             }),
         )
         .route("/healthz", get(|| async { "ok: programs attached, serving\n".into_response() }))
-        .route("/", get(|| async { "iopf-agent: metrics at /metrics, health at /healthz\n".into_response() }))
+        .route("/", get(|| async { "iopf-agent: metrics at /metrics, health at /healthz\n".into_response() }));
+    // Every path, /healthz and unknown ones included, as the exporters do.
+    match auth {
+        Some(a) => app.layer(axum::middleware::from_fn_with_state(a, auth::require)),
+        None => app,
+    }
+}
+
+/// One HTTP/1.1 connection under the header-read timeout and buffer cap.
+async fn http1<I>(io: I, svc: hyper_util::service::TowerToHyperService<Router>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(io), svc);
+    // An error is the client's (bad request, reset, timeout): nothing to report.
+    let _ = conn.await;
 }
 
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -155,8 +268,15 @@ pub async fn serve(
     let cap = max_connections();
     let open = Arc::new(Semaphore::new(cap));
     let counters = Arc::new(Counters::default());
-    registry.add(EndpointSource { counters: counters.clone(), open: open.clone(), cap });
-    let app = router(registry);
+    let Listener { tcp: listener, tls, auth } = listener;
+    registry.add(EndpointSource {
+        counters: counters.clone(),
+        open: open.clone(),
+        cap,
+        tls: tls.as_ref().map(|t| t.counters.clone()).unwrap_or_default(),
+        auth: auth.as_ref().map(|a| a.counters.clone()).unwrap_or_default(),
+    });
+    let app = router(registry, auth);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -180,13 +300,20 @@ pub async fn serve(
             continue;
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), svc);
-            // An error is the client's (bad request, reset, timeout): nothing to report.
+            let conn = async move {
+                match tls {
+                    None => http1(stream, svc).await,
+                    // The handshake holds the connection's permit and must be done within
+                    // the header-read timeout; the request's headers then get their own.
+                    Some(t) => {
+                        if let Some(s) = t.accept(stream, HEADER_READ_TIMEOUT).await {
+                            http1(s, svc).await;
+                        }
+                    }
+                }
+            };
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
             drop(permit);
         });
