@@ -6,7 +6,7 @@
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::bpf_cmd;
 
 use crate::{
     metrics::{Family, Kind, Source, family, gauge},
@@ -41,24 +41,14 @@ impl Watched {
         let mut n = 0u64;
         let mut first = true;
         while n <= u64::from(self.max) {
-            // SAFETY: bpf_attr is a plain C struct; all-zero is valid.
-            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+            let mut attr = crate::bpfsys::zeroed_attr();
             attr.__bindgen_anon_2.map_fd = fd as u32;
             // A null key asks for the first key.
             attr.__bindgen_anon_2.key = if first { 0 } else { key.as_ptr() as u64 };
             attr.__bindgen_anon_2.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
             // SAFETY: the kernel reads key_size bytes from `key` and writes key_size bytes to
             // `next`, both that long and alive for the call.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    bpf_cmd::BPF_MAP_GET_NEXT_KEY as libc::c_long,
-                    &raw mut attr,
-                    size_of::<bpf_attr>() as libc::c_long,
-                )
-            };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
+            if let Err(e) = unsafe { crate::bpfsys::bpf(bpf_cmd::BPF_MAP_GET_NEXT_KEY, &mut attr) } {
                 return (e.raw_os_error() == Some(libc::ENOENT)).then_some(n);
             }
             n += 1;
@@ -74,7 +64,7 @@ pub struct MapFill {
 }
 
 impl MapFill {
-    /// Takes the kernel-only hash maps from `store`, plus `more` the caller already holds.
+    /// Takes the kernel-only hash maps from `store`.
     pub fn take(store: &mut (impl MapStore + ?Sized)) -> Self {
         let maps = KERNEL_ONLY.iter().filter_map(|&n| store.take_map(n).and_then(|m| Watched::of(n, m))).collect();
         Self { maps }

@@ -10,7 +10,7 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProgStats {
@@ -38,47 +38,25 @@ impl Tracked {
         use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
         let c = std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: bpf_attr is a plain C struct; all-zero is valid.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        let mut attr = crate::bpfsys::zeroed_attr();
         attr.__bindgen_anon_4.pathname = c.as_ptr() as u64;
         // SAFETY: BPF_OBJ_GET reads the NUL-terminated path `c`, alive for the call, and
-        // returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_OBJ_GET as libc::c_long,
-                &raw mut attr,
-                size_of::<bpf_attr>() as libc::c_long,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // returns a new descriptor.
+        let fd = unsafe { crate::bpfsys::bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
         // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
         Ok(Self { name: name.to_owned(), fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } })
     }
 
     pub fn stats(&self) -> std::io::Result<ProgStats> {
-        // SAFETY: bpf_prog_info and bpf_attr are plain C structs; all-zero is valid for both.
+        // SAFETY: bpf_prog_info is a plain C struct; all-zero is valid.
         let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        let mut attr = crate::bpfsys::zeroed_attr();
         attr.info.bpf_fd = self.fd.as_raw_fd() as u32;
         attr.info.info_len = size_of::<bpf_prog_info>() as u32;
         attr.info.info = &raw mut info as u64;
         // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes into `info`, which
-        // outlives the call; `attr` is fully initialised.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-                &raw mut attr,
-                size_of::<bpf_attr>() as libc::c_long,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // outlives the call.
+        unsafe { crate::bpfsys::bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
         Ok(ProgStats { recursion_misses: info.recursion_misses, run_cnt: info.run_cnt, run_time_ns: info.run_time_ns })
     }
 }

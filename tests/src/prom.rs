@@ -145,6 +145,16 @@ impl Prometheus {
     pub fn query(&self, q: &str) -> serde_json::Value {
         self.api(&format!("/api/v1/query?query={}", url_encode(q)))
     }
+
+    /// Instant query: the single result's value when there is exactly one series.
+    pub fn query_one(&self, q: &str) -> Option<f64> {
+        let v = self.query(q);
+        let res = v["data"]["result"].as_array()?;
+        if res.len() != 1 {
+            return None;
+        }
+        res[0]["value"][1].as_str()?.parse().ok()
+    }
 }
 
 impl Drop for Prometheus {

@@ -593,16 +593,6 @@ fn certificate_rotation_needs_no_restart() {
     );
 }
 
-/// The single series `q` selects, if exactly one.
-fn query(prom: &Prometheus, q: &str) -> Option<f64> {
-    let v = prom.query(q);
-    let res = v["data"]["result"].as_array()?;
-    if res.len() != 1 {
-        return None;
-    }
-    res[0]["value"][1].as_str()?.parse().ok()
-}
-
 #[test]
 fn prometheus_scrapes_over_tls_with_basic_auth() {
     if !require_root("prometheus_scrapes_over_tls_with_basic_auth") {
@@ -629,11 +619,11 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut good, mut wrong, mut max, mut refused) = (None, None, None, None);
     while Instant::now() < deadline {
-        good = query(&prom, "up{job=\"iopf-tls\"}");
-        wrong = query(&prom, "up{job=\"iopf-tls-wrong\"}");
-        max = query(&prom, "iopf_http_connections{job=\"iopf-tls\",state=\"max\"}");
+        good = prom.query_one("up{job=\"iopf-tls\"}");
+        wrong = prom.query_one("up{job=\"iopf-tls-wrong\"}");
+        max = prom.query_one("iopf_http_connections{job=\"iopf-tls\",state=\"max\"}");
         // The good job stores the agent's count of the wrong job's refusals.
-        refused = query(&prom, "iopf_http_auth_failures_total{job=\"iopf-tls\",reason=\"wrong_password\"}");
+        refused = prom.query_one("iopf_http_auth_failures_total{job=\"iopf-tls\",reason=\"wrong_password\"}");
         if good == Some(1.0) && wrong == Some(0.0) && max.is_some() && refused.is_some_and(|r| r >= 1.0) {
             break;
         }

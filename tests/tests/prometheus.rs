@@ -10,16 +10,6 @@ use iopf_tests::{
     workload::TouchPages,
 };
 
-/// Instant query; returns the single result's value when there is exactly one series.
-fn query(prom: &Prometheus, q: &str) -> Option<f64> {
-    let v = prom.query(q);
-    let res = v["data"]["result"].as_array()?;
-    if res.len() != 1 {
-        return None;
-    }
-    res[0]["value"][1].as_str()?.parse().ok()
-}
-
 #[test]
 fn prometheus_scrapes_the_agent() {
     if !require_root("prometheus_scrapes_the_agent") {
@@ -49,16 +39,16 @@ fn prometheus_scrapes_the_agent() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = None;
     while Instant::now() < deadline {
-        if query(&prom, "up{job=\"iopf\"}") == Some(1.0)
-            && let Some(v) = query(&prom, "iopf_page_faults_total{kind=\"minor\"}")
+        if prom.query_one("up{job=\"iopf\"}") == Some(1.0)
+            && let Some(v) = prom.query_one("iopf_page_faults_total{kind=\"minor\"}")
         {
             got = Some(v);
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let stored_count = query(&prom, "iopf_page_fault_latency_seconds_count{kind=\"minor\"}");
-    let hook = query(&prom, "iopf_hook_rung{hook=\"mm_fault\"}");
+    let stored_count = prom.query_one("iopf_page_fault_latency_seconds_count{kind=\"minor\"}");
+    let hook = prom.query_one("iopf_hook_rung{hook=\"mm_fault\"}");
     drop(prom);
     let _ = std::fs::remove_dir_all(&dir);
     child.finish();

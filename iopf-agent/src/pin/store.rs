@@ -59,7 +59,7 @@ impl Adopted {
         out
     }
 
-    /// A pinned map, opened by path (`None` when this state has no such map).
+    /// A pinned map, opened by path.
     pub fn open_map(&self, name: &str) -> Result<Map, super::PinError> {
         let path = self.dir.join("maps").join(name);
         let err = |e| super::PinError::Adopt { what: format!("map {name}"), path: path.clone(), source: Box::new(e) };
@@ -69,6 +69,7 @@ impl Adopted {
 
 impl MapStore for Adopted {
     fn take_map(&mut self, name: &str) -> Option<Map> {
-        self.open_map(name).ok()
+        // The caller only learns "missing": say why here.
+        self.open_map(name).map_err(|e| eprintln!("iopf-agent: {}", crate::error::chain(&e))).ok()
     }
 }
