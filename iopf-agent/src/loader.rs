@@ -145,7 +145,7 @@ pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadE
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)
         .map_max_entries("IOPF_POLICY", globals.dev_slots)
-        .map_max_entries("IOPF_RATE", globals.dev_slots)
+        .map_max_entries("IOPF_RATE", globals.dev_slots.saturating_mul(iopf_common::policy::RULES_PER_DEVICE as u32))
         .map_max_entries("IOPF_DEV_SLOT_TAKEN", globals.dev_slots)
         // Names past the slots map to slot 0; room for as many again before lookups miss.
         .map_max_entries("IOPF_DEV_IDS", globals.dev_slots.saturating_mul(4))

@@ -384,7 +384,7 @@ fn log_policies(set: &PolicySet, resolved: &Resolved) {
         let devs: Vec<String> = resolved
             .devices
             .iter()
-            .filter(|(_, r)| r.policy == p.name())
+            .filter(|(_, r)| r.has(p.name()))
             .map(|(d, _)| if resolved.expected.contains(d) { format!("{d} (not present yet)") } else { d.clone() })
             .collect();
         let actions: Vec<&str> = p.actions().iter().map(|a| a.label()).collect();
@@ -396,8 +396,12 @@ fn log_policies(set: &PolicySet, resolved: &Resolved) {
             }
             _ => String::new(),
         };
+        let pasids = match p.selector().pasids {
+            Some(_) => format!(", PASIDs [{}]", p.selector().pasids_text()),
+            None => String::new(),
+        };
         eprintln!(
-            "iopf-agent: policy {} ({}, {}): devices [{}], actions [{}]{note}",
+            "iopf-agent: policy {} ({}, {}): devices [{}]{pasids}, actions [{}]{note}",
             p.name(),
             p.mode().label(),
             p.location(),

@@ -408,6 +408,9 @@ pub struct DevAgg {
     /// Faults (reported or unrecoverable) checked against a rule: the rest of the device's
     /// faults came before its rule did.
     pub checked: u64,
+    /// Faults of a device under PASID-scoped policies whose PASID none of them selects:
+    /// not checked, and not late either.
+    pub unscoped: u64,
 }
 
 impl DevAgg {
@@ -416,6 +419,7 @@ impl DevAgg {
         hist: [crate::hist::Histogram::ZERO; Latency::ALL.len()],
         violations: [0; crate::policy::VIOLATIONS.len()],
         checked: 0,
+        unscoped: 0,
     };
 
     pub fn merge(&mut self, o: &Self) {
@@ -429,6 +433,7 @@ impl DevAgg {
             *a += *b;
         }
         self.checked += o.checked;
+        self.unscoped += o.unscoped;
     }
 }
 

@@ -34,6 +34,10 @@ unsafe impl aya::Pod for crate::dmar::DmarKey {}
 unsafe impl aya::Pod for crate::dmar::DmarEvent {}
 // SAFETY: as above (u32 and u64 fields, no padding).
 unsafe impl aya::Pod for crate::policy::Rule {}
+// SAFETY: as above (u32 fields only, no padding).
+unsafe impl aya::Pod for crate::policy::PasidSet {}
+// SAFETY: as above (PasidSet is 136 bytes, a multiple of Rule's 8-byte alignment, so no padding).
+unsafe impl aya::Pod for crate::policy::DeviceRules {}
 // SAFETY: `#[repr(C)]` byte array, u8 and explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for crate::iopf::DevKey {}
 // SAFETY: `#[repr(C)]` u64 arrays and histograms of u64s only.

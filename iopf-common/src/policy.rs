@@ -47,6 +47,110 @@ impl Rule {
     };
 }
 
+/// A fault that carries no PASID (its valid flag clear): no PASID set contains it.
+pub const NO_PASID: u32 = u32::MAX;
+/// PASIDs are 20 bits (PCIe); a set holds values below this.
+pub const PASID_LIMIT: u32 = 1 << 20;
+/// Ranges one policy's `pasids` selector may compile to (after merging).
+pub const PASID_RANGES: usize = 16;
+/// Policies one device may be under at once, each for a PASID set disjoint from the others'.
+pub const RULES_PER_DEVICE: usize = 4;
+
+/// The PASIDs a rule is for: `n` sorted, disjoint, inclusive ranges; `n == 0` means every
+/// fault of the device, with or without a PASID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PasidSet {
+    pub n: u32,
+    pub _pad: u32,
+    pub ranges: [[u32; 2]; PASID_RANGES],
+}
+
+impl PasidSet {
+    /// Every fault of the device.
+    pub const ALL: Self = Self { n: 0, _pad: 0, ranges: [[0; 2]; PASID_RANGES] };
+
+    /// True when a fault with `pasid` (`NO_PASID` for none) falls in the set. Bounded by
+    /// `PASID_RANGES` whatever `n` says, for the verifier and for a corrupt value.
+    #[inline(always)]
+    pub fn contains(&self, pasid: u32) -> bool {
+        if self.n == 0 {
+            return true;
+        }
+        if pasid == NO_PASID {
+            return false;
+        }
+        let mut i = 0;
+        while i < PASID_RANGES && (i as u32) < self.n {
+            let [lo, hi] = self.ranges[i];
+            if pasid >= lo && pasid <= hi {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+impl Default for PasidSet {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// Everything a device is checked against (`IOPF_POLICY` array value, indexed by device
+/// slot): up to `RULES_PER_DEVICE` rules, each for its own PASID set. The agent refuses
+/// overlapping sets, so at most one active rule holds any fault.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRules {
+    pub sets: [PasidSet; RULES_PER_DEVICE],
+    pub rules: [Rule; RULES_PER_DEVICE],
+}
+
+impl DeviceRules {
+    pub const NONE: Self = Self { sets: [PasidSet::ALL; RULES_PER_DEVICE], rules: [Rule::NONE; RULES_PER_DEVICE] };
+
+    /// True when any rule is in force: the device is under some policy.
+    #[inline(always)]
+    pub fn any_active(&self) -> bool {
+        let mut i = 0;
+        while i < RULES_PER_DEVICE {
+            if self.rules[i].flags & RULE_ACTIVE != 0 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Index of the active rule whose set holds `pasid`, if any.
+    #[inline(always)]
+    pub fn select(&self, pasid: u32) -> Option<usize> {
+        let mut i = 0;
+        while i < RULES_PER_DEVICE {
+            if self.rules[i].flags & RULE_ACTIVE != 0 && self.sets[i].contains(pasid) {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+impl Default for DeviceRules {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+/// The PASID a rule sees for a page request: its own when the request's PASID-valid flag
+/// (`Consts::flag_pasid_valid`) is set, else `NO_PASID`.
+#[inline(always)]
+pub fn fault_pasid(f: &crate::iopf::Fault, flag_pasid_valid: u32) -> u32 {
+    if f.flags & flag_pasid_valid != 0 { f.pasid } else { NO_PASID }
+}
+
 /// The fault-rate window: fixed, aligned 1-second windows of the monotonic clock
 /// (`bpf_ktime_get_ns`), per device. Fixed windows, not sliding: a burst that straddles a
 /// boundary is split between two windows.
@@ -204,6 +308,36 @@ mod tests {
     }
 
     #[test]
+    fn pasid_sets_select_one_rule_and_none_outside() {
+        let mut scoped = PasidSet { n: 2, ..PasidSet::ALL };
+        scoped.ranges[0] = [1, 64];
+        scoped.ranges[1] = [100, 100];
+        assert!(PasidSet::ALL.contains(NO_PASID) && PasidSet::ALL.contains(7));
+        let hits: [bool; 8] = [0, 1, 64, 65, 99, 100, 101, NO_PASID].map(|p| scoped.contains(p));
+        assert_eq!(hits, [false, true, true, false, false, true, false, false]);
+        // A corrupt count cannot read past the array.
+        let corrupt = PasidSet { n: u32::MAX, ..scoped };
+        assert!(corrupt.contains(100) && !corrupt.contains(200));
+
+        let mut d = DeviceRules::NONE;
+        assert!(!d.any_active());
+        assert_eq!(d.select(1), None);
+        let mut other = PasidSet { n: 1, ..PasidSet::ALL };
+        other.ranges[0] = [200, 300];
+        d.sets[0] = scoped;
+        d.rules[0] = PINNED_S2;
+        d.sets[1] = other;
+        d.rules[1] = Rule { policy_id: 2, ..PINNED_S2 };
+        // An inactive slot in between is skipped even with a set that would hold everything.
+        d.rules[2] = Rule::NONE;
+        assert!(d.any_active());
+        let got: [Option<usize>; 5] = [5, 100, 250, 150, NO_PASID].map(|p| d.select(p));
+        assert_eq!(got, [Some(0), Some(0), Some(1), None, None]);
+        d.rules[3] = Rule { policy_id: 3, ..PINNED_S2 };
+        assert_eq!([150, NO_PASID].map(|p| d.select(p)), [Some(3), Some(3)]);
+    }
+
+    #[test]
     fn no_rule_checks_nothing() {
         assert_eq!(verdict_level(&Rule::NONE, Level::Second as u8), 0);
         assert_eq!(verdict_answer(&Rule::NONE, RESP_FAILURE, u64::MAX), 0);
@@ -247,3 +381,8 @@ mod tests {
         assert_eq!(s, [0, 1, 2, 3, 4]);
     }
 }
+
+// Layout the agent and the programs share with no padding (Pod).
+const _: () = assert!(core::mem::size_of::<PasidSet>() == 8 + 8 * PASID_RANGES);
+const _: () =
+    assert!(core::mem::size_of::<DeviceRules>() == RULES_PER_DEVICE * (core::mem::size_of::<PasidSet>() + 32));

@@ -443,3 +443,103 @@ fn fault_rate_is_counted_per_aligned_second_exactly() {
     let want: Vec<u64> = times[10..25].iter().chain(&times[35..45]).copied().collect();
     assert_eq!(flagged, want);
 }
+
+/// PASID-scoped policies on one device, checked in the kernel: PASIDs 0 (none), 5, 70, 100
+/// in turn over 40 faults (10 each, all in one rate window). `sva-low` holds PASIDs 1-64
+/// (service latency 500 ns: every one of its faults takes 1000 ns; at most 4 faults a second),
+/// `sva-high` PASID 100 (only `invalid` answers: every one is `success`; at most 4 a second).
+/// Worked out by hand: sva-low 10 latency + 6 rate, sva-high 10 code + 6 rate (each policy
+/// has its own window: one shared per device would flag other faults), 20 faults checked and
+/// 20 (PASIDs none and 70) out of every scope, none late.
+#[test]
+fn pasid_scoped_policies_check_only_their_pasids_exactly() {
+    use std::sync::{Arc, Mutex};
+
+    use iopf_agent::{
+        iopf::metrics::IopfSource,
+        metrics::Registry,
+        policy::{PolicyIds, PolicySet, SysfsDevice, install::Installed},
+    };
+    use iopf_common::{
+        iopf::Source,
+        policy::{VIOLATION_CODE, VIOLATION_LATENCY, VIOLATION_RATE, violation_slot},
+    };
+    if !require_root("pasid_scoped_policies_check_only_their_pasids_exactly") {
+        return;
+    }
+    const DEV: &str = "0000:6a:05.0";
+    let text = format!(
+        "apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: pasids\nspec:\n  devices:\n    - name: \"{DEV}\"\n      faults: 40\n      configuration: flat_sva\n      pasids: [0, 5, 70, 100]\n      responses: {{success: 1}}\n      dispatchNs: {{min: 100, max: 100}}\n      serviceNs: {{min: 1000, max: 1000}}\n"
+    );
+    let s = Scenario::parse("pasids.yaml", &text).expect("scenario");
+    let g = globals(true);
+    let plan = model::plan(&s, &g.consts, g.tuple_keys);
+    let doc = |name: &str, pasids: &str, expect: &str| {
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: monitor\n  selector: {{name: \"{DEV}\", pasids: {pasids}}}\n  expect:\n{expect}"
+        )
+    };
+    let policies = [
+        doc("sva-low", "[1-64]", "    maxServiceLatency: 500ns\n    maxFaultRate: 4\n"),
+        doc("sva-high", "[100]", "    responses: [invalid]\n    maxFaultRate: 4\n"),
+    ]
+    .join("---\n");
+    let devices = [SysfsDevice { name: DEV.into(), bus: "simulated".into(), ..SysfsDevice::default() }];
+    let mut ebpf = loader::load(g).expect("load");
+    let maps = Arc::new(Mutex::new(IopfMaps::take(&mut ebpf).unwrap()));
+    let mut reader = EventReader::take(&mut ebpf).unwrap();
+    let mut ids = PolicyIds::default();
+    let mut set = PolicySet::parse("p.yaml".as_ref(), &policies).unwrap();
+    set.assign_ids(&mut ids);
+    let resolved = set.resolve_devices(&devices).unwrap();
+    let mut installed = Installed::new(&resolved, Source::Simulated as u8, ids.clone());
+    installed.reserve(&mut maps.lock().unwrap(), g.dev_slots).unwrap();
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let snap = maps.lock().unwrap().snapshot().unwrap();
+    let mut per_policy: Vec<(String, usize, u64)> = snap
+        .policy_violations
+        .iter()
+        .map(|((_, _, id, slot), n)| (ids.name(*id).unwrap_or("?").to_owned(), *slot, *n))
+        .collect();
+    per_policy.sort();
+    let (lat, code, rate) =
+        (violation_slot(VIOLATION_LATENCY), violation_slot(VIOLATION_CODE), violation_slot(VIOLATION_RATE));
+    let mut want = vec![
+        ("sva-high".to_owned(), code, 10),
+        ("sva-high".to_owned(), rate, 6),
+        ("sva-low".to_owned(), lat, 10),
+        ("sva-low".to_owned(), rate, 6),
+    ];
+    want.sort();
+    assert_eq!(per_policy, want);
+    let key = (iopf_agent::iopf::maps::dev_bytes(DEV), Source::Simulated as u8);
+    assert_eq!((snap.checked.get(&key), snap.unscoped.get(&key)), (Some(&20), Some(&20)));
+    assert_eq!(snap.stats.rate_unchecked, 0);
+    // The flagged faults: every fault of PASIDs 5 and 100, none of 0 or 70; the rate
+    // violations are the 5th to 10th of each PASID.
+    let events = reader.drain();
+    let flagged: Vec<u32> = events.iter().filter(|e| e.verdict > 1).map(|e| e.fault.pasid).collect();
+    assert_eq!(flagged.len(), 20);
+    assert_eq!((flagged.iter().filter(|p| **p == 5).count(), flagged.iter().filter(|p| **p == 100).count()), (10, 10));
+    let over: Vec<(u32, u64)> =
+        events.iter().filter(|e| e.verdict & VIOLATION_RATE != 0).map(|e| (e.fault.pasid, e.report_ns)).collect();
+    let nth = |pasid: u32, from: usize| -> Vec<(u32, u64)> {
+        plan.faults.iter().filter(|f| f.fault.pasid == pasid).skip(from).map(|f| (pasid, f.report_ns)).collect()
+    };
+    let mut want_over = [nth(5, 4), nth(100, 4)].concat();
+    want_over.sort_by_key(|(_, t)| *t);
+    let mut over_sorted = over.clone();
+    over_sorted.sort_by_key(|(_, t)| *t);
+    assert_eq!(over_sorted, want_over);
+    // And /metrics: none late, 20 out of scope, under both names.
+    let registry = Registry::default();
+    registry.add(IopfSource::new(maps, Some(Arc::new(Mutex::new(installed)))));
+    let e = iopf_tests::prom::Exposition::parse(&registry.render());
+    let l = [("device", DEV), ("policy", "sva-low,sva-high"), ("source", "simulated")];
+    assert_eq!(e.get("iopf_policy_unscoped_total", &l), Some(20.0));
+    assert_eq!(e.get("iopf_policy_unchecked_total", &l), Some(0.0));
+    assert_eq!(
+        e.get("iopf_policy_violations_total", &[("device", DEV), ("policy", "sva-high"), ("violation", "fault_rate")]),
+        Some(6.0)
+    );
+}

@@ -72,7 +72,7 @@ fn check_reports_every_error_of_every_file_and_exits_1() {
         ),
         format!("{a}:7:13: spec.selector: needs at least one of name, pci, vendorDevice, driver, iommuGroup"),
         format!(
-            "{a}:7:14: spec.selector.drivr: unknown key: did you mean `driver`? expected one of name, pci, vendorDevice, driver, iommuGroup"
+            "{a}:7:14: spec.selector.drivr: unknown key: did you mean `driver`? expected one of name, pci, vendorDevice, driver, iommuGroup, pasids"
         ),
         format!("{a}:8:21: spec.expect.levels[0]: `frist` is not one of unknown, first, second: did you mean `first`?"),
         format!(

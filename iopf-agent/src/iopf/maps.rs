@@ -13,7 +13,7 @@ use iopf_common::{
         COUNT_SLOTS, CountKey, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DevAgg, DevKey, HistKey, IopfStats, Latency,
         count_labels,
     },
-    policy::{Rule, VIOLATIONS},
+    policy::{DeviceRules, VIOLATIONS},
 };
 use thiserror::Error;
 
@@ -49,6 +49,9 @@ pub struct IopfSnapshot {
     pub policy_violations: BTreeMap<([u8; DEV_NAME_LEN], u8, u32, usize), u64>,
     /// Per (device, source): faults checked against a rule (`DevAgg::checked`).
     pub checked: BTreeMap<([u8; DEV_NAME_LEN], u8), u64>,
+    /// Per (device, source): faults no PASID-scoped rule of the device selects
+    /// (`DevAgg::unscoped`).
+    pub unscoped: BTreeMap<([u8; DEV_NAME_LEN], u8), u64>,
     pub stats: IopfStats,
     pub dmar: BTreeMap<DmarKey, u64>,
     pub vevents: BTreeMap<iopf_common::viommu::VeventKey, u64>,
@@ -63,7 +66,7 @@ pub struct IopfMaps {
     dev_ids: HashMap<MapData, DevKey, u64>,
     dev_next: Array<MapData, u64>,
     dev_agg: PerCpuArray<MapData, DevAgg>,
-    policy: Array<MapData, Rule>,
+    policy: Array<MapData, DeviceRules>,
     policy_violations: HashMap<MapData, iopf_common::policy::ViolationKey, [u64; VIOLATIONS.len()]>,
     stats: PerCpuArray<MapData, IopfStats>,
     dmar: PerCpuHashMap<MapData, DmarKey, u64>,
@@ -134,7 +137,7 @@ impl IopfMaps {
     /// side may be handing out slots: the agent takes them from the top down, the kernel from
     /// 1 up. Returns the device's slot (an existing one if the kernel named it first), or None
     /// when no slot is free.
-    pub fn reserve_top(&mut self, key: &DevKey, rule: &Rule, slots: u32) -> Result<Option<u32>, MapsError> {
+    pub fn reserve_top(&mut self, key: &DevKey, rule: &DeviceRules, slots: u32) -> Result<Option<u32>, MapsError> {
         let ids = |source| MapsError::Map { map: "IOPF_DEV_IDS", source };
         if let Ok(s) = self.dev_ids.get(key, 0) {
             // A device counted as "other" cannot get a rule of its own.
@@ -158,14 +161,15 @@ impl IopfMaps {
             // The device faulted meanwhile and has the kernel's slot: the rule goes there.
             let s = self.dev_ids.get(key, 0).map_err(ids)? as u32;
             self.set_rule(s, rule)?;
-            self.set_rule(slot, &Rule::NONE)?;
+            self.set_rule(slot, &DeviceRules::NONE)?;
             return Ok(Some(s));
         }
         Ok(Some(slot))
     }
 
-    /// Installs `rule` for device slot `slot` (whole value, one syscall).
-    pub fn set_rule(&mut self, slot: u32, rule: &Rule) -> Result<(), MapsError> {
+    /// Installs the rules of device slot `slot` (whole value, one syscall: a fault sees the
+    /// old set or the new one, never a mix).
+    pub fn set_rule(&mut self, slot: u32, rule: &DeviceRules) -> Result<(), MapsError> {
         self.policy.set(slot, rule, 0).map_err(|source| MapsError::Map { map: "IOPF_POLICY", source })
     }
 
@@ -233,6 +237,9 @@ fn add_device(s: &mut IopfSnapshot, k: &DevKey, a: &DevAgg) {
         if v != 0 {
             *s.violations.entry((k.dev, k.source, i)).or_default() += v;
         }
+    }
+    if a.unscoped != 0 {
+        *s.unscoped.entry((k.dev, k.source)).or_default() += a.unscoped;
     }
     if a.checked != 0 {
         *s.checked.entry((k.dev, k.source)).or_default() += a.checked;

@@ -115,14 +115,21 @@ impl MetricSource for IopfSource {
         for (k, v) in snap.counts.iter().filter(|(k, _)| matches!(k.code, CODE_REPORTED | CODE_UNRECOVERABLE)) {
             *faults_of.entry((k.dev, k.source)).or_default() += v;
         }
+        let mut unscoped = Vec::new();
         let unchecked = faults_of
             .iter()
             .filter_map(|(key, total)| {
                 let dev = dev_str(&key.0);
-                let policy = installed.as_ref()?.policy_of(&dev)?.to_owned();
+                let under = installed.as_ref()?.policies_of(&dev)?;
+                let policy = under.names();
                 let checked = snap.checked.get(key).copied().unwrap_or(0);
+                let out_of_scope = snap.unscoped.get(key).copied().unwrap_or(0);
                 let src = Source::from_u8(key.1).label();
-                Some(counter(&[("device", &dev), ("policy", &policy), ("source", src)], total.saturating_sub(checked)))
+                let labels = [("device", dev.as_str()), ("policy", &policy), ("source", src)];
+                if out_of_scope != 0 || under.rules.iter().any(|r| r.pasids.n != 0) {
+                    unscoped.push(counter(&labels, out_of_scope));
+                }
+                Some(counter(&labels, total.saturating_sub(checked).saturating_sub(out_of_scope)))
             })
             .collect();
         drop(installed);
@@ -131,6 +138,12 @@ impl MetricSource for IopfSource {
             "Faults of a device now under a policy that were counted before its rule was installed (not checked).",
             Kind::Counter,
             unchecked,
+        ));
+        out.push(family(
+            "iopf_policy_unscoped_total",
+            "Faults of a device under PASID-scoped policies whose PASID (or lack of one) none of them selects: not checked, by design.",
+            Kind::Counter,
+            unscoped,
         ));
         out.push(family(
             "iopf_policy_violations_total",

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use iopf_common::{
     iopf::{Level, RESP_FAILURE, RESP_INVALID, RESP_NONE, RESP_SUCCESS},
-    policy::{RULE_ACTIVE, RULE_ENFORCE, RULE_NO_UNRECOVERABLE, Rule, level_bit},
+    policy::{PASID_LIMIT, PASID_RANGES, RULE_ACTIVE, RULE_ENFORCE, RULE_NO_UNRECOVERABLE, Rule, level_bit},
 };
 use serde_saphyr::Spanned;
 
@@ -157,10 +157,15 @@ fn compile_selector(ctx: &mut Ctx, n: &Spanned<Node>) -> Option<Selector> {
     let vendor_device = text(ctx, "vendorDevice");
     let driver = text(ctx, "driver");
     let group = f.get("iommuGroup");
+    let pasids = f.get("pasids");
     let given = f_given(&f);
     f.finish(ctx);
     if !given {
-        ctx.error(n, "spec.selector", format!("needs at least one of {SELECTOR_KEYS}"));
+        // `pasids` narrows which faults of the selected devices; alone it would select every
+        // device of the host.
+        let alone =
+            if pasids.is_some() { " (`pasids` only narrows the faults of the devices they select)" } else { "" };
+        ctx.error(n, "spec.selector", format!("needs at least one of {SELECTOR_KEYS}{alone}"));
     }
     Some(Selector {
         name: name.and_then(|(v, s)| non_empty(ctx, v, s, "spec.selector.name")),
@@ -169,7 +174,92 @@ fn compile_selector(ctx: &mut Ctx, n: &Spanned<Node>) -> Option<Selector> {
             .and_then(|(v, s)| checked(ctx, v, s, "spec.selector.vendorDevice", parse_vendor_device)),
         driver: driver.and_then(|(v, s)| non_empty(ctx, v, s, "spec.selector.driver")),
         iommu_group: group.and_then(|g| iommu_group(ctx, g)),
+        pasids: pasids.and_then(|p| pasid_ranges(ctx, p)),
     })
+}
+
+/// `pasids: [1-64, 100]`: PASIDs as numbers or `low-high` ranges (inclusive), sorted and
+/// merged where they touch. Overlapping entries are refused (most likely a typo), and so
+/// is more than the kernel side holds. Every bad entry is reported.
+fn pasid_ranges(ctx: &mut Ctx, n: &Spanned<Node>) -> Option<Vec<(u32, u32)>> {
+    const FIELD: &str = "spec.selector.pasids";
+    let items = ctx.list(n, FIELD)?;
+    if items.is_empty() {
+        ctx.error(n, FIELD, "must not be empty (omit the key to select every PASID and faults without one)".into());
+        return None;
+    }
+    let before = ctx.errors.len();
+    let mut got: Vec<((u32, u32), usize)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let f = format!("{FIELD}[{i}]");
+        let r = match &item.value {
+            Node::Int(v) => pasid_value(&v.to_string()).map(|p| (p, p)),
+            Node::Str(t) => parse_pasid_range(t),
+            other => Err(format!("must be a PASID or a range such as 1-64, not {}", other.kind())),
+        };
+        match r {
+            Ok(r) => match got.iter().find(|((lo, hi), _)| r.0 <= *hi && *lo <= r.1) {
+                Some(((lo, hi), j)) => ctx.error(item, &f, format!("overlaps entry {j} ({})", show_range(*lo, *hi))),
+                None => got.push((r, i)),
+            },
+            Err(m) => ctx.error(item, &f, m),
+        }
+    }
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let mut ranges: Vec<(u32, u32)> = got.into_iter().map(|(r, _)| r).collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(lo) => last.1 = hi,
+            _ => merged.push((lo, hi)),
+        }
+    }
+    if merged.len() > PASID_RANGES {
+        ctx.error(
+            n,
+            FIELD,
+            format!("holds {} separate ranges; at most {PASID_RANGES} are checked in the kernel (join neighbouring PASIDs into ranges)", merged.len()),
+        );
+        return None;
+    }
+    Some(merged)
+}
+
+fn show_range(lo: u32, hi: u32) -> String {
+    if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }
+}
+
+/// One PASID: decimal, or hex with `0x`; 20 bits.
+fn pasid_value(t: &str) -> Result<u32, String> {
+    let t = t.trim();
+    let (digits, radix) = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => (h, 16),
+        None => (t, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(format!("`{}` is not a PASID (a number such as 100, or a range such as 1-64)", echo(t)));
+    }
+    match u64::from_str_radix(digits, radix) {
+        Ok(v) if v < u64::from(PASID_LIMIT) => Ok(v as u32),
+        _ => Err(format!("`{}` is out of range: PASIDs are 20 bits (0 to {})", echo(t), PASID_LIMIT - 1)),
+    }
+}
+
+/// `N` or `LOW-HIGH` (inclusive, LOW <= HIGH).
+pub fn parse_pasid_range(t: &str) -> Result<(u32, u32), String> {
+    match t.split_once('-') {
+        None => pasid_value(t).map(|p| (p, p)),
+        Some((a, b)) => {
+            let (lo, hi) = (pasid_value(a)?, pasid_value(b)?);
+            if lo > hi {
+                return Err(format!("`{}` runs backwards (write {hi}-{lo})", echo(t)));
+            }
+            Ok((lo, hi))
+        }
+    }
 }
 
 /// Whether the selector mapping has any entry at all (an unknown key alone is reported as

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use iopf_common::{iopf::DevKey, policy::Rule};
+use iopf_common::{iopf::DevKey, policy::DeviceRules};
 use thiserror::Error;
 
-use super::{PolicyIds, Resolved};
+use super::{DevicePolicies, PolicyIds, Resolved};
 use crate::iopf::maps::{IopfMaps, MapsError, dev_bytes, dev_str};
 
 #[derive(Debug, Error)]
@@ -26,8 +26,8 @@ pub struct Installed {
     /// The ids the policies' violations are counted under, for the whole run.
     pub ids: PolicyIds,
     source: u8,
-    wanted: BTreeMap<String, (String, Rule)>,
-    rules: BTreeMap<u32, Rule>,
+    wanted: BTreeMap<String, DevicePolicies>,
+    rules: BTreeMap<u32, DeviceRules>,
 }
 
 impl Installed {
@@ -39,7 +39,7 @@ impl Installed {
     }
 
     fn want(&mut self, resolved: &Resolved) {
-        self.wanted = resolved.devices.iter().map(|(dev, r)| (dev.clone(), (r.policy.clone(), r.rule))).collect();
+        self.wanted = resolved.devices.clone();
     }
 
     fn key(&self, dev: &str) -> DevKey {
@@ -51,8 +51,8 @@ impl Installed {
     /// Returns how many device rules were written.
     pub fn reserve(&mut self, maps: &mut IopfMaps, slots: u32) -> Result<usize, InstallError> {
         let have: Vec<DevKey> = maps.devices()?.into_values().collect();
-        let missing: Vec<(DevKey, Rule)> =
-            self.wanted.iter().map(|(d, (_, r))| (self.key(d), *r)).filter(|(k, _)| !have.contains(k)).collect();
+        let missing: Vec<(DevKey, DeviceRules)> =
+            self.wanted.iter().map(|(d, p)| (self.key(d), p.compile())).filter(|(k, _)| !have.contains(k)).collect();
         let free = maps.free_top_slots(slots)?;
         if missing.len() > free as usize {
             return Err(InstallError::Slots { wanted: missing.len(), free, slots });
@@ -93,8 +93,8 @@ impl Installed {
                 continue;
             }
             let dev = dev_str(&k.dev);
-            let want = self.wanted.get(&dev).map_or(Rule::NONE, |(_, r)| *r);
-            if self.rules.get(&slot).copied().unwrap_or(Rule::NONE) != want {
+            let want = self.wanted.get(&dev).map_or(DeviceRules::NONE, DevicePolicies::compile);
+            if self.rules.get(&slot).copied().unwrap_or(DeviceRules::NONE) != want {
                 maps.set_rule(slot, &want)?;
                 self.rules.insert(slot, want);
                 changed += 1;
@@ -105,15 +105,16 @@ impl Installed {
 
     /// True when `resolved` selects the same devices with the same rules as are wanted now.
     pub fn selects_same(&self, resolved: &Resolved) -> bool {
-        resolved.devices.len() == self.wanted.len()
-            && resolved
-                .devices
-                .iter()
-                .all(|(d, r)| self.wanted.get(d).is_some_and(|(p, w)| *p == r.policy && *w == r.rule))
+        resolved.devices == self.wanted
     }
 
-    /// The policy in force for device `dev`, if any.
-    pub fn policy_of(&self, dev: &str) -> Option<&str> {
-        self.wanted.get(dev).map(|(p, _)| p.as_str())
+    /// The policies in force for device `dev`, if any.
+    pub fn policies_of(&self, dev: &str) -> Option<&DevicePolicies> {
+        self.wanted.get(dev)
+    }
+
+    /// The policies in force for device `dev`, comma-separated, if any.
+    pub fn policy_of(&self, dev: &str) -> Option<String> {
+        self.wanted.get(dev).map(DevicePolicies::names)
     }
 }

@@ -20,7 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use iopf_common::policy::Rule;
+use iopf_common::policy::{DeviceRules, PasidSet, RULES_PER_DEVICE, Rule};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -48,15 +48,31 @@ pub enum PolicyError {
     /// A problem of a whole file or directory (nothing in it to point at).
     #[error("{path}: {message}")]
     File { path: String, message: String },
-    /// Two policies select the same device; `*_at` are `file:line:column` of their names.
-    #[error("device `{device}` is selected by two policies: `{first}` ({first_at}) and `{second}` ({second_at})")]
-    Conflict { device: String, first: String, first_at: String, second: String, second_at: String },
+    /// Two policies select the same faults of a device (boxed: the error type stays small).
+    #[error("{0}")]
+    Conflict(Box<Conflict>),
+    /// More PASID-scoped policies on one device than the kernel side holds.
+    #[error("device `{device}` is selected by {} policies ({}); at most {RULES_PER_DEVICE} per device, each for its own PASIDs", .policies.len(), .policies.join(", "))]
+    Crowded { device: String, policies: Vec<String> },
     /// An enforce action this host cannot honour (`at`: the policy's `file:line:column`).
     #[error("{at}: policy `{policy}`: {message}")]
     Action { policy: String, at: String, message: String },
     /// Several of the above, one per line.
     #[error("{}", lines(.0))]
     Many(Vec<PolicyError>),
+}
+
+/// Two policies that could both hold one fault of `device`; `*_at` are `file:line:column` of
+/// their names; `why` says how their PASIDs overlap when either has a `pasids` selector.
+#[derive(Debug, Error)]
+#[error("device `{device}` is selected by two policies: `{first}` ({first_at}) and `{second}` ({second_at}){why}")]
+pub struct Conflict {
+    pub device: String,
+    pub first: String,
+    pub first_at: String,
+    pub second: String,
+    pub second_at: String,
+    pub why: String,
 }
 
 /// `file:line:column`, or just `file` when the parser gave no position.
@@ -125,6 +141,42 @@ pub struct Selector {
     pub driver: Option<String>,
     /// IOMMU group number.
     pub iommu_group: Option<u32>,
+    /// Only faults with a PASID in these ranges (sorted, disjoint, inclusive); `None`: every
+    /// fault of the selected devices, with or without a PASID.
+    pub pasids: Option<Vec<(u32, u32)>>,
+}
+
+impl Selector {
+    /// The kernel side's form of `pasids` (the parser keeps within `PASID_RANGES`).
+    pub fn pasid_set(&self) -> PasidSet {
+        let Some(ranges) = &self.pasids else { return PasidSet::ALL };
+        let mut set = PasidSet::ALL;
+        for (slot, &(lo, hi)) in set.ranges.iter_mut().zip(ranges) {
+            *slot = [lo, hi];
+            set.n += 1;
+        }
+        set
+    }
+
+    /// True when some fault could fall under both selectors' PASIDs.
+    pub fn pasids_overlap(&self, other: &Selector) -> bool {
+        match (&self.pasids, &other.pasids) {
+            (Some(a), Some(b)) => a.iter().any(|x| b.iter().any(|y| x.0 <= y.1 && y.0 <= x.1)),
+            _ => true,
+        }
+    }
+
+    /// `pasids` as written back: `1-64, 100`, or `all` when absent.
+    pub fn pasids_text(&self) -> String {
+        match &self.pasids {
+            None => "all".into(),
+            Some(r) => r
+                .iter()
+                .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
 }
 
 /// One validated policy.
@@ -169,18 +221,66 @@ impl Policy {
     }
 }
 
-/// The rule a device gets, and the name of the policy it came from.
+/// A policy's rule as a device gets it: the policy's name, its rule and the PASIDs it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRule {
     pub policy: String,
     pub rule: Rule,
+    pub pasids: PasidSet,
 }
 
-/// A resolution: the rule of every selected device, and the policies that selected none
+impl DeviceRule {
+    fn of(p: &Policy) -> Self {
+        DeviceRule { policy: p.name().to_owned(), rule: p.rule(), pasids: p.selector().pasid_set() }
+    }
+}
+
+/// Every policy one device is under: 1 to `RULES_PER_DEVICE`, their PASID sets disjoint
+/// (resolution refuses anything else), in load order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DevicePolicies {
+    pub rules: Vec<DeviceRule>,
+}
+
+impl DevicePolicies {
+    /// The kernel side's value for the device's slot.
+    pub fn compile(&self) -> DeviceRules {
+        let mut d = DeviceRules::NONE;
+        for (i, r) in self.rules.iter().take(RULES_PER_DEVICE).enumerate() {
+            d.sets[i] = r.pasids;
+            d.rules[i] = r.rule;
+        }
+        d
+    }
+
+    /// The policy a fault with `pasid` (`NO_PASID` for none) is checked against, as the
+    /// kernel side picks it.
+    pub fn for_pasid(&self, pasid: u32) -> Option<&DeviceRule> {
+        self.compile().select(pasid).and_then(|i| self.rules.get(i))
+    }
+
+    /// The policies' names, comma-separated (a label for the whole device).
+    pub fn names(&self) -> String {
+        self.rules.iter().map(|r| r.policy.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn has(&self, policy: &str) -> bool {
+        self.rules.iter().any(|r| r.policy == policy)
+    }
+
+    /// One device-wide policy (for tests of what consumes a resolution).
+    #[cfg(test)]
+    pub(crate) fn single(policy: &str) -> Self {
+        let rule = Rule { flags: iopf_common::policy::RULE_ACTIVE, policy_id: 1, ..Rule::NONE };
+        DevicePolicies { rules: vec![DeviceRule { policy: policy.into(), rule, pasids: PasidSet::ALL }] }
+    }
+}
+
+/// A resolution: the rules of every selected device, and the policies that selected none
 /// (in load order), so the agent can log "policy X matches no device".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolved {
-    pub devices: BTreeMap<String, DeviceRule>,
+    pub devices: BTreeMap<String, DevicePolicies>,
     pub unmatched: Vec<String>,
     /// Devices in `devices` that are not present now: named exactly by a selector (`name`
     /// and/or `pci` keys only), so their slot and rule are in place before they appear.
@@ -435,6 +535,7 @@ spec:
                 vendor_device: Some((0x8086, 0x0b25)),
                 driver: Some("idxd".into()),
                 iommu_group: Some(12),
+                pasids: None,
             }
         );
         // Second (bit 2) is forbidden, unknown (bit 0) is not (no `unknownLevel`); success (0)
@@ -533,7 +634,7 @@ spec:
         );
         assert_eq!(
             err(&FULL.replace("    driver: idxd\n", "    driver: idxd\n    bus: pci\n")),
-            "t.yaml:12:5: spec.selector.bus: unknown key: expected one of name, pci, vendorDevice, driver, iommuGroup"
+            "t.yaml:12:5: spec.selector.bus: unknown key: expected one of name, pci, vendorDevice, driver, iommuGroup, pasids"
         );
         assert_eq!(
             err(&FULL.replace("    levels: [first]\n", "    level: [first]\n")),
@@ -599,6 +700,52 @@ spec:
         assert_eq!(
             err(&FULL.replace("iommuGroup: 12", "iommuGroup: -1")),
             "t.yaml:12:17: spec.selector.iommuGroup: `-1` is not an IOMMU group number (0 to 4294967295)"
+        );
+    }
+
+    #[test]
+    fn pasid_selectors_parse_merge_and_refuse_exactly() {
+        let with =
+            |pasids: &str| FULL.replace("    iommuGroup: 12\n", &format!("    iommuGroup: 12\n    pasids: {pasids}\n"));
+        let ranges = |pasids: &str| parse(&with(pasids)).unwrap().policies()[0].selector().pasids.clone();
+        assert_eq!(ranges("[1-64, 100]"), Some(vec![(1, 64), (100, 100)]));
+        // Sorted; touching entries merged (2 and 3, 0x1f and 0x20), 0 and 2 not; hex as a
+        // string or a YAML integer.
+        assert_eq!(ranges("[\"0x10-0x1f\", 0x20, 3, 2, \"0\"]"), Some(vec![(0, 0), (2, 3), (16, 32)]));
+        assert_eq!(ranges("[1048575]"), Some(vec![(1_048_575, 1_048_575)]));
+        let sixteen: Vec<String> = (0..16).map(|i| (i * 2).to_string()).collect();
+        assert_eq!(ranges(&format!("[{}]", sixteen.join(", "))).map(|r| r.len()), Some(16));
+        let seventeen: Vec<String> = (0..17).map(|i| (i * 2).to_string()).collect();
+        assert_eq!(
+            err(&with(&format!("[{}]", seventeen.join(", ")))),
+            "t.yaml:13:13: spec.selector.pasids: holds 17 separate ranges; at most 16 are checked in the kernel (join neighbouring PASIDs into ranges)"
+        );
+        // Every bad entry at once, each at its own column.
+        let e = parse(&with("[1-64, 64, 70-60, 1048576, x, \"2-\", [1]]")).unwrap_err();
+        let lines: Vec<String> = e.errors().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "t.yaml:13:20: spec.selector.pasids[1]: overlaps entry 0 (1-64)",
+                "t.yaml:13:24: spec.selector.pasids[2]: `70-60` runs backwards (write 60-70)",
+                "t.yaml:13:31: spec.selector.pasids[3]: `1048576` is out of range: PASIDs are 20 bits (0 to 1048575)",
+                "t.yaml:13:40: spec.selector.pasids[4]: `x` is not a PASID (a number such as 100, or a range such as 1-64)",
+                "t.yaml:13:43: spec.selector.pasids[5]: `` is not a PASID (a number such as 100, or a range such as 1-64)",
+                "t.yaml:13:49: spec.selector.pasids[6]: must be a PASID or a range such as 1-64, not a list",
+            ]
+        );
+        assert_eq!(
+            err(&with("[]")),
+            "t.yaml:13:13: spec.selector.pasids: must not be empty (omit the key to select every PASID and faults without one)"
+        );
+        // Alone it would select every device.
+        assert_eq!(
+            err(&FULL.replace(SELECTOR_BLOCK, "  selector: {pasids: [5]}\n")),
+            "t.yaml:7:13: spec.selector: needs at least one of name, pci, vendorDevice, driver, iommuGroup (`pasids` only narrows the faults of the devices they select)"
+        );
+        assert_eq!(
+            parse(&with("[1-64, 100]")).unwrap().policies()[0].selector().describe(),
+            "the faults with a PASID in 1-64, 100 of a device named `0000:6a:01.0` (any bus), at PCI address 0000:6a:01.0, with PCI ID 8086:0b25, bound to driver `idxd`, in IOMMU group 12"
         );
     }
 
@@ -839,12 +986,14 @@ spec:
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
         let set = PolicySet::load(&[dir]).unwrap();
         let names: Vec<_> = set.policies().iter().map(Policy::name).collect();
-        assert_eq!(names, ["iommufd-mock", "dsa-pinned-s2"]);
+        assert_eq!(names, ["iommufd-mock", "dsa-pinned-s2", "sva-tenant-a", "sva-tenant-b"]);
         let mock = &set.policies()[0];
         assert_eq!(mock.selector().name.as_deref(), Some("iommufd_mock0"));
         let s2 = set.policies()[1].rule();
         // Second level forbidden (not unknown), and no unrecoverable fault expected.
         assert_eq!(s2.forbidden_levels, iopf_common::policy::level_bit(iopf_common::iopf::Level::Second));
         assert_eq!(s2.flags, RULE_ACTIVE | iopf_common::policy::RULE_NO_UNRECOVERABLE);
+        let tenants: Vec<_> = set.policies()[2..].iter().map(|p| p.selector().pasids.clone()).collect();
+        assert_eq!(tenants, [Some(vec![(1, 64)]), Some(vec![(100, 100), (0x200, 0x2ff)])]);
     }
 }

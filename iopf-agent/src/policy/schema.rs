@@ -5,6 +5,7 @@
 //! The schema says what a document may look like. What only the agent can judge (PCI address
 //! forms, durations, a selector matching two policies) is left to `policy check`.
 
+use iopf_common::policy::PASID_LIMIT;
 use serde_json::{Value, json};
 
 use super::{
@@ -23,6 +24,8 @@ fn set_of(item: Value) -> Value {
 }
 
 const DURATION: &str = "^[0-9]+(ns|us|ms|s)$";
+/// A PASID or an inclusive range of them, decimal or 0x hex (20 bits: checked by the agent).
+const PASID_RANGE: &str = "^([0-9]+|0[xX][0-9A-Fa-f]+)(-([0-9]+|0[xX][0-9A-Fa-f]+))?$";
 
 pub fn device_policy() -> Value {
     // `levels` takes first and second only (`unknown` is its own key).
@@ -75,7 +78,15 @@ pub fn device_policy() -> Value {
                             "pci": {"type": "string", "pattern": "^[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-1][0-9A-Fa-f]\\.[0-7]$"},
                             "vendorDevice": {"type": "string", "pattern": "^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$"},
                             "driver": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
-                            "iommuGroup": {"type": "integer", "minimum": 0, "maximum": u32::MAX}
+                            "iommuGroup": {"type": "integer", "minimum": 0, "maximum": u32::MAX},
+                            "pasids": {
+                                "type": "array", "minItems": 1,
+                                "items": {"oneOf": [
+                                    {"type": "integer", "minimum": 0, "maximum": PASID_LIMIT - 1},
+                                    {"type": "string", "pattern": PASID_RANGE}
+                                ]},
+                                "description": "only faults with a PASID in these (N or LOW-HIGH, inclusive); absent: every fault of the device"
+                            }
                         }
                     },
                     "expect": {

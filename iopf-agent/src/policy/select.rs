@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use super::{DeviceRule, Policy, PolicyError, Resolved, Selector};
+use super::{DevicePolicies, DeviceRule, Policy, PolicyError, Resolved, Selector};
 
 /// What a selector can look at for one device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -156,42 +156,66 @@ impl Selector {
         if let Some(g) = self.iommu_group {
             parts.push(format!("in IOMMU group {g}"));
         }
-        format!("a device {}", parts.join(", "))
+        match &self.pasids {
+            None => format!("a device {}", parts.join(", ")),
+            Some(_) => format!("the faults with a PASID in {} of a device {}", self.pasids_text(), parts.join(", ")),
+        }
     }
 }
 
-/// One rule per selected device name; any device selected by two policies fails the whole
-/// resolution (every such device is reported).
+/// The policies of every selected device name. A device may be under several policies when
+/// their `pasids` are disjoint; two policies that could both hold one fault of a device, or
+/// more of them than the kernel side holds, fail the whole resolution (every such device
+/// is reported).
 pub(super) fn resolve(policies: &[Policy], devices: &[SysfsDevice]) -> Result<Resolved, PolicyError> {
-    let mut owner: BTreeMap<&str, &Policy> = BTreeMap::new();
-    let mut conflicts: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
+    let mut owner: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut reported: BTreeSet<(String, String, String)> = BTreeSet::new();
     for p in policies {
         for d in devices.iter().filter(|d| p.selector().matches(d)) {
-            match owner.get(d.name.as_str()) {
-                None => {
-                    owner.insert(&d.name, p);
-                }
-                // The same name on two buses, both selected by this policy: one device slot.
-                Some(q) if q.name() == p.name() => {}
-                Some(q) => {
-                    if conflicts.insert((&d.name, q.name(), p.name())) {
-                        errors.push(conflict(&d.name, q, p));
-                    }
-                }
-            }
+            admit(owner.entry(&d.name).or_default(), &d.name, p, &mut errors, &mut reported);
         }
     }
     if let Some(e) = PolicyError::from_list(errors) {
         return Err(e);
     }
-    let used: BTreeSet<&str> = owner.values().map(|p| p.name()).collect();
+    let used: BTreeSet<&str> = owner.values().flatten().map(|p| p.name()).collect();
     let unmatched = policies.iter().filter(|p| !used.contains(p.name())).map(|p| p.name().to_owned()).collect();
     let devices = owner
         .into_iter()
-        .map(|(dev, p)| (dev.to_owned(), DeviceRule { policy: p.name().to_owned(), rule: p.rule() }))
+        .map(|(dev, ps)| (dev.to_owned(), DevicePolicies { rules: ps.into_iter().map(DeviceRule::of).collect() }))
         .collect();
     Ok(Resolved { devices, unmatched, expected: BTreeSet::new() })
+}
+
+/// Puts `p` among device `dev`'s policies unless it clashes with one there (errors pushed,
+/// each clash once).
+fn admit<'a>(
+    under: &mut Vec<&'a Policy>,
+    dev: &str,
+    p: &'a Policy,
+    errors: &mut Vec<PolicyError>,
+    reported: &mut BTreeSet<(String, String, String)>,
+) {
+    // The same name on two buses, both selected by this policy: one device slot.
+    if under.iter().any(|q| q.name() == p.name()) {
+        return;
+    }
+    if let Some(q) = under.iter().find(|q| q.selector().pasids_overlap(p.selector())) {
+        if reported.insert((dev.to_owned(), q.name().to_owned(), p.name().to_owned())) {
+            errors.push(conflict(dev, q, p));
+        }
+        return;
+    }
+    if under.len() == iopf_common::policy::RULES_PER_DEVICE {
+        if reported.insert((dev.to_owned(), String::new(), String::new())) {
+            let mut names: Vec<String> = under.iter().map(|q| q.name().to_owned()).collect();
+            names.push(p.name().to_owned());
+            errors.push(PolicyError::Crowded { device: dev.to_owned(), policies: names });
+        }
+        return;
+    }
+    under.push(p);
 }
 
 impl Selector {
@@ -210,42 +234,50 @@ impl Selector {
 }
 
 /// Adds the devices exactly named by a selector that are not present now (on any bus), so
-/// that a device faulting within milliseconds of appearing is already checked. A name
-/// another policy already claims this way is a conflict, as for present devices.
+/// that a device faulting within milliseconds of appearing is already checked. Clashes are
+/// judged as for present devices.
 pub(super) fn add_expected(policies: &[Policy], present: &[SysfsDevice], r: &mut Resolved) -> Result<(), PolicyError> {
+    let mut owner: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut reported = BTreeSet::new();
     for p in policies {
         let Some(name) = p.selector().exact_name() else { continue };
         if present.iter().any(|d| d.name == name) {
             continue;
         }
-        match r.devices.get(name) {
-            None => {
-                r.devices.insert(name.to_owned(), DeviceRule { policy: p.name().to_owned(), rule: p.rule() });
-                r.expected.insert(name.to_owned());
-            }
-            Some(owner) if owner.policy == p.name() => {}
-            Some(owner) => {
-                if let Some(q) = policies.iter().find(|q| q.name() == owner.policy) {
-                    errors.push(conflict(name, q, p));
-                }
-            }
-        }
+        admit(owner.entry(name).or_default(), name, p, &mut errors, &mut reported);
     }
-    match PolicyError::from_list(errors) {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = PolicyError::from_list(errors) {
+        return Err(e);
     }
+    for (name, ps) in owner {
+        r.expected.insert(name.to_owned());
+        r.devices.insert(name.to_owned(), DevicePolicies { rules: ps.into_iter().map(DeviceRule::of).collect() });
+    }
+    Ok(())
 }
 
 fn conflict(device: &str, first: &Policy, second: &Policy) -> PolicyError {
-    PolicyError::Conflict {
+    let (a, b) = (first.selector(), second.selector());
+    let why = if a.pasids.is_none() && b.pasids.is_none() {
+        String::new()
+    } else {
+        format!(
+            "; their PASIDs overlap (`{}`: {}, `{}`: {}): give each a `pasids` selector disjoint from the other's",
+            first.name(),
+            a.pasids_text(),
+            second.name(),
+            b.pasids_text()
+        )
+    };
+    PolicyError::Conflict(Box::new(super::Conflict {
         device: device.to_owned(),
         first: first.name().to_owned(),
         first_at: first.location(),
         second: second.name().to_owned(),
         second_at: second.location(),
-    }
+        why,
+    }))
 }
 
 #[cfg(test)]
@@ -384,14 +416,17 @@ mod tests {
         ]);
         let r = policies.resolve(&t.0).unwrap();
         let rule = |flags, policy_id| Rule { flags, forbidden_levels: 0b100, policy_id, ..Rule::NONE };
-        let want: BTreeMap<String, DeviceRule> = [
+        let want: BTreeMap<String, DevicePolicies> = [
             ("0000:6a:01.0", "dsa", rule(RULE_ACTIVE, 1)),
             ("0000:6a:02.0", "vfio", rule(RULE_ACTIVE | RULE_ENFORCE, 2)),
             ("iommufd_mock0", "mock", rule(RULE_ACTIVE, 3)),
             ("0000:6a:03.0", "platform", rule(RULE_ACTIVE, 6)),
         ]
         .into_iter()
-        .map(|(d, p, rule)| (d.to_owned(), DeviceRule { policy: p.to_owned(), rule }))
+        .map(|(d, p, rule)| {
+            let r = DeviceRule { policy: p.to_owned(), rule, pasids: iopf_common::policy::PasidSet::ALL };
+            (d.to_owned(), DevicePolicies { rules: vec![r] })
+        })
         .collect();
         assert_eq!(r.devices, want);
         assert_eq!(r.unmatched, ["pci-only", "nvme"]);
@@ -407,8 +442,8 @@ mod tests {
             policy("later-driver", "{pci: \"0000:7e:00.0\", driver: idxd}"),
         ]);
         let r = policies.resolve(&t.0).unwrap();
-        let got: Vec<(&str, &str)> = r.devices.iter().map(|(d, r)| (d.as_str(), r.policy.as_str())).collect();
-        assert_eq!(got, [("0000:7f:00.0", "later-pci"), ("iommufd_mock7", "later")]);
+        let got: Vec<(&str, String)> = r.devices.iter().map(|(d, r)| (d.as_str(), r.names())).collect();
+        assert_eq!(got, [("0000:7f:00.0", "later-pci".into()), ("iommufd_mock7", "later".into())]);
         assert_eq!(r.expected.iter().map(String::as_str).collect::<Vec<_>>(), ["0000:7f:00.0", "iommufd_mock7"]);
         assert_eq!(r.unmatched, ["later", "later-pci", "later-driver"]);
         // The pure resolution (simulate's) adds none.
@@ -446,6 +481,86 @@ mod tests {
                 "device `0000:6a:01.0` is selected by two policies: `by-id` (p.yaml:4:9) and `by-driver` (p.yaml:24:9)",
             ]
         );
+    }
+
+    /// A policy with a `pasids` selector (a one-line flow sequence).
+    fn scoped(name: &str, selector: &str, pasids: &str) -> String {
+        policy(name, &selector.replacen('}', &format!(", pasids: {pasids}}}"), 1))
+    }
+
+    #[test]
+    fn disjoint_pasid_policies_share_a_device_and_compile_in_load_order() {
+        use iopf_common::policy::{NO_PASID, PasidSet};
+        let t = tree();
+        let policies = set(&[
+            scoped("sva-low", "{pci: \"0000:6a:01.0\"}", "[1-64, 100]"),
+            scoped("sva-high", "{driver: idxd}", "[\"0x1000-0x1fff\", 65]"),
+        ]);
+        let r = policies.resolve(&t.0).unwrap();
+        let d = &r.devices["0000:6a:01.0"];
+        assert_eq!(d.names(), "sva-low,sva-high");
+        let k = d.compile();
+        let set = |ranges: &[[u32; 2]]| {
+            let mut s = PasidSet { n: ranges.len() as u32, ..PasidSet::ALL };
+            s.ranges[..ranges.len()].copy_from_slice(ranges);
+            s
+        };
+        // 64 and 65 touch: one range. Hex is read as hex.
+        assert_eq!(k.sets[0], set(&[[1, 64], [100, 100]]));
+        assert_eq!(k.sets[1], set(&[[65, 65], [0x1000, 0x1fff]]));
+        assert_eq!((k.rules[0].policy_id, k.rules[1].policy_id, k.rules[2].flags), (1, 2, 0));
+        let pick = |p: u32| d.for_pasid(p).map(|r| r.policy.as_str());
+        assert_eq!(
+            [0, 1, 64, 65, 99, 100, 0x1000, 0x2000, NO_PASID].map(pick),
+            [
+                None,
+                Some("sva-low"),
+                Some("sva-low"),
+                Some("sva-high"),
+                None,
+                Some("sva-low"),
+                Some("sva-high"),
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn overlapping_pasids_and_crowded_devices_are_refused() {
+        let t = tree();
+        let e = set(&[
+            scoped("a", "{pci: \"0000:6a:01.0\"}", "[1-64]"),
+            scoped("b", "{driver: idxd}", "[64-70]"),
+            policy("c", "{iommuGroup: 12}"),
+        ])
+        .resolve(&t.0)
+        .unwrap_err();
+        let lines: Vec<String> = e.errors().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "device `0000:6a:01.0` is selected by two policies: `a` (p.yaml:4:9) and `b` (p.yaml:14:9); their PASIDs overlap (`a`: 1-64, `b`: 64-70): give each a `pasids` selector disjoint from the other's",
+                "device `0000:6a:01.0` is selected by two policies: `a` (p.yaml:4:9) and `c` (p.yaml:24:9); their PASIDs overlap (`a`: 1-64, `c`: all): give each a `pasids` selector disjoint from the other's",
+            ]
+        );
+        let five: Vec<String> =
+            (0..5).map(|i| scoped(&format!("p{i}"), "{pci: \"0000:6a:01.0\"}", &format!("[{}]", i + 1))).collect();
+        assert_eq!(
+            set(&five).resolve(&t.0).unwrap_err().to_string(),
+            "device `0000:6a:01.0` is selected by 5 policies (p0, p1, p2, p3, p4); at most 4 per device, each for its own PASIDs"
+        );
+        // Devices not present yet are judged the same way.
+        let e = set(&[scoped("px", "{name: gone0}", "[5]"), scoped("py", "{name: gone0}", "[5]")])
+            .resolve(&t.0)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "device `gone0` is selected by two policies: `px` (p.yaml:4:9) and `py` (p.yaml:14:9); their PASIDs overlap (`px`: 5, `py`: 5): give each a `pasids` selector disjoint from the other's"
+        );
+        let r =
+            set(&[scoped("px", "{name: gone0}", "[5]"), scoped("py", "{name: gone0}", "[6]")]).resolve(&t.0).unwrap();
+        assert_eq!((r.devices["gone0"].names(), r.expected.contains("gone0")), ("px,py".into(), true));
     }
 
     #[test]

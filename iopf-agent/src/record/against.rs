@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, io::Write as _, path::Path};
 use iopf_common::{
     dmar::bdf_name,
     policy::{
-        Rule, VERDICT_CHECKED, VIOLATIONS, rate_step, verdict_answer, verdict_level, verdict_rate,
-        verdict_unrecoverable,
+        NO_PASID, Rule, VERDICT_CHECKED, VIOLATIONS, fault_pasid, rate_step, verdict_answer, verdict_level,
+        verdict_rate, verdict_unrecoverable,
     },
 };
 
@@ -15,7 +15,7 @@ use super::{Reader, Record};
 use crate::{
     error::AgentError,
     iopf::maps::dev_str,
-    policy::{PolicyIds, PolicySet, SysfsDevice},
+    policy::{DeviceRule, PolicyIds, PolicySet, SysfsDevice},
 };
 
 /// (policy, device, violation) -> count.
@@ -45,8 +45,22 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         }
     }
     let resolved = set.resolve_devices(&devices)?;
+    let flag_pasid_valid = reader.header.consts.flag_pasid_valid;
+    // The policy each record falls under, picked by its PASID as the kernel side picks it.
+    let under: Vec<Option<&DeviceRule>> = records
+        .iter()
+        .map(|r| {
+            let pasid = match r {
+                Record::Iopf(e) => fault_pasid(&e.fault, flag_pasid_valid),
+                Record::Dmar(e) if e.pasid_present != 0 => e.pasid,
+                Record::Dmar(_) => NO_PASID,
+            };
+            resolved.devices.get(&name(r))?.for_pasid(pasid)
+        })
+        .collect();
     // Rate windows in report order, as the kernel side counts them (events come in answer
-    // order): each recorded fault's rate verdict, by record index.
+    // order): each recorded fault's rate verdict, by record index. One window per device
+    // and policy.
     let mut rate = vec![0u32; records.len()];
     let mut order: Vec<(u64, usize)> = records
         .iter()
@@ -57,13 +71,12 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         })
         .collect();
     order.sort_unstable();
-    let mut windows: BTreeMap<String, u64> = BTreeMap::new();
+    let mut windows: BTreeMap<(String, &str), u64> = BTreeMap::new();
     for (at, i) in order {
-        let dev = name(&records[i]);
-        if let Some(dr) = resolved.devices.get(&dev)
+        if let Some(dr) = under[i]
             && dr.rule.max_faults_per_window != 0
         {
-            let w = windows.entry(dev).or_default();
+            let w = windows.entry((name(&records[i]), dr.policy.as_str())).or_default();
             let (next, n) = rate_step(*w, at);
             *w = next;
             rate[i] = verdict_rate(&dr.rule, n);
@@ -71,8 +84,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
     }
     let mut flagged = Flagged::new();
     for (i, r) in records.iter().enumerate() {
-        let dev = name(r);
-        let Some(dr) = resolved.devices.get(&dev) else { continue };
+        let Some(dr) = under[i] else { continue };
         let rule: &Rule = &dr.rule;
         let v = match r {
             Record::Iopf(e) => verdict_level(rule, e.level) | rate[i] | verdict_answer(rule, e.code, e.service_ns),
@@ -83,7 +95,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         }
         for (bit, n) in VIOLATIONS {
             if v & bit != 0 {
-                *flagged.entry((dr.policy.clone(), dev.clone(), n)).or_default() += 1;
+                *flagged.entry((dr.policy.clone(), name(r), n)).or_default() += 1;
             }
         }
     }

@@ -9,7 +9,9 @@ use iopf_common::{
     },
 };
 
-use iopf_common::policy::{Rule, VERDICT_CHECKED, VIOLATIONS, verdict_answer, verdict_level, violation_slot};
+use iopf_common::policy::{
+    DeviceRules, Rule, VERDICT_CHECKED, VIOLATIONS, verdict_answer, verdict_level, violation_slot,
+};
 
 use super::scenario::{Configuration, Perm, Range, Response, Scenario};
 use crate::iopf::maps::{IopfSnapshot, dev_bytes};
@@ -44,6 +46,14 @@ pub struct PlannedFault {
     pub mm_fix_ns: Option<u64>,
     /// Response code and time; `None` when the group is freed unanswered.
     pub response: Option<(u8, u64)>,
+}
+
+impl PlannedFault {
+    /// The PASID a rule sees: `plan` sets the PASID-valid flag exactly when the scenario's
+    /// PASID is not 0 (the scenario's "no PASID").
+    pub fn rule_pasid(&self) -> u32 {
+        if self.fault.pasid != 0 { self.fault.pasid } else { iopf_common::policy::NO_PASID }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +172,7 @@ pub fn plan(s: &Scenario, consts: &Consts, tuple_keys: bool) -> FaultPlan {
 }
 
 /// Compiled rules of simulated devices, by device name.
-pub type Rules = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], Rule>;
+pub type Rules = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], DeviceRules>;
 
 /// Violations per device, by `policy::violation_slot`, as a scenario declares them.
 pub type Declared =
@@ -243,7 +253,10 @@ pub fn expected(plan: &FaultPlan, events: EventsExpect, rules: &Rules) -> IopfSn
             Some((code, _)) => *s.counts.entry(ck(f, code)).or_default() += 1,
             None => *s.counts.entry(ck(f, RESP_NONE)).or_default() += 1,
         }
-        let v = rules.get(&f.dev).map_or(0, |r| verdict(f, r, windows.entry(f.dev).or_default()));
+        // The device's rule for this fault's PASID, as the kernel side picks it; one rate
+        // window per (device, rule).
+        let picked = rules.get(&f.dev).and_then(|d| Some((d.select(f.rule_pasid())?, d)));
+        let v = picked.map_or(0, |(i, d)| verdict(f, &d.rules[i], windows.entry((f.dev, i)).or_default()));
         for (bit, _) in VIOLATIONS {
             if v & bit != 0 {
                 *s.violations.entry((f.dev, src, violation_slot(bit))).or_default() += 1;

@@ -84,7 +84,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     for p in &resolved.unmatched {
         eprintln!("iopf-agent: policy {p} selects no device of the scenario");
     }
-    let rules: model::Rules = resolved.devices.iter().map(|(d, r)| (dev_bytes(d), r.rule)).collect();
+    let rules: model::Rules = resolved.devices.iter().map(|(d, r)| (dev_bytes(d), r.compile())).collect();
     // What the scenario's author says each selected device must violate: the expectation the
     // kernel's counts are held against (not computed by the verdict code under test).
     let mut declared = model::Declared::new();
@@ -100,7 +100,8 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
                     field: format!("spec.devices[{i}].expectViolations"),
                     message: format!(
                         "`{}` is selected by policy `{}`: declare the violations it must count (e.g. expectViolations: {{level: 40}}; absent kinds are 0)",
-                        d.name, r.policy
+                        d.name,
+                        r.names()
                     ),
                 }
                 .into());
@@ -252,6 +253,13 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
             let _ = writeln!(table, "{line}");
         }
         let _ = writeln!(table, "faults violating a policy: {}", want.stats.violations);
+        let unscoped: u64 = got.unscoped.values().sum();
+        if unscoped != 0 {
+            let _ = writeln!(
+                table,
+                "faults outside every PASID scope of their device's policies (not checked): {unscoped}"
+            );
+        }
     }
     let differ = model::mismatches(&got, &want);
     let matches = differ.is_empty();

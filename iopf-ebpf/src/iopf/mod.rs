@@ -22,8 +22,9 @@ use iopf_common::{
     },
     pagefault::MAX_SCAN_CPUS,
     policy::{
-        Rule, VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_KEYS, VIOLATION_LATENCY, VIOLATION_LEVEL, VIOLATIONS,
-        ViolationKey, verdict_answer, verdict_level, verdict_unrecoverable, violation_slot,
+        DeviceRules, RULES_PER_DEVICE, Rule, VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_KEYS, VIOLATION_LATENCY,
+        VIOLATION_LEVEL, VIOLATIONS, ViolationKey, verdict_answer, verdict_level, verdict_unrecoverable,
+        violation_slot,
     },
 };
 
@@ -94,10 +95,10 @@ static IOPF_POLICY_VIOLATIONS: HashMap<ViolationKey, [u64; VIOLATIONS.len()]> =
     HashMap::with_max_entries(VIOLATION_KEYS, 0);
 /// Per device slot: the compiled policy rule (written by the agent).
 #[map]
-static IOPF_POLICY: Array<Rule> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
+static IOPF_POLICY: Array<DeviceRules> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
 /// Per device slot: its fault-rate window (`policy::rate_step`), shared by all CPUs.
 #[map]
-static IOPF_RATE: Array<u64> = Array::with_max_entries(DEV_SLOTS_DEFAULT, 0);
+static IOPF_RATE: Array<u64> = Array::with_max_entries(DEV_SLOTS_DEFAULT * RULES_PER_DEVICE as u32, 0);
 #[map]
 static IOPF_STATS: PerCpuArray<IopfStats> = PerCpuArray::with_max_entries(1, 0);
 /// Run-time switches the agent sets after attaching. [FLAG_KEEP_UNTIL_FREE]: 1 when groups
@@ -222,10 +223,52 @@ fn agg(idx: u32) -> Option<*mut DevAgg> {
     IOPF_DEV_AGG.get_ptr_mut(idx)
 }
 
+/// `rule_index`: the device has no rule at all.
+const NO_RULE: u32 = RULES_PER_DEVICE as u32;
+/// `rule_index`: the device has rules, none for this fault's PASID (out of every scope).
+const UNSCOPED: u32 = RULES_PER_DEVICE as u32 + 1;
+
+/// Which of device slot `idx`'s rules holds a fault with `pasid`. A BPF function of its
+/// own: the range scan is verified once, not once per caller's path.
+#[inline(never)]
+fn rule_index(idx: u32, pasid: u32) -> u32 {
+    let Some(d) = IOPF_POLICY.get(idx) else { return NO_RULE };
+    match d.select(pasid) {
+        Some(i) => i as u32,
+        None if d.any_active() => UNSCOPED,
+        None => NO_RULE,
+    }
+}
+
+/// The rule a fault is checked against, and where its rate window is.
+struct Selected {
+    rule: Rule,
+    /// `IOPF_RATE` index: one window per (device, rule).
+    rate_idx: u32,
+    /// The device is under policies, none of which selects this PASID.
+    unscoped: bool,
+}
+
 #[inline(always)]
-fn rule(idx: u32) -> Rule {
-    // SAFETY: copied out; the agent replaces rules whole.
-    IOPF_POLICY.get(idx).copied().unwrap_or(Rule::NONE)
+fn rule(idx: u32, pasid: u32) -> Selected {
+    let i = rule_index(idx, pasid);
+    // SAFETY: copied out; the agent replaces a device's rules whole.
+    let rule = IOPF_POLICY.get(idx).and_then(|d| d.rules.get(i as usize)).copied().unwrap_or(Rule::NONE);
+    let rate_idx = idx.wrapping_mul(RULES_PER_DEVICE as u32).wrapping_add(i);
+    Selected { rule, rate_idx, unscoped: i == UNSCOPED }
+}
+
+/// The PASID a rule sees for `f`: its own when the valid flag says so.
+#[inline(always)]
+fn fault_pasid(f: &Fault) -> u32 {
+    iopf_common::policy::fault_pasid(f, CONSTS.load().flag_pasid_valid)
+}
+
+/// Counts a fault out of every scope of its device's policies (neither checked nor late).
+#[inline(always)]
+fn count_unscoped(a: *mut DevAgg) {
+    // SAFETY: as in `bump`.
+    unsafe { add(&raw mut (*a).unscoped, 1) };
 }
 
 /// Times a compare-and-exchange of a rate window is retried before giving up on the check
@@ -235,6 +278,7 @@ const RATE_TRIES: u32 = 8;
 
 /// The rate check of a device's fault at `now`: moves its window one fault on and checks
 /// the fault's position against the rule. Costs nothing for a rule without a rate.
+/// `idx`: the `IOPF_RATE` index of the rule (`Selected::rate_idx`).
 #[inline(never)]
 fn rate_verdict(idx: u32, r: &Rule, now: u64) -> u32 {
     if r.flags & iopf_common::policy::RULE_ACTIVE == 0 || r.max_faults_per_window == 0 {
@@ -339,13 +383,18 @@ fn count_policy_violations(slot: u32, policy_id: u32, verdict: u32) {
 /// checks it against the device's rule; returns the verdict. A subprogram of its own: the
 /// DMAR decoder calls it per record, unrolled on kernels without `bpf_loop`.
 #[inline(never)]
-pub fn count_unrecoverable(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8) -> u32 {
+/// `pasid`: the record's PASID, `NO_PASID` when it carries none.
+pub fn count_unrecoverable(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8, pasid: u32) -> u32 {
     let idx = dev_slot(dev, source);
-    let r = rule(idx);
+    let sel = rule(idx, pasid);
+    let r = sel.rule;
     let v = verdict_unrecoverable(&r, level);
     if let Some(a) = agg(idx) {
         bump(a, Config::Unknown as u8, level, CODE_UNRECOVERABLE);
         count_violations(a, v);
+        if sel.unscoped {
+            count_unscoped(a);
+        }
     }
     count_policy_violations(idx, r.policy_id, v);
     if v & !VERDICT_CHECKED != 0 {
@@ -620,14 +669,18 @@ fn start_inflight(
     level: Level,
     method: Method,
 ) {
-    let r = rule(p.dev_idx);
-    let verdict = verdict_level(&r, level as u8) | rate_verdict(p.dev_idx, &r, p.report_ns);
+    let sel = rule(p.dev_idx, fault_pasid(&p.fault));
+    let r = sel.rule;
+    let verdict = verdict_level(&r, level as u8) | rate_verdict(sel.rate_idx, &r, p.report_ns);
     if let Some(a) = agg(p.dev_idx) {
         bump(a, config as u8, level as u8, CODE_REPORTED);
         if let Some(ns) = dispatch_ns {
             observe(a, Latency::Dispatch, ns);
         }
         count_violations(a, verdict);
+        if sel.unscoped {
+            count_unscoped(a);
+        }
     }
     count_policy_violations(p.dev_idx, r.policy_id, verdict);
     let f = Inflight {
@@ -687,7 +740,7 @@ fn finish(f: &mut Inflight, code: u8, now: u64, fix: u64) {
     // leave the value register unset, which the verifier refuses to read.
     let fix_ns = if fix == NO_FIX { None } else { Some(fix) };
     let service = now.saturating_sub(f.report_ns);
-    let r = rule(f.dev_idx);
+    let r = rule(f.dev_idx, fault_pasid(&f.fault)).rule;
     let verdict = f.verdict | verdict_answer(&r, code, service);
     let answer_bits = verdict & (VIOLATION_CODE | VIOLATION_LATENCY);
     count_policy_violations(f.dev_idx, r.policy_id, answer_bits);

@@ -18,7 +18,7 @@ use std::{
 use super::{Action, Exec, Isolate, pci};
 use crate::{
     metrics::{Family, Kind, Source, counter, family, gauge},
-    policy::{Mode, PolicySet, Resolved},
+    policy::{DevicePolicies, Mode, PolicySet, Resolved},
 };
 
 /// Violations waiting for the action thread; beyond this they are counted as dropped.
@@ -30,23 +30,25 @@ const EXEC_PARALLEL: usize = 4;
 #[derive(Debug, Clone)]
 pub struct Violation {
     pub device: String,
+    /// The fault's PASID (`policy::NO_PASID` for none): which of the device's policies it broke.
+    pub pasid: u32,
     /// Violation names (`policy::VIOLATIONS`).
     pub violations: Vec<&'static str>,
     /// The event's NDJSON object (no newline).
     pub event: String,
 }
 
-/// Which policy each device falls under, and each policy's mode and actions.
+/// Which policies each device falls under, and each policy's mode and actions.
 #[derive(Debug, Default, Clone)]
 pub struct Table {
-    devices: BTreeMap<String, String>,
+    devices: BTreeMap<String, DevicePolicies>,
     policies: BTreeMap<String, (Mode, Vec<Action>)>,
 }
 
 impl Table {
     pub fn new(set: &PolicySet, resolved: &Resolved) -> Self {
         Table {
-            devices: resolved.devices.iter().map(|(d, r)| (d.clone(), r.policy.clone())).collect(),
+            devices: resolved.devices.clone(),
             policies: set.policies().iter().map(|p| (p.name().to_owned(), (p.mode(), p.actions().to_vec()))).collect(),
         }
     }
@@ -135,7 +137,8 @@ impl Worker {
     fn handle(&mut self, v: &Violation) {
         let found = {
             let t = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
-            t.devices.get(&v.device).and_then(|p| Some((p.clone(), t.policies.get(p)?.clone())))
+            let r = t.devices.get(&v.device).and_then(|d| d.for_pasid(v.pasid));
+            r.and_then(|r| Some((r.policy.clone(), t.policies.get(&r.policy)?.clone())))
         };
         let Some((policy, (mode, actions))) = found else {
             self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).unowned += 1;
@@ -388,7 +391,7 @@ mod tests {
 
     fn worker(root: &std::path::Path, mode: Mode, actions: Vec<Action>) -> Worker {
         let table = Table {
-            devices: [("0000:00:03.0".to_owned(), "edu".to_owned())].into(),
+            devices: [("0000:00:03.0".to_owned(), DevicePolicies::single("edu"))].into(),
             policies: [("edu".to_owned(), (mode, actions))].into(),
         };
         Worker::new(Arc::new(Shared { table: RwLock::new(table), stats: Mutex::default(), sysfs_root: root.into() }))
@@ -397,6 +400,7 @@ mod tests {
     fn violation(device: &str) -> Violation {
         Violation {
             device: device.into(),
+            pasid: iopf_common::policy::NO_PASID,
             violations: vec!["unrecoverable"],
             event: "{\"kind\":\"dmar_fault\",\"device\":\"0000:00:03.0\"}".into(),
         }

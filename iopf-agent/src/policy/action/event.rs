@@ -3,7 +3,7 @@
 use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::{Consts, Event},
-    policy::{VERDICT_CHECKED, VIOLATIONS},
+    policy::{NO_PASID, VERDICT_CHECKED, VIOLATIONS, fault_pasid},
 };
 
 use super::dispatch::Violation;
@@ -14,7 +14,8 @@ pub fn from_event(e: &Event, consts: &Consts) -> Option<Violation> {
     let names = names(e.verdict)?;
     let mut buf = Vec::with_capacity(512);
     ndjson::write_event(&mut buf, e, consts);
-    Some(Violation { device: dev_str(&e.dev), violations: names, event: object(buf) })
+    let pasid = fault_pasid(&e.fault, consts.flag_pasid_valid);
+    Some(Violation { device: dev_str(&e.dev), pasid, violations: names, event: object(buf) })
 }
 
 /// The violation a VT-d fault record carries, if any.
@@ -22,7 +23,8 @@ pub fn from_dmar(e: &DmarEvent) -> Option<Violation> {
     let names = names(e.verdict)?;
     let mut buf = Vec::with_capacity(512);
     ndjson::write_dmar(&mut buf, e);
-    Some(Violation { device: dev_str(&bdf_name(e.segment, e.source_id)), violations: names, event: object(buf) })
+    let pasid = if e.pasid_present != 0 { e.pasid } else { NO_PASID };
+    Some(Violation { device: dev_str(&bdf_name(e.segment, e.source_id)), pasid, violations: names, event: object(buf) })
 }
 
 fn names(verdict: u32) -> Option<Vec<&'static str>> {

@@ -36,10 +36,8 @@ pub fn problems(set: &PolicySet, resolved: &Resolved, sysfs_root: &Path) -> Vec<
                 }
                 Action::Isolate(i) => {
                     // A device not present yet is checked when it appears.
-                    let present = resolved
-                        .devices
-                        .iter()
-                        .filter(|(d, r)| r.policy == p.name() && !resolved.expected.contains(*d));
+                    let present =
+                        resolved.devices.iter().filter(|(d, r)| r.has(p.name()) && !resolved.expected.contains(*d));
                     for dev in present.map(|(d, _)| d) {
                         if let Err(m) = isolatable(sysfs_root, dev, i.unbind_driver) {
                             say(format!("isolate: device `{dev}` {m}"));
