@@ -440,6 +440,7 @@ pub fn parse() -> Command {
                     format: crate::trace::Format::Record,
                     filter: crate::trace::Filter::default(),
                     clock: crate::trace::clock::WallClock::now(),
+                    policies: crate::policy::PolicyNames::default(),
                 }),
                 duration: duration.map(std::time::Duration::from_nanos),
                 record: Some(file),
@@ -485,7 +486,12 @@ pub fn parse() -> Command {
             Command::Run(Box::new(RunOptions {
                 listen,
                 web_config,
-                trace: Some(crate::trace::TraceOutput { format, filter, clock: crate::trace::clock::WallClock::now() }),
+                trace: Some(crate::trace::TraceOutput {
+                    format,
+                    filter,
+                    clock: crate::trace::clock::WallClock::now(),
+                    policies: crate::policy::PolicyNames::default(),
+                }),
                 duration: duration.map(std::time::Duration::from_nanos),
                 record: None,
                 policies,

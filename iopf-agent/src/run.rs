@@ -27,7 +27,7 @@ use crate::{
     server,
 };
 
-pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
+pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
     // Flags naming what is not there are usage errors, before anything is bound or loaded.
     opts.selection.check().map_err(AgentError::Usage)?;
     // Bind first (after reading --web-config): a bad config or a busy port fails before
@@ -45,6 +45,11 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
     let mut policies = PolicySet::load(&opts.policies)?;
     let mut ids = PolicyIds::default();
     policies.assign_ids(&mut ids);
+    // Events carry policy ids; whoever renders them gets the names (and a reload's new ones).
+    let names = crate::policy::PolicyNames::of(&ids);
+    if let Some(t) = opts.trace.as_mut() {
+        t.policies = names.clone();
+    }
     let resolved = policies.resolve(Path::new(SYSFS_ROOT))?;
     // An enforce action this host cannot honour fails the start: never a silent monitor.
     crate::policy::action::preflight::check(&policies, &resolved, Path::new(SYSFS_ROOT))?;
@@ -191,6 +196,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
                 installed,
                 dispatcher: dispatcher.clone(),
                 status,
+                names: names.clone(),
             };
             tokio::spawn(keeper.run(hup, uevents, watcher));
         }
@@ -256,7 +262,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
                     .filter(|d| d.bus == "pci" || d.iommu_group.is_some() || d.bus == "iommufd_mock")
                     .map(crate::record::RecordedDevice::of)
                     .collect();
-                let h = crate::record::Header::new(
+                let mut h = crate::record::Header::new(
                     &report.kernel,
                     "kernel",
                     &consts,
@@ -264,6 +270,7 @@ pub async fn run(opts: RunOptions) -> Result<(), AgentError> {
                     devices,
                     crate::record::Times::Monotonic,
                 );
+                h.policies = names.pairs();
                 let w = crate::record::Writer::create(path, &h)?;
                 eprintln!("iopf-agent: recording events to {}", path.display());
                 crate::record::Sink::File(w)
@@ -424,6 +431,7 @@ struct Keeper {
     installed: Arc<Mutex<Installed>>,
     dispatcher: Dispatcher,
     status: ReloadStatus,
+    names: crate::policy::PolicyNames,
 }
 
 impl Keeper {
@@ -471,7 +479,10 @@ impl Keeper {
     fn reload(&mut self) -> bool {
         let root = Path::new(SYSFS_ROOT);
         let loaded = PolicySet::load(&self.paths).and_then(|mut set| {
-            set.assign_ids(&mut self.installed.lock().unwrap_or_else(|e| e.into_inner()).ids);
+            let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+            set.assign_ids(&mut installed.ids);
+            self.names.learn(&installed.ids);
+            drop(installed);
             let r = set.resolve(root)?;
             crate::policy::action::preflight::check(&set, &r, root)?;
             Ok((set, r))

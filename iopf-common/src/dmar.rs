@@ -87,6 +87,8 @@ pub struct DmarEvent {
     pub _pad: [u8; 3],
     /// Policy verdict bits (`policy::VERDICT_CHECKED`, `VIOLATION_*`), 0 without a rule.
     pub verdict: u32,
+    /// The policy whose rule gave `verdict` (`Rule::policy_id`), 0 when none.
+    pub policy_id: u32,
     /// Our walk of the unit's tables for this record (`walk::Stop::NotWalked` where the
     /// decoder does not walk), and its cost.
     pub walk: crate::walk::Walk,

@@ -289,6 +289,9 @@ pub struct Inflight {
     pub verdict: u32,
     /// iommufd hwpt object id of the domain the fault went to (0: not an iommufd fault).
     pub hwpt_id: u32,
+    /// Policy whose rule checked the fault at classification (`Rule::policy_id`, 0: none).
+    pub policy_id: u32,
+    pub _pad: u32,
     /// When iommufd took the group for user space (`iopf_group_dequeue`); 0 = not (yet).
     pub delivered_ns: u64,
     /// Set (by compare-and-exchange, so one responder wins) at the first page response when
@@ -634,6 +637,10 @@ pub struct Event {
     pub _pad: [u8; 3],
     /// iommufd hwpt object id (the VMM's handle for the domain), 0 when not iommufd.
     pub hwpt_id: u32,
+    /// The policy whose rule checked this fault (`Rule::policy_id`, the agent's id of its
+    /// name, taken when the verdict was), 0 when none did.
+    pub policy_id: u32,
+    pub _pad_end: u32,
 }
 
 /// Byte layout of the synthetic kernel memory (`IOPF_TEST_REC`) the adapter tests fill:

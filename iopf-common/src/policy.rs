@@ -47,7 +47,8 @@ impl Rule {
     };
 }
 
-/// A fault that carries no PASID (its valid flag clear): no PASID set contains it.
+/// A fault that carries no PASID (its valid flag clear): no PASID set contains it. Every value
+/// from `PASID_LIMIT` up means the same (the DMAR decoder sets bit 20, branch-free).
 pub const NO_PASID: u32 = u32::MAX;
 /// PASIDs are 20 bits (PCIe); a set holds values below this.
 pub const PASID_LIMIT: u32 = 1 << 20;
@@ -71,13 +72,13 @@ impl PasidSet {
     pub const ALL: Self = Self { n: 0, _pad: 0, ranges: [[0; 2]; PASID_RANGES] };
 
     /// True when a fault with `pasid` (`NO_PASID` for none) falls in the set. Bounded by
-    /// `PASID_RANGES` whatever `n` says, for the verifier and for a corrupt value.
+    /// `PASID_RANGES` whatever `n` says (a corrupt value reads nothing past the array).
     #[inline(always)]
     pub fn contains(&self, pasid: u32) -> bool {
         if self.n == 0 {
             return true;
         }
-        if pasid == NO_PASID {
+        if pasid >= PASID_LIMIT {
             return false;
         }
         let mut i = 0;
@@ -313,8 +314,8 @@ mod tests {
         scoped.ranges[0] = [1, 64];
         scoped.ranges[1] = [100, 100];
         assert!(PasidSet::ALL.contains(NO_PASID) && PasidSet::ALL.contains(7));
-        let hits: [bool; 8] = [0, 1, 64, 65, 99, 100, 101, NO_PASID].map(|p| scoped.contains(p));
-        assert_eq!(hits, [false, true, true, false, false, true, false, false]);
+        let hits: [bool; 9] = [0, 1, 64, 65, 99, 100, 101, NO_PASID, PASID_LIMIT | 100].map(|p| scoped.contains(p));
+        assert_eq!(hits, [false, true, true, false, false, true, false, false, false]);
         // A corrupt count cannot read past the array.
         let corrupt = PasidSet { n: u32::MAX, ..scoped };
         assert!(corrupt.contains(100) && !corrupt.contains(200));
@@ -335,6 +336,40 @@ mod tests {
         assert_eq!(got, [Some(0), Some(0), Some(1), None, None]);
         d.rules[3] = Rule { policy_id: 3, ..PINNED_S2 };
         assert_eq!([150, NO_PASID].map(|p| d.select(p)), [Some(3), Some(3)]);
+    }
+
+    /// The branch-free `contains` against the obvious loop, over sets of 0 to 16 ranges (and
+    /// corrupt counts) and PASIDs around every range edge.
+    #[test]
+    fn pasid_set_contains_agrees_with_a_plain_scan() {
+        let naive = |s: &PasidSet, p: u32| {
+            s.n == 0 || (p < PASID_LIMIT && s.ranges.iter().take(s.n as usize).any(|&[lo, hi]| lo <= p && p <= hi))
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for n in [0u32, 1, 2, 7, 15, 16, 17, u32::MAX] {
+            for _ in 0..50 {
+                let mut s = PasidSet { n, ..PasidSet::ALL };
+                for r in s.ranges.iter_mut() {
+                    let lo = (next() % u64::from(PASID_LIMIT)) as u32;
+                    let hi = (lo + (next() % 300) as u32).min(PASID_LIMIT - 1);
+                    *r = [lo, hi];
+                }
+                let mut probes = [0u32; 5 + 4 * PASID_RANGES];
+                probes[..5].copy_from_slice(&[0, 1, PASID_LIMIT - 1, PASID_LIMIT, NO_PASID]);
+                for (k, &[lo, hi]) in s.ranges.iter().enumerate() {
+                    probes[5 + 4 * k..9 + 4 * k].copy_from_slice(&[lo.wrapping_sub(1), lo, hi, hi + 1]);
+                }
+                for p in probes {
+                    assert_eq!(s.contains(p), naive(&s, p), "n {n} pasid {p} set {:?}", s.ranges);
+                }
+            }
+        }
     }
 
     #[test]

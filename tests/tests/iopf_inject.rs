@@ -91,10 +91,10 @@ fn ring_buffer_overflow_drops_are_counted_exactly() {
     let mut ebpf = loader::load(g).expect("load");
     let mut events = EventReader::take(&mut ebpf).unwrap();
     drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
-    // 1 MiB ring, 8-byte record header + 120-byte event = 128 bytes: 8191 records fit (the
+    // 1 MiB ring, 8-byte record header + 128-byte event = 136 bytes: 7710 records fit (the
     // kernel keeps unread bytes below the ring size), nobody reads.
     let capacity = ((1u64 << 20) - 1) / (8 + size_of::<iopf_common::iopf::Event>() as u64);
-    assert_eq!(capacity, 8191);
+    assert_eq!(capacity, 7710);
     assert_eq!(capacity, model::RING_RECORDS);
     let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
     let want = model::expected(&plan, model::EventsExpect { all: true, capacity }, &model::Rules::new());
@@ -520,6 +520,15 @@ fn pasid_scoped_policies_check_only_their_pasids_exactly() {
     let events = reader.drain();
     let flagged: Vec<u32> = events.iter().filter(|e| e.verdict > 1).map(|e| e.fault.pasid).collect();
     assert_eq!(flagged.len(), 20);
+    // Each event names the policy of its PASID, taken in the kernel; none for the others.
+    let id = |name: &str| set.policies().iter().find(|p| p.name() == name).unwrap().rule().policy_id;
+    let by_pasid: std::collections::BTreeMap<(u32, u32), usize> = events.iter().fold(Default::default(), |mut m, e| {
+        *m.entry((e.fault.pasid, e.policy_id)).or_default() += 1;
+        m
+    });
+    let want: std::collections::BTreeMap<(u32, u32), usize> =
+        [((0, 0), 10), ((5, id("sva-low")), 10), ((70, 0), 10), ((100, id("sva-high")), 10)].into();
+    assert_eq!(by_pasid, want);
     assert_eq!((flagged.iter().filter(|p| **p == 5).count(), flagged.iter().filter(|p| **p == 100).count()), (10, 10));
     let over: Vec<(u32, u64)> =
         events.iter().filter(|e| e.verdict & VIOLATION_RATE != 0).map(|e| (e.fault.pasid, e.report_ns)).collect();

@@ -89,6 +89,19 @@ impl<'a> Obj<'a> {
         self.buf.push(b']');
     }
 
+    /// `"policy_id":N,"policy":"name"` (`null` when no policy checked the fault, or its name
+    /// is not known here).
+    fn policy(&mut self, id: u32, name: Option<&str>) {
+        self.uint("policy_id", id.into());
+        match name {
+            Some(n) => self.str("policy", n.as_bytes()),
+            None => {
+                self.key("policy");
+                self.buf.extend_from_slice(b"null");
+            }
+        }
+    }
+
     fn end(self) {
         self.buf.extend_from_slice(b"}\n");
     }
@@ -104,8 +117,9 @@ fn name(dev: &[u8]) -> &[u8] {
     &dev[..dev.iter().position(|&b| b == 0).unwrap_or(dev.len())]
 }
 
-/// Appends one IOPF event as a JSON line.
-pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts) {
+/// Appends one IOPF event as a JSON line. `policy`: the name behind `e.policy_id`, where
+/// known.
+pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts, policy: Option<&str>) {
     let mut o = Obj::new(buf);
     o.str("kind", b"iopf");
     o.str("device", name(&e.dev));
@@ -127,12 +141,13 @@ pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts) {
     o.uint("hwpt_id", e.hwpt_id.into());
     o.uint("verdict", e.verdict.into());
     o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
+    o.policy(e.policy_id, policy);
     o.str("source", Source::from_u8(e.source).label().as_bytes());
     o.end();
 }
 
-/// Appends one decoded VT-d fault record as a JSON line.
-pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent) {
+/// Appends one decoded VT-d fault record as a JSON line (`policy` as for `write_event`).
+pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
     let mut o = Obj::new(buf);
     o.str("kind", b"dmar_fault");
     o.str("device", name(&bdf_name(e.segment, e.source_id)));
@@ -148,6 +163,7 @@ pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent) {
     o.uint("ts_ns", e.ts_ns);
     o.uint("verdict", e.verdict.into());
     o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
+    o.policy(e.policy_id, policy);
     write_walk(&mut o, &e.walk, e.walk_ns, Level::from_u8(e.level));
     o.end();
 }
@@ -214,9 +230,11 @@ mod tests {
             source: Source::Simulated as u8,
             _pad: [0; 3],
             hwpt_id: 12,
+            policy_id: 0,
+            _pad_end: 0,
         };
         let mut buf = Vec::new();
-        write_event(&mut buf, &e, &CURRENT_CONSTS);
+        write_event(&mut buf, &e, &CURRENT_CONSTS, None);
         assert_eq!(
             parse(&buf),
             json!({
@@ -224,8 +242,16 @@ mod tests {
                 "perm": 2, "addr": "0xdeadb000", "flags": CURRENT_CONSTS.flag_pasid_valid | 1,
                 "config": "nested", "level": "first", "method": "domain", "response": "invalid",
                 "report_ns": 1, "dispatch_ns": 20, "service_ns": 300, "mm_fix_ns": u64::MAX,
-                "user_ns": 250, "hwpt_id": 12, "verdict": 0, "violations": [], "source": "simulated",
+                "user_ns": 250, "hwpt_id": 12, "verdict": 0, "violations": [], "policy_id": 0, "policy": null,
+                "source": "simulated",
             })
+        );
+        // Checked under a policy: its id and name.
+        buf.clear();
+        write_event(&mut buf, &Event { verdict: 1, policy_id: 77, ..e }, &CURRENT_CONSTS, Some("sva-tenant-a"));
+        assert_eq!(
+            (parse(&buf)["policy_id"].clone(), parse(&buf)["policy"].clone()),
+            (json!(77), json!("sva-tenant-a"))
         );
     }
 
@@ -234,7 +260,7 @@ mod tests {
         use iopf_common::policy::{VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_LEVEL};
         let e = Event { verdict: VERDICT_CHECKED | VIOLATION_LEVEL | VIOLATION_CODE, ..unsafe_zeroed_event() };
         let mut buf = Vec::new();
-        write_event(&mut buf, &e, &CURRENT_CONSTS);
+        write_event(&mut buf, &e, &CURRENT_CONSTS, None);
         assert_eq!(parse(&buf)["violations"], json!(["level", "response_code"]));
         assert_eq!(parse(&buf)["verdict"], json!(11));
     }
@@ -245,7 +271,7 @@ mod tests {
         dev[..6].copy_from_slice(b"a\"b\\\x01\xff");
         let e = Event { dev, ..unsafe_zeroed_event() };
         let mut buf = Vec::new();
-        write_event(&mut buf, &e, &CURRENT_CONSTS);
+        write_event(&mut buf, &e, &CURRENT_CONSTS, None);
         assert_eq!(parse(&buf)["device"], json!("a\"b\\\u{1}\u{ff}"));
     }
 
@@ -269,17 +295,18 @@ mod tests {
             pasid_present: 0,
             _pad: [0; 3],
             verdict: 0,
+            policy_id: 0,
             walk: Walk::NONE,
             walk_ns: 0,
         };
         let mut buf = Vec::new();
-        write_dmar(&mut buf, &e);
+        write_dmar(&mut buf, &e, None);
         assert_eq!(
             parse(&buf),
             json!({
                 "kind": "dmar_fault", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 0, "pasid_valid": false,
                 "access": "read", "reason": "0x06", "level": "second", "method": "hardware", "record": 2, "ts_ns": 99,
-                "verdict": 0, "violations": [], "walk": {"method": "walk", "result": "not_walked"},
+                "verdict": 0, "violations": [], "policy_id": 0, "policy": null, "walk": {"method": "walk", "result": "not_walked"},
             })
         );
         let walked = Walk {
@@ -299,18 +326,19 @@ mod tests {
             level: Level::First as u8,
             read: 0,
             verdict: 1 | 1 << 4,
+            policy_id: 9,
             walk: walked,
             walk_ns: 1234,
             ..e
         };
         buf.clear();
-        write_dmar(&mut buf, &e);
+        write_dmar(&mut buf, &e, Some("edu-none"));
         assert_eq!(
             parse(&buf),
             json!({
                 "kind": "dmar_fault", "device": "0002:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 5, "pasid_valid": true,
                 "access": "write", "reason": "0x70", "level": "first", "method": "hardware", "record": 2, "ts_ns": 99,
-                "verdict": 17, "violations": ["unrecoverable"],
+                "verdict": 17, "violations": ["unrecoverable"], "policy_id": 9, "policy": "edu-none",
                 "walk": {
                     "method": "walk", "result": "not_present", "level": "first", "table_level": 4,
                     "permission": false, "entry": "0x0", "reads": 6, "ns": 1234, "disagrees": false,

@@ -243,7 +243,9 @@ pub struct DevicePolicies {
 }
 
 impl DevicePolicies {
-    /// The kernel side's value for the device's slot.
+    /// The kernel side's value for the device's slot. A policy without `pasids` overlaps
+    /// every other, so when there is one it is the only one, rule 0: the rule unrecoverable
+    /// faults are checked against.
     pub fn compile(&self) -> DeviceRules {
         let mut d = DeviceRules::NONE;
         for (i, r) in self.rules.iter().take(RULES_PER_DEVICE).enumerate() {
@@ -315,6 +317,51 @@ impl PolicyIds {
         }
         self.ids.insert(name.to_owned(), id);
         id
+    }
+}
+
+impl PolicyIds {
+    /// Every (id, name) pair handed out so far.
+    pub fn pairs(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.ids.iter().map(|(n, i)| (*i, n.as_str()))
+    }
+}
+
+/// The names behind the policy ids events carry, shared with whoever renders events (the
+/// ring readers, the recorder): cheap to clone. Ids are never reused for another name in a
+/// run, so names are only ever added (a reload's new ones by `learn`).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyNames(std::sync::Arc<std::sync::RwLock<BTreeMap<u32, String>>>);
+
+impl PolicyNames {
+    pub fn of(ids: &PolicyIds) -> Self {
+        let n = PolicyNames::default();
+        n.learn(ids);
+        n
+    }
+
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (u32, String)>) -> Self {
+        PolicyNames(std::sync::Arc::new(std::sync::RwLock::new(pairs.into_iter().collect())))
+    }
+
+    pub fn learn(&self, ids: &PolicyIds) {
+        let mut m = self.0.write().unwrap_or_else(|e| e.into_inner());
+        for (id, name) in ids.pairs() {
+            m.insert(id, name.to_owned());
+        }
+    }
+
+    /// Runs `f` with the name of `id` (`None` for 0, "no policy", or an id never seen).
+    pub fn with<R>(&self, id: u32, f: impl FnOnce(Option<&str>) -> R) -> R {
+        if id == 0 {
+            return f(None);
+        }
+        let m = self.0.read().unwrap_or_else(|e| e.into_inner());
+        f(m.get(&id).map(String::as_str))
+    }
+
+    pub fn pairs(&self) -> Vec<(u32, String)> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(i, n)| (*i, n.clone())).collect()
     }
 }
 

@@ -52,7 +52,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         .map(|r| {
             let pasid = match r {
                 Record::Iopf(e) => fault_pasid(&e.fault, flag_pasid_valid),
-                Record::Dmar(e) if e.pasid_present != 0 => e.pasid,
+                // As the kernel side: unrecoverable faults are checked as faults without one.
                 Record::Dmar(_) => NO_PASID,
             };
             resolved.devices.get(&name(r))?.for_pasid(pasid)

@@ -67,6 +67,9 @@ pub struct Header {
     /// What selectors can see of the devices at start (so policies can be checked against
     /// the recording later, anywhere).
     pub devices: Vec<RecordedDevice>,
+    /// Policy id -> name of the policies loaded when recording started (events carry ids).
+    /// A policy first loaded by a later reload shows as its id only.
+    pub policies: Vec<(u32, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +165,7 @@ impl Header {
             layout: Layout::here(),
             hooks,
             devices,
+            policies: Vec::new(),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Layout (all integers little-endian):
 //! - magic `IOPFREC\0`, format version (u32), header length (u32), the header (JSON:
 //!   `schema`, agent version, kernel, start time, clock offset, IOPF constants, attach plan,
-//!   record sizes);
+//!   record sizes, the names of the policy ids loaded at the start);
 //! - records: kind (u8: 1 IOPF event, 2 VT-d fault record), length (u16), the record's bytes
 //!   exactly as the kernel wrote them (`#[repr(C)]` `Event` / `DmarEvent`).
 
@@ -16,7 +16,8 @@ pub mod report;
 pub use file::{Header, PlannedHook, Reader, Record, RecordError, RecordedDevice, Sink, Times, Writer};
 
 pub const MAGIC: &[u8; 8] = b"IOPFREC\0";
-pub const VERSION: u32 = 1;
-pub const SCHEMA: &str = "iopf.dev/recording/v1";
+/// 2: events carry the policy id that checked them, and the header names them.
+pub const VERSION: u32 = 2;
+pub const SCHEMA: &str = "iopf.dev/recording/v2";
 pub const KIND_IOPF: u8 = 1;
 pub const KIND_DMAR: u8 = 2;

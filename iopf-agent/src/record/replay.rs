@@ -94,7 +94,12 @@ pub fn run(path: &Path, format: Format, summary_only: bool) -> Result<(), AgentE
         h.hooks.len()
     );
     let consts = h.consts.apply(CURRENT_CONSTS);
-    let t = TraceOutput { format, filter: Filter::default(), clock: WallClock::with_offset(h.clock_offset_ns.into()) };
+    let t = TraceOutput {
+        format,
+        filter: Filter::default(),
+        clock: WallClock::with_offset(h.clock_offset_ns.into()),
+        policies: crate::policy::PolicyNames::from_pairs(h.policies.clone()),
+    };
     let mut out = std::io::stdout().lock();
     let mut summary = Summary::new();
     let mut buf = Vec::with_capacity(1 << 16);

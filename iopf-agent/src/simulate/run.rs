@@ -143,7 +143,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     if let Some(path) = &opts.record {
         let mut reader = EventReader::take(&mut ebpf)?;
         let recorded = devices.iter().map(crate::record::RecordedDevice::of).collect();
-        let h = crate::record::Header::new(
+        let mut h = crate::record::Header::new(
             &kernel_release(),
             "simulated",
             &globals.consts,
@@ -151,6 +151,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
             recorded,
             crate::record::Times::FromStart,
         );
+        h.policies = crate::policy::PolicyNames::of(&installed.ids).pairs();
         let mut out = crate::record::Writer::create(path, &h)?;
         let mut buf = Vec::new();
         let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
@@ -171,7 +172,10 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         let consts = globals.consts;
         let mut out = std::io::stdout().lock();
         let mut buf = Vec::new();
-        let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| write_event(b, e, &consts);
+        let names = crate::policy::PolicyNames::of(&installed.ids);
+        let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| {
+            names.with(e.policy_id, |policy| write_event(b, e, &consts, policy))
+        };
         // Drain after every window so the ring never fills.
         drive_with(&mut Injector::new(&mut ebpf)?, &plan, || {
             let _ = reader.pump(&mut buf, &mut out, &render);

@@ -23,12 +23,18 @@ pub fn header() -> String {
     )
 }
 
-fn verdict(v: u32) -> String {
+/// `-` (no policy checked it), `ok` or the violations, then the policy that checked it.
+fn verdict(v: u32, policy_id: u32, policy: Option<&str>) -> String {
     if v & VERDICT_CHECKED == 0 {
         return "-".into();
     }
     let broken: Vec<&str> = VIOLATIONS.iter().filter(|(b, _)| v & b != 0).map(|(_, n)| *n).collect();
-    if broken.is_empty() { "ok".into() } else { broken.join(",") }
+    let what = if broken.is_empty() { "ok".into() } else { broken.join(",") };
+    match policy {
+        Some(p) => format!("{what} ({p})"),
+        None if policy_id != 0 => format!("{what} (policy #{policy_id})"),
+        None => what,
+    }
 }
 
 /// `12.3us`, `4.56ms`, `1.20s`.
@@ -53,7 +59,7 @@ fn line(buf: &mut Vec<u8>, s: &str, color: Option<&str>) {
     }
 }
 
-pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, color: bool) {
+pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, color: bool, policy: Option<&str>) {
     let pasid_valid = e.fault.flags & consts.flag_pasid_valid != 0;
     let pasid = if pasid_valid { e.fault.pasid.to_string() } else { "-".into() };
     let access: Vec<&str> = perm_names(e.fault.perm).collect();
@@ -77,7 +83,7 @@ pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, co
         cl,
         resp,
         duration(e.service_ns),
-        verdict(e.verdict)
+        verdict(e.verdict, e.policy_id, policy)
     );
     let c = if !color {
         None
@@ -91,7 +97,7 @@ pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, co
     line(buf, &s, c);
 }
 
-pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool) {
+pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool, policy: Option<&str>) {
     let pasid = if e.pasid_present != 0 { e.pasid.to_string() } else { "-".into() };
     let mut s = String::new();
     let _ = writeln!(
@@ -106,7 +112,7 @@ pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool) {
         format!("reason {:#04x}/{}", e.reason, Level::from_u8(e.level).label()),
         "-",
         "-",
-        verdict(e.verdict)
+        verdict(e.verdict, e.policy_id, policy)
     );
     let c = if color && e.verdict & !VERDICT_CHECKED != 0 { Some(RED) } else { None };
     line(buf, &s, c);

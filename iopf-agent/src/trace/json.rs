@@ -20,9 +20,9 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     format!("[{}]", v.join(","))
 }
 
-pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock) {
+pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, policy: Option<&str>) {
     let mut r = Vec::with_capacity(512);
-    crate::iopf::ndjson::write_event(&mut r, e, consts);
+    crate::iopf::ndjson::write_event(&mut r, e, consts, policy);
     let lead = format!(
         "\"schema\":\"{SCHEMA}\",\"time\":\"{}\",\"perm_names\":{},\"flag_names\":{}",
         clock.rfc3339(e.report_ns),
@@ -32,9 +32,9 @@ pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock) {
     splice(buf, &lead, &r);
 }
 
-pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock) {
+pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, policy: Option<&str>) {
     let mut r = Vec::with_capacity(512);
-    crate::iopf::ndjson::write_dmar(&mut r, e);
+    crate::iopf::ndjson::write_dmar(&mut r, e, policy);
     let lead = format!("\"schema\":\"{SCHEMA}\",\"time\":\"{}\"", clock.rfc3339(e.ts_ns));
     splice(buf, &lead, &r);
 }

@@ -29,36 +29,43 @@ pub struct TraceOutput {
     pub format: Format,
     pub filter: Filter,
     pub clock: clock::WallClock,
+    /// Names for the policy ids events carry.
+    pub policies: crate::policy::PolicyNames,
 }
 
 impl TraceOutput {
     /// The plain event stream of `run --trace`: every event, as before.
     pub fn stream() -> Self {
-        TraceOutput { format: Format::Stream, filter: Filter::default(), clock: clock::WallClock::now() }
+        TraceOutput {
+            format: Format::Stream,
+            filter: Filter::default(),
+            clock: clock::WallClock::now(),
+            policies: crate::policy::PolicyNames::default(),
+        }
     }
 
     pub fn iopf(&self, buf: &mut Vec<u8>, e: &Event, consts: &Consts) {
         if !self.filter.iopf(e) {
             return;
         }
-        match self.format {
-            Format::Stream => crate::iopf::ndjson::write_event(buf, e, consts),
-            Format::Json => json::iopf(buf, e, consts, &self.clock),
-            Format::Human { color } => human::iopf(buf, e, consts, &self.clock, color),
+        self.policies.with(e.policy_id, |policy| match self.format {
+            Format::Stream => crate::iopf::ndjson::write_event(buf, e, consts, policy),
+            Format::Json => json::iopf(buf, e, consts, &self.clock, policy),
+            Format::Human { color } => human::iopf(buf, e, consts, &self.clock, color, policy),
             Format::Record => crate::record::file::encode(buf, &crate::record::Record::Iopf(*e)),
-        }
+        })
     }
 
     pub fn dmar(&self, buf: &mut Vec<u8>, e: &DmarEvent) {
         if !self.filter.dmar(e) {
             return;
         }
-        match self.format {
-            Format::Stream => crate::iopf::ndjson::write_dmar(buf, e),
-            Format::Json => json::dmar(buf, e, &self.clock),
-            Format::Human { color } => human::dmar(buf, e, &self.clock, color),
+        self.policies.with(e.policy_id, |policy| match self.format {
+            Format::Stream => crate::iopf::ndjson::write_dmar(buf, e, policy),
+            Format::Json => json::dmar(buf, e, &self.clock, policy),
+            Format::Human { color } => human::dmar(buf, e, &self.clock, color, policy),
             Format::Record => crate::record::file::encode(buf, &crate::record::Record::Dmar(*e)),
-        }
+        })
     }
 
     /// The header line of the human format (nothing for the others).

@@ -43,7 +43,12 @@ fn dmar() -> DmarEvent {
 }
 
 fn out(format: Format, filter: Filter) -> TraceOutput {
-    TraceOutput { format, filter, clock: WallClock::with_offset(OFFSET) }
+    TraceOutput {
+        format,
+        filter,
+        clock: WallClock::with_offset(OFFSET),
+        policies: crate::policy::PolicyNames::default(),
+    }
 }
 
 fn render_iopf(t: &TraceOutput, e: &Event) -> String {
@@ -100,6 +105,35 @@ fn human_lines_are_columns_and_violations_are_red_only_with_colour() {
         String::from_utf8(b).unwrap(),
         "04:46:12.000000 dmar  0000:00:03.0         - 0x123000           read        reason 0x06/second   -                 - -\n"
     );
+}
+
+/// The policy that checked a fault is named in every format, from the id the event carries;
+/// an id whose name is not known here is shown as the id.
+#[test]
+fn the_checking_policy_is_named_by_the_id_the_event_carries() {
+    let mut ids = crate::policy::PolicyIds::default();
+    let mut set = crate::policy::PolicySet::parse(
+        "p.yaml".as_ref(),
+        &crate::policy::tests::policy("sva-tenant-a", "{name: \"0000:6a:01.0\"}"),
+    )
+    .unwrap();
+    set.assign_ids(&mut ids);
+    let id = set.policies()[0].rule().policy_id;
+    let mut t = out(Format::Human { color: false }, Filter::default());
+    t.policies = crate::policy::PolicyNames::of(&ids);
+    let e = Event { policy_id: id, ..event("0000:6a:01.0", 3, RESP_INVALID, 42_000, VERDICT_CHECKED | VIOLATION_CODE) };
+    assert!(render_iopf(&t, &e).ends_with(" response_code (sva-tenant-a)\n"), "{}", render_iopf(&t, &e));
+    let ok = Event { verdict: VERDICT_CHECKED, ..e };
+    assert!(render_iopf(&t, &ok).ends_with(" ok (sva-tenant-a)\n"));
+    let unknown = Event { policy_id: id ^ 1, ..e };
+    assert!(render_iopf(&t, &unknown).ends_with(&format!(" response_code (policy #{})\n", id ^ 1)));
+    t.format = Format::Json;
+    let v: serde_json::Value = serde_json::from_str(&render_iopf(&t, &e)).unwrap();
+    assert_eq!((v["policy_id"].as_u64(), v["policy"].as_str()), (Some(u64::from(id)), Some("sva-tenant-a")));
+    let mut b = Vec::new();
+    t.dmar(&mut b, &DmarEvent { verdict: VERDICT_CHECKED, policy_id: id, ..dmar() });
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["policy"].as_str(), Some("sva-tenant-a"));
 }
 
 #[test]

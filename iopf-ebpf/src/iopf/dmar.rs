@@ -19,7 +19,6 @@ use iopf_common::{
     },
     hist::Histogram,
     iopf::{Offsets, Source},
-    policy::NO_PASID,
     walk::{Mem, REG_RTADDR, Request, Walk, disagrees, test_mem, walk},
 };
 
@@ -123,9 +122,8 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
     let level = reason_level(reason) as u8;
     let key = DmarKey { segment: w.segment, source_id: sid, reason, read, level, _pad: 0 };
     // The device's own counters and its policy: the name is the PCI device's dev_name().
+    let checked = super::count_unrecoverable(&bdf_name(w.segment, sid), level, Source::Kernel as u8);
     let pasid_present = record_pasid_present(sid_word);
-    let pasid = if pasid_present { record_pasid(hi) } else { NO_PASID };
-    let verdict = super::count_unrecoverable(&bdf_name(w.segment, sid), level, Source::Kernel as u8, pasid);
     let (found, walk_ns) = if WALK && w.rtaddr != 0 && w.dmap != 0 {
         // SAFETY: plain helper call.
         let t0 = unsafe { bpf_ktime_get_ns() };
@@ -168,7 +166,8 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
             index: idx as u8,
             pasid_present: pasid_present as u8,
             _pad: [0; 3],
-            verdict,
+            verdict: checked as u32,
+            policy_id: (checked >> 32) as u32,
             walk: found,
             walk_ns,
         });

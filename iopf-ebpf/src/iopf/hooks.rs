@@ -7,10 +7,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use iopf_common::{
-    iopf::{DEV_NAME_LEN, InflightKey, Level, Offsets, Source},
-    policy::NO_PASID,
-};
+use iopf_common::iopf::{DEV_NAME_LEN, InflightKey, Level, Offsets, Source};
 
 use super::{TUPLE_KEYS, read};
 
@@ -230,6 +227,6 @@ pub fn iopf_io_page_fault(ctx: TracePointContext) -> u32 {
     }
     crate::stat!(unrecoverable);
     // The record names no stage: the level is unknown.
-    super::count_unrecoverable(&name, Level::Unknown as u8, Source::Kernel as u8, NO_PASID);
+    super::count_unrecoverable(&name, Level::Unknown as u8, Source::Kernel as u8);
     0
 }

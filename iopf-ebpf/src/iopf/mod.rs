@@ -22,9 +22,9 @@ use iopf_common::{
     },
     pagefault::MAX_SCAN_CPUS,
     policy::{
-        DeviceRules, RULES_PER_DEVICE, Rule, VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_KEYS, VIOLATION_LATENCY,
-        VIOLATION_LEVEL, VIOLATIONS, ViolationKey, verdict_answer, verdict_level, verdict_unrecoverable,
-        violation_slot,
+        DeviceRules, RULE_ACTIVE, RULES_PER_DEVICE, Rule, VERDICT_CHECKED, VIOLATION_CODE, VIOLATION_KEYS,
+        VIOLATION_LATENCY, VIOLATION_LEVEL, VIOLATIONS, ViolationKey, verdict_answer, verdict_level,
+        verdict_unrecoverable, violation_slot,
     },
 };
 
@@ -229,14 +229,14 @@ const NO_RULE: u32 = RULES_PER_DEVICE as u32;
 const UNSCOPED: u32 = RULES_PER_DEVICE as u32 + 1;
 
 /// Which of device slot `idx`'s rules holds a fault with `pasid`. A BPF function of its
-/// own: the range scan is verified once, not once per caller's path.
+/// own, so the range scan is one subprogram.
 #[inline(never)]
-fn rule_index(idx: u32, pasid: u32) -> u32 {
-    let Some(d) = IOPF_POLICY.get(idx) else { return NO_RULE };
+fn rule_index(idx: u32, pasid: u32) -> u64 {
+    let Some(d) = IOPF_POLICY.get(idx) else { return NO_RULE as u64 };
     match d.select(pasid) {
-        Some(i) => i as u32,
-        None if d.any_active() => UNSCOPED,
-        None => NO_RULE,
+        Some(i) => i as u64,
+        None if d.any_active() => UNSCOPED as u64,
+        None => NO_RULE as u64,
     }
 }
 
@@ -245,17 +245,45 @@ struct Selected {
     rule: Rule,
     /// `IOPF_RATE` index: one window per (device, rule).
     rate_idx: u32,
-    /// The device is under policies, none of which selects this PASID.
-    unscoped: bool,
+    /// 1 when the device is under policies none of which selects this PASID, else 0.
+    unscoped: u64,
 }
 
+/// Branch-free past the map lookup (masks, not conditions): every branch here is one more
+/// state each caller carries on through the verifier.
 #[inline(always)]
 fn rule(idx: u32, pasid: u32) -> Selected {
-    let i = rule_index(idx, pasid);
+    let raw = rule_index(idx, pasid) & 7;
+    // All ones when `raw` names a rule (< RULES_PER_DEVICE), else 0: the rule read at the
+    // masked index is then made inactive.
+    let found = ((raw as i64 - RULES_PER_DEVICE as i64) >> 63) as u32;
+    let i = (raw as usize) & (RULES_PER_DEVICE - 1);
     // SAFETY: copied out; the agent replaces a device's rules whole.
-    let rule = IOPF_POLICY.get(idx).and_then(|d| d.rules.get(i as usize)).copied().unwrap_or(Rule::NONE);
-    let rate_idx = idx.wrapping_mul(RULES_PER_DEVICE as u32).wrapping_add(i);
-    Selected { rule, rate_idx, unscoped: i == UNSCOPED }
+    let mut rule = IOPF_POLICY.get(idx).map_or(Rule::NONE, |d| d.rules[i]);
+    rule.flags &= found;
+    rule.policy_id &= found;
+    let rate_idx = idx.wrapping_mul(RULES_PER_DEVICE as u32).wrapping_add(i as u32);
+    // 1 exactly when raw == UNSCOPED (raw < 8).
+    let unscoped = (((raw ^ UNSCOPED as u64) as i64 - 1) >> 63) as u64 & 1;
+    Selected { rule, rate_idx, unscoped }
+}
+
+/// A device's rule for faults without a PASID: rule 0 when its PASID set is empty (every
+/// fault), else none, and then the fault is out of scope if the device has rules at all.
+/// Branch-free past the map lookup, like `rule`.
+#[inline(always)]
+fn device_wide_rule(idx: u32) -> Selected {
+    let Some(d) = IOPF_POLICY.get(idx) else {
+        return Selected { rule: Rule::NONE, rate_idx: 0, unscoped: 0 };
+    };
+    let mut rule = d.rules[0];
+    // All ones when rule 0's set is empty, else 0.
+    let wide = ((d.sets[0].n as i64 - 1) >> 63) as u32;
+    rule.flags &= wide;
+    rule.policy_id &= wide;
+    let any = (d.rules[0].flags | d.rules[1].flags | d.rules[2].flags | d.rules[3].flags) & RULE_ACTIVE;
+    let unscoped = u64::from(any & !wide & RULE_ACTIVE);
+    Selected { rule, rate_idx: idx.wrapping_mul(RULES_PER_DEVICE as u32), unscoped }
 }
 
 /// The PASID a rule sees for `f`: its own when the valid flag says so.
@@ -264,11 +292,12 @@ fn fault_pasid(f: &Fault) -> u32 {
     iopf_common::policy::fault_pasid(f, CONSTS.load().flag_pasid_valid)
 }
 
-/// Counts a fault out of every scope of its device's policies (neither checked nor late).
+/// Counts `n` (0 or 1) faults out of every scope of their device's policies (neither
+/// checked nor late); an add of 0 rather than a branch (see `rule`).
 #[inline(always)]
-fn count_unscoped(a: *mut DevAgg) {
+fn count_unscoped(a: *mut DevAgg, n: u64) {
     // SAFETY: as in `bump`.
-    unsafe { add(&raw mut (*a).unscoped, 1) };
+    unsafe { add(&raw mut (*a).unscoped, n) };
 }
 
 /// Times a compare-and-exchange of a rate window is retried before giving up on the check
@@ -383,24 +412,27 @@ fn count_policy_violations(slot: u32, policy_id: u32, verdict: u32) {
 /// checks it against the device's rule; returns the verdict. A subprogram of its own: the
 /// DMAR decoder calls it per record, unrolled on kernels without `bpf_loop`.
 #[inline(never)]
-/// `pasid`: the record's PASID, `NO_PASID` when it carries none.
-pub fn count_unrecoverable(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8, pasid: u32) -> u32 {
+/// Unrecoverable faults are checked as faults without a PASID: against the device's policy
+/// without `pasids`, which the agent always puts first (at most one exists), not by the
+/// VT-d record's PASID. The PASID scan per record, before the table walk, takes the DMAR
+/// decoder's program past the verifier's budget on 7.3 (1,000,001 instructions, measured).
+/// Returns the verdict in the low half and the policy that gave it in the high half (one
+/// register: a BPF function returns one).
+pub fn count_unrecoverable(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8) -> u64 {
     let idx = dev_slot(dev, source);
-    let sel = rule(idx, pasid);
+    let sel = device_wide_rule(idx);
     let r = sel.rule;
     let v = verdict_unrecoverable(&r, level);
     if let Some(a) = agg(idx) {
         bump(a, Config::Unknown as u8, level, CODE_UNRECOVERABLE);
         count_violations(a, v);
-        if sel.unscoped {
-            count_unscoped(a);
-        }
+        count_unscoped(a, sel.unscoped);
     }
     count_policy_violations(idx, r.policy_id, v);
     if v & !VERDICT_CHECKED != 0 {
         crate::stat!(violations);
     }
-    v
+    (r.policy_id as u64) << 32 | v as u64
 }
 
 // ---- pending reports: per-CPU slot, hash when taken, scan when migrated ----
@@ -678,9 +710,7 @@ fn start_inflight(
             observe(a, Latency::Dispatch, ns);
         }
         count_violations(a, verdict);
-        if sel.unscoped {
-            count_unscoped(a);
-        }
+        count_unscoped(a, sel.unscoped);
     }
     count_policy_violations(p.dev_idx, r.policy_id, verdict);
     let f = Inflight {
@@ -696,6 +726,8 @@ fn start_inflight(
         dev_idx: p.dev_idx,
         verdict,
         hwpt_id: 0,
+        policy_id: r.policy_id,
+        _pad: 0,
         delivered_ns: 0,
         answered: 0,
     };
@@ -767,7 +799,10 @@ fn finish(f: &mut Inflight, code: u8, now: u64, fix: u64) {
     }
     // Tracing streams answered faults; a violation is streamed whatever the mode.
     if violated || (code != RESP_NONE && EVENTS_MODE.load() == EVENTS_ALL) {
-        emit(f, code, service, verdict);
+        // The policy that checked the answer; the classification's when none did (a reload
+        // in between).
+        let policy = if r.flags & iopf_common::policy::RULE_ACTIVE != 0 { r.policy_id } else { f.policy_id };
+        emit(f, code, service, verdict, policy);
     }
 }
 
@@ -907,10 +942,12 @@ pub fn emit_synthetic(seq: u64) {
         dev_idx: 0,
         verdict: 0,
         hwpt_id: 0,
+        policy_id: 0,
+        _pad: 0,
         delivered_ns: 0,
         answered: 0,
     };
-    emit(&f, RESP_SUCCESS, 2000, VERDICT_NONE);
+    emit(&f, RESP_SUCCESS, 2000, VERDICT_NONE, 0);
 }
 
 /// The answer time of `f` given its service time.
@@ -926,10 +963,10 @@ fn user_ns(f: &Inflight, code: u8, now: u64) -> u64 {
 }
 
 #[inline(always)]
-fn emit(f: &Inflight, code: u8, service: u64, verdict: u32) {
+fn emit(f: &Inflight, code: u8, service: u64, verdict: u32, policy_id: u32) {
     match IOPF_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
-            // Field by field into the reservation: building the 120-byte event on the stack
+            // Field by field into the reservation: building the 128-byte event on the stack
             // first would cost that much of the 512 bytes the whole call chain shares
             // (older verifiers also round every frame up to 32 bytes).
             let p = e.as_mut_ptr();
@@ -951,6 +988,8 @@ fn emit(f: &Inflight, code: u8, service: u64, verdict: u32) {
                 (*p).source = f.source;
                 (*p)._pad = [0; 3];
                 (*p).hwpt_id = f.hwpt_id;
+                (*p).policy_id = policy_id;
+                (*p)._pad_end = 0;
             }
             e.submit(0);
             crate::stat!(events);

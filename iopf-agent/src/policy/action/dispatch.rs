@@ -30,8 +30,11 @@ const EXEC_PARALLEL: usize = 4;
 #[derive(Debug, Clone)]
 pub struct Violation {
     pub device: String,
-    /// The fault's PASID (`policy::NO_PASID` for none): which of the device's policies it broke.
+    /// The fault's PASID (`policy::NO_PASID` for none): which of the device's policies it
+    /// falls under now, when the one it broke (`policy_id`) is no longer loaded.
     pub pasid: u32,
+    /// The policy whose rule the fault broke, as the kernel side recorded it.
+    pub policy_id: u32,
     /// Violation names (`policy::VIOLATIONS`).
     pub violations: Vec<&'static str>,
     /// The event's NDJSON object (no newline).
@@ -43,12 +46,15 @@ pub struct Violation {
 pub struct Table {
     devices: BTreeMap<String, DevicePolicies>,
     policies: BTreeMap<String, (Mode, Vec<Action>)>,
+    /// Policy id -> name, for the loaded policies.
+    ids: BTreeMap<u32, String>,
 }
 
 impl Table {
     pub fn new(set: &PolicySet, resolved: &Resolved) -> Self {
         Table {
             devices: resolved.devices.clone(),
+            ids: set.policies().iter().map(|p| (p.rule().policy_id, p.name().to_owned())).collect(),
             policies: set.policies().iter().map(|p| (p.name().to_owned(), (p.mode(), p.actions().to_vec()))).collect(),
         }
     }
@@ -137,8 +143,11 @@ impl Worker {
     fn handle(&mut self, v: &Violation) {
         let found = {
             let t = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
-            let r = t.devices.get(&v.device).and_then(|d| d.for_pasid(v.pasid));
-            r.and_then(|r| Some((r.policy.clone(), t.policies.get(&r.policy)?.clone())))
+            // The policy the fault broke when it is still loaded, else the one its device and
+            // PASID fall under now.
+            let broke = t.ids.get(&v.policy_id).filter(|_| v.policy_id != 0);
+            let now = || t.devices.get(&v.device).and_then(|d| d.for_pasid(v.pasid)).map(|r| &r.policy);
+            broke.or_else(now).and_then(|p| Some((p.clone(), t.policies.get(p)?.clone())))
         };
         let Some((policy, (mode, actions))) = found else {
             self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).unowned += 1;
@@ -393,6 +402,7 @@ mod tests {
         let table = Table {
             devices: [("0000:00:03.0".to_owned(), DevicePolicies::single("edu"))].into(),
             policies: [("edu".to_owned(), (mode, actions))].into(),
+            ids: BTreeMap::new(),
         };
         Worker::new(Arc::new(Shared { table: RwLock::new(table), stats: Mutex::default(), sysfs_root: root.into() }))
     }
@@ -401,6 +411,7 @@ mod tests {
         Violation {
             device: device.into(),
             pasid: iopf_common::policy::NO_PASID,
+            policy_id: 0,
             violations: vec!["unrecoverable"],
             event: "{\"kind\":\"dmar_fault\",\"device\":\"0000:00:03.0\"}".into(),
         }

@@ -13,18 +13,25 @@ use crate::iopf::{maps::dev_str, ndjson};
 pub fn from_event(e: &Event, consts: &Consts) -> Option<Violation> {
     let names = names(e.verdict)?;
     let mut buf = Vec::with_capacity(512);
-    ndjson::write_event(&mut buf, e, consts);
+    ndjson::write_event(&mut buf, e, consts, None);
     let pasid = fault_pasid(&e.fault, consts.flag_pasid_valid);
-    Some(Violation { device: dev_str(&e.dev), pasid, violations: names, event: object(buf) })
+    Some(Violation { device: dev_str(&e.dev), pasid, policy_id: e.policy_id, violations: names, event: object(buf) })
 }
 
 /// The violation a VT-d fault record carries, if any.
 pub fn from_dmar(e: &DmarEvent) -> Option<Violation> {
     let names = names(e.verdict)?;
     let mut buf = Vec::with_capacity(512);
-    ndjson::write_dmar(&mut buf, e);
-    let pasid = if e.pasid_present != 0 { e.pasid } else { NO_PASID };
-    Some(Violation { device: dev_str(&bdf_name(e.segment, e.source_id)), pasid, violations: names, event: object(buf) })
+    ndjson::write_dmar(&mut buf, e, None);
+    // Unrecoverable faults are checked as faults without a PASID (the kernel side's rule).
+    let pasid = NO_PASID;
+    Some(Violation {
+        device: dev_str(&bdf_name(e.segment, e.source_id)),
+        pasid,
+        policy_id: e.policy_id,
+        violations: names,
+        event: object(buf),
+    })
 }
 
 fn names(verdict: u32) -> Option<Vec<&'static str>> {

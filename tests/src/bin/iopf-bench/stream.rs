@@ -88,7 +88,7 @@ impl Pipe {
             let drain = s.spawn(|| {
                 pin_cpu(1);
                 let consts = CURRENT_CONSTS;
-                let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| write_event(b, e, &consts);
+                let render = |b: &mut Vec<u8>, e: &iopf_common::iopf::Event| write_event(b, e, &consts, None);
                 let mut buf = Vec::with_capacity(128 * 1024);
                 let mut n = 0u64;
                 loop {
