@@ -103,3 +103,59 @@ fn unrolled_decoder_counts_each_record_it_does_not_decode() {
         assert_eq!(s.dmar_scan_truncated, (n > scanned) as u64, "n {n}: truncated scan");
     }
 }
+
+/// Unrecoverable faults are checked as faults without a PASID, in both decoders: a device
+/// under a policy without `pasids` has each record checked against it (and named in the
+/// event), even a record that carries a PASID; a device under only PASID-scoped policies has
+/// none checked, each counted as out of scope (not as unchecked). Worked out by hand: device
+/// .0 (`edu-wide`, `unrecoverable: none`): 2 records, 2 violations; device .1
+/// (`edu-tenant`, PASIDs 1-64): 2 records, both with PASID 1 or none, 0 violations, 2 out
+/// of scope.
+#[test]
+fn unrecoverable_faults_are_checked_as_faults_without_a_pasid() {
+    use iopf_agent::policy::{PolicyIds, PolicySet, SysfsDevice, install::Installed};
+    use iopf_common::{iopf::Source, policy::VIOLATION_UNRECOVERABLE};
+    if !require_root("unrecoverable_faults_are_checked_as_faults_without_a_pasid") {
+        return;
+    }
+    const WIDE: &str = "0002:18:00.0";
+    const TENANT: &str = "0002:18:00.1";
+    let doc = |name: &str, dev: &str, extra: &str| {
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: monitor\n  selector: {{pci: \"{dev}\"{extra}}}\n  expect:\n    unrecoverable: none\n"
+        )
+    };
+    let text = [doc("edu-wide", WIDE, ""), doc("edu-tenant", TENANT, ", pasids: [1-64]")].join("---\n");
+    let rec = |sid: u16, pasid: Option<u32>| Record { source_id: sid, reason: 0x06, read: true, addr: 0x1000, pasid };
+    let recs = [rec(0x1800, None), rec(0x1800, Some(1)), rec(0x1801, None), rec(0x1801, Some(1))];
+    for with_loop in [true, false] {
+        let mut ebpf = loader::load(globals(Globals::default())).expect("load");
+        let mut events = Ring::<DmarEvent>::take_named(&mut ebpf, "DMAR_EVENTS").unwrap();
+        let mut maps = IopfMaps::take(&mut ebpf).unwrap();
+        let mut ids = PolicyIds::default();
+        let mut set = PolicySet::parse("p.yaml".as_ref(), &text).unwrap();
+        set.assign_ids(&mut ids);
+        let devices: Vec<SysfsDevice> =
+            [WIDE, TENANT].map(|d| SysfsDevice { name: d.into(), bus: "pci".into(), ..SysfsDevice::default() }).into();
+        let resolved = set.resolve_devices(&devices).unwrap();
+        Installed::new(&resolved, Source::Kernel as u8, ids).reserve(&mut maps, Globals::default().dev_slots).unwrap();
+        let mut u = DmarUnit::new(&mut ebpf).unwrap();
+        u.set(&unit(&recs, 0, SEGMENT)).unwrap();
+        u.run(with_loop).unwrap();
+        let evs = events.drain();
+        let wide_id = set.policies()[0].rule().policy_id;
+        let got: Vec<(u16, u32, bool)> =
+            evs.iter().map(|e| (e.source_id, e.policy_id, e.verdict & VIOLATION_UNRECOVERABLE != 0)).collect();
+        assert_eq!(
+            got,
+            [(0x1800, wide_id, true), (0x1800, wide_id, true), (0x1801, 0, false), (0x1801, 0, false)],
+            "bpf_loop decoder: {with_loop}"
+        );
+        let snap = maps.snapshot().unwrap();
+        let key = |d: &str| (iopf_agent::iopf::maps::dev_bytes(d), Source::Kernel as u8);
+        assert_eq!((snap.checked.get(&key(WIDE)), snap.unscoped.get(&key(WIDE))), (Some(&2), None));
+        assert_eq!((snap.checked.get(&key(TENANT)), snap.unscoped.get(&key(TENANT))), (None, Some(&2)));
+        let per_policy: u64 = snap.policy_violations.values().sum();
+        assert_eq!(per_policy, 2);
+    }
+}
