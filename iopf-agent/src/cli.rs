@@ -181,7 +181,9 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Print a recording's events (columns, or --json) and a summary per device.
+    /// Print a recording's events (columns, or --json) and a summary per device; or, with
+    /// --listen, drive its IOPF events again through the in-kernel programs (as root, like
+    /// simulate) and serve their metrics until SIGINT/SIGTERM.
     Replay {
         file: PathBuf,
         #[arg(long)]
@@ -191,6 +193,18 @@ enum Cmd {
         /// Only the summary.
         #[arg(long)]
         summary: bool,
+        /// Serve the replay's metrics here (counts, latency histograms, violations).
+        #[arg(long, conflicts_with_all = ["json", "no_color", "summary"])]
+        listen: Option<SocketAddr>,
+        /// TLS and basic auth for the endpoint (as for run).
+        #[arg(long, value_name = "FILE", requires = "listen")]
+        web_config: Option<PathBuf>,
+        /// DevicePolicy files or directories to check the replayed faults against in the
+        /// kernel (selectors see the devices the recording's header lists); repeatable.
+        #[arg(long = "policy", value_name = "PATH", requires = "listen")]
+        policies: Vec<PathBuf>,
+        #[arg(long, default_value = crate::kabi::DEFAULT_BTF_DIR, hide = true)]
+        btf_dir: PathBuf,
     },
     /// Write one self-contained HTML page (inline SVG, readable offline) of a recording.
     Report {
@@ -330,6 +344,7 @@ pub enum Command {
         format: crate::trace::Format,
         summary: bool,
     },
+    ReplayServe(crate::record::serve::ServeOptions),
     Report {
         file: PathBuf,
         html: PathBuf,
@@ -427,7 +442,10 @@ pub fn parse() -> Command {
             let _ = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out);
             Command::Generated(out)
         }
-        Cmd::Replay { file, json, no_color, summary } => {
+        Cmd::Replay { file, listen: Some(listen), web_config, policies, btf_dir, .. } => {
+            Command::ReplayServe(crate::record::serve::ServeOptions { file, listen, web_config, policies, btf_dir })
+        }
+        Cmd::Replay { file, json, no_color, summary, .. } => {
             let format = output_format(json, no_color);
             Command::Replay { file, format, summary }
         }

@@ -18,6 +18,7 @@ fn main() {
         cli::Command::Generated(bytes) => quiet_pipe(std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)),
         cli::Command::Report { file, html } => iopf_agent::record::report::run(&file, &html),
         cli::Command::Replay { file, format, summary } => iopf_agent::record::replay::run(&file, format, summary),
+        cli::Command::ReplayServe(o) => block_on(iopf_agent::record::serve::run(o)),
         cli::Command::PolicyAgainst { file, policies } => exit_with(iopf_agent::record::against::run(&file, &policies)),
         cli::Command::PolicyCheck { paths, host, sysfs_root } => {
             exit_with(policy_cmd::check(&paths, host, &sysfs_root))

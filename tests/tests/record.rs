@@ -53,6 +53,45 @@ fn a_recording_replays_every_event_exactly_and_policies_check_against_it() {
     std::fs::remove_file(&rec).ok();
 }
 
+/// `replay --listen` drives a recording's events again through the in-kernel programs and
+/// serves the same metrics the recorded run served: every sample of the policies scenario
+/// under the shipped policies (counts, latency histograms, violations by policy) equal,
+/// line for line, to `simulate --listen`'s.
+#[test]
+fn a_replay_serves_the_metrics_of_the_recorded_run() {
+    if !require_root("a_replay_serves_the_metrics_of_the_recorded_run") {
+        return;
+    }
+    use iopf_tests::{agent::Agent, prom::http_get};
+    let scn = format!("{}/scenarios/policies.yaml", examples());
+    let pol = format!("{}/policies", examples());
+    let rec = tmp("served.iopf");
+    let (code, _, err) =
+        run_to_end(&["simulate", "--scenario", &scn, "--policy", &pol, "--record", rec.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let body = |args: &[&str]| {
+        let agent = Agent::start_with(args);
+        let (_, body) = http_get(agent.addr, "/metrics").unwrap();
+        let log = agent.log.clone();
+        let (code, rest) = agent.stop();
+        assert_eq!(code, Some(0), "{log:#?}{rest:#?}");
+        let mut lines: Vec<String> = body.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect();
+        lines.sort();
+        (lines, log)
+    };
+    let (simulated, _) = body(&["simulate", "--scenario", &scn, "--policy", &pol, "--listen", "127.0.0.1:0"]);
+    let (replayed, log) = body(&["replay", rec.to_str().unwrap(), "--policy", &pol, "--listen", "127.0.0.1:0"]);
+    assert!(
+        log.iter().any(|l| l.contains("replayed 350 of 350 recorded IOPF events"))
+            && log.iter().any(|l| l.contains("replayed counts match the recording's")),
+        "{log:#?}"
+    );
+    assert!(simulated.iter().any(|l| l.starts_with("iopf_policy_violations_total{")), "{simulated:#?}");
+    assert!(simulated.len() > 100, "{} samples", simulated.len());
+    assert_eq!(replayed, simulated);
+    std::fs::remove_file(&rec).ok();
+}
+
 #[test]
 fn damaged_or_foreign_files_are_refused_with_where() {
     let bad = tmp("bad.iopf");

@@ -12,6 +12,7 @@ pub mod against;
 pub mod file;
 pub mod replay;
 pub mod report;
+pub mod serve;
 
 pub use file::{Header, PlannedHook, Reader, Record, RecordError, RecordedDevice, Sink, Times, Writer};
 

@@ -171,6 +171,60 @@ pub fn plan(s: &Scenario, consts: &Consts, tuple_keys: bool) -> FaultPlan {
     FaultPlan { faults, window: s.spec.window as usize, tuple_keys }
 }
 
+/// A recording's IOPF events as a plan to drive again (`replay --listen`), in report order:
+/// each fault with its recorded device, address, PASID, times and answer, its domain type
+/// chosen so the kernel side classifies it as recorded. `recorded_pasid_valid` is the
+/// recording kernel's PASID-valid flag; `consts` the running kernel's. Events whose
+/// configuration is unknown cannot be given a domain: they are left out and counted.
+pub fn plan_of_events(
+    events: &[iopf_common::iopf::Event],
+    recorded_pasid_valid: u32,
+    consts: &Consts,
+    tuple_keys: bool,
+) -> (FaultPlan, usize) {
+    let mut order: Vec<&iopf_common::iopf::Event> = events.iter().collect();
+    order.sort_by_key(|e| e.report_ns);
+    let mut faults = Vec::with_capacity(order.len());
+    let mut skipped = 0;
+    for e in order {
+        let c = match (Config::from_u8(e.config), Level::from_u8(e.level)) {
+            (Config::Nested, Level::Second) => Configuration::NestedParent,
+            (Config::Nested, _) => Configuration::Nested,
+            (Config::FlatSva, _) => Configuration::FlatSva,
+            (Config::FlatUser, _) => Configuration::FlatUser,
+            (Config::FlatKernel, _) => Configuration::FlatKernel,
+            (Config::Unknown, _) => {
+                skipped += 1;
+                continue;
+            }
+        };
+        let (dom_type, nest_parent, config, level) = domain_of(c, consts);
+        let valid = e.fault.flags & recorded_pasid_valid != 0;
+        let fault = Fault {
+            fault_type: consts.fault_page_req,
+            flags: consts.flag_last_page | if valid { consts.flag_pasid_valid } else { 0 },
+            ..e.fault
+        };
+        let (config, level) =
+            if tuple_keys { tuple_classification(if valid { e.fault.pasid } else { 0 }) } else { (config, level) };
+        faults.push(PlannedFault {
+            dev: e.dev,
+            fault,
+            key: InflightKey { a: KEY_BASE + faults.len() as u64, b: if tuple_keys { fault.grpid as u64 } else { 0 } },
+            dom_type,
+            nest_parent,
+            config,
+            level,
+            report_ns: e.report_ns,
+            handler_ns: e.report_ns + e.dispatch_ns,
+            mm_fix_ns: (e.mm_fix_ns != 0).then_some(e.mm_fix_ns),
+            response: (e.code != RESP_NONE).then_some((e.code, e.report_ns + e.service_ns)),
+        });
+    }
+    // One fault per window: recorded faults may share a group key's grpid.
+    (FaultPlan { faults, window: 1, tuple_keys }, skipped)
+}
+
 /// Compiled rules of simulated devices, by device name.
 pub type Rules = std::collections::BTreeMap<[u8; iopf_common::iopf::DEV_NAME_LEN], DeviceRules>;
 

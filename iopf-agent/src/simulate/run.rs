@@ -48,6 +48,24 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
+/// Globals for driving faults through the programs by test runs: the running kernel's
+/// constants when it has an IOPF ABI, else the newest generation's.
+pub fn injection_globals(btf_dir: &std::path::Path, events: bool) -> Globals {
+    let btf = KernelBtf::load(btf_dir).ok();
+    let abi = btf.as_ref().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
+    let base = Globals { events, ..Globals::default() };
+    let globals = match &abi {
+        Some(a) => base.with_abi(a),
+        None => Globals { consts: CURRENT_CONSTS, ..base },
+    };
+    // Report and handler are separate test runs: the scan finds a report left on another
+    // CPU's slot when this thread migrated in between.
+    match &btf {
+        Some(b) => globals.with_btf(b.vmlinux()),
+        None => globals,
+    }
+}
+
 /// Plans at least this large print their progress.
 const PROGRESS_FROM: usize = 1_000_000;
 
@@ -112,21 +130,8 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         Some(a) => Some(server::bind(a, opts.web_config.as_deref()).await?),
         None => None,
     };
-    // The running kernel's constants when it has an IOPF ABI, else the newest generation's.
-    let btf = KernelBtf::load(&opts.btf_dir).ok();
-    let abi = btf.as_ref().and_then(|b| IopfAbi::resolve(b.vmlinux()).ok());
     let all_events = opts.trace || opts.record.is_some();
-    let base = Globals { events: all_events, ..Globals::default() };
-    let mut globals = match &abi {
-        Some(a) => base.with_abi(a),
-        None => Globals { consts: CURRENT_CONSTS, ..base },
-    };
-    // Report and handler are separate test runs: the scan finds a report left on another
-    // CPU's slot when this thread migrated in between.
-    if let Some(b) = &btf {
-        globals = globals.with_btf(b.vmlinux());
-    }
-    drop(btf);
+    let mut globals = injection_globals(&opts.btf_dir, all_events);
     let plan = model::plan(&scenario, &globals.consts, globals.tuple_keys);
     if globals.tuple_keys {
         eprintln!(
