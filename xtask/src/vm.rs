@@ -104,7 +104,15 @@ pub const KERNELS: &[KernelSpec] = &[
         modules: &[],
         qemu: &["-machine", "q35"],
         append: "",
-        scenarios: &["doctor", "mock-iopf-fentry", "mock-iopf-kprobe", "pin-restart", "pagefault-fentry", "simulate"],
+        scenarios: &[
+            "doctor",
+            "mock-iopf-fentry",
+            "mock-iopf-kprobe",
+            "pin-restart",
+            "devices-mock",
+            "pagefault-fentry",
+            "simulate",
+        ],
     },
     KernelSpec {
         name: "iopf-7.3",
@@ -122,6 +130,7 @@ pub const KERNELS: &[KernelSpec] = &[
             "sva-kmod-fentry",
             "sva-kmod-kprobe",
             "mock-flat-pasid",
+            "devices-mock",
             "viommu-events",
             "attach-fentry",
             "simulate",
@@ -175,7 +184,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-6.1",
-        what: "Debian bookworm linux-image-6.1.0-*-amd64-unsigned (<= 6.8 ABI)",
+        what: "Debian bookworm linux-image-6.1.0-*-amd64-unsigned (<= 6.8 ABI), edu without an IOMMU",
         source: Source::Debian {
             prefix: "linux-image-6.1.0-",
             abi: "",
@@ -183,9 +192,9 @@ pub const KERNELS: &[KernelSpec] = &[
             layout: Layout::Image,
         },
         modules: DEBIAN_9P_MODULES,
-        qemu: &["-machine", "q35"],
+        qemu: &["-machine", "q35", "-device", "edu"],
         append: "",
-        scenarios: &["doctor", "attach-fentry", "attach-kprobe", "pagefault-fentry", "simulate"],
+        scenarios: &["doctor", "attach-fentry", "attach-kprobe", "pagefault-fentry", "devices-no-iommu", "simulate"],
     },
     KernelSpec {
         name: "debian-5.10",

@@ -27,6 +27,8 @@ pub struct Facts<'a> {
     pub iommu: Option<&'a IommuUnit>,
     pub iommu_group: Option<u32>,
     pub domain_type: Option<&'a str>,
+    /// The bound driver, if any.
+    pub driver: Option<&'a str>,
 }
 
 /// Evidence sorted as it is gathered.
@@ -49,12 +51,28 @@ impl Verdict {
     }
 }
 
+/// A kernel driver other than VFIO's is bound: the device does DMA through the kernel's DMA
+/// API, on the group's default domain.
+fn default_domain_in_use(f: &Facts) -> bool {
+    f.driver.is_some_and(|d| !d.starts_with("vfio"))
+}
+
+fn unit_unseen(f: &Facts) -> String {
+    format!(
+        "in IOMMU group {} but no `iommu` link: the unit translating for it is not visible in sysfs",
+        f.iommu_group.unwrap_or_default()
+    )
+}
+
 /// Page requests can reach the kernel only if the device can send them (PRI enabled), a unit
 /// whose driver takes them translates for it, and its domain translates at all.
 pub fn recoverable(f: &Facts) -> FaultReport {
     let mut v = Verdict::default();
     device_side(f, &mut v);
     match f.iommu {
+        // In a group, something translates for it: a unit that registers no sysfs device
+        // (the iommufd selftest's mock) is not seen, not absent.
+        None if f.iommu_group.is_some() => v.unseen.push(unit_unseen(f)),
         None => v.fails.push("no IOMMU unit attached (no `iommu` link)".into()),
         Some(u) => match u.driver {
             IommuDriver::IntelIommu => match u.prs {
@@ -109,6 +127,16 @@ fn domain_side(f: &Facts, v: &mut Verdict, unrecoverable: bool) {
     match (f.iommu_group, f.domain_type) {
         (None, _) => v.unseen.push("no IOMMU group (no `iommu_group` link)".into()),
         (Some(g), None) => v.unseen.push(format!("IOMMU group {g} domain type not readable")),
+        // sysfs `type` is the group's default domain. Only while a kernel driver other than
+        // VFIO owns the device's DMA is that the domain attached: iommufd and VFIO attach
+        // their own (the iommufd mock's group says blocked while its faults are served).
+        (Some(g), Some(t @ ("identity" | "blocked"))) if !default_domain_in_use(f) => v.unseen.push(format!(
+            "group {g}'s default domain is {t}, but {}: a user-space owner (iommufd, VFIO) attaches its own domain, not shown in sysfs",
+            match f.driver {
+                None => "no kernel driver is bound".to_owned(),
+                Some(d) => format!("it is bound to {d}"),
+            }
+        )),
         (Some(_), Some("identity")) => v.fails.push("domain type identity: no translation, no faults".into()),
         // A blocked domain serves no page request; whether the refused DMA is recorded as a
         // fault is the unit's business (not decided from sysfs).
@@ -125,7 +153,11 @@ fn domain_side(f: &Facts, v: &mut Verdict, unrecoverable: bool) {
 pub fn unrecoverable(f: &Facts) -> FaultReport {
     let mut v = Verdict::default();
     let Some(u) = f.iommu else {
-        v.fails.push("no IOMMU translates for this device".into());
+        if f.iommu_group.is_some() {
+            v.unseen.push(unit_unseen(f));
+        } else {
+            v.fails.push("no IOMMU translates for this device".into());
+        }
         return v.finish();
     };
     domain_side(f, &mut v, true);

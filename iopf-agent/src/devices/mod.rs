@@ -111,12 +111,14 @@ fn device(root: &Path, bus: &str, name: String, dir: &Path, is_pci: bool) -> (De
     let domain_type =
         iommu_group.and_then(|g| sysfs::read_text(&root.join("kernel/iommu_groups").join(g.to_string()).join("type")));
     let iommu = iommu::unit(root, dir);
+    let driver = sysfs::link_name(&dir.join("driver"));
     let facts = faults::Facts {
         is_pci,
         config: config.as_ref(),
         iommu: iommu.as_ref(),
         iommu_group,
         domain_type: domain_type.as_deref(),
+        driver: driver.as_deref(),
     };
     let (recoverable, unrecoverable) = (faults::recoverable(&facts), faults::unrecoverable(&facts));
     let dev = Device {
@@ -125,7 +127,7 @@ fn device(root: &Path, bus: &str, name: String, dir: &Path, is_pci: bool) -> (De
         vendor_device: id.map(|(v, d)| format!("{v:04x}:{d:04x}")),
         class,
         name_db: None,
-        driver: sysfs::link_name(&dir.join("driver")),
+        driver,
         iommu_group,
         domain_type,
         iommu,

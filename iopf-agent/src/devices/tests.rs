@@ -322,15 +322,37 @@ fn identity_domains_have_no_faults_blocked_ones_no_page_requests() {
     let id = "domain type identity: no translation, no faults";
     assert_eq!(devs[0].recoverable, report(false, true, &[id]));
     assert_eq!(devs[0].unrecoverable, report(false, true, &[id]));
+    // No kernel driver bound: the default domain may not be the one attached (iommufd, VFIO).
+    let user = "group 8's default domain is blocked, but no kernel driver is bound: a user-space owner (iommufd, VFIO) attaches its own domain, not shown in sysfs";
+    assert_eq!(devs[1].recoverable, report(false, false, &[user]));
+    assert_eq!(devs[1].unrecoverable, report(false, false, &[user]));
+    assert_eq!(devs[1].driver, None);
+    assert!(
+        text(&devs).contains("\n\n0000:00:04.0  1234:11e8  no driver  group 8 (blocked)  iommu dmar0 (intel-iommu)\n")
+    );
+    // With a kernel driver bound the default domain is the one in use: a decided no.
+    s.driver(&blocked, "pci", "edu-drv");
+    let devs = s.inventory();
     let bl = "domain type blocked: DMA is refused, no page request is served";
     assert_eq!(devs[1].recoverable, report(false, true, &[bl]));
     let unseen =
         "domain type blocked: DMA is refused; whether the unit records the refusal as a fault is not visible in sysfs";
     assert_eq!(devs[1].unrecoverable, report(false, false, &[unseen]));
-    assert_eq!(devs[1].driver, None);
-    assert!(
-        text(&devs).contains("\n\n0000:00:04.0  1234:11e8  no driver  group 8 (blocked)  iommu dmar0 (intel-iommu)\n")
-    );
+}
+
+/// A device in a group whose unit registers nothing in sysfs (the iommufd selftest's mock
+/// device): the unit is not seen, so neither answer is decided, and neither is a "no".
+#[test]
+fn a_grouped_device_without_a_visible_unit_is_undecided_not_refused() {
+    let s = Sysfs::new("mock");
+    let dev = "devices/iommufd_mock/iommufd_mock0";
+    s.dir(dev);
+    s.link("bus/iommufd_mock/devices/iommufd_mock0", &s.p(dev));
+    s.group(dev, 7, Some("DMA"));
+    let devs = s.inventory();
+    let unseen = "in IOMMU group 7 but no `iommu` link: the unit translating for it is not visible in sysfs";
+    assert_eq!(devs[0].recoverable, report(false, false, &["stall capability not visible in sysfs", unseen]));
+    assert_eq!(devs[0].unrecoverable, report(false, false, &[unseen]));
 }
 
 #[test]

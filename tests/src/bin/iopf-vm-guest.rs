@@ -1461,6 +1461,86 @@ fn devices_guest(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `devices --json` with an iommufd mock device held (a fault-capable hwpt attached): it is
+/// listed on its bus with its IOMMU group and the group's domain type as sysfs has them, and
+/// whether its recoverable faults reach the kernel is left undecided, with the reason (a
+/// non-PCI device's stall capability is not in sysfs), not guessed.
+fn devices_mock(a: &Args) -> Result<(), String> {
+    let _mock = iopf_tests::iommufd::MockIopf::new()?;
+    let name = mock_device_name()?;
+    let out = Command::new(&a.agent).args(["devices", "--json"]).output().map_err(|e| format!("devices: {e}"))?;
+    check(out.status.success(), format!("devices exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("devices JSON: {e}"))?;
+    let d = v["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == name.as_str()))
+        .ok_or_else(|| format!("mock device {name} not listed: {v}"))?;
+    println!("  mock: {d}");
+    let group = std::fs::read_link(format!("/sys/bus/iommufd_mock/devices/{name}/iommu_group"))
+        .ok()
+        .and_then(|l| l.file_name()?.to_str()?.parse::<u64>().ok());
+    let domain = group
+        .and_then(|g| std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{g}/type")).ok())
+        .map(|t| t.trim().to_owned());
+    check(
+        d["bus"] == "iommufd_mock"
+            && group.is_some()
+            && d["iommu_group"].as_u64() == group
+            && d["domain_type"].as_str() == domain.as_deref(),
+        format!("mock bus/group/domain {d}, sysfs group {group:?} type {domain:?}"),
+    )?;
+    // Whether the mock unit shows in sysfs decides the second half: either way undecided.
+    check(
+        d["recoverable"]["possible"] == false
+            && d["recoverable"]["decided"] == false
+            && d["recoverable"]["why"].to_string().contains("stall capability not visible in sysfs"),
+        format!("recoverable: {}", d["recoverable"]),
+    )?;
+    // sysfs shows the group's default domain, not iommufd's hwpt: a blocked default must not
+    // read as "no page request is served".
+    if let Some(t @ ("blocked" | "identity")) = domain.as_deref() {
+        check(
+            d["recoverable"]["why"].to_string().contains(&format!("default domain is {t}, but no kernel driver is bound")),
+            format!("recoverable with a {t} default domain: {}", d["recoverable"]),
+        )?;
+    }
+    check(
+        d["iommu"].is_object() || d["unrecoverable"]["decided"] == false,
+        format!("unrecoverable without a visible unit: {}", d["unrecoverable"]),
+    )?;
+    Ok(())
+}
+
+/// `devices --json` in a guest without an IOMMU: edu is listed (PCI), in no group, behind no
+/// unit, and both answers are a decided no, each saying why.
+fn devices_no_iommu(a: &Args) -> Result<(), String> {
+    let bdf = iopf_tests::edu::Edu::find()?;
+    let out = Command::new(&a.agent).args(["devices", "--json"]).output().map_err(|e| format!("devices: {e}"))?;
+    check(out.status.success(), format!("devices exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("devices JSON: {e}"))?;
+    let edu = v["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == bdf.as_str()))
+        .ok_or_else(|| format!("edu {bdf} not listed: {v}"))?;
+    println!("  edu: {edu}");
+    check(
+        edu["vendor_device"] == "1234:11e8" && edu["iommu_group"].is_null() && edu["iommu"].is_null(),
+        format!("edu identity/group/unit: {edu}"),
+    )?;
+    check(
+        edu["recoverable"]["possible"] == false
+            && edu["recoverable"]["decided"] == true
+            && edu["recoverable"]["why"].to_string().contains("no IOMMU unit attached (no `iommu` link)"),
+        format!("recoverable: {}", edu["recoverable"]),
+    )?;
+    check(
+        edu["unrecoverable"]
+            == serde_json::json!({"possible": false, "decided": true, "why": ["no IOMMU translates for this device"]}),
+        format!("unrecoverable: {}", edu["unrecoverable"]),
+    )?;
+    Ok(())
+}
+
 /// IOVAs of the burst: 32 pages from 16 MiB, mapped in no domain.
 const BURST: u64 = 32;
 const BURST_BASE: u64 = 0x100_0000;
@@ -1796,6 +1876,8 @@ fn main() {
             "dmar-isolate" => dmar_isolate(&args),
             "trace-dmar" => trace_dmar(&args),
             "devices" => devices_guest(&args),
+            "devices-mock" => devices_mock(&args),
+            "devices-no-iommu" => devices_no_iommu(&args),
             "bench-pf-fentry" => vm_figures(iopf_tests::bench::vm::pf_figures("fentry")),
             "bench-pf-kprobe" => vm_figures(iopf_tests::bench::vm::pf_figures("kprobe")),
             "bench-iopf-fentry" => vm_figures(iopf_tests::bench::vm::iopf_figures("fentry")),
