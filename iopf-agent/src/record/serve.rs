@@ -2,22 +2,22 @@
 //! programs by test runs (the `simulate` injection path), then served as metrics: the same
 //! counts and latency histograms, and with `--policy` violations checked in the kernel.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::path::PathBuf;
 
 use iopf_common::iopf::{CODE_REPORTED, CountKey, Source};
 
 use super::{Reader, Record};
 use crate::{
     error::AgentError,
-    iopf::{inject::Injector, maps::IopfMaps, metrics::IopfSource},
+    iopf::{inject::Injector, maps::IopfMaps},
     loader,
-    metrics::Registry,
     policy::{PolicyIds, PolicySet, SysfsDevice, install::Installed},
     server,
-    simulate::{drive::drive, model, run::injection_globals},
+    simulate::{
+        drive::drive,
+        model,
+        run::{injection_globals, serve_injected},
+    },
 };
 
 #[derive(Debug, Clone)]
@@ -73,12 +73,7 @@ pub async fn run(o: ServeOptions) -> Result<(), AgentError> {
     for d in &differ {
         eprintln!("iopf-agent: replayed count differs from the recording: {d}");
     }
-    let registry = Registry::default();
-    registry.add(IopfSource::new(Arc::new(Mutex::new(maps)), Some(Arc::new(Mutex::new(installed)))));
-    eprintln!("iopf-agent: serving metrics on {}", listener.describe()?);
-    server::serve(listener, registry, crate::run::shutdown_signal()).await?;
-    eprintln!("iopf-agent: stopped");
-    Ok(())
+    serve_injected(listener, maps, installed).await
 }
 
 /// Series where the kernel's counts after the replay differ from what the recording's

@@ -294,11 +294,21 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
         return Err(AgentError::SimulationMismatch);
     }
     if let Some(listener) = listener {
-        let registry = Registry::default();
-        registry.add(IopfSource::new(Arc::new(Mutex::new(maps)), Some(Arc::new(Mutex::new(installed)))));
-        eprintln!("iopf-agent: serving metrics on {}", listener.describe()?);
-        server::serve(listener, registry, crate::run::shutdown_signal()).await?;
-        eprintln!("iopf-agent: stopped");
+        serve_injected(listener, maps, installed).await?;
     }
+    Ok(())
+}
+
+/// Serves the metrics of faults driven by test runs (simulate, replay) until SIGINT/SIGTERM.
+pub async fn serve_injected(
+    listener: server::Listener,
+    maps: IopfMaps,
+    installed: Installed,
+) -> Result<(), AgentError> {
+    let registry = Registry::default();
+    registry.add(IopfSource::new(Arc::new(Mutex::new(maps)), Some(Arc::new(Mutex::new(installed)))));
+    eprintln!("iopf-agent: serving metrics on {}", listener.describe()?);
+    server::serve(listener, registry, crate::run::shutdown_signal()).await?;
+    eprintln!("iopf-agent: stopped");
     Ok(())
 }

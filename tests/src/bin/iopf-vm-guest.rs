@@ -1410,25 +1410,38 @@ fn civil_secs(t: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
-/// `devices --json` in a guest with an IOMMU: edu is listed behind the VT-d unit, with its
-/// group's domain type, and with unrecoverable faults reported by the fault recording
-/// registers and no recoverable ones (edu has no PRI).
-fn devices_guest(a: &Args) -> Result<(), String> {
-    let bdf = iopf_tests::edu::Edu::find()?;
+/// `devices --json`'s entry for device `name` (printed), or why there is none.
+fn devices_entry(a: &Args, name: &str) -> Result<serde_json::Value, String> {
     let out = Command::new(&a.agent).args(["devices", "--json"]).output().map_err(|e| format!("devices: {e}"))?;
     check(out.status.success(), format!("devices exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("devices JSON: {e}"))?;
-    let edu = v["devices"]
+    let d = v["devices"]
         .as_array()
-        .and_then(|d| d.iter().find(|d| d["name"] == bdf.as_str()))
-        .ok_or_else(|| format!("edu {bdf} not listed: {v}"))?;
-    println!("  edu: {edu}");
-    let group = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group"))
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .cloned()
+        .ok_or_else(|| format!("{name} not listed: {v}"))?;
+    println!("  {name}: {d}");
+    Ok(d)
+}
+
+/// The IOMMU group of the device at sysfs path `dev` and its `type`, as sysfs has them.
+fn sysfs_group_type(dev: &str) -> (Option<u64>, Option<String>) {
+    let group = std::fs::read_link(format!("{dev}/iommu_group"))
         .ok()
         .and_then(|l| l.file_name()?.to_str()?.parse::<u64>().ok());
     let domain = group
         .and_then(|g| std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{g}/type")).ok())
         .map(|t| t.trim().to_owned());
+    (group, domain)
+}
+
+/// `devices --json` in a guest with an IOMMU: edu is listed behind the VT-d unit, with its
+/// group's domain type, and with unrecoverable faults reported by the fault recording
+/// registers and no recoverable ones (edu has no PRI).
+fn devices_guest(a: &Args) -> Result<(), String> {
+    let bdf = iopf_tests::edu::Edu::find()?;
+    let edu = &devices_entry(a, &bdf)?;
+    let (group, domain) = sysfs_group_type(&format!("/sys/bus/pci/devices/{bdf}"));
     check(
         edu["vendor_device"] == "1234:11e8"
             && edu["iommu_group"].as_u64() == group
@@ -1468,20 +1481,8 @@ fn devices_guest(a: &Args) -> Result<(), String> {
 fn devices_mock(a: &Args) -> Result<(), String> {
     let _mock = iopf_tests::iommufd::MockIopf::new()?;
     let name = mock_device_name()?;
-    let out = Command::new(&a.agent).args(["devices", "--json"]).output().map_err(|e| format!("devices: {e}"))?;
-    check(out.status.success(), format!("devices exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("devices JSON: {e}"))?;
-    let d = v["devices"]
-        .as_array()
-        .and_then(|d| d.iter().find(|d| d["name"] == name.as_str()))
-        .ok_or_else(|| format!("mock device {name} not listed: {v}"))?;
-    println!("  mock: {d}");
-    let group = std::fs::read_link(format!("/sys/bus/iommufd_mock/devices/{name}/iommu_group"))
-        .ok()
-        .and_then(|l| l.file_name()?.to_str()?.parse::<u64>().ok());
-    let domain = group
-        .and_then(|g| std::fs::read_to_string(format!("/sys/kernel/iommu_groups/{g}/type")).ok())
-        .map(|t| t.trim().to_owned());
+    let d = &devices_entry(a, &name)?;
+    let (group, domain) = sysfs_group_type(&format!("/sys/bus/iommufd_mock/devices/{name}"));
     check(
         d["bus"] == "iommufd_mock"
             && group.is_some()
@@ -1500,7 +1501,9 @@ fn devices_mock(a: &Args) -> Result<(), String> {
     // read as "no page request is served".
     if let Some(t @ ("blocked" | "identity")) = domain.as_deref() {
         check(
-            d["recoverable"]["why"].to_string().contains(&format!("default domain is {t}, but no kernel driver is bound")),
+            d["recoverable"]["why"]
+                .to_string()
+                .contains(&format!("default domain is {t}, but no kernel driver is bound")),
             format!("recoverable with a {t} default domain: {}", d["recoverable"]),
         )?;
     }
@@ -1515,14 +1518,7 @@ fn devices_mock(a: &Args) -> Result<(), String> {
 /// unit, and both answers are a decided no, each saying why.
 fn devices_no_iommu(a: &Args) -> Result<(), String> {
     let bdf = iopf_tests::edu::Edu::find()?;
-    let out = Command::new(&a.agent).args(["devices", "--json"]).output().map_err(|e| format!("devices: {e}"))?;
-    check(out.status.success(), format!("devices exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("devices JSON: {e}"))?;
-    let edu = v["devices"]
-        .as_array()
-        .and_then(|d| d.iter().find(|d| d["name"] == bdf.as_str()))
-        .ok_or_else(|| format!("edu {bdf} not listed: {v}"))?;
-    println!("  edu: {edu}");
+    let edu = &devices_entry(a, &bdf)?;
     check(
         edu["vendor_device"] == "1234:11e8" && edu["iommu_group"].is_null() && edu["iommu"].is_null(),
         format!("edu identity/group/unit: {edu}"),
