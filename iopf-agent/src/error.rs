@@ -78,7 +78,7 @@ impl AgentError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::Load(LoadError::NotPrivileged) => 3,
-            AgentError::Load(LoadError::Refused(_)) => 4,
+            AgentError::Load(LoadError::Refused(_) | LoadError::Patch(_)) => 4,
             AgentError::PageFault(crate::pagefault::PageFaultError::NotPermitted(_)) => 3,
             AgentError::PageFault(_) | AgentError::Required { .. } => 4,
             AgentError::Serve(ServeError::InUse { .. } | ServeError::Bind { .. }) => 5,
@@ -129,13 +129,39 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         Some((head, log)) => {
             let head = head.trim_end().trim_end_matches('.');
             let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            // With IOPF_VERIFIER_LOG=debug the full log is there: keep the lines before the
-            // statistics, where the verifier says why it refused.
-            let keep = if std::env::var("IOPF_VERIFIER_LOG").as_deref() == Ok("debug") { 12 } else { 3 };
+            // The verdict is the line before the statistics ("verification time", "stack
+            // depth", "processed N insns"), which a refusal ends with too: keep it and them.
+            // With IOPF_VERIFIER_LOG=debug the full log is there: keep a few lines more.
+            let stats = lines.iter().rev().take_while(|l| is_stats_line(l)).count();
+            let reason = if std::env::var("IOPF_VERIFIER_LOG").as_deref() == Ok("debug") { 9 } else { 1 };
+            let keep = stats + reason;
             match &lines[lines.len().saturating_sub(keep)..] {
                 [] => head.to_owned(),
                 tail => format!("{head}; verifier: {}", tail.join(" | ")),
             }
         }
+    }
+}
+
+/// The statistics lines a verifier log ends with, whether the load passed or not.
+fn is_stats_line(l: &str) -> bool {
+    l.starts_with("verification time") || l.starts_with("stack depth") || l.starts_with("processed ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("program `p` failed. Verifier output: {0}")]
+    struct Refusal(String);
+
+    #[test]
+    fn a_refusal_keeps_the_verdict_and_the_statistics() {
+        let log = "0: (b7) r0 = 0\n1: (95) exit\nBPF_STX uses reserved fields\nverification time 877 usec\nstack depth 0+0\nprocessed 0 insns (limit 1000000) max_states_per_insn 0\n";
+        assert_eq!(
+            super::chain(&Refusal(log.into())),
+            "program `p` failed; verifier: BPF_STX uses reserved fields | verification time 877 usec | stack depth 0+0 | processed 0 insns (limit 1000000) max_states_per_insn 0"
+        );
+        // A log without statistics: its last line.
+        assert_eq!(super::chain(&Refusal("a\nb\n".into())), "program `p` failed; verifier: b");
     }
 }

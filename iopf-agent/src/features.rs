@@ -49,28 +49,116 @@ pub struct Features {
     pub tracefs_path: Option<PathBuf>,
 }
 
-/// Err with the reason when the kernel lacks the BPF atomics the in-flight IOPF programs need.
-pub fn require_atomics(ebpf: &mut Ebpf) -> Result<(), crate::error::AgentError> {
-    let c = atomics(ebpf);
-    if c.available { Ok(()) } else { Err(crate::error::AgentError::NoAtomics(c.detail)) }
+/// Set to `1`, the agent acts as on a kernel whose BPF lacks compare-and-exchange (as 5.10):
+/// in-flight faults are claimed through the hash map. It lets that path be tested on any kernel.
+pub const ASSUME_NO_EXCHANGE_ENV: &str = "IOPF_ASSUME_NO_EXCHANGE";
+
+/// Whether the kernel's BPF has compare-and-exchange and exchange (Linux 5.12+), probed once
+/// before the object is loaded (the answer is one of its load-time constants): a four-
+/// instruction socket filter doing one compare-and-exchange on its stack. A kernel without
+/// them refuses it ("BPF_XADD uses reserved fields").
+pub fn bpf_exchange() -> Capability {
+    exchange_probed().0.clone()
 }
 
-/// Loads the compare-and-exchange probe: the verifier of a kernel before 5.12 refuses it.
-fn atomics(ebpf: &mut Ebpf) -> Capability {
-    let Some(p) = ebpf.program_mut("probe_atomics") else { return Capability::no("probe program missing") };
-    let p: &mut aya::programs::SocketFilter = match p.try_into() {
-        Ok(p) => p,
-        Err(e) => return Capability::no(format!("probe program: {e}")),
-    };
-    if p.fd().is_ok() {
-        return Capability::yes("BPF compare-and-exchange and exchange");
+/// Why this kernel certainly lacks BPF compare-and-exchange (the verifier refused it, or the
+/// test switch says so); `None` when it has it or could not be asked (no privilege).
+pub fn exchange_absent() -> Option<String> {
+    let (c, definite) = exchange_probed();
+    (!c.available && *definite).then(|| c.detail.clone())
+}
+
+fn exchange_probed() -> &'static (Capability, bool) {
+    static ONCE: std::sync::OnceLock<(Capability, bool)> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var(ASSUME_NO_EXCHANGE_ENV).is_ok_and(|v| v == "1") {
+            let c = Capability::no(format!(
+                "assumed absent ({ASSUME_NO_EXCHANGE_ENV}=1): in-flight faults are claimed through the hash map, as on a kernel before 5.12"
+            ));
+            return (c, true);
+        }
+        match probe_exchange() {
+            Ok(()) => (Capability::yes("BPF compare-and-exchange and exchange"), true),
+            Err((e, _)) if e.raw_os_error() == Some(libc::EPERM) => {
+                (Capability::no(format!("not probed: loading a BPF program was refused ({e})")), false)
+            }
+            Err((e, why)) => (
+                Capability::no(format!(
+                    "BPF compare-and-exchange refused ({e}{why}): this kernel's BPF lacks the atomics of Linux 5.12"
+                )),
+                true,
+            ),
+        }
+    })
+}
+
+/// Err with the reason when the in-flight IOPF programs cannot run here: without
+/// compare-and-exchange they claim faults through the hash map, which needs a tuple-keyed
+/// (<= 6.8) ABI; group-keyed kernels (6.9+) all have it.
+pub fn require_in_flight(tuple_keys: bool) -> Result<(), crate::error::AgentError> {
+    let c = bpf_exchange();
+    if c.available || tuple_keys {
+        Ok(())
+    } else {
+        Err(crate::error::AgentError::NoAtomics(format!("{}, and its IOPF ABI keys faults by group", c.detail)))
     }
-    match p.load() {
-        Ok(()) => Capability::yes("BPF compare-and-exchange and exchange"),
-        Err(e) => Capability::no(format!(
-            "BPF compare-and-exchange refused ({}): this kernel's BPF lacks the atomics of Linux 5.12",
-            crate::error::chain(&e)
-        )),
+}
+
+/// One BPF instruction as the kernel reads it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    /// dst in the low nibble, src in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// Loads the probe; on refusal, the error and ": " + the verifier's last line.
+fn probe_exchange() -> Result<(), (std::io::Error, String)> {
+    const ST_MEM_DW: u8 = 0x02 | 0x60 | 0x18;
+    const MOV64_K: u8 = 0x07 | 0xb0;
+    const STX_ATOMIC_DW: u8 = 0x03 | 0xc0 | 0x18;
+    const CMPXCHG: i32 = 0xf0 | 0x01;
+    const EXIT: u8 = 0x05 | 0x90;
+    const R10: u8 = 10;
+    let insns = [
+        Insn { code: ST_MEM_DW, regs: R10, off: -8, imm: 0 }, // *(u64 *)(r10 - 8) = 0
+        Insn { code: MOV64_K, regs: 0, off: 0, imm: 0 },      // r0 = 0
+        Insn { code: MOV64_K, regs: 1, off: 0, imm: 1 },      // r1 = 1
+        Insn { code: STX_ATOMIC_DW, regs: R10 | 1 << 4, off: -8, imm: CMPXCHG }, // r0 = cmpxchg(r10 - 8, r0, r1)
+        Insn { code: MOV64_K, regs: 0, off: 0, imm: 0 },      // r0 = 0
+        Insn { code: EXIT, regs: 0, off: 0, imm: 0 },
+    ];
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = crate::bpfsys::zeroed_attr();
+    // SAFETY: writing plain integers into the PROG_LOAD member of a zeroed union.
+    unsafe {
+        let a = &mut attr.__bindgen_anon_3;
+        a.prog_type = aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32;
+        a.insn_cnt = insns.len() as u32;
+        a.insns = insns.as_ptr() as u64;
+        a.license = license.as_ptr() as u64;
+        a.log_level = 1;
+        a.log_size = log.len() as u32;
+        a.log_buf = log.as_mut_ptr() as u64;
+    }
+    // SAFETY: PROG_LOAD with the attributes above; the instructions, license and log buffer
+    // outlive the call, and the log's size is its length.
+    match unsafe { crate::bpfsys::bpf(aya_obj::generated::bpf_cmd::BPF_PROG_LOAD, &mut attr) } {
+        Ok(fd) => {
+            // SAFETY: the call returned this descriptor to us; nothing else holds it.
+            unsafe { libc::close(fd as i32) };
+            Ok(())
+        }
+        Err(e) => {
+            let text =
+                String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())]).into_owned();
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
+            Err((e, if last.is_empty() { last } else { format!(": {last}") }))
+        }
     }
 }
 
@@ -138,7 +226,7 @@ impl Features {
         let fentry = probe_fentry(ebpf, kernel_btf);
         let kprobe = probe_kprobe(ebpf);
         let preempt_full = preemption();
-        let bpf_atomics = atomics(ebpf);
+        let bpf_atomics = bpf_exchange();
         Features {
             kernel: kernel_release(),
             btf,

@@ -2,6 +2,7 @@
 
 pub mod bpfsys;
 pub mod cli;
+pub mod deadexchange;
 pub mod devices;
 pub mod doctor;
 pub mod error;

@@ -21,6 +21,8 @@ pub enum LoadError {
     NotPrivileged,
     #[error("the kernel refused the eBPF object")]
     Refused(#[source] aya::EbpfError),
+    #[error("preparing the eBPF object for a kernel without BPF compare-and-exchange")]
+    Patch(#[source] crate::deadexchange::PatchError),
 }
 
 /// Load-time settings baked into the object as globals.
@@ -44,6 +46,10 @@ pub struct Globals {
     /// Kernel address of `page_offset_base` (kallsyms), 0 when the kernel has none: the VT-d
     /// walk then takes the fixed 4-level direct-map base.
     pub page_offset_base: u64,
+    /// Whether the programs claim in-flight faults by compare-and-exchange (`Some(true)`) or
+    /// through the hash map (`Some(false)`, as a kernel before 5.12 needs); `None`: as this
+    /// kernel can (`features::bpf_exchange`).
+    pub exchange: Option<bool>,
 }
 
 impl Default for Globals {
@@ -58,6 +64,7 @@ impl Default for Globals {
             dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
             pf_cgroups: false,
             page_offset_base: 0,
+            exchange: None,
         }
     }
 }
@@ -115,6 +122,7 @@ pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadE
     }
     let mode = globals.pf_mode as u32;
     let tuple = globals.tuple_keys as u32;
+    let exchange = globals.exchange.unwrap_or_else(|| crate::features::bpf_exchange().available) as u32;
     let cgroup_levels: u32 = if globals.pf_cgroups { iopf_common::pagefault::MAX_CGROUP_LEVEL } else { 0 };
     // Where iommu:io_page_fault keeps its device name, from the tracepoint's own format.
     let io_pf_dev = crate::tracefs::field_offset("iommu", "io_page_fault", "device").unwrap_or(Offsets::ABSENT);
@@ -126,6 +134,18 @@ pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadE
         Ok("debug") => VerifierLogLevel::DEBUG | VerifierLogLevel::STATS,
         _ => VerifierLogLevel::STATS,
     };
+    // Before 5.12 the verifier refuses exchange instructions even where it never goes.
+    let patched = if exchange == 0 {
+        let (words, _) = crate::deadexchange::without_exchange(OBJECT).map_err(LoadError::Patch)?;
+        Some(words)
+    } else {
+        None
+    };
+    let object: &[u8] = match &patched {
+        // SAFETY: `words` holds the object's OBJECT.len() bytes (and padding after them).
+        Some(words) => unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), OBJECT.len()) },
+        None => OBJECT,
+    };
     let mut loader = EbpfLoader::new();
     if let Some(b) = btf {
         loader.btf(b);
@@ -136,6 +156,7 @@ pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadE
         .override_global("OFFSETS", &globals.offsets, true)
         .override_global("CONSTS", &globals.consts, true)
         .override_global("TUPLE_KEYS", &tuple, true)
+        .override_global("EXCHANGE", &exchange, true)
         .override_global("IO_PAGE_FAULT_DEVICE", &io_pf_dev, true)
         .override_global("EVENTS_MODE", &events, true)
         .override_global("SCAN_CPUS", &globals.scan_cpus, true)
@@ -149,7 +170,7 @@ pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadE
         .map_max_entries("IOPF_DEV_SLOT_TAKEN", globals.dev_slots)
         // Names past the slots map to slot 0; room for as many again before lookups miss.
         .map_max_entries("IOPF_DEV_IDS", globals.dev_slots.saturating_mul(4))
-        .load(OBJECT)
+        .load(object)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EPERM) =>

@@ -542,7 +542,8 @@ pub struct IopfStats {
     /// Groups iommufd handed to user space (`iopf_group_dequeue`).
     pub delivered: u64,
     /// In-flight faults (<= 6.8, no free hook) evicted unanswered after `INFLIGHT_MAX_AGE_NS`
-    /// to make room, and ones superseded by a new report with the same device + grpid.
+    /// (to make room; without BPF compare-and-exchange, at the next report on the CPU that
+    /// reported them), and ones superseded by a new report with the same device + grpid.
     pub inflight_evicted: u64,
     pub inflight_superseded: u64,
     /// DMAR events lost because the DMAR ring buffer was full (apart from IOPF events).
@@ -556,6 +557,10 @@ pub struct IopfStats {
     /// Faults whose rate check was skipped: the device's window kept changing under
     /// concurrent faults past the retries (`RATE_TRIES` in the eBPF side).
     pub rate_unchecked: u64,
+    /// In-flight faults no longer watched for aging (kernels without BPF compare-and-exchange:
+    /// more faults in flight on one CPU than its age ring holds); such a fault ends only when
+    /// answered or superseded.
+    pub inflight_unaged: u64,
 }
 
 impl IopfStats {
@@ -588,6 +593,7 @@ impl IopfStats {
         self.dmar_scan_truncated += o.dmar_scan_truncated;
         self.policy_violations_overflow += o.policy_violations_overflow;
         self.rate_unchecked += o.rate_unchecked;
+        self.inflight_unaged += o.inflight_unaged;
     }
 }
 

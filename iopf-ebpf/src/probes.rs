@@ -51,21 +51,6 @@ pub fn pf_floor_kretprobe(_ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
     0
 }
 
-/// Compare-and-exchange probe (BPF atomics beyond add, Linux 5.12+): every IOPF and page-fault
-/// program claims its slots with them. Loaded, never attached; a kernel without them refuses
-/// the load ("BPF_STX uses reserved fields").
-#[aya_ebpf::macros::socket_filter]
-pub fn probe_atomics(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
-    if let Some(p) = PROBE_WORD.get_ptr_mut(0) {
-        // SAFETY: the map's u64, valid for the run.
-        unsafe { crate::atomic::cmpxchg(p, 0, 0) };
-    }
-    0
-}
-
-#[aya_ebpf::macros::map]
-static PROBE_WORD: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
-
 /// Nesting test (root tier, `tests/tests/nesting.rs`): a hard-IRQ program (perf cpu-clock)
 /// that bumps the same per-CPU pipeline counters as the IOPF programs, so it lands between
 /// their loads and stores when it interrupts them. Never attached by the agent.

@@ -200,25 +200,81 @@ fn without_the_free_hook_a_second_response_is_unmatched() {
 }
 
 /// <= 6.8: a report whose device + grpid key is still in flight supersedes it; the old fault
-/// is answered `none` and counted, and the new one is matched by its response.
+/// is answered `none` and counted, and the new one is matched by its response. The same with
+/// compare-and-exchange claims and with the hash claims of a kernel before 5.12.
 #[test]
 fn tuple_key_reuse_supersedes_the_stale_fault() {
     use iopf_common::iopf::{InflightKey, RESP_NONE, RESP_SUCCESS};
     if !require_root("tuple_key_reuse_supersedes_the_stale_fault") {
         return;
     }
-    let g = Globals { tuple_keys: true, ..globals(false) };
-    let d = dev("0000:00:0b.0");
-    let key = InflightKey { a: 0x5157_0000_0000_3000, b: 9 };
-    let got = injected(g, |inj| {
-        inj.report(&d, &one_fault(9), 1_000, key).unwrap();
-        inj.report(&d, &one_fault(9), 2_000, key).unwrap();
-        inj.response(key, RESP_SUCCESS, 9_000).unwrap();
-    });
-    assert_eq!(got.stats.inflight_superseded, 1);
-    assert_eq!((got.stats.responses, got.stats.response_unmatched), (1, 0));
-    let by_code = |c: u8| got.counts.iter().filter(|(k, _)| k.dev == d && k.code == c).map(|(_, v)| v).sum::<u64>();
-    assert_eq!((by_code(RESP_NONE), by_code(RESP_SUCCESS)), (1, 1));
+    for exchange in [true, false] {
+        let g = Globals { tuple_keys: true, exchange: Some(exchange), ..globals(false) };
+        let d = dev("0000:00:0b.0");
+        let key = InflightKey { a: 0x5157_0000_0000_3000, b: 9 };
+        let got = injected(g, |inj| {
+            inj.report(&d, &one_fault(9), 1_000, key).unwrap();
+            inj.report(&d, &one_fault(9), 2_000, key).unwrap();
+            inj.response(key, RESP_SUCCESS, 9_000).unwrap();
+            inj.response(key, RESP_SUCCESS, 9_500).unwrap();
+        });
+        assert_eq!(got.stats.inflight_superseded, 1, "exchange {exchange}");
+        assert_eq!((got.stats.responses, got.stats.response_unmatched), (1, 1), "exchange {exchange}");
+        let by_code = |c: u8| got.counts.iter().filter(|(k, _)| k.dev == d && k.code == c).map(|(_, v)| v).sum::<u64>();
+        assert_eq!((by_code(RESP_NONE), by_code(RESP_SUCCESS)), (1, 1), "exchange {exchange}");
+    }
+}
+
+/// A kernel before 5.12 (no BPF compare-and-exchange), which is tuple-keyed: the in-flight
+/// programs claim through the hash map, and mixed-10k is counted exactly as elsewhere.
+#[test]
+fn ten_thousand_faults_counted_exactly_without_exchange() {
+    if !require_root("ten_thousand_faults_counted_exactly_without_exchange") {
+        return;
+    }
+    let s = scenario("mixed-10k.yaml");
+    let g = Globals { tuple_keys: true, exchange: Some(false), ..globals(false) };
+    let plan = model::plan(&s, &g.consts, true);
+    let mut ebpf = loader::load(g).expect("load");
+    drive(&mut Injector::new(&mut ebpf).expect("injector"), &plan).expect("drive");
+    let got = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    let want =
+        model::expected(&plan, model::EventsExpect { all: false, capacity: model::RING_RECORDS }, &model::Rules::new());
+    assert_eq!(model::mismatches(&got, &want), Vec::<String>::new());
+    assert_eq!(got.counts.len(), want.counts.len(), "same counter series");
+    assert_eq!(got.stats.inflight_spilled, 0, "the hash is the store, not a spill");
+    assert_eq!(got.stats.inflight_evicted, 0);
+}
+
+/// Without compare-and-exchange a fault never answered is ended `none` by a later report on
+/// its CPU once it is older than INFLIGHT_MAX_AGE_NS (60 s), not at exactly that age; its late
+/// response is then unmatched, and the faults after it are answered as usual.
+#[test]
+fn without_exchange_an_unanswered_fault_ages_out_at_a_later_report() {
+    use iopf_common::iopf::{INFLIGHT_MAX_AGE_NS, InflightKey, RESP_NONE, RESP_SUCCESS};
+    if !require_root("without_exchange_an_unanswered_fault_ages_out_at_a_later_report") {
+        return;
+    }
+    // The age ring is per CPU: every test run of this thread on one CPU.
+    let _pin = iopf_agent::iopf::inject::PinnedToCpu::current();
+    let g = Globals { tuple_keys: true, exchange: Some(false), ..globals(false) };
+    let d = dev("0000:00:0c.0");
+    let k = |grpid: u64| InflightKey { a: 0x5157_0000_0000_4000, b: grpid };
+    let t0 = 1_000;
+    // The second report comes when the first fault is exactly 60 s old, then 1 ns later.
+    for (later, evicted) in [(t0 + INFLIGHT_MAX_AGE_NS, 0), (t0 + INFLIGHT_MAX_AGE_NS + 1, 1)] {
+        let got = injected(g, |inj| {
+            inj.report(&d, &one_fault(1), t0, k(1)).unwrap();
+            inj.report(&d, &one_fault(2), later, k(2)).unwrap();
+            inj.response(k(1), RESP_SUCCESS, later + 1).unwrap();
+            inj.response(k(2), RESP_SUCCESS, later + 2).unwrap();
+        });
+        assert_eq!(got.stats.inflight_evicted, evicted, "second report at {later}");
+        assert_eq!((got.stats.responses, got.stats.response_unmatched), (2 - evicted, evicted));
+        assert_eq!(got.stats.inflight_unaged, 0);
+        let by_code = |c: u8| got.counts.iter().filter(|(k, _)| k.dev == d && k.code == c).map(|(_, v)| v).sum::<u64>();
+        assert_eq!((by_code(RESP_NONE), by_code(RESP_SUCCESS)), (evicted, 2 - evicted));
+    }
 }
 
 /// A violation is counted under the policy whose rule it broke, as named then: a reload

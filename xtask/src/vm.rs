@@ -198,7 +198,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-5.10",
-        what: "Debian bullseye linux-image-5.10.0-*-amd64-unsigned (before the IOPF queue, no BPF compare-and-exchange), intel-iommu + edu",
+        what: "Debian bullseye linux-image-5.10.0-*-amd64-unsigned (before the IOPF queue, no BPF compare-and-exchange: hash claims), intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-image-5.10.0-",
             abi: "",
@@ -221,6 +221,7 @@ pub const KERNELS: &[KernelSpec] = &[
             "pagefault-kprobe",
             "attach-fentry",
             "attach-kprobe",
+            "simulate",
         ],
     },
 ];

@@ -143,12 +143,12 @@ impl<'a> Injector<'a> {
 }
 
 /// Pins the calling thread to the CPU it is on until dropped (then restores its mask).
-struct PinnedToCpu {
+pub struct PinnedToCpu {
     old: Option<libc::cpu_set_t>,
 }
 
 impl PinnedToCpu {
-    fn current() -> Self {
+    pub fn current() -> Self {
         // SAFETY: cpu_set_t is plain data; the calls get/set the calling thread's mask (pid 0)
         // with the right size; on failure nothing changes and the guard restores nothing.
         unsafe {

@@ -168,6 +168,7 @@ impl MetricSource for IopfSource {
                 ("inflight_full", s.inflight_full),
                 ("inflight_spilled", s.inflight_spilled),
                 ("inflight_evicted", s.inflight_evicted),
+                ("inflight_unaged", s.inflight_unaged),
                 ("inflight_superseded", s.inflight_superseded),
                 ("double_responses", s.double_responses),
                 ("delivered", s.delivered),

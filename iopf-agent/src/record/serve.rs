@@ -46,6 +46,7 @@ pub async fn run(o: ServeOptions) -> Result<(), AgentError> {
     let mut ids = PolicyIds::default();
     set.assign_ids(&mut ids);
     let resolved = set.resolve_devices(&devices)?;
+    crate::policy::action::preflight::check_kernel(&set)?;
     let listener = server::bind(o.listen, o.web_config.as_deref()).await?;
     let mut globals = injection_globals(&o.btf_dir, false);
     let (plan, skipped) =
@@ -55,7 +56,7 @@ pub async fn run(o: ServeOptions) -> Result<(), AgentError> {
     names.dedup();
     globals.dev_slots = globals.dev_slots.max(names.len() as u32 + devices.len() as u32 + 1);
     let mut ebpf = loader::load(globals)?;
-    crate::features::require_atomics(&mut ebpf)?;
+    crate::features::require_in_flight(globals.tuple_keys)?;
     let mut maps = IopfMaps::take(&mut ebpf)?;
     let mut installed = Installed::new(&resolved, Source::Simulated as u8, ids);
     installed.reserve(&mut maps, globals.dev_slots)?;

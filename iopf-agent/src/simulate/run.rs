@@ -88,6 +88,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     let mut ids = crate::policy::PolicyIds::default();
     set.assign_ids(&mut ids);
     let resolved = set.resolve_devices(&devices)?;
+    crate::policy::action::preflight::check_kernel(&set)?;
     // Simulated devices share names with nothing real: acting on them would touch the host.
     for p in set.policies().iter().filter(|p| p.mode() == crate::policy::Mode::Enforce) {
         let acting: Vec<&str> = p.actions().iter().filter(|a| a.acts()).map(|a| a.label()).collect();
@@ -141,7 +142,7 @@ pub async fn run(opts: SimulateOptions) -> Result<(), AgentError> {
     // A slot for every scenario device (and the overflow slot), whatever their number.
     globals.dev_slots = globals.dev_slots.max(devices.len() as u32 + 1);
     let mut ebpf = loader::load(globals)?;
-    crate::features::require_atomics(&mut ebpf)?;
+    crate::features::require_in_flight(globals.tuple_keys)?;
     let mut maps = IopfMaps::take(&mut ebpf)?;
     let mut installed = Installed::new(&resolved, Source::Simulated as u8, ids);
     installed.reserve(&mut maps, globals.dev_slots)?;

@@ -2,6 +2,7 @@
 //! reading (offsets) is in `read`, hook adapters in `hooks`, test injection in `inject`.
 
 pub mod dmar;
+mod hashclaim;
 pub mod hooks;
 pub mod inject;
 pub mod read;
@@ -44,6 +45,12 @@ static EVENTS_MODE: Global<u32> = Global::new(0);
 /// keyed by group pointer at the group handler (6.9+).
 #[unsafe(no_mangle)]
 pub static TUPLE_KEYS: Global<u32> = Global::new(0);
+/// 1 when the kernel's BPF has compare-and-exchange (5.12+); 0: in-flight faults are claimed
+/// through hash inserts and deletes (`hashclaim`), and fault-rate windows are not kept (the
+/// agent refuses rate rules there). The paths of the other mode are dead code the verifier
+/// never visits, so a 5.10 verifier never sees an exchange instruction.
+#[unsafe(no_mangle)]
+static EXCHANGE: Global<u32> = Global::new(1);
 /// Device slots (`IOPF_DEV_AGG` and `IOPF_POLICY` entries; the agent sizes both to it).
 #[unsafe(no_mangle)]
 static DEV_SLOTS: Global<u32> = Global::new(DEV_SLOTS_DEFAULT);
@@ -118,6 +125,11 @@ pub struct Work {
 }
 
 const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn exchange() -> bool {
+    EXCHANGE.load() != 0
+}
 /// `finish` without an mm-fix time.
 const NO_FIX: u64 = u64::MAX;
 
@@ -310,7 +322,7 @@ const RATE_TRIES: u32 = 8;
 /// `idx`: the `IOPF_RATE` index of the rule (`Selected::rate_idx`).
 #[inline(never)]
 fn rate_verdict(idx: u32, r: &Rule, now: u64) -> u32 {
-    if r.flags & iopf_common::policy::RULE_ACTIVE == 0 || r.max_faults_per_window == 0 {
+    if !exchange() || r.flags & iopf_common::policy::RULE_ACTIVE == 0 || r.max_faults_per_window == 0 {
         return 0;
     }
     let Some(p) = IOPF_RATE.get_ptr_mut(idx) else { return 0 };
@@ -531,6 +543,10 @@ fn pending_take_slow(t: u32) -> Option<Pending> {
 
 #[inline(always)]
 fn inflight_put(key: &InflightKey, f: &Inflight) {
+    if !exchange() {
+        hashclaim::put(key, f);
+        return;
+    }
     let (h, tag) = inflight_hash(key);
     let mut i = 0;
     while i < INFLIGHT_PROBES {
@@ -614,6 +630,10 @@ fn inflight_slot(key: &InflightKey) -> Option<(*mut InflightSlot, u64)> {
 /// Removes `key`'s in-flight fault without copying it out.
 #[inline(always)]
 fn inflight_drop(key: &InflightKey) {
+    if !exchange() {
+        hashclaim::release(key);
+        return;
+    }
     if let Some((s, tag)) = inflight_slot(key) {
         // SAFETY: a table value, valid for the run; releasing the tag frees the slot.
         unsafe { cmpxchg(&raw mut (*s).tag, tag, 0) };
@@ -662,6 +682,19 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
 /// An old fault never answered ends as `none`.
 #[inline(always)]
 fn supersede(key: &InflightKey, now: u64) {
+    if !exchange() {
+        match hashclaim::claim(key) {
+            hashclaim::Claim::Won(f) => {
+                crate::stat!(inflight_superseded);
+                // SAFETY: the record, ours by the claim until released.
+                finish(unsafe { &mut *f }, RESP_NONE, now, NO_FIX);
+                hashclaim::release(key);
+            }
+            // Being ended by its response right now: no longer in flight.
+            hashclaim::Claim::Lost | hashclaim::Claim::Missing => {}
+        }
+        return;
+    }
     // In place, no copy: this runs inside report and handler programs whose stack is tight.
     let Some(f) = inflight_ref(key) else { return };
     crate::stat!(inflight_superseded);
@@ -680,6 +713,10 @@ fn supersede(key: &InflightKey, now: u64) {
 pub fn on_report_return(ret: i64) {
     if ret != 0 {
         crate::stat!(report_errors);
+    }
+    // No exchange means a tuple-keyed generation: nothing is ever left pending.
+    if !exchange() {
+        return;
     }
     let t = tid();
     if let Some(s) = IOPF_PENDING_CPU.get_ptr_mut(0) {
@@ -738,7 +775,10 @@ fn start_inflight(
 /// The group handler got the current task's pending report: classify from the domain type.
 #[inline(always)]
 pub fn on_handler(key: &InflightKey, dom_type: u32, nest_parent: bool, now: u64) {
-    let Some(p) = pending_take() else {
+    // No exchange means a tuple-keyed generation: reports are classified at report, and the
+    // pending slots (claimed by exchange) are never used.
+    let p = if exchange() { pending_take() } else { None };
+    let Some(p) = p else {
         crate::stat!(handler_unmatched);
         return;
     };
@@ -816,6 +856,9 @@ fn keep_until_free() -> bool {
 /// The in-flight record of `key`, in place (table slot or spilled hash).
 #[inline(always)]
 fn inflight_ref(key: &InflightKey) -> Option<*mut Inflight> {
+    if !exchange() {
+        return IOPF_INFLIGHT.get_ptr_mut(key);
+    }
     match inflight_slot(key) {
         // SAFETY: the slot's record, valid for the run.
         Some((s, _)) => Some(unsafe { &raw mut (*s).f }),
@@ -829,6 +872,21 @@ fn inflight_ref(key: &InflightKey) -> Option<*mut Inflight> {
 /// exactly one response count.
 #[inline(always)]
 pub fn on_response(key: &InflightKey, code: u8, now: u64) {
+    if !exchange() {
+        match hashclaim::claim(key) {
+            hashclaim::Claim::Missing => crate::stat!(response_unmatched),
+            hashclaim::Claim::Lost => crate::stat!(double_responses),
+            hashclaim::Claim::Won(f) => {
+                crate::stat!(responses);
+                let fix = work_fix_ns(key, now);
+                // SAFETY: the record, ours by the claim until released.
+                finish(unsafe { &mut *f }, code, now, fix.unwrap_or(NO_FIX));
+                // Tuple-keyed: the answer ends the fault (no free hook).
+                hashclaim::release(key);
+            }
+        }
+        return;
+    }
     let Some(f) = inflight_ref(key) else {
         crate::stat!(response_unmatched);
         return;
@@ -853,6 +911,15 @@ pub fn on_response(key: &InflightKey, code: u8, now: u64) {
 /// the core.
 #[inline(always)]
 pub fn on_free(key: &InflightKey, now: u64) {
+    if !exchange() {
+        if let hashclaim::Claim::Won(f) = hashclaim::claim(key) {
+            crate::stat!(freed_unanswered);
+            // SAFETY: the record, ours by the claim until released.
+            finish(unsafe { &mut *f }, RESP_NONE, now, NO_FIX);
+            hashclaim::release(key);
+        }
+        return;
+    }
     let Some(f) = inflight_ref(key) else { return };
     // SAFETY: as in `on_response`.
     if unsafe { cmpxchg(&raw mut (*f).answered, 0, 1) } == 0 {

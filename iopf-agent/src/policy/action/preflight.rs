@@ -24,7 +24,7 @@ pub fn check(set: &PolicySet, resolved: &Resolved, sysfs_root: &Path) -> Result<
 
 /// `(policy, policy location, message)` per problem.
 pub fn problems(set: &PolicySet, resolved: &Resolved, sysfs_root: &Path) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
+    let mut out = kernel_problems(set);
     for p in set.policies().iter().filter(|p| p.mode() == Mode::Enforce) {
         let mut say = |m: String| out.push((p.name().to_owned(), p.location(), m));
         for a in p.actions() {
@@ -49,6 +49,34 @@ pub fn problems(set: &PolicySet, resolved: &Resolved, sysfs_root: &Path) -> Vec<
         }
     }
     out
+}
+
+/// What no policy can ask of this kernel, whatever its mode: a fault rate is counted in one
+/// window word per device moved on by compare-and-exchange, which a kernel before 5.12 lacks.
+pub fn kernel_problems(set: &PolicySet) -> Vec<(String, String, String)> {
+    let Some(why) = crate::features::exchange_absent() else { return Vec::new() };
+    set.policies()
+        .iter()
+        .filter(|p| p.rule().max_faults_per_window != 0)
+        .map(|p| {
+            let m = format!(
+                "expect.maxFaultRate cannot be checked on this kernel: {why}; remove maxFaultRate, or run where BPF has compare-and-exchange (Linux 5.12+)"
+            );
+            (p.name().to_owned(), p.location(), m)
+        })
+        .collect()
+}
+
+/// `kernel_problems` as one error (`Ok` when none).
+pub fn check_kernel(set: &PolicySet) -> Result<(), PolicyError> {
+    let errors: Vec<PolicyError> = kernel_problems(set)
+        .into_iter()
+        .map(|(policy, at, message)| PolicyError::Action { policy, at, message })
+        .collect();
+    match PolicyError::from_list(errors) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn executable(prog: &Path) -> Result<(), String> {
