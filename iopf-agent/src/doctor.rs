@@ -70,7 +70,8 @@ pub fn survey(
     let aya_btf = btf.as_ref().and_then(KernelBtf::aya);
     let mut ebpf = loader::load_with(globals, aya_btf)?;
     let features = Features::probe(&mut ebpf, &opts.btf_dir, aya_btf);
-    let plans = hooks::plan_all(btf.as_ref(), &kallsyms, &features, opts.force_rung);
+    let plans =
+        hooks::plan_all(btf.as_ref(), &kallsyms, &features, opts.force_rung, abi.as_ref().ok().map(|a| a.tuple_keys));
     let fault_paths = crate::paths::survey(&kallsyms);
     let report =
         Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, fault_paths, iopf_abi: abi };

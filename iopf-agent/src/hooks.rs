@@ -58,9 +58,10 @@ pub struct Hook {
     pub name: &'static str,
     pub why: &'static str,
     pub target: Target,
-    /// Its programs claim in-flight slots with BPF compare-and-exchange (5.12+): on a kernel
-    /// whose BPF lacks it the hook is unavailable. The others use atomic adds and hash
-    /// inserts only, which every supported kernel has.
+    /// Its programs track faults in flight, which takes BPF compare-and-exchange (5.12+) where
+    /// faults are keyed by group (6.9+). Where they are keyed by device and group id (<= 6.8,
+    /// the only ABIs of kernels without it) hash claims serve instead. The others use atomic
+    /// adds and hash inserts only, which every supported kernel has.
     pub exchange: bool,
 }
 
@@ -304,14 +305,16 @@ fn prefer_kprobe(hook: &Hook, kallsyms: &Kallsyms, features: &Features, force: O
 
 /// Decides the rung for `hook`. `force` pins a rung (testing lower rungs on capable kernels):
 /// when the forced rung cannot run, the hook is unavailable with that reason.
+/// `tuple_keys`: the kernel's IOPF ABI keys faults by device and group id (`None`: unknown).
 pub fn plan(
     hook: &Hook,
     btf: Option<&KernelBtf>,
     kallsyms: &Kallsyms,
     features: &Features,
     force: Option<Rung>,
+    tuple_keys: Option<bool>,
 ) -> Plan {
-    let mut p = plan_rung(hook, btf, kallsyms, features, force);
+    let mut p = plan_rung(hook, btf, kallsyms, features, force, tuple_keys);
     p.state = if p.rung == Rung::Unavailable { HookState::Absent } else { HookState::Planned };
     p
 }
@@ -322,6 +325,7 @@ fn plan_rung(
     kallsyms: &Kallsyms,
     features: &Features,
     force: Option<Rung>,
+    tuple_keys: Option<bool>,
 ) -> Plan {
     let mut p = Plan {
         name: hook.name,
@@ -333,9 +337,13 @@ fn plan_rung(
     };
     let allowed = |r: Rung| force.is_none_or(|f| f == r);
     let mut why: Vec<String> = Vec::new();
-    if hook.exchange && !features.bpf_atomics.available {
+    if hook.exchange && !features.bpf_atomics.available && tuple_keys != Some(true) {
+        let abi = match tuple_keys {
+            Some(_) => "this kernel's IOPF ABI keys faults by group",
+            None => "this kernel's IOPF ABI is unknown",
+        };
         p.reason = format!(
-            "needs BPF compare-and-exchange to track faults in flight (Linux 5.12+): {}",
+            "needs BPF compare-and-exchange to track faults in flight (Linux 5.12+), as {abi}: {}",
             features.bpf_atomics.detail
         );
         return p;
@@ -430,8 +438,14 @@ impl Plan {
 }
 
 /// Plans every known hook.
-pub fn plan_all(btf: Option<&KernelBtf>, kallsyms: &Kallsyms, features: &Features, force: Option<Rung>) -> Vec<Plan> {
-    HOOKS.iter().map(|h| plan(h, btf, kallsyms, features, force)).collect()
+pub fn plan_all(
+    btf: Option<&KernelBtf>,
+    kallsyms: &Kallsyms,
+    features: &Features,
+    force: Option<Rung>,
+    tuple_keys: Option<bool>,
+) -> Vec<Plan> {
+    HOOKS.iter().map(|h| plan(h, btf, kallsyms, features, force, tuple_keys)).collect()
 }
 
 #[cfg(test)]

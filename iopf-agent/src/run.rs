@@ -93,11 +93,21 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
     doctor::check_required(&opts.plan, &report.hooks)?;
     let exchange = report.capabilities.bpf_atomics.available;
     if !exchange {
-        // Said loudly: recoverable faults happen here and go uncounted.
-        eprintln!(
-            "iopf-agent: warning: recoverable faults (report, group handlers, responses) are NOT traced on this kernel: {}; unrecoverable faults and page faults still are",
-            report.capabilities.bpf_atomics.detail
-        );
+        let tuple_keys = report.iopf_abi.as_ref().is_ok_and(|a| a.tuple_keys);
+        if tuple_keys {
+            // Said once: what this mode does differently from the usual one.
+            eprintln!(
+                "iopf-agent: note: {}: faults in flight are claimed through the hash map, and ones left unanswered for {} s are ended at a later report on the same CPU; fault-rate rules (maxFaultRate) cannot be checked",
+                report.capabilities.bpf_atomics.detail,
+                iopf_common::iopf::INFLIGHT_MAX_AGE_NS / 1_000_000_000
+            );
+        } else {
+            // Said loudly: recoverable faults happen here and go uncounted.
+            eprintln!(
+                "iopf-agent: warning: recoverable faults (report, group handlers, responses) are NOT traced on this kernel: {}, and its IOPF ABI keys faults by group; unrecoverable faults and page faults still are",
+                report.capabilities.bpf_atomics.detail
+            );
+        }
     }
     if report.capabilities.preempt_full.available
         && report.hooks.iter().any(|p| {

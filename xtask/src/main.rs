@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask run`, `cargo xtask test`.
 
 mod apt;
+mod kmod;
 mod qemu;
 mod vm;
 

@@ -221,6 +221,8 @@ pub const KERNELS: &[KernelSpec] = &[
             "pagefault-kprobe",
             "attach-fentry",
             "attach-kprobe",
+            "fault-event-kmod-fentry",
+            "fault-event-kmod-kprobe",
             "simulate",
         ],
     },
@@ -480,6 +482,9 @@ pub fn run_kernel(
         }
         Source::Debian { prefix, abi, flavour, layout } => {
             let root = debian_kernel(prefix, abi, flavour, *layout)?;
+            if scenarios.iter().any(|s| s.starts_with("fault-event-kmod")) {
+                crate::kmod::build_fault_event(repo, &root).with_context(|| format!("kernel {}", spec.name))?;
+            }
             let modules = module_closure(&root, spec.modules).with_context(|| format!("kernel {}", spec.name))?;
             (debian_vmlinuz(&root)?, modules)
         }

@@ -4,8 +4,8 @@
 //! claim to end it, so of several enders (a response, a superseding report, the ager) exactly
 //! one counts it. The winner finishes the record in place, then removes both entries.
 //!
-//! Aging: each CPU keeps a ring of the keys it inserted, oldest first; every report looks at
-//! the ring's oldest entries and ends the ones still in flight after `INFLIGHT_MAX_AGE_NS`
+//! Aging: each CPU keeps a ring of the keys it inserted, oldest first; after every report
+//! (`age`, called by the report programs themselves) it looks at the ring's oldest entries and ends the ones still in flight after `INFLIGHT_MAX_AGE_NS`
 //! as unanswered. Ring entries are only candidates, checked against the hash (same key and
 //! report time) before anything is ended, so a stale or overwritten entry never ends a fault
 //! it does not name.
@@ -94,7 +94,6 @@ pub fn release(key: &InflightKey) {
 #[inline(always)]
 fn age_push(key: &InflightKey, report_ns: u64) {
     let Some(pos) = IOPF_AGE_POS.get_ptr_mut(0) else { return };
-    age_step(pos, report_ns);
     // SAFETY: this CPU's map value, valid for the run. Only programs on this CPU write it;
     // one preempting another can garble the positions, which costs aging candidates (every
     // candidate is checked before use), never a wrong count.
@@ -122,8 +121,11 @@ fn age_push(key: &InflightKey, report_ns: u64) {
 
 /// Pops up to `AGE_STEPS` of this CPU's oldest candidates: ones already ended go, ones in
 /// flight past `INFLIGHT_MAX_AGE_NS` at `now` are ended unanswered; a younger one stops it.
+/// A BPF function of its own, called from the report program's outermost frame (see
+/// `super::age_inflight`).
 #[inline(never)]
-fn age_step(pos: *mut AgePos, now: u64) {
+pub fn age(now: u64) {
+    let Some(pos) = IOPF_AGE_POS.get_ptr_mut(0) else { return };
     let mut i = 0;
     while i < AGE_STEPS {
         // SAFETY: this CPU's map value (see `age_push`).

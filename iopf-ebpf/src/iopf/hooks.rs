@@ -28,6 +28,10 @@ pub(super) fn scalar_arg(ctx: &FEntryContext, n: usize) -> u64 {
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(p) }.unwrap_or(0)
 }
 
+/// The report's capture, a BPF function of its own: its frame holds the fault, the name and
+/// the key, and the ager (`super::age_inflight`) runs after it returns, beside it rather than
+/// on top of it.
+#[inline(never)]
 fn report(dev: u64, evt: u64) {
     let f = read::fault(evt);
     let name = read::dev_name(dev);
@@ -79,6 +83,7 @@ fn work_start(work: u64) {
 #[fentry]
 pub fn iopf_report_fentry(ctx: FEntryContext) -> u32 {
     report(scalar_arg(&ctx, 0), scalar_arg(&ctx, 1));
+    super::age_inflight(now());
     0
 }
 
@@ -147,6 +152,7 @@ pub fn iopf_work_fexit(_ctx: FExitContext) -> u32 {
 #[kprobe]
 pub fn iopf_report_kprobe(ctx: ProbeContext) -> u32 {
     report(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    super::age_inflight(now());
     0
 }
 

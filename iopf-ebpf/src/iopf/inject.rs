@@ -39,6 +39,7 @@ pub fn inject_report(ctx: RawTracePointContext) -> i32 {
     };
     let key = InflightKey { a: ctx.arg(9), b: ctx.arg(10) };
     super::on_report(&dev, &f, ctx.arg(8), Source::Simulated as u8, &key);
+    super::age_inflight(ctx.arg(8));
     0
 }
 
@@ -127,6 +128,7 @@ pub fn inject_record(ctx: RawTracePointContext) -> i32 {
     let tuple = super::TUPLE_KEYS.load() != 0;
     let tkey = if tuple { read::tuple_key_for_request(key.a, &f) } else { InflightKey::default() };
     super::on_report(&name, &f, now, Source::Simulated as u8, &tkey);
+    super::age_inflight(now);
     0
 }
 
@@ -203,6 +205,7 @@ pub fn bench_iopf_lifecycle(_ctx: aya_ebpf::programs::SkBuffContext) -> i64 {
     let key = InflightKey { a: 0xffff_8880_0000_0000 | n << 6, b: 0 };
     let t = n * 100_000;
     step_report(&dev, &f, t, &key);
+    super::age_inflight(t);
     step_handler(&key, c.dom_nested, t + 1_000);
     step_response(&key, t + 50_000);
     step_free(&key, t + 60_000);

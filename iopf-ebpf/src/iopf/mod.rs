@@ -676,6 +676,18 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
     pending_put(&Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 3], dev_idx });
 }
 
+/// Without exchange (hash claims): ends this CPU's oldest in-flight faults left unanswered
+/// past `INFLIGHT_MAX_AGE_NS` at `now`. Every report program calls it after `on_report`, from
+/// its own outermost frame: called inside `on_report`, the ager's chain (ager, `finish`,
+/// policy counts) sits on top of the report's frame, 544 bytes in all on 5.10 and 6.1, whose
+/// verifiers round each frame up to 32 and refuse more than 512.
+#[inline(always)]
+pub fn age_inflight(now: u64) {
+    if !exchange() {
+        hashclaim::age(now);
+    }
+}
+
 /// A new fault takes a key that is still in flight, so the old fault is over: <= 6.8, the
 /// device reused a group id whose answer we never saw; 6.9+, a group pointer was freed and
 /// reused while we missed its free (a skipped program run, see `iopf_program_misses_total`).
