@@ -50,7 +50,7 @@ pub fn survey(
     }
     // /proc/kallsyms is megabytes, slow to produce: read once, for the programs, the plan
     // and the fault paths, on its own thread while the BTF is parsed.
-    let kallsyms = std::thread::spawn(hooks::Kallsyms::read);
+    let kallsyms = std::thread::spawn(crate::kallsyms::Kallsyms::read);
     let btf = KernelBtf::load(&opts.btf_dir);
     let abi = match &btf {
         Ok(b) => IopfAbi::resolve(b.vmlinux()).map_err(|e| e.to_string()),
@@ -67,9 +67,9 @@ pub fn survey(
     let kallsyms = kallsyms.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
     let globals = loader::Globals { page_offset_base: kallsyms.page_offset_base.unwrap_or(0), ..globals };
     let btf = btf.ok();
-    let aya_btf = btf.as_ref().and_then(KernelBtf::aya);
-    let mut ebpf = loader::load_with(globals, aya_btf)?;
-    let features = Features::probe(&mut ebpf, &opts.btf_dir, aya_btf);
+    // The object has no CO-RE relocations: loading it needs no parse of the kernel's BTF.
+    let mut ebpf = loader::load(globals)?;
+    let features = Features::probe(&mut ebpf, &opts.btf_dir, btf.as_ref());
     let plans =
         hooks::plan_all(btf.as_ref(), &kallsyms, &features, opts.force_rung, abi.as_ref().ok().map(|a| a.tuple_keys));
     let fault_paths = crate::paths::survey(&kallsyms);

@@ -4,12 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::{
-    Btf, Ebpf,
-    maps::MapType,
-    programs::{FEntry, KProbe},
-};
+use aya::{Ebpf, maps::MapType, programs::KProbe};
 use serde::Serialize;
+
+use crate::kabi::KernelBtf;
 
 /// The function the attach probes use: present on every kernel this tool supports.
 const PROBE_TARGET: &str = "handle_mm_fault";
@@ -104,24 +102,12 @@ pub fn require_in_flight(tuple_keys: bool) -> Result<(), crate::error::AgentErro
     }
 }
 
-/// One BPF instruction as the kernel reads it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    /// dst in the low nibble, src in the high one.
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
 /// Loads the probe; on refusal, the error and ": " + the verifier's last line.
 fn probe_exchange() -> Result<(), (std::io::Error, String)> {
+    use crate::rawprog::{EXIT, Insn, MOV64_K};
     const ST_MEM_DW: u8 = 0x02 | 0x60 | 0x18;
-    const MOV64_K: u8 = 0x07 | 0xb0;
     const STX_ATOMIC_DW: u8 = 0x03 | 0xc0 | 0x18;
     const CMPXCHG: i32 = 0xf0 | 0x01;
-    const EXIT: u8 = 0x05 | 0x90;
     const R10: u8 = 10;
     let insns = [
         Insn { code: ST_MEM_DW, regs: R10, off: -8, imm: 0 }, // *(u64 *)(r10 - 8) = 0
@@ -131,35 +117,7 @@ fn probe_exchange() -> Result<(), (std::io::Error, String)> {
         Insn { code: MOV64_K, regs: 0, off: 0, imm: 0 },      // r0 = 0
         Insn { code: EXIT, regs: 0, off: 0, imm: 0 },
     ];
-    let license = c"GPL";
-    let mut log = vec![0u8; 4096];
-    let mut attr = crate::bpfsys::zeroed_attr();
-    // SAFETY: writing plain integers into the PROG_LOAD member of a zeroed union.
-    unsafe {
-        let a = &mut attr.__bindgen_anon_3;
-        a.prog_type = aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32;
-        a.insn_cnt = insns.len() as u32;
-        a.insns = insns.as_ptr() as u64;
-        a.license = license.as_ptr() as u64;
-        a.log_level = 1;
-        a.log_size = log.len() as u32;
-        a.log_buf = log.as_mut_ptr() as u64;
-    }
-    // SAFETY: PROG_LOAD with the attributes above; the instructions, license and log buffer
-    // outlive the call, and the log's size is its length.
-    match unsafe { crate::bpfsys::bpf(aya_obj::generated::bpf_cmd::BPF_PROG_LOAD, &mut attr) } {
-        Ok(fd) => {
-            // SAFETY: the call returned this descriptor to us; nothing else holds it.
-            unsafe { libc::close(fd as i32) };
-            Ok(())
-        }
-        Err(e) => {
-            let text =
-                String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())]).into_owned();
-            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-            Err((e, if last.is_empty() { last } else { format!(": {last}") }))
-        }
-    }
+    crate::rawprog::load(aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER, None, &insns).map(drop)
 }
 
 /// The preemption model: the live one from debugfs where the kernel can switch it
@@ -204,8 +162,8 @@ pub fn kernel_release() -> String {
 impl Features {
     /// Probes everything. `ebpf` is the loaded object holding the `probe_*` programs; the
     /// probes attach for an instant and detach.
-    /// `kernel_btf`: aya's parse of the kernel's BTF when already made.
-    pub fn probe(ebpf: &mut Ebpf, btf_dir: &Path, kernel_btf: Option<&Btf>) -> Self {
+    /// `kernel_btf`: the kernel's BTF, for the fentry probe's target.
+    pub fn probe(ebpf: &mut Ebpf, btf_dir: &Path, kernel_btf: Option<&KernelBtf>) -> Self {
         let btf = match std::fs::metadata(btf_dir.join("vmlinux")) {
             Ok(m) => Capability::yes(format!("{} ({} KiB)", btf_dir.join("vmlinux").display(), m.len() / 1024)),
             Err(e) => {
@@ -223,7 +181,7 @@ impl Features {
             Ok(_) => Capability::no("kernel.bpf_stats_enabled=0 (enable with sysctl to see per-program run time)"),
             Err(e) => Capability::no(format!("kernel.bpf_stats_enabled unreadable: {e}")),
         };
-        let fentry = probe_fentry(ebpf, kernel_btf);
+        let fentry = probe_fentry(kernel_btf);
         let kprobe = probe_kprobe(ebpf);
         let preempt_full = preemption();
         let bpf_atomics = bpf_exchange();
@@ -260,40 +218,25 @@ fn tracefs() -> (Capability, Option<PathBuf>) {
     }
 }
 
-fn probe_fentry(ebpf: &mut Ebpf, kernel_btf: Option<&Btf>) -> Capability {
-    let parsed;
-    let btf = match kernel_btf {
-        Some(b) => b,
-        None => match Btf::from_sys_fs() {
-            Ok(b) => {
-                parsed = b;
-                &parsed
-            }
-            Err(e) => return Capability::no(format!("no kernel BTF: {e}")),
-        },
+/// An empty fentry program loaded and attached to `PROBE_TARGET` for an instant, by raw
+/// bpf(2) with the target's id from our BTF index.
+fn probe_fentry(kernel_btf: Option<&KernelBtf>) -> Capability {
+    use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
+    let Some(btf) = kernel_btf else { return Capability::no("no kernel BTF") };
+    let Some(id) = btf.vmlinux().func_id(PROBE_TARGET) else {
+        return Capability::no(format!("{PROBE_TARGET} is not a function in the kernel's BTF"));
     };
-    let Some(prog) = ebpf.program_mut("probe_fentry") else {
-        return Capability::no("probe program missing from the object");
-    };
-    let prog: &mut FEntry = match prog.try_into() {
-        Ok(p) => p,
-        Err(e) => return Capability::no(format!("probe program: {e}")),
-    };
-    if let Err(e) = prog.load(PROBE_TARGET, btf) {
-        return Capability::no(format!("fentry load refused: {}", crate::error::chain(&e)));
+    let attach = crate::rawprog::Attach { kind: bpf_attach_type::BPF_TRACE_FENTRY, btf_id: id };
+    let prog =
+        match crate::rawprog::load(bpf_prog_type::BPF_PROG_TYPE_TRACING, Some(attach), &crate::rawprog::RETURN_ZERO) {
+            Ok(p) => p,
+            Err((e, why)) => return Capability::no(format!("fentry load refused: {e}{why}")),
+        };
+    match crate::rawprog::attach_tracing(&prog) {
+        // The link and the program go when their descriptors drop.
+        Ok(_link) => Capability::yes(format!("trampoline attach to {PROBE_TARGET} works")),
+        Err(e) => Capability::no(format!("fentry attach refused: {e} (BPF trampolines/ftrace blocked)")),
     }
-    let res = match prog.attach() {
-        Ok(link) => {
-            let _ = prog.detach(link);
-            Capability::yes(format!("trampoline attach to {PROBE_TARGET} works"))
-        }
-        Err(e) => Capability::no(format!(
-            "fentry attach refused: {} (BPF trampolines/ftrace blocked)",
-            crate::error::chain(&e)
-        )),
-    };
-    let _ = prog.unload();
-    res
 }
 
 fn probe_kprobe(ebpf: &mut Ebpf) -> Capability {

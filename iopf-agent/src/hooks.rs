@@ -2,13 +2,12 @@
 //! on the running kernel: fentry/fexit, then kprobe/kretprobe, then a tracepoint stand-in where
 //! one exists, else "unavailable" with the reason.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 
 use crate::{
     features::Features,
     kabi::{FuncSite, KernelBtf},
+    kallsyms::Kallsyms,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord, Hash)]
@@ -236,52 +235,6 @@ pub struct Plan {
     pub reason: String,
 }
 
-/// Symbols from /proc/kallsyms, read once: a kprobe needs the symbol, not BTF. The one
-/// address the programs need is kept too. Names are kept as 64-bit hashes (SipHash, fixed
-/// keys): over 200,000 of them, owned strings cost about 15 MiB; a false "present" needs a
-/// collision with the one name asked about, about 1 in 10^14.
-pub struct Kallsyms {
-    names: HashSet<u64>,
-    /// Address of `page_offset_base` (the direct map's base, for the VT-d table walk); only
-    /// root sees addresses.
-    pub page_offset_base: Option<u64>,
-}
-
-fn symbol_hash(s: &[u8]) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
-
-impl Kallsyms {
-    /// Reads /proc/kallsyms. The kernel takes about 0.1 s to produce it: `survey` reads it on
-    /// a thread of its own while the BTF is parsed.
-    pub fn read() -> Self {
-        Self::parse(&std::fs::read("/proc/kallsyms").unwrap_or_default())
-    }
-
-    /// `address type name [module]` lines.
-    pub fn parse(text: &[u8]) -> Self {
-        let mut page_offset_base = None;
-        let mut names = HashSet::with_capacity(text.len() / 40);
-        for l in text.split(|&b| b == b'\n') {
-            let mut it = l.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
-            let (Some(addr), Some(_), Some(sym)) = (it.next(), it.next(), it.next()) else { continue };
-            if sym == b"page_offset_base" {
-                page_offset_base =
-                    std::str::from_utf8(addr).ok().and_then(|a| u64::from_str_radix(a, 16).ok()).filter(|a| *a != 0);
-            }
-            names.insert(symbol_hash(sym));
-        }
-        Kallsyms { names, page_offset_base }
-    }
-
-    pub fn contains(&self, s: &str) -> bool {
-        self.names.contains(&symbol_hash(s.as_bytes()))
-    }
-}
-
 fn tracepoint_exists(features: &Features, category: &str, name: &str) -> bool {
     features.tracefs_path.as_deref().is_some_and(|p| p.join("events").join(category).join(name).is_dir())
 }
@@ -446,23 +399,4 @@ pub fn plan_all(
     tuple_keys: Option<bool>,
 ) -> Vec<Plan> {
     HOOKS.iter().map(|h| plan(h, btf, kallsyms, features, force, tuple_keys)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Kallsyms;
-
-    #[test]
-    fn names_and_the_direct_map_address() {
-        let k = Kallsyms::parse(
-            b"ffffffff81000000 T _stext\nffffffff82a1b2c8 D page_offset_base\nffffffffc0001000 t dmar_fault\t[intel_iommu]\n",
-        );
-        assert!(k.contains("_stext") && k.contains("dmar_fault") && k.contains("page_offset_base"));
-        assert!(!k.contains("iommu_sva_iopf_handler") && !k.contains("T"));
-        assert_eq!(k.page_offset_base, Some(0xffff_ffff_82a1_b2c8));
-        // Without privileges every address reads 0.
-        let k = Kallsyms::parse(b"0000000000000000 D page_offset_base\n");
-        assert_eq!(k.page_offset_base, None);
-        assert!(k.contains("page_offset_base"));
-    }
 }

@@ -204,12 +204,12 @@ pub fn programs(exchange: bool) -> &'static Programs {
 
 /// Attaches the page-fault programs `progs` on the planned rung. Links live as long as `ebpf`,
 /// or are pinned or adopted (`how`). Returns the rung attached (an adopted state's).
-/// `kernel_btf`: aya's parse of the kernel's BTF when already made (fentry needs it).
+/// `kernel_btf`: the kernel's BTF; fentry needs aya's parse of it (from sysfs when `None`).
 pub fn attach(
     ebpf: &mut Ebpf,
     plan: &Plan,
     progs: &Programs,
-    kernel_btf: Option<&Btf>,
+    kernel_btf: Option<&crate::kabi::KernelBtf>,
     how: How,
 ) -> Result<Rung, PageFaultError> {
     if let Some(adopted) = how.adopted(plan.name) {
@@ -226,7 +226,7 @@ pub fn attach(
         Rung::Unavailable => return Err(PageFaultError::Unavailable(plan.reason.clone())),
         Rung::Fentry => {
             let parsed;
-            let btf = match kernel_btf {
+            let btf = match kernel_btf.and_then(crate::kabi::KernelBtf::aya) {
                 Some(b) => b,
                 None => {
                     parsed = Btf::from_sys_fs().map_err(PageFaultError::Btf)?;

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::hooks::Kallsyms;
+use crate::kallsyms::Kallsyms;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultPath {

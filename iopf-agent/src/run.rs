@@ -149,13 +149,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
     let installed = Arc::new(Mutex::new(installed));
     let abi = report.iopf_abi.as_ref().ok();
     let mut plans = report.hooks.clone();
-    for (hook, e) in crate::iopf::attach::attach_all(
-        &mut ebpf,
-        &mut plans,
-        abi,
-        btf.as_ref().and_then(crate::kabi::KernelBtf::aya),
-        how,
-    ) {
+    for (hook, e) in crate::iopf::attach::attach_all(&mut ebpf, &mut plans, abi, btf.as_ref(), how) {
         // A hook that cannot be pinned would stop with the agent: --pin is refused.
         if opts.plan.require.iter().any(|r| r == hook) || matches!(e, crate::iopf::attach::AttachError::Pin(_)) {
             return Err(e.into());
@@ -221,13 +215,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
     }
     if opts.page_faults {
         let plan = plans.iter_mut().find(|p| p.name == "mm_fault").expect("mm_fault is a known hook");
-        plan.rung = pagefault::attach(
-            &mut ebpf,
-            plan,
-            pagefault::programs(exchange),
-            btf.as_ref().and_then(crate::kabi::KernelBtf::aya),
-            how,
-        )?;
+        plan.rung = pagefault::attach(&mut ebpf, plan, pagefault::programs(exchange), btf.as_ref(), how)?;
         plan.settle(Ok(()));
         let plan = plan.clone();
         // An adopted state has the selection already (it is part of the fingerprint).

@@ -1,15 +1,11 @@
-//! Empty programs the agent loads and attaches once to learn which attach rungs this kernel
-//! allows (fentry/fexit trampolines, kprobes). They do nothing when they run.
+//! Empty programs: the kprobe the agent attaches once to learn whether this kernel allows
+//! kprobes (the fentry probe is loaded by raw bpf(2), `rawprog`), and the benchmarks'
+//! floors. They do nothing when they run.
 
 use aya_ebpf::{
-    macros::{fentry, kprobe},
+    macros::kprobe,
     programs::{FEntryContext, ProbeContext},
 };
-
-#[fentry]
-pub fn probe_fentry(_ctx: FEntryContext) -> u32 {
-    0
-}
 
 #[kprobe]
 pub fn probe_kprobe(_ctx: ProbeContext) -> u32 {

@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::{
     hooks::{HookState, Plan, Rung},
-    kabi::iopf::IopfAbi,
+    kabi::{KernelBtf, iopf::IopfAbi},
     pin::How,
 };
 
@@ -72,13 +72,13 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
 /// (`Plan::settle` / `Plan::unused`), so the plan says what is attached, not what was hoped
 /// for. Returns the failures; the caller decides whether one is fatal (the user required it).
 /// `mm_fault` is left to page-fault tracing.
-/// `kernel_btf`: aya's parse of the kernel's BTF when already made (else parsed here once,
-/// at the first fentry hook).
+/// `kernel_btf`: the kernel's BTF; aya's parse of it is made at the first fentry hook (from
+/// sysfs when `None`).
 pub fn attach_all(
     ebpf: &mut Ebpf,
     plans: &mut [Plan],
     abi: Option<&IopfAbi>,
-    kernel_btf: Option<&Btf>,
+    kernel_btf: Option<&KernelBtf>,
     how: How,
 ) -> Vec<(&'static str, AttachError)> {
     let mut parsed = None;
@@ -135,7 +135,7 @@ fn attach_one(
     ebpf: &mut Ebpf,
     plan: &Plan,
     abi: Option<&IopfAbi>,
-    kernel_btf: Option<&Btf>,
+    kernel_btf: Option<&KernelBtf>,
     parsed: &mut Option<Btf>,
     how: How,
 ) -> Result<Used, AttachError> {
@@ -172,7 +172,7 @@ fn attach_one(
         let target = plan.target.clone().unwrap_or_default();
         match plan.rung {
             Rung::Fentry => {
-                let btf = match kernel_btf {
+                let btf = match kernel_btf.and_then(KernelBtf::aya) {
                     Some(b) => b,
                     None => {
                         if parsed.is_none() {

@@ -2,7 +2,7 @@
 //!
 //! It answers what the agent asks of a running kernel: does a function exist, what are its
 //! parameters, where is a member inside a struct, what is an enumerator's value. It keeps
-//! the raw type and string sections and an index (each type's offset; named types sorted by
+//! the BTF bytes as read and an index (each type's offset; named types sorted by
 //! the hash of their name) and decodes a type only when asked: vmlinux holds over 100,000
 //! types and the agent reads a few dozen, so decoding them all up front cost tens of MiB.
 //! Kinds other than the ones those questions need are skipped by size.
@@ -71,9 +71,12 @@ pub struct Btf {
     /// Id of this BTF's first type: 1 for vmlinux (id 0 is `void`), after the base's for
     /// split BTF.
     first_id: u32,
-    types: Vec<u8>,
-    strings: Vec<u8>,
-    /// Offset in `types` of each own type, by id - `first_id`.
+    /// The BTF file's bytes, owned rather than copied: vmlinux's are over 5 MiB.
+    data: Vec<u8>,
+    /// Where the types and strings sections lie in `data`.
+    types_at: std::ops::Range<usize>,
+    strings_at: std::ops::Range<usize>,
+    /// Offset in the types section of each own type, by id - `first_id`.
     offsets: Vec<u32>,
     /// (hash of the name, id) of each own named type, sorted.
     by_name: Vec<(u64, TypeId)>,
@@ -107,45 +110,58 @@ fn trailing(kind: u32, vlen: usize) -> Option<usize> {
 impl Btf {
     /// Parses standalone BTF (vmlinux).
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        Self::index(data.to_vec(), None, 1)
+    }
+
+    /// Parses standalone BTF, keeping `data` itself rather than a copy.
+    pub fn from_vec(data: Vec<u8>) -> Result<Self, BtfError> {
         Self::index(data, None, 1)
+    }
+
+    /// The BTF file's bytes, as given.
+    pub fn raw(&self) -> &[u8] {
+        &self.data
+    }
+
+    fn types(&self) -> &[u8] {
+        &self.data[self.types_at.clone()]
+    }
+
+    fn strings(&self) -> &[u8] {
+        &self.data[self.strings_at.clone()]
     }
 
     /// Parses a module's split BTF on top of `base` (vmlinux).
     pub fn parse_split(data: &[u8], base: Arc<Btf>) -> Result<Self, BtfError> {
         let first = base.first_id + base.offsets.len() as u32;
-        Self::index(data, Some(base), first)
+        Self::index(data.to_vec(), Some(base), first)
     }
 
-    fn index(data: &[u8], base: Option<Arc<Btf>>, first_id: u32) -> Result<Self, BtfError> {
+    fn index(data: Vec<u8>, base: Option<Arc<Btf>>, first_id: u32) -> Result<Self, BtfError> {
         if data.len() < 24 {
             return Err(BtfError::Truncated { len: data.len() });
         }
-        let magic = u16_at(data, 0);
+        let magic = u16_at(&data, 0);
         if magic != 0xeb9f {
             return Err(BtfError::BadMagic { magic });
         }
-        let hdr_len = u32_at(data, 4) as usize;
+        let hdr_len = u32_at(&data, 4) as usize;
         let section = |what, off: usize, len: usize| {
             let start = hdr_len.saturating_add(off);
             if start.saturating_add(len) > data.len() {
                 Err(BtfError::OutOfBounds { what, offset: start, len, total: data.len() })
             } else {
-                Ok(&data[start..start + len])
+                Ok(start..start + len)
             }
         };
-        let types = section("types", u32_at(data, 8) as usize, u32_at(data, 12) as usize)?;
-        let strings = section("strings", u32_at(data, 16) as usize, u32_at(data, 20) as usize)?;
-        let mut btf = Btf {
-            base,
-            first_id,
-            types: types.to_vec(),
-            strings: strings.to_vec(),
-            offsets: Vec::new(),
-            by_name: Vec::new(),
-        };
+        let types_at = section("types", u32_at(&data, 8) as usize, u32_at(&data, 12) as usize)?;
+        let strings_at = section("strings", u32_at(&data, 16) as usize, u32_at(&data, 20) as usize)?;
+        let mut btf = Btf { base, first_id, data, types_at, strings_at, offsets: Vec::new(), by_name: Vec::new() };
+        let (mut offsets, mut by_name) = (Vec::new(), Vec::new());
+        let types = btf.types();
         let mut o = 0usize;
         while o + 12 <= types.len() {
-            let id = first_id + btf.offsets.len() as u32;
+            let id = first_id + offsets.len() as u32;
             let info = u32_at(types, o + 4);
             let kind = (info >> 24) & 0x1f;
             let len = trailing(kind, (info & 0xffff) as usize).ok_or(BtfError::UnknownKind { kind, id })?;
@@ -154,24 +170,25 @@ impl Btf {
             }
             let name = btf.str_at(u32_at(types, o));
             if !name.is_empty() {
-                btf.by_name.push((name_hash(name.as_bytes()), id));
+                by_name.push((name_hash(name.as_bytes()), id));
             }
-            btf.offsets.push(o as u32);
+            offsets.push(o as u32);
             o += 12 + len;
         }
-        btf.by_name.sort_unstable();
-        btf.offsets.shrink_to_fit();
-        btf.by_name.shrink_to_fit();
+        by_name.sort_unstable();
+        offsets.shrink_to_fit();
+        by_name.shrink_to_fit();
+        (btf.offsets, btf.by_name) = (offsets, by_name);
         Ok(btf)
     }
 
     /// A name at a string offset (split BTF's offsets continue after the base's strings).
     fn str_at(&self, off: u32) -> &str {
-        let base_len = self.base.as_ref().map_or(0, |b| b.strings.len());
+        let base_len = self.base.as_ref().map_or(0, |b| b.strings().len());
         let off = off as usize;
         let (table, off) = match &self.base {
-            Some(b) if off < base_len => (b.strings.as_slice(), off),
-            _ => (self.strings.as_slice(), off - base_len),
+            Some(b) if off < base_len => (b.strings(), off),
+            _ => (self.strings(), off - base_len),
         };
         table
             .get(off..)
@@ -185,7 +202,7 @@ impl Btf {
         match id.checked_sub(self.first_id) {
             Some(i) => {
                 let o = *self.offsets.get(i as usize)? as usize;
-                let t = &self.types;
+                let t = self.types();
                 let info = u32_at(t, o + 4);
                 let h = Header {
                     name_off: u32_at(t, o),
@@ -238,11 +255,11 @@ impl Btf {
         let members = (0..h.vlen)
             .map(|i| {
                 let m = h.data + i * 12;
-                let raw = u32_at(&b.types, m + 8);
+                let raw = u32_at(b.types(), m + 8);
                 let (bit_offset, bitfield_size) = if h.kind_flag { (raw & 0xff_ffff, raw >> 24) } else { (raw, 0) };
                 Member {
-                    name: self.str_at(u32_at(&b.types, m)),
-                    type_id: u32_at(&b.types, m + 4),
+                    name: self.str_at(u32_at(b.types(), m)),
+                    type_id: u32_at(b.types(), m + 4),
                     bit_offset,
                     bitfield_size,
                 }
@@ -265,11 +282,16 @@ impl Btf {
             let params = (0..p.vlen)
                 .map(|i| {
                     let o = p.data + i * 8;
-                    (self.str_at(u32_at(&b.types, o)), u32_at(&b.types, o + 4))
+                    (self.str_at(u32_at(b.types(), o)), u32_at(b.types(), o + 4))
                 })
                 .collect();
             Some((p.size_or_type, params))
         })
+    }
+
+    /// The type id of function `name` (what an fentry program's load names as its target).
+    pub fn func_id(&self, name: &str) -> Option<TypeId> {
+        self.named(name).find(|&id| self.header(id).is_some_and(|(_, h)| h.kind == FUNC))
     }
 
     pub fn has_func(&self, name: &str) -> bool {
@@ -329,7 +351,7 @@ impl Btf {
             INT | FLOAT | ENUM | ENUM64 | STRUCT | UNION => Some(h.size_or_type),
             PTR => Some(8),
             ARRAY => {
-                let (elem, len) = (u32_at(&b.types, h.data), u32_at(&b.types, h.data + 8));
+                let (elem, len) = (u32_at(b.types(), h.data), u32_at(b.types(), h.data + 8));
                 Some(self.size_of(elem)? * len)
             }
             _ => None,
@@ -359,12 +381,12 @@ impl Btf {
                 };
                 (0..h.vlen).find_map(|j| {
                     let e = h.data + j * step;
-                    if self.str_at(u32_at(&b.types, e)) != name {
+                    if self.str_at(u32_at(b.types(), e)) != name {
                         return None;
                     }
-                    let lo = u32_at(&b.types, e + 4);
+                    let lo = u32_at(b.types(), e + 4);
                     Some(if wide {
-                        (lo as u64 | (u32_at(&b.types, e + 8) as u64) << 32) as i64
+                        (lo as u64 | (u32_at(b.types(), e + 8) as u64) << 32) as i64
                     } else if h.kind_flag {
                         lo as i32 as i64
                     } else {
@@ -469,6 +491,7 @@ mod tests {
         assert_eq!(btf.pointee_struct(5), Some("s"));
         assert!(btf.defines_func("f") && !btf.defines_func("s"));
         assert!(btf.has_struct("s") && !btf.has_struct("E"));
+        assert_eq!((btf.func_id("f"), btf.func_id("s")), (Some(7), None));
     }
 
     #[test]

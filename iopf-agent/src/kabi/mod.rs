@@ -39,13 +39,16 @@ pub enum FuncSite {
 }
 
 /// vmlinux BTF plus the split BTF of loaded modules, parsed on demand; and aya's parse of
-/// the same bytes (what loading the object and fentry programs need), made once here
-/// rather than by each of aya's loaders.
+/// the same bytes (what fentry programs' loads need), made at most once, from the bytes our
+/// index holds, and only when a fentry program is loaded: aya keeps 72 bytes per type
+/// (about 12 MiB for vmlinux), which a kernel whose hooks go on kprobes or tracepoints
+/// never needs.
 pub struct KernelBtf {
     dir: PathBuf,
     vmlinux: Arc<Btf>,
     /// Only for the running kernel's own BTF (`DEFAULT_BTF_DIR`): programs are loaded into it.
-    aya: Option<aya::Btf>,
+    running: bool,
+    aya: std::sync::OnceLock<Option<aya::Btf>>,
 }
 
 impl KernelBtf {
@@ -53,25 +56,27 @@ impl KernelBtf {
     pub fn load(dir: &Path) -> Result<Self, KabiError> {
         let path = dir.join("vmlinux");
         let data = std::fs::read(&path).map_err(|source| KabiError::Read { path: path.clone(), source })?;
-        let vmlinux = Btf::parse(&data).map_err(|source| KabiError::Parse { path, source })?;
-        let aya = (dir == Path::new(DEFAULT_BTF_DIR))
-            .then(|| aya::Btf::parse(&data, aya::Endianness::default()).ok())
-            .flatten();
-        Ok(Self { dir: dir.to_owned(), vmlinux: Arc::new(vmlinux), aya })
+        let vmlinux = Btf::from_vec(data).map_err(|source| KabiError::Parse { path, source })?;
+        let running = dir == Path::new(DEFAULT_BTF_DIR);
+        Ok(Self { dir: dir.to_owned(), vmlinux: Arc::new(vmlinux), running, aya: std::sync::OnceLock::new() })
     }
 
     /// From an in-memory vmlinux BTF (fixtures); no modules.
     pub fn from_vmlinux(vmlinux: Btf) -> Self {
-        Self { dir: PathBuf::new(), vmlinux: Arc::new(vmlinux), aya: None }
+        Self { dir: PathBuf::new(), vmlinux: Arc::new(vmlinux), running: false, aya: std::sync::OnceLock::new() }
     }
 
     pub fn vmlinux(&self) -> &Btf {
         &self.vmlinux
     }
 
-    /// aya's parse of the running kernel's vmlinux BTF, when that is what was read.
+    /// aya's parse of the running kernel's vmlinux BTF (made on the first call), when that
+    /// is what was read.
     pub fn aya(&self) -> Option<&aya::Btf> {
-        self.aya.as_ref()
+        if !self.running {
+            return None;
+        }
+        self.aya.get_or_init(|| aya::Btf::parse(self.vmlinux.raw(), aya::Endianness::default()).ok()).as_ref()
     }
 
     /// Finds function `name` in vmlinux, then in loaded modules (`hint` first when given).
