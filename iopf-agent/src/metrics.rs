@@ -15,8 +15,6 @@ pub trait Source: Send + Sync {
 #[derive(Default, Clone)]
 pub struct Registry {
     sources: Arc<Mutex<Vec<Box<dyn Source>>>>,
-    /// Size of the last exposition (a capacity hint for the next).
-    last_len: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Registry {
@@ -50,21 +48,36 @@ impl Registry {
 
     /// Renders every family in the Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_chunks(&mut |chunk| {
+            out.push_str(&chunk);
+            true
+        });
+        out
+    }
+
+    /// Renders every family, handing the text to `send` in chunks of about `CHUNK` bytes;
+    /// stops early when `send` returns false (the client is gone).
+    pub fn render_chunks(&self, send: &mut dyn FnMut(String) -> bool) {
         let mut fams = Vec::new();
         for s in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             s.collect(&mut fams);
         }
-        // Sized from the previous scrape: growing a multi-megabyte body by doubling copies
-        // it several times over.
-        let hint = self.last_len.load(std::sync::atomic::Ordering::Relaxed);
-        let mut out = String::with_capacity((hint + hint / 8).max(64 * 1024));
+        let mut out = String::with_capacity(CHUNK + CHUNK / 4);
         for f in &fams {
-            f.encode(&mut out);
+            if !f.encode(&mut out, &mut |buf| send(std::mem::replace(buf, String::with_capacity(CHUNK + CHUNK / 4)))) {
+                return;
+            }
         }
-        self.last_len.store(out.len(), std::sync::atomic::Ordering::Relaxed);
-        out
+        if !out.is_empty() {
+            send(out);
+        }
     }
 }
+
+/// Bytes of exposition per chunk handed on: big enough that a 90 MB body is a few hundred
+/// writes, small enough to stay in the allocator's reused heap (no fresh pages per scrape).
+const CHUNK: usize = 256 * 1024;
 
 /// What `/metrics/families` says of one family.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -203,9 +216,11 @@ fn push_float(out: &mut String, v: f64) {
 impl Family {
     /// Appends the family in the text format; a family with no series is left out (the
     /// format has no way to say "no series yet").
-    fn encode(&self, out: &mut String) {
+    /// `flush` takes the text so far once it passes `CHUNK` (between series); false from it
+    /// stops the encoding, and `encode` returns false.
+    fn encode(&self, out: &mut String, flush: &mut dyn FnMut(&mut String) -> bool) -> bool {
         if self.series.is_empty() {
-            return;
+            return true;
         }
         let name = self.name;
         out.push_str("# HELP ");
@@ -263,7 +278,11 @@ impl Family {
                 }
             }
             out.push('\n');
+            if out.len() >= CHUNK && !flush(out) {
+                return false;
+            }
         }
+        true
     }
 }
 
@@ -379,7 +398,7 @@ mod tests {
         ];
         let mut out = String::new();
         for f in &fams {
-            f.encode(&mut out);
+            assert!(f.encode(&mut out, &mut |_| panic!("a few lines are one chunk")));
         }
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "# HELP a_total A \\\\ b.");
@@ -397,5 +416,38 @@ mod tests {
         assert_eq!(lines[inf], "h_seconds_bucket{k=\"v\",le=\"+Inf\"} 3");
         assert!(lines[inf + 1].starts_with("h_seconds_sum{k=\"v\"} 35184.37"), "{}", lines[inf + 1]);
         assert_eq!(lines[inf + 2], "h_seconds_count{k=\"v\"} 3");
+    }
+
+    /// A source of `n` counters (each line about 40 bytes).
+    struct Many(usize);
+    impl Source for Many {
+        fn collect(&self, out: &mut Vec<Family>) {
+            let series = (0..self.0).map(|i| counter(&[("device", &format!("dev{i:06}"))], i as u64)).collect();
+            out.push(family("many_total", "Many.", Kind::Counter, series));
+        }
+    }
+
+    #[test]
+    fn a_large_exposition_comes_in_chunks_that_add_up_and_stop_when_told() {
+        let r = Registry::default();
+        r.add(Many(30_000));
+        let whole = r.render();
+        assert_eq!(whole.lines().count(), 30_002);
+        let mut chunks = Vec::new();
+        r.render_chunks(&mut |c| {
+            chunks.push(c);
+            true
+        });
+        assert_eq!(chunks.concat(), whole);
+        assert!(chunks.len() <= whole.len().div_ceil(CHUNK));
+        assert!(chunks.len() > 1 && chunks[..chunks.len() - 1].iter().all(|c| c.len() >= CHUNK));
+        // Every chunk ends at a line's end: no sample is split between writes.
+        assert!(chunks.iter().all(|c| c.ends_with('\n')));
+        let mut calls = 0;
+        r.render_chunks(&mut |_| {
+            calls += 1;
+            false
+        });
+        assert_eq!(calls, 1, "a refused chunk ends the rendering");
     }
 }

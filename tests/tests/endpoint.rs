@@ -97,3 +97,52 @@ fn malformed_and_oversized_requests_get_4xx() {
     assert_eq!(http_get(a.addr, "/healthz").unwrap().0, 200);
     let _ = a.stop();
 }
+
+/// A scenario of `n` devices with two faults each: about 9 KB of exposition per device.
+fn devices_scenario(n: usize) -> std::path::PathBuf {
+    let mut y =
+        String::from("apiVersion: iopf.dev/v1alpha1\nkind: Scenario\nmetadata:\n  name: big\nspec:\n  devices:\n");
+    for i in 0..n {
+        y.push_str(&format!(
+            "    - name: \"0000:{:02x}:{:02x}.{}\"\n      faults: 2\n      configuration: flat_kernel\n      responses: {{success: 1}}\n      dispatchNs: {{min: 100, max: 1000}}\n      serviceNs: {{min: 1000, max: 100000}}\n",
+            i / 256,
+            (i / 8) % 32,
+            i % 8
+        ));
+    }
+    let p = std::env::temp_dir().join(format!("iopf-endpoint-big-{}.yaml", std::process::id()));
+    std::fs::write(&p, y).unwrap();
+    p
+}
+
+/// The exposition is sent as it is rendered: a client that asks for a large one and never
+/// reads holds one renderer, not the endpoint, and after the send timeout (30 s) its body
+/// is abandoned as an error (no terminating chunk), never ended as if it were whole.
+#[test]
+fn a_client_that_stops_reading_a_large_exposition_is_abandoned_not_served_a_cut_one() {
+    if !require_root("a_client_that_stops_reading_a_large_exposition_is_abandoned_not_served_a_cut_one") {
+        return;
+    }
+    // 3,000 devices: about 27 MB, far more than the socket buffers and the chunks in flight.
+    let scn = devices_scenario(3000);
+    let a = Agent::start_with(&["simulate", "--scenario", scn.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let mut stalled = TcpStream::connect(a.addr).unwrap();
+    stalled.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Meanwhile another scraper gets the whole exposition.
+    let (code, body) = http_get(a.addr, "/metrics").expect("scrape beside the stalled client");
+    assert_eq!(code, 200);
+    let whole = Exposition::parse(&body);
+    let faults: f64 = whole.samples.iter().filter(|s| s.name == "iopf_faults_total").map(|s| s.value).sum();
+    assert_eq!(faults, 6000.0, "every device's faults in the other scrape");
+    std::thread::sleep(Duration::from_secs(33));
+    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let r = stalled.read_to_end(&mut got);
+    println!("stalled client: {} bytes, then {r:?}", got.len());
+    assert!(got.starts_with(b"HTTP/1.1 200"), "the response had started");
+    assert!(got.len() < body.len(), "the stalled client got less than the exposition: {} of {}", got.len(), body.len());
+    assert!(!got.ends_with(b"\r\n0\r\n\r\n"), "no terminating chunk: the cut-off body is not passed off as whole");
+    let _ = a.stop();
+    let _ = std::fs::remove_file(scn);
+}

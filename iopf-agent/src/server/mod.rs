@@ -11,6 +11,7 @@
 //! auth on every path (`auth`), from a file in the exporters' format (`webconfig`).
 
 pub mod auth;
+mod chunks;
 pub mod tls;
 pub mod webconfig;
 
@@ -230,9 +231,11 @@ fn router(registry: Registry, auth: Option<Arc<auth::Auth>>) -> Router {
             get(move || {
                 let r = registry.clone();
                 async move {
-                    // Rendering a large registry takes milliseconds: not on the accepting task.
-                    let body = tokio::task::spawn_blocking(move || r.render()).await.unwrap_or_default();
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+                    // Rendering a large registry takes milliseconds: not on the accepting task,
+                    // and sent as it is rendered.
+                    let (body, mut send) = chunks::channel();
+                    tokio::task::spawn_blocking(move || r.render_chunks(&mut |c| send.send(c)));
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], axum::body::Body::new(body))
                 }
             }),
         )
