@@ -79,6 +79,7 @@ impl AgentError {
         match self {
             AgentError::Load(LoadError::NotPrivileged) => 3,
             AgentError::Load(LoadError::Refused(_) | LoadError::Patch(_)) => 4,
+            AgentError::Load(LoadError::Shared { .. }) => 1,
             AgentError::PageFault(crate::pagefault::PageFaultError::NotPermitted(_)) => 3,
             AgentError::PageFault(_) | AgentError::Required { .. } => 4,
             AgentError::Serve(ServeError::InUse { .. } | ServeError::Bind { .. }) => 5,

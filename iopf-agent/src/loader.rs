@@ -23,6 +23,8 @@ pub enum LoadError {
     Refused(#[source] aya::EbpfError),
     #[error("preparing the eBPF object for a kernel without BPF compare-and-exchange")]
     Patch(#[source] crate::deadexchange::PatchError),
+    #[error("no pinned maps to share in {}", .dir.display())]
+    Shared { dir: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Load-time settings baked into the object as globals.
@@ -117,6 +119,26 @@ pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
 /// As `load`, with the kernel's BTF already parsed (`KernelBtf::aya`); aya parses it itself
 /// when `None`.
 pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadError> {
+    load_inner(globals, btf, &[])
+}
+
+/// As `load`, but every map pinned in `maps_dir` (a `run --pin` state's `maps/`) is that
+/// map, not a new one: these programs then count and emit into a running agent's maps (the
+/// benchmarks drive an agent process this way). Maps not pinned there are created as usual.
+pub fn load_sharing(globals: Globals, maps_dir: &std::path::Path) -> Result<Ebpf, LoadError> {
+    let pinned: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(maps_dir)
+        .map_err(|source| LoadError::Shared { dir: maps_dir.to_owned(), source })?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    if pinned.is_empty() {
+        return Err(LoadError::Shared { dir: maps_dir.to_owned(), source: std::io::ErrorKind::NotFound.into() });
+    }
+    let pins: Vec<(&str, &std::path::Path)> = pinned.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
+    load_inner(globals, None, &pins)
+}
+
+fn load_inner(globals: Globals, btf: Option<&aya::Btf>, pins: &[(&str, &std::path::Path)]) -> Result<Ebpf, LoadError> {
     if !privileged() {
         return Err(LoadError::NotPrivileged);
     }
@@ -149,6 +171,9 @@ pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadE
     let mut loader = EbpfLoader::new();
     if let Some(b) = btf {
         loader.btf(b);
+    }
+    for &(name, path) in pins {
+        loader.map_pin_path(name, path);
     }
     loader
         .verifier_log_level(log)

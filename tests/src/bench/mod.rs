@@ -3,6 +3,7 @@
 //! results file BENCHMARKS.md is generated from.
 
 pub mod figure;
+pub mod pinned;
 pub mod procs;
 pub mod progs;
 pub mod report;
