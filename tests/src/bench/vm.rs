@@ -13,7 +13,7 @@ use iopf_agent::loader::{self, Globals};
 
 use super::{
     figure::{Context, Figure, Target},
-    procs::{agent, bpftrace_with, stop},
+    procs::{agent, bpftrace_with, status_mib, stop},
     progs::{self, bpf_prog_type, order},
 };
 use crate::{
@@ -80,6 +80,9 @@ pub fn pf_figures(rung: &str) -> Result<Vec<Figure>, String> {
     let ty = if rung == "fentry" { bpf_prog_type::BPF_PROG_TYPE_TRACING } else { bpf_prog_type::BPF_PROG_TYPE_KPROBE };
     let _stats = enable_stats(Stats::RunTime).map_err(|e| format!("BPF_ENABLE_STATS: {e}"))?;
     let mut per = [const { Vec::new() }; 3];
+    // The agent's startup high-water mark on this rung (fentry loads need aya's parse of
+    // the kernel's BTF; the host's tracepoint rung does not).
+    let mut hwm = Vec::new();
     let script = pf_script(rung);
     for round in 0..ROUNDS {
         eprintln!("[vm-bench] page faults on {rung}: round {}/{ROUNDS}", round + 1);
@@ -101,6 +104,11 @@ pub fn pf_figures(rung: &str) -> Result<Vec<Figure>, String> {
             fault_ns(PAGES);
             fault_ns(PAGES);
             let t1 = progs::totals(&mine);
+            if let Tracer::Process(child) = &t
+                && c == 1
+            {
+                hwm.push(status_mib(child.id(), "VmHWM:"));
+            }
             t.stop();
             // Entry and exit programs share the type: two runs per fault.
             let (ns, faults) = progs::ns_per_event(&t0, &t1, ty, 2);
@@ -128,6 +136,16 @@ pub fn pf_figures(rung: &str) -> Result<Vec<Figure>, String> {
             )
         })
         .collect();
+    out.push(Figure::new(
+        &format!("rss_peak_mib_{rung}"),
+        "MiB",
+        &format!(
+            "high-water mark of the agent's RSS (VmHWM) in the guest after startup and the fault bursts, `run --page-faults --force-rung {rung}`"
+        ),
+        hwm,
+        Some(Target::AtMost(20.0)),
+        &c,
+    ));
     let ratio = (0..ROUNDS).map(|r| per[1][r] / per[2][r]).collect();
     out.push(Figure::new(
         &format!("pf_bpf_ns_agent_over_bpftrace_{rung}"),
