@@ -59,9 +59,6 @@ pub enum Stop {
     Present = 9,
     /// `MAX_READS` reached.
     TooLong = 10,
-    /// A nested PASID entry, met by the in-kernel walk, which does not translate the first
-    /// stage's tables through the second (its verifier budget does not stretch to it).
-    NestedNotWalked = 11,
 }
 
 impl Stop {
@@ -77,7 +74,6 @@ impl Stop {
             8 => Self::NotPresent,
             9 => Self::Present,
             10 => Self::TooLong,
-            11 => Self::NestedNotWalked,
             _ => Self::NotWalked,
         }
     }
@@ -95,13 +91,13 @@ impl Stop {
             Self::NotPresent => "not_present",
             Self::Present => "translation_present",
             Self::TooLong => "too_long",
-            Self::NestedNotWalked => "nested_not_walked",
         }
     }
 }
 
 /// The request to walk for: from the fault record and the unit's registers.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct Request {
     /// `RTADDR_REG`.
     pub rtaddr: u64,
@@ -141,31 +137,114 @@ pub trait Mem {
     fn read(&mut self, pa: u64) -> Option<u64>;
 }
 
-/// The walk in progress: the reader and the read count.
-struct Walker<'m, M: Mem> {
-    mem: &'m mut M,
-    w: Walk,
+/// Entry reads at most plus the step that finds the bound reached: every step but the last
+/// makes exactly one read, so a walk never takes more steps than this.
+pub const MAX_STEPS: u32 = MAX_READS as u32 + 1;
+
+/// What a walk reads next.
+mod phase {
+    pub const ROOT: u8 = 0;
+    /// Legacy context entry, qword 0 then 1.
+    pub const CTX0: u8 = 1;
+    pub const CTX1: u8 = 2;
+    /// Scalable context entry, qword 0 then 1 (RID_PASID, for requests without a PASID).
+    pub const SCTX0: u8 = 3;
+    pub const SCTX1: u8 = 4;
+    pub const PASID_DIR: u8 = 5;
+    /// PASID table entry, qword 0 then 2.
+    pub const PE0: u8 = 6;
+    pub const PE2: u8 = 7;
+    /// One entry of a stage's paging tables.
+    pub const PAGING: u8 = 8;
+    pub const DONE: u8 = 9;
 }
 
-impl<M: Mem> Walker<'_, M> {
-    /// Reads an entry, counting it; `None` ends the walk (`ReadFailed` or `TooLong` set).
+/// What a paging walk is for, and so what follows when it finds its translation.
+mod then {
+    /// The request's own translation: the walk ends there.
+    pub const END: u8 = 0;
+    /// A nested first stage: each table pointer, then the output, goes through stage 2.
+    pub const NESTED_S1: u8 = 1;
+    /// Stage 2 translating a nested first stage's table pointer (a guest-physical address).
+    pub const S1_TABLE: u8 = 2;
+    /// Stage 2 translating a nested first stage's output.
+    pub const S1_OUTPUT: u8 = 3;
+}
+
+/// A walk as a machine of single reads: `step` reads one entry and decides what comes next.
+/// The eBPF side runs it in a bounded loop over state the verifier does not track (a map
+/// value), so it verifies one step per iteration, whatever the path: the nested walk, a
+/// first-stage walk whose every table pointer is itself walked through the second stage,
+/// fits where a walk written as nested loops did not. The host runs the same steps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Machine {
+    pub w: Walk,
+    rq: Request,
+    phase: u8,
+    then: u8,
+    /// The paging walk in progress: its stage, current level, whether every entry so far
+    /// allows writes, and whether this access writes.
+    stage: u8,
+    level: u8,
+    writable: bool,
+    write: bool,
+    /// Nested: the first stage's level and write permission so far, while stage 2
+    /// translates its table pointer; its leaf's level and missing permission while stage 2
+    /// translates its output.
+    s1_level: u8,
+    s1_writable: bool,
+    s1_leaf: u8,
+    s1_perm: u8,
+    s2_levels: u8,
+    _pad: [u8; 5],
+    /// Table of the paging walk in progress, and the address it translates.
+    table: u64,
+    addr: u64,
+    /// Structure entry to read next (context or PASID table entry).
+    at: u64,
+    /// Qword 0 of the context or PASID entry, for the decisions its next qword completes.
+    q0: u64,
+    pasid: u64,
+    /// Nested: the second stage's table.
+    s2_table: u64,
+}
+
+impl Machine {
     #[inline(always)]
-    fn rd(&mut self, pa: u64) -> Option<u64> {
-        if self.w.reads >= MAX_READS {
-            self.w.stop = Stop::TooLong as u8;
-            return None;
+    pub fn new(rq: &Request) -> Self {
+        let mut m = Self {
+            w: Walk::NONE,
+            rq: *rq,
+            phase: phase::ROOT,
+            then: then::END,
+            stage: 0,
+            level: 0,
+            writable: true,
+            write: false,
+            s1_level: 0,
+            s1_writable: true,
+            s1_leaf: 0,
+            s1_perm: 0,
+            s2_levels: 0,
+            _pad: [0; 5],
+            table: 0,
+            addr: 0,
+            at: 0,
+            q0: 0,
+            pasid: 0,
+            s2_table: 0,
+        };
+        // Translation table mode 2 and 3 are reserved.
+        if (rq.rtaddr >> 10) & 3 > 1 {
+            m.stop(Stop::Reserved, Level::Unknown, 0);
         }
-        self.w.reads += 1;
-        match self.mem.read(pa) {
-            Some(v) => {
-                self.w.entry = v;
-                Some(v)
-            }
-            None => {
-                self.w.stop = Stop::ReadFailed as u8;
-                None
-            }
-        }
+        m
+    }
+
+    #[inline(always)]
+    fn scalable(&self) -> bool {
+        (self.rq.rtaddr >> 10) & 3 == 1
     }
 
     #[inline(always)]
@@ -173,69 +252,225 @@ impl<M: Mem> Walker<'_, M> {
         self.w.stop = s as u8;
         self.w.stage = stage as u8;
         self.w.level = level;
+        self.phase = phase::DONE;
     }
 
-    /// Walks one stage's paging tables from `table` (`levels` deep) for `addr`. Returns the
-    /// output address when the translation is present (permission checked for `write`), or
-    /// `None` with the walk's stop set. `NESTED`: first, translate each table pointer through
-    /// the second stage `s2` (a nested first stage; two instances, so no recursion, which BPF
-    /// does not allow). Inlined: BPF subprograms take at most 5 arguments.
+    /// Starts a paging walk: `levels` deep from `table`, for `addr`.
     #[inline(always)]
-    fn paging<const NESTED: bool>(&mut self, stage: Level, t: Tables, addr: u64, write: bool) -> Option<u64> {
-        let mut table = t.table;
-        let mut level = t.levels;
-        let mut writable = true;
-        let mut i = 0;
-        while i < MAX_LEVELS && level >= 1 {
-            if NESTED {
-                // The first stage's table is at a guest-physical address.
-                let s2 = Tables { table: t.s2_table, levels: t.s2_levels, s2_table: 0, s2_levels: 0 };
-                table = self.paging::<false>(Level::Second, s2, table, false)? & ADDR_MASK;
+    fn paging(&mut self, stage: Level, table: u64, levels: u8, addr: u64, write: bool, then: u8) {
+        self.phase = phase::PAGING;
+        self.stage = stage as u8;
+        self.table = table;
+        self.level = levels;
+        self.addr = addr;
+        self.write = write;
+        self.writable = true;
+        self.then = then;
+    }
+
+    /// Stage 2 translating `gpa` for the nested first stage.
+    #[inline(always)]
+    fn through_s2(&mut self, gpa: u64, write: bool, then: u8) {
+        self.paging(Level::Second, self.s2_table, self.s2_levels, gpa, write, then);
+    }
+
+    /// The address the next read is at.
+    #[inline(always)]
+    fn next_read(&self) -> u64 {
+        let bus = (self.rq.source_id >> 8) as u64;
+        match self.phase {
+            phase::ROOT => {
+                let half = if self.scalable() && self.rq.source_id & 0x80 != 0 { 8 } else { 0 };
+                (self.rq.rtaddr & ADDR_MASK) + bus * 16 + half
             }
-            let shift = 12 + 9 * (level as u64 - 1);
-            let e = self.rd(table + ((addr >> shift) & 0x1ff) * 8)?;
-            let (present, w) = match stage {
-                Level::First => (e & 1 != 0, e & 2 != 0),
-                _ => (e & 7 != 0, e & 2 != 0),
-            };
-            if !present {
-                self.stop(Stop::NotPresent, stage, level);
-                return None;
+            phase::CTX1 | phase::SCTX1 => self.at + 8,
+            phase::PASID_DIR => (self.q0 & ADDR_MASK) + (self.pasid >> 6) * 8,
+            phase::PE2 => self.at + 16,
+            phase::PAGING => {
+                let shift = 12 + 9 * (self.level as u64 - 1);
+                self.table + ((self.addr >> shift) & 0x1ff) * 8
             }
-            writable &= w;
-            let leaf = level == 1 || (level <= 3 && e & (1 << 7) != 0);
-            if leaf {
-                let page_mask = (1u64 << shift) - 1;
-                let out = (e & ADDR_MASK & !page_mask) | (addr & page_mask);
-                // Second-stage read permission is bit 0 (first stage: present implies read).
-                let readable = stage == Level::First || e & 1 != 0;
-                let ok = if write { writable } else { readable };
-                self.stop(Stop::Present, stage, level);
-                self.w.permission = !ok as u8;
-                return Some(out);
-            }
-            table = e & ADDR_MASK;
-            level -= 1;
-            i += 1;
+            // CTX0, SCTX0, PE0
+            _ => self.at,
         }
-        self.stop(Stop::Reserved, stage, level);
-        None
     }
-}
 
-/// A stage's tables, and for a nested first stage the second stage that translates them.
-#[derive(Clone, Copy)]
-struct Tables {
-    table: u64,
-    levels: u8,
-    s2_table: u64,
-    s2_levels: u8,
-}
+    /// Reads one entry and decides what follows. True once the walk has ended.
+    /// In BPF a subprogram of its own: the caller's loop then holds no field in a register
+    /// across steps (inlined, LLVM keeps fields in registers, which the verifier tracks
+    /// exactly, so no two paths through a step meet in one state again).
+    #[cfg_attr(target_arch = "bpf", inline(never))]
+    #[cfg_attr(not(target_arch = "bpf"), inline(always))]
+    pub fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
+        if self.phase >= phase::DONE {
+            return true;
+        }
+        if self.w.reads >= MAX_READS {
+            self.w.stop = Stop::TooLong as u8;
+            self.phase = phase::DONE;
+            return true;
+        }
+        self.w.reads += 1;
+        let Some(e) = mem.read(self.next_read()) else {
+            self.w.stop = Stop::ReadFailed as u8;
+            self.phase = phase::DONE;
+            return true;
+        };
+        self.w.entry = e;
+        if self.phase == phase::PAGING {
+            self.paging_entry(e)
+        } else {
+            self.structure_entry(e)
+        }
+        self.phase == phase::DONE
+    }
 
-impl Tables {
     #[inline(always)]
-    fn one(table: u64, levels: u8) -> Self {
-        Self { table, levels, s2_table: 0, s2_levels: 0 }
+    fn structure_entry(&mut self, e: u64) {
+        let present = e & 1 != 0;
+        let devfn = (self.rq.source_id & 0xff) as u64;
+        match self.phase {
+            phase::ROOT => {
+                if !present {
+                    return self.stop(Stop::RootNotPresent, Level::Unknown, 0);
+                }
+                if self.scalable() {
+                    self.at = (e & ADDR_MASK) + (devfn & 0x7f) * 32;
+                    self.phase = phase::SCTX0;
+                } else {
+                    self.at = (e & ADDR_MASK) + devfn * 16;
+                    self.phase = phase::CTX0;
+                }
+            }
+            phase::CTX0 => {
+                if !present {
+                    return self.stop(Stop::ContextNotPresent, Level::Unknown, 0);
+                }
+                self.q0 = e;
+                self.phase = phase::CTX1;
+            }
+            phase::CTX1 => {
+                if (self.q0 >> 2) & 3 == 2 {
+                    return self.stop(Stop::PassThrough, Level::Unknown, 0);
+                }
+                let Some(levels) = aw_levels(e & 7) else { return self.stop(Stop::Reserved, Level::Unknown, 0) };
+                self.paging(Level::Second, self.q0 & ADDR_MASK, levels, self.rq.addr, self.rq.write, then::END);
+            }
+            phase::SCTX0 => {
+                if !present {
+                    return self.stop(Stop::ContextNotPresent, Level::Unknown, 0);
+                }
+                self.q0 = e;
+                if self.rq.pasid_present {
+                    self.pasid = self.rq.pasid as u64;
+                    self.phase = phase::PASID_DIR;
+                } else {
+                    self.phase = phase::SCTX1;
+                }
+            }
+            phase::SCTX1 => {
+                self.pasid = e & 0xf_ffff;
+                self.phase = phase::PASID_DIR;
+            }
+            phase::PASID_DIR => {
+                if !present {
+                    return self.stop(Stop::PasidDirNotPresent, Level::Unknown, 0);
+                }
+                self.at = (e & ADDR_MASK) + (self.pasid & 0x3f) * 64;
+                self.phase = phase::PE0;
+            }
+            phase::PE0 => {
+                if !present {
+                    return self.stop(Stop::PasidEntryNotPresent, Level::Unknown, 0);
+                }
+                self.q0 = e;
+                match (e >> 6) & 7 {
+                    2 => {
+                        let Some(levels) = aw_levels((e >> 2) & 7) else {
+                            return self.stop(Stop::Reserved, Level::Second, 0);
+                        };
+                        self.paging(Level::Second, e & ADDR_MASK, levels, self.rq.addr, self.rq.write, then::END);
+                    }
+                    1 | 3 => self.phase = phase::PE2,
+                    4 => self.stop(Stop::PassThrough, Level::Unknown, 0),
+                    _ => self.stop(Stop::Reserved, Level::Unknown, 0),
+                }
+            }
+            // PE2
+            _ => {
+                let levels = match (e >> 2) & 3 {
+                    0 => 4,
+                    1 => 5,
+                    _ => return self.stop(Stop::Reserved, Level::First, 0),
+                };
+                if (self.q0 >> 6) & 7 == 1 {
+                    return self.paging(Level::First, e & ADDR_MASK, levels, self.rq.addr, self.rq.write, then::END);
+                }
+                let Some(s2_levels) = aw_levels((self.q0 >> 2) & 7) else {
+                    return self.stop(Stop::Reserved, Level::Second, 0);
+                };
+                self.s2_table = self.q0 & ADDR_MASK;
+                self.s2_levels = s2_levels;
+                self.s1_level = levels;
+                self.s1_writable = true;
+                // The first stage's top table is at a guest-physical address.
+                self.through_s2(e & ADDR_MASK, false, then::S1_TABLE);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn paging_entry(&mut self, e: u64) {
+        let first = self.stage == Level::First as u8;
+        let stage = if first { Level::First } else { Level::Second };
+        let level = self.level;
+        let present = if first { e & 1 != 0 } else { e & 7 != 0 };
+        if !present {
+            self.w.permission = 0;
+            return self.stop(Stop::NotPresent, stage, level);
+        }
+        self.writable &= e & 2 != 0;
+        let shift = 12 + 9 * (level as u64 - 1);
+        let leaf = level <= 1 || (level <= 3 && e & (1 << 7) != 0);
+        if !leaf {
+            self.level = level - 1;
+            if self.then == then::NESTED_S1 {
+                // The next first-stage table is at a guest-physical address too.
+                self.s1_level = self.level;
+                self.s1_writable = self.writable;
+                return self.through_s2(e & ADDR_MASK, false, then::S1_TABLE);
+            }
+            self.table = e & ADDR_MASK;
+            return;
+        }
+        let page_mask = (1u64 << shift) - 1;
+        let out = (e & ADDR_MASK & !page_mask) | (self.addr & page_mask);
+        // Second-stage read permission is bit 0 (first stage: present implies read).
+        let readable = first || e & 1 != 0;
+        let ok = if self.write { self.writable } else { readable };
+        self.stop(Stop::Present, stage, level);
+        self.w.permission = !ok as u8;
+        match self.then {
+            then::NESTED_S1 => {
+                // The first stage's output is guest-physical: it needs a second-stage translation.
+                self.s1_leaf = level;
+                self.s1_perm = !ok as u8;
+                self.through_s2(out, self.rq.write, then::S1_OUTPUT);
+            }
+            then::S1_TABLE => {
+                // Back to the first stage, at the table stage 2 found.
+                self.paging(Level::First, out & ADDR_MASK, self.s1_level, self.rq.addr, self.rq.write, then::NESTED_S1);
+                self.writable = self.s1_writable;
+                self.w.permission = 0;
+            }
+            then::S1_OUTPUT if self.s1_perm != 0 => {
+                // Present at both stages; the first stage lacks the permission.
+                self.w.stage = Level::First as u8;
+                self.w.level = self.s1_leaf;
+                self.w.permission = 1;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -250,105 +485,13 @@ fn aw_levels(aw: u64) -> Option<u8> {
 
 /// Walks `rq` through the unit's structures. Never guesses: a structure that cannot be read
 /// or holds a reserved value ends the walk with that reason.
-#[inline(always)]
 pub fn walk<M: Mem>(mem: &mut M, rq: &Request) -> Walk {
-    let mut wk = Walker { mem, w: Walk::NONE };
-    walk_into(&mut wk, rq);
-    wk.w
-}
-
-#[inline(always)]
-fn walk_into<M: Mem>(wk: &mut Walker<'_, M>, rq: &Request) {
-    let rta = rq.rtaddr & ADDR_MASK;
-    let ttm = (rq.rtaddr >> 10) & 3;
-    let bus = (rq.source_id >> 8) as u64;
-    let devfn = (rq.source_id & 0xff) as u64;
-    match ttm {
-        0 => {
-            let Some(r) = wk.rd(rta + bus * 16) else { return };
-            if r & 1 == 0 {
-                return wk.stop(Stop::RootNotPresent, Level::Unknown, 0);
-            }
-            let ctx = (r & ADDR_MASK) + devfn * 16;
-            let Some(lo) = wk.rd(ctx) else { return };
-            if lo & 1 == 0 {
-                return wk.stop(Stop::ContextNotPresent, Level::Unknown, 0);
-            }
-            let Some(hi) = wk.rd(ctx + 8) else { return };
-            if (lo >> 2) & 3 == 2 {
-                return wk.stop(Stop::PassThrough, Level::Unknown, 0);
-            }
-            let Some(levels) = aw_levels(hi & 7) else { return wk.stop(Stop::Reserved, Level::Unknown, 0) };
-            let _ = wk.paging::<false>(Level::Second, Tables::one(lo & ADDR_MASK, levels), rq.addr, rq.write);
-        }
-        1 => {
-            let half = if devfn >= 128 { 8 } else { 0 };
-            let Some(r) = wk.rd(rta + bus * 16 + half) else { return };
-            if r & 1 == 0 {
-                return wk.stop(Stop::RootNotPresent, Level::Unknown, 0);
-            }
-            let ctx = (r & ADDR_MASK) + (devfn & 0x7f) * 32;
-            let Some(c0) = wk.rd(ctx) else { return };
-            if c0 & 1 == 0 {
-                return wk.stop(Stop::ContextNotPresent, Level::Unknown, 0);
-            }
-            let pasid = if rq.pasid_present {
-                rq.pasid as u64
-            } else {
-                let Some(c1) = wk.rd(ctx + 8) else { return };
-                c1 & 0xf_ffff
-            };
-            let Some(d) = wk.rd((c0 & ADDR_MASK) + (pasid >> 6) * 8) else { return };
-            if d & 1 == 0 {
-                return wk.stop(Stop::PasidDirNotPresent, Level::Unknown, 0);
-            }
-            let pe = (d & ADDR_MASK) + (pasid & 0x3f) * 64;
-            let Some(q0) = wk.rd(pe) else { return };
-            if q0 & 1 == 0 {
-                return wk.stop(Stop::PasidEntryNotPresent, Level::Unknown, 0);
-            }
-            let pgtt = (q0 >> 6) & 7;
-            let s2 = aw_levels((q0 >> 2) & 7).map(|l| (q0 & ADDR_MASK, l));
-            match pgtt {
-                2 => {
-                    let Some((t, l)) = s2 else { return wk.stop(Stop::Reserved, Level::Second, 0) };
-                    let _ = wk.paging::<false>(Level::Second, Tables::one(t, l), rq.addr, rq.write);
-                }
-                1 | 3 => {
-                    let Some(q2) = wk.rd(pe + 16) else { return };
-                    let levels = match (q2 >> 2) & 3 {
-                        0 => 4,
-                        1 => 5,
-                        _ => return wk.stop(Stop::Reserved, Level::First, 0),
-                    };
-                    if pgtt == 1 {
-                        let _ =
-                            wk.paging::<false>(Level::First, Tables::one(q2 & ADDR_MASK, levels), rq.addr, rq.write);
-                        return;
-                    }
-                    if cfg!(target_arch = "bpf") {
-                        return wk.stop(Stop::NestedNotWalked, Level::Unknown, 0);
-                    }
-                    let Some((t, l)) = s2 else { return wk.stop(Stop::Reserved, Level::Second, 0) };
-                    let nested = Tables { table: q2 & ADDR_MASK, levels, s2_table: t, s2_levels: l };
-                    let Some(gpa) = wk.paging::<true>(Level::First, nested, rq.addr, rq.write) else { return };
-                    let s1 = wk.w;
-                    // The first stage's output is guest-physical: it needs a second-stage translation.
-                    if wk.paging::<false>(Level::Second, Tables::one(t, l), gpa, rq.write).is_some()
-                        && s1.permission != 0
-                    {
-                        // Present at both stages; the first stage lacks the permission.
-                        wk.w.stage = s1.stage;
-                        wk.w.level = s1.level;
-                        wk.w.permission = 1;
-                    }
-                }
-                4 => wk.stop(Stop::PassThrough, Level::Unknown, 0),
-                _ => wk.stop(Stop::Reserved, Level::Unknown, 0),
-            }
-        }
-        _ => wk.stop(Stop::Reserved, Level::Unknown, 0),
+    let mut m = Machine::new(rq);
+    let mut i = 0;
+    while i < MAX_STEPS && !m.step(mem) {
+        i += 1;
     }
+    m.w
 }
 
 /// Whether a walk's stage disagrees with the level a hardware reason code gives (both known).

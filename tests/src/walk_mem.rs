@@ -132,6 +132,51 @@ pub fn read_only_page(mode: &str, sid: u16, addr: u64) -> (Image, u64, u64) {
     (img, rtaddr, page)
 }
 
+/// `read_only_page`'s first-stage tables made nested: the PASID entry takes PGTT 3 over a
+/// new, empty 4-level second stage, so the first stage's table pointers and its output are
+/// guest-physical addresses to translate through it. The `map_*` calls fill stage 2 1:1.
+pub struct Nested {
+    pub img: Image,
+    pub rtaddr: u64,
+    /// The read-only page (first-stage output, as a guest-physical address).
+    pub page: u64,
+    pub s2: u64,
+    /// The first stage's tables on `addr`'s path, top first.
+    pub s1_tables: Vec<u64>,
+}
+
+pub fn nested_read_only_page(sid: u16, addr: u64) -> Nested {
+    let (mut img, rtaddr, page) = read_only_page("first_stage", sid, addr);
+    let root = rtaddr & ADDR_MASK;
+    let ctx = img.get(root + (sid >> 8) as u64 * 16) & ADDR_MASK;
+    let dir = img.get(ctx + (sid & 0x7f) as u64 * 32) & ADDR_MASK;
+    let ptab = img.get(dir) & ADDR_MASK;
+    let mut t = img.get(ptab + 16) & ADDR_MASK;
+    let mut s1_tables = vec![t];
+    for level in (2..=4u64).rev() {
+        t = img.get(t + ((addr >> (12 + 9 * (level - 1))) & 0x1ff) * 8) & ADDR_MASK;
+        s1_tables.push(t);
+    }
+    let s2 = img.page();
+    // Present, address width 2 (4-level second stage), PGTT 3 (nested).
+    img.set(ptab, s2 | 1 | (2 << 2) | (3 << 6));
+    Nested { img, rtaddr, page, s2, s1_tables }
+}
+
+impl Nested {
+    /// Every first-stage table on the path mapped 1:1, read/write, in stage 2.
+    pub fn map_first_stage_tables(&mut self) {
+        for t in self.s1_tables.clone() {
+            self.img.map(self.s2, 4, t, t, 0b011);
+        }
+    }
+
+    /// The output page mapped 1:1, read/write, in stage 2.
+    pub fn map_output(&mut self) {
+        self.img.map(self.s2, 4, self.page, self.page, 0b011);
+    }
+}
+
 /// The image as the host build of the walker reads it.
 pub struct HostMem<'a>(pub &'a Image);
 

@@ -12,7 +12,7 @@ use iopf_common::{
 };
 use iopf_tests::{
     require_root,
-    walk_mem::{BpfWalk, HostMem, Image, read_only_page},
+    walk_mem::{BpfWalk, HostMem, Image, nested_read_only_page, read_only_page},
 };
 
 const SID: u16 = 0x0018;
@@ -80,26 +80,39 @@ fn bpf_walk_is_exact_and_matches_the_host_walk() {
 }
 
 #[test]
-fn bpf_walk_refuses_nested_entries_it_cannot_take() {
-    if !require_root("bpf_walk_refuses_nested_entries_it_cannot_take") {
+fn bpf_walk_takes_nested_entries_through_the_second_stage() {
+    if !require_root("bpf_walk_takes_nested_entries_through_the_second_stage") {
         return;
     }
     let mut ebpf = loader::load(Globals::default()).expect("load");
     let mut bpf = BpfWalk::new(&mut ebpf).unwrap();
-    let (mut img, rtaddr, _) = tables("first_stage");
-    // Make the PASID entry nested (PGTT 3) over a second-stage table.
-    let s2 = img.page();
-    let ctx_dir = {
-        let root = rtaddr & ADDR_MASK;
-        let ctx = img.get(root + (SID >> 8) as u64 * 16) & ADDR_MASK;
-        img.get(ctx + (SID & 0x7f) as u64 * 32) & ADDR_MASK
-    };
-    let ptab = img.get(ctx_dir) & ADDR_MASK;
-    img.set(ptab, s2 | 1 | (2 << 2) | (3 << 6));
-    bpf.set(&img).unwrap();
-    let w = bpf.walk(&rq(rtaddr, RO, false, Some(0))).unwrap();
-    // The in-kernel walk says so instead of answering: its verifier budget stops short of
-    // translating the first stage's tables through the second.
-    assert_eq!(Stop::from_u8(w.stop), Stop::NestedNotWalked);
-    assert_eq!(w.reads, 5, "root, context, PASID directory, PASID entry qwords 0 and 2");
+    let mut n = nested_read_only_page(SID, RO);
+    let rtaddr = n.rtaddr;
+    bpf.set(&n.img).unwrap();
+    // Nothing mapped in stage 2: the first stage's top table pointer stops there, at the top
+    // (root, context, PASID directory, PASID entry qwords 0 and 2, then stage 2's level 4).
+    let r = rq(rtaddr, RO, false, Some(0));
+    let got = bpf.walk(&r).unwrap();
+    assert_eq!(outcome(&got), (Stop::NotPresent, Level::Second as u8, 4, 6, 0));
+    assert_eq!(got, walk(&mut HostMem(&n.img), &r));
+    // Every first-stage table mapped 1:1 in stage 2, not yet the output page: the first
+    // stage translates (4 levels, each after 4 stage-2 reads), then its output stops in stage 2
+    // at the leaf table.
+    n.map_first_stage_tables();
+    bpf.set(&n.img).unwrap();
+    let got = bpf.walk(&r).unwrap();
+    assert_eq!(outcome(&got), (Stop::NotPresent, Level::Second as u8, 1, 5 + 4 * 5 + 4, 0));
+    assert_eq!(got, walk(&mut HostMem(&n.img), &r));
+    // The output page mapped read-write in stage 2: present; the first stage's leaf is
+    // read-only, so a write lacks first-stage permission and a read is spurious.
+    n.map_output();
+    bpf.set(&n.img).unwrap();
+    for (write, want) in
+        [(true, (Stop::Present, Level::First as u8, 1, 29, 1)), (false, (Stop::Present, Level::Second as u8, 1, 29, 0))]
+    {
+        let r = rq(rtaddr, RO, write, Some(0));
+        let got = bpf.walk(&r).unwrap();
+        assert_eq!(outcome(&got), want, "write {write}");
+        assert_eq!(got, walk(&mut HostMem(&n.img), &r), "write {write}");
+    }
 }

@@ -300,6 +300,19 @@ fn nested_output_needs_a_second_stage_translation() {
     assert_eq!((Stop::from_u8(w.stop), w.stage, w.level, w.permission), (Stop::Present, SECOND, 1, 0));
     let w = walk(&mut m, &rq(root, 0x123000, true));
     assert_eq!((Stop::from_u8(w.stop), w.stage, w.permission), (Stop::Present, SECOND, 1));
+    // Reads: root, context, PASID directory, PASID entry qwords 0 and 2 (5); per first-stage
+    // level, 4 second-stage reads for its table pointer and its own entry (4 * 5); the
+    // output's 4 second-stage reads.
+    assert_eq!(w.reads, 5 + 4 * 5 + 4);
+    // Stage 2 read-write, the first stage's leaf read-only: a write lacks first-stage
+    // permission, at the first stage's leaf.
+    m.map(s2, 4, 0x9000_0000, 0x9000_0000, S2_RW, 1);
+    m.map(s1_gpa, 4, 0x123000, 0x9000_0000, 0b001, 1);
+    let w = walk(&mut m, &rq(root, 0x123000, true));
+    assert_eq!(stop(&w), (Stop::Present, FIRST, 1, 29));
+    assert_eq!(w.permission, 1);
+    let w = walk(&mut m, &rq(root, 0x123000, false));
+    assert_eq!((stop(&w), w.permission), ((Stop::Present, SECOND, 1, 29), 0));
 }
 
 #[test]

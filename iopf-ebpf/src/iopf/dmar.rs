@@ -19,7 +19,7 @@ use iopf_common::{
     },
     hist::Histogram,
     iopf::{Offsets, Source},
-    walk::{Mem, REG_RTADDR, Request, Walk, disagrees, test_mem, walk},
+    walk::{MAX_STEPS, Machine, Mem, REG_RTADDR, Request, Walk, disagrees, test_mem},
 };
 
 use super::OFFSETS;
@@ -53,11 +53,65 @@ impl Mem for DirectMap {
     }
 }
 
+/// Who runs a walk: one state slot each, so a walk interrupted on its CPU by another
+/// caller's keeps its state (a test run cannot interrupt the fault interrupt, but a walker
+/// of recoverable reports would take a slot of its own). The kernel never nests one program
+/// into itself on a CPU.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum WalkSlot {
+    Dmar = 0,
+    Test = 1,
+}
+
+/// Per CPU and slot: the walk in progress. In a map value its fields are unknown to the
+/// verifier, so the loop below is verified one step per iteration, not once per path
+/// through the walk (which a nested walk multiplies past any budget).
+#[map]
+static WALK_STATE: PerCpuArray<Machine> = PerCpuArray::with_max_entries(2, 0);
+
 /// The walk as a subprogram of its own, its result written through `out`: the verifier then
-/// takes the record's remaining work once per walk outcome, not once per path through it.
+/// takes the caller's remaining work once per walk outcome, not once per path through it.
+/// `LOOP` (5.17+): one `bpf_loop` iteration per step, so the verifier takes one step (the
+/// callback) once, whatever the walk; otherwise a bounded loop of steps, which it takes
+/// once per iteration. No state slot (cannot happen): `out` stays `NotWalked`.
 #[inline(never)]
-fn walk_record(rq: &Request, dmap: u64, out: &mut Walk) {
-    *out = walk(&mut DirectMap { base: dmap }, rq);
+pub fn walk_record<const LOOP: bool>(rq: &Request, dmap: u64, slot: WalkSlot, out: &mut Walk) {
+    let Some(m) = WALK_STATE.get_ptr_mut(slot as u32) else { return };
+    // SAFETY: this CPU's value of `slot`, valid for the program's run; only this program
+    // uses the slot on this CPU meanwhile (slot comment).
+    unsafe { *m = Machine::new(rq) };
+    let mut run = Steps { m, mem: DirectMap { base: dmap } };
+    if LOOP {
+        // SAFETY: the callback is a BPF subprogram; `run` outlives the call.
+        unsafe { bpf_loop(MAX_STEPS, step_cb as *mut _, &raw mut run as *mut _, 0) };
+    } else {
+        let mut i = 0;
+        while i < MAX_STEPS {
+            // SAFETY: as above.
+            if unsafe { (*m).step(&mut run.mem) } {
+                break;
+            }
+            i += 1;
+        }
+    }
+    // SAFETY: as above.
+    *out = unsafe { (*m).w };
+}
+
+/// A walk's state slot and its memory, for the `bpf_loop` body.
+struct Steps {
+    m: *mut Machine,
+    mem: DirectMap,
+}
+
+/// `bpf_loop` body: one step; 1 (stop) once the walk has ended.
+extern "C" fn step_cb(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `Steps` on `walk_record`'s stack, passed to bpf_loop for this
+    // call; its `m` is this CPU's state slot (walk_record).
+    let run = unsafe { &mut *(ctx as *mut Steps) };
+    // SAFETY: as above.
+    if unsafe { (*run.m).step(&mut run.mem) } { 1 } else { 0 }
 }
 
 /// The direct map's base, or 0 when unknown (no walk then).
@@ -136,7 +190,7 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
             write: read == 0,
         };
         let mut found = Walk::NONE;
-        walk_record(&rq, w.dmap, &mut found);
+        walk_record::<true>(&rq, w.dmap, WalkSlot::Dmar, &mut found);
         // SAFETY: plain helper call.
         let ns = unsafe { bpf_ktime_get_ns() } - t0;
         observe_walk(ns);
@@ -338,7 +392,12 @@ pub fn inject_walk(ctx: RawTracePointContext) -> i32 {
         write: ctx.arg::<u64>(5) != 0,
     };
     let mut found = Walk::NONE;
-    walk_record(&rq, mem as u64, &mut found);
+    // The value's address as a plain number, as the direct map's base is: the walk adds
+    // unbounded table offsets to it, which the verifier refuses on a map pointer. Read
+    // back through the checking helper, it is a scalar.
+    let at = mem as u64;
+    let base: u64 = rd(&raw const at as u64);
+    walk_record::<true>(&rq, base, WalkSlot::Test, &mut found);
     if let Some(out) = WALK_TEST_OUT.get_ptr_mut(0) {
         // SAFETY: the map's one value, valid for the run.
         unsafe { *out = found };
