@@ -54,14 +54,8 @@ impl Kallsyms {
                 Ok(_) => {}
             }
             if line.len() == MAX_LINE && line.last() != Some(&b'\n') {
-                // Drain the rest of an over-long line.
-                while let Ok(n) = r.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line) {
-                    let done = n == 0 || line.last() == Some(&b'\n');
-                    line.clear();
-                    if done {
-                        break;
-                    }
-                }
+                // Drop the rest of an over-long line, unbuffered.
+                let _ = r.skip_until(b'\n');
                 continue;
             }
             let l = line.strip_suffix(b"\n").unwrap_or(&line);

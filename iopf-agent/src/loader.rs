@@ -113,13 +113,7 @@ pub fn privileged() -> bool {
 }
 
 pub fn load(globals: Globals) -> Result<Ebpf, LoadError> {
-    load_with(globals, None)
-}
-
-/// As `load`, with the kernel's BTF already parsed (`KernelBtf::aya`); aya parses it itself
-/// when `None`.
-pub fn load_with(globals: Globals, btf: Option<&aya::Btf>) -> Result<Ebpf, LoadError> {
-    load_inner(globals, btf, &[])
+    load_inner(globals, &[])
 }
 
 /// As `load`, but every map pinned in `maps_dir` (a `run --pin` state's `maps/`) is that
@@ -135,10 +129,10 @@ pub fn load_sharing(globals: Globals, maps_dir: &std::path::Path) -> Result<Ebpf
         return Err(LoadError::Shared { dir: maps_dir.to_owned(), source: std::io::ErrorKind::NotFound.into() });
     }
     let pins: Vec<(&str, &std::path::Path)> = pinned.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
-    load_inner(globals, None, &pins)
+    load_inner(globals, &pins)
 }
 
-fn load_inner(globals: Globals, btf: Option<&aya::Btf>, pins: &[(&str, &std::path::Path)]) -> Result<Ebpf, LoadError> {
+fn load_inner(globals: Globals, pins: &[(&str, &std::path::Path)]) -> Result<Ebpf, LoadError> {
     if !privileged() {
         return Err(LoadError::NotPrivileged);
     }
@@ -168,10 +162,8 @@ fn load_inner(globals: Globals, btf: Option<&aya::Btf>, pins: &[(&str, &std::pat
         Some(words) => unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), OBJECT.len()) },
         None => OBJECT,
     };
+    // Target BTF is read only if the object needs it (it has no CO-RE relocations).
     let mut loader = EbpfLoader::new();
-    if let Some(b) = btf {
-        loader.btf(b);
-    }
     for &(name, path) in pins {
         loader.map_pin_path(name, path);
     }
