@@ -296,11 +296,7 @@ impl Machine {
     }
 
     /// Reads one entry and decides what follows. True once the walk has ended.
-    /// In BPF a subprogram of its own: the caller's loop then holds no field in a register
-    /// across steps (inlined, LLVM keeps fields in registers, which the verifier tracks
-    /// exactly, so no two paths through a step meet in one state again).
-    #[cfg_attr(target_arch = "bpf", inline(never))]
-    #[cfg_attr(not(target_arch = "bpf"), inline(always))]
+    #[inline(always)]
     pub fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
         if self.phase >= phase::DONE {
             return true;
