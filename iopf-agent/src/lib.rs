@@ -31,3 +31,4 @@ pub mod server;
 pub mod simulate;
 pub mod trace;
 pub mod tracefs;
+pub mod vtd;

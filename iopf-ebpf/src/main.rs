@@ -11,6 +11,7 @@ mod atomic;
 mod iopf;
 mod pagefault;
 mod probes;
+mod vtd;
 
 #[cfg(not(test))]
 #[panic_handler]

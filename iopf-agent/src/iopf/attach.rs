@@ -60,10 +60,10 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
             p("iopf_work_fentry", Some("iopf_work_fexit"), "iopf_work_kprobe", Some("iopf_work_kretprobe"))
         }
         ("viommu_event", _) => p("iopf_viommu_event_fentry", None, "iopf_viommu_event_kprobe", None),
-        ("dmar_fault", _) if abi.bpf_loop => {
-            p("iopf_dmar_fault_loop_fentry", None, "iopf_dmar_fault_loop_kprobe", None)
+        ("dmar_fault", _) => {
+            let (fentry, kprobe) = crate::vtd::plan::dmar_fault_programs(abi.bpf_loop);
+            p(fentry, None, kprobe, None)
         }
-        ("dmar_fault", _) => p("iopf_dmar_fault_fentry", None, "iopf_dmar_fault_kprobe", None),
         _ => None,
     }
 }

@@ -69,14 +69,13 @@ pub struct IopfMaps {
     policy: Array<MapData, DeviceRules>,
     policy_violations: HashMap<MapData, iopf_common::policy::ViolationKey, [u64; VIOLATIONS.len()]>,
     stats: PerCpuArray<MapData, IopfStats>,
-    dmar: PerCpuHashMap<MapData, DmarKey, u64>,
+    vtd: crate::vtd::maps::VtdMaps,
     vevents: PerCpuHashMap<MapData, iopf_common::viommu::VeventKey, u64>,
-    walk_ns: PerCpuArray<MapData, Histogram>,
     /// Possible CPUs: the number of values per key in a per-CPU map (0: unknown).
     ncpus: usize,
 }
 
-fn take<T>(store: &mut (impl MapStore + ?Sized), name: &'static str) -> Result<T, MapsError>
+pub(crate) fn take<T>(store: &mut (impl MapStore + ?Sized), name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -93,9 +92,8 @@ impl IopfMaps {
             policy: take(ebpf, "IOPF_POLICY")?,
             policy_violations: take(ebpf, "IOPF_POLICY_VIOLATIONS")?,
             stats: take(ebpf, "IOPF_STATS")?,
-            dmar: take(ebpf, "DMAR_COUNTS")?,
+            vtd: crate::vtd::maps::VtdMaps::take(ebpf)?,
             vevents: take(ebpf, "VEVENT_COUNTS")?,
-            walk_ns: take(ebpf, "DMAR_WALK_NS")?,
             ncpus: aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(0),
         })
     }
@@ -200,19 +198,13 @@ impl IopfMaps {
                 *s.policy_violations.entry((d.dev, d.source, k.policy_id, i)).or_default() += v;
             }
         }
-        sum_per_cpu(&self.dmar, "DMAR_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
-            *s.dmar.entry(k).or_default() += per_cpu.iter().sum::<u64>();
-        })?;
+        self.vtd.read_into(self.ncpus, &mut s)?;
         sum_per_cpu(&self.vevents, "VEVENT_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
             *s.vevents.entry(k).or_default() += per_cpu.iter().sum::<u64>();
         })?;
         let per_cpu = self.stats.get(&0, 0).map_err(|source| MapsError::Map { map: "IOPF_STATS", source })?;
         for c in per_cpu.iter() {
             s.stats.merge(c);
-        }
-        let per_cpu = self.walk_ns.get(&0, 0).map_err(|source| MapsError::Map { map: "DMAR_WALK_NS", source })?;
-        for h in per_cpu.iter() {
-            s.walk_ns.merge(h);
         }
         Ok(s)
     }
@@ -248,7 +240,7 @@ fn add_device(s: &mut IopfSnapshot, k: &DevKey, a: &DevAgg) {
 
 /// Visits every entry of a per-CPU hash map: in batches where the kernel has them, else
 /// key by key.
-fn sum_per_cpu<K: Pod + Ord, V: Pod>(
+pub(crate) fn sum_per_cpu<K: Pod + Ord, V: Pod>(
     map: &PerCpuHashMap<MapData, K, V>,
     name: &'static str,
     ncpus: usize,

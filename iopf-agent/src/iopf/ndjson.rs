@@ -3,25 +3,23 @@
 //! Field names and values match what `--trace` has always printed.
 
 use iopf_common::{
-    dmar::{DmarEvent, bdf_name},
     iopf::{Config, Consts, Event, Level, Method, Source, response_label},
     policy::VIOLATIONS,
-    walk::{Stop, Walk, disagrees},
 };
 
 /// A JSON object under construction: `{"k":v,...}` followed by a newline.
-struct Obj<'a> {
+pub(crate) struct Obj<'a> {
     buf: &'a mut Vec<u8>,
     first: bool,
 }
 
 impl<'a> Obj<'a> {
-    fn new(buf: &'a mut Vec<u8>) -> Self {
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
         buf.push(b'{');
         Self { buf, first: true }
     }
 
-    fn key(&mut self, k: &str) {
+    pub(crate) fn key(&mut self, k: &str) {
         if !self.first {
             self.buf.push(b',');
         }
@@ -31,18 +29,18 @@ impl<'a> Obj<'a> {
         self.buf.extend_from_slice(b"\":");
     }
 
-    fn uint(&mut self, k: &str, v: u64) {
+    pub(crate) fn uint(&mut self, k: &str, v: u64) {
         self.key(k);
         self.buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
-    fn bool(&mut self, k: &str, v: bool) {
+    pub(crate) fn bool(&mut self, k: &str, v: bool) {
         self.key(k);
         self.buf.extend_from_slice(if v { b"true" } else { b"false" });
     }
 
     /// A string value; escapes what JSON requires (device names come from the kernel).
-    fn str(&mut self, k: &str, v: &[u8]) {
+    pub(crate) fn str(&mut self, k: &str, v: &[u8]) {
         self.key(k);
         self.buf.push(b'"');
         for &c in v {
@@ -63,7 +61,7 @@ impl<'a> Obj<'a> {
     }
 
     /// `"0x..."` with at least `width` hex digits.
-    fn hex(&mut self, k: &str, v: u64, width: usize) {
+    pub(crate) fn hex(&mut self, k: &str, v: u64, width: usize) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         self.key(k);
         self.buf.extend_from_slice(b"\"0x");
@@ -75,7 +73,7 @@ impl<'a> Obj<'a> {
     }
 
     /// An array of plain (unescaped) names.
-    fn names(&mut self, k: &str, v: impl Iterator<Item = &'static str>) {
+    pub(crate) fn names(&mut self, k: &str, v: impl Iterator<Item = &'static str>) {
         self.key(k);
         self.buf.push(b'[');
         for (i, n) in v.enumerate() {
@@ -91,7 +89,7 @@ impl<'a> Obj<'a> {
 
     /// `"policy_id":N,"policy":"name"` (`null` when no policy checked the fault, or its name
     /// is not known here).
-    fn policy(&mut self, id: u32, name: Option<&str>) {
+    pub(crate) fn policy(&mut self, id: u32, name: Option<&str>) {
         self.uint("policy_id", id.into());
         match name {
             Some(n) => self.str("policy", n.as_bytes()),
@@ -102,18 +100,24 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn end(self) {
+    /// `"k":{...}`: an object inside this one, written until its `close`.
+    pub(crate) fn nested(&mut self, k: &str) -> Obj<'_> {
+        self.key(k);
+        Obj::new(&mut *self.buf)
+    }
+
+    pub(crate) fn end(self) {
         self.buf.extend_from_slice(b"}\n");
     }
 
     /// Ends an object nested as a value.
-    fn close(self) {
+    pub(crate) fn close(self) {
         self.buf.push(b'}');
     }
 }
 
 /// The device name: the bytes before the first NUL.
-fn name(dev: &[u8]) -> &[u8] {
+pub(crate) fn name(dev: &[u8]) -> &[u8] {
     &dev[..dev.iter().position(|&b| b == 0).unwrap_or(dev.len())]
 }
 
@@ -144,48 +148,6 @@ pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts, policy: Option
     o.policy(e.policy_id, policy);
     o.str("source", Source::from_u8(e.source).label().as_bytes());
     o.end();
-}
-
-/// Appends one decoded VT-d fault record as a JSON line (`policy` as for `write_event`).
-pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
-    let mut o = Obj::new(buf);
-    o.str("kind", b"dmar_fault");
-    o.str("device", name(&bdf_name(e.segment, e.source_id)));
-    o.hex("source_id", e.source_id.into(), 4);
-    o.hex("addr", e.addr, 1);
-    o.uint("pasid", e.pasid.into());
-    o.bool("pasid_valid", e.pasid_present != 0);
-    o.str("access", if e.read != 0 { b"read" } else { b"write" });
-    o.hex("reason", e.reason.into(), 2);
-    o.str("level", Level::from_u8(e.level).label().as_bytes());
-    o.str("method", b"hardware");
-    o.uint("record", e.index.into());
-    o.uint("ts_ns", e.ts_ns);
-    o.uint("verdict", e.verdict.into());
-    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
-    o.policy(e.policy_id, policy);
-    write_walk(&mut o, &e.walk, e.walk_ns, Level::from_u8(e.level));
-    o.end();
-}
-
-/// `"walk": {...}`: our walk of the tables, the second method beside the reason code.
-fn write_walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
-    let stop = Stop::from_u8(w.stop);
-    o.key("walk");
-    let mut inner = Obj::new(&mut *o.buf);
-    inner.str("method", b"walk");
-    inner.str("result", stop.label().as_bytes());
-    if stop != Stop::NotWalked {
-        let classified = matches!(stop, Stop::NotPresent | Stop::Present);
-        inner.str("level", if classified { Level::from_u8(w.stage).label() } else { "unknown" }.as_bytes());
-        inner.uint("table_level", w.level.into());
-        inner.bool("permission", w.permission != 0);
-        inner.hex("entry", w.entry, 1);
-        inner.uint("reads", w.reads.into());
-        inner.uint("ns", ns);
-        inner.bool("disagrees", disagrees(w, hardware));
-    }
-    inner.close();
 }
 
 #[cfg(test)]
@@ -278,72 +240,5 @@ mod tests {
     fn unsafe_zeroed_event() -> Event {
         // SAFETY: Event is plain integers and byte arrays; all-zero is a valid value.
         unsafe { std::mem::zeroed() }
-    }
-
-    #[test]
-    fn dmar_line_has_every_field_with_its_value() {
-        let e = DmarEvent {
-            source_id: 0x0018,
-            segment: 0,
-            addr: 0x1000,
-            read: 1,
-            reason: 6,
-            level: Level::Second as u8,
-            index: 2,
-            ts_ns: 99,
-            pasid: 0,
-            pasid_present: 0,
-            _pad: [0; 3],
-            verdict: 0,
-            policy_id: 0,
-            walk: Walk::NONE,
-            walk_ns: 0,
-        };
-        let mut buf = Vec::new();
-        write_dmar(&mut buf, &e, None);
-        assert_eq!(
-            parse(&buf),
-            json!({
-                "kind": "dmar_fault", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 0, "pasid_valid": false,
-                "access": "read", "reason": "0x06", "level": "second", "method": "hardware", "record": 2, "ts_ns": 99,
-                "verdict": 0, "violations": [], "policy_id": 0, "policy": null, "walk": {"method": "walk", "result": "not_walked"},
-            })
-        );
-        let walked = Walk {
-            stop: Stop::NotPresent as u8,
-            stage: Level::First as u8,
-            level: 4,
-            reads: 6,
-            permission: 0,
-            _pad: [0; 3],
-            entry: 0,
-        };
-        let e = DmarEvent {
-            segment: 2,
-            pasid: 5,
-            pasid_present: 1,
-            reason: 0x70,
-            level: Level::First as u8,
-            read: 0,
-            verdict: 1 | 1 << 4,
-            policy_id: 9,
-            walk: walked,
-            walk_ns: 1234,
-            ..e
-        };
-        buf.clear();
-        write_dmar(&mut buf, &e, Some("edu-none"));
-        assert_eq!(
-            parse(&buf),
-            json!({
-                "kind": "dmar_fault", "device": "0002:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 5, "pasid_valid": true,
-                "access": "write", "reason": "0x70", "level": "first", "method": "hardware", "record": 2, "ts_ns": 99,
-                "verdict": 17, "violations": ["unrecoverable"], "policy_id": 9, "policy": "edu-none",
-                "walk": {
-                    "method": "walk", "result": "not_present", "level": "first", "table_level": 4,
-                    "permission": false, "entry": "0x0", "reads": 6, "ns": 1234, "disagrees": false,
-                },
-            })
-        );
     }
 }

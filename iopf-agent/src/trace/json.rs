@@ -34,7 +34,7 @@ pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, po
 
 pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, policy: Option<&str>) {
     let mut r = Vec::with_capacity(512);
-    crate::iopf::ndjson::write_dmar(&mut r, e, policy);
+    crate::vtd::ndjson::write_dmar(&mut r, e, policy);
     let lead = format!("\"schema\":\"{SCHEMA}\",\"time\":\"{}\"", clock.rfc3339(e.ts_ns));
     splice(buf, &lead, &r);
 }

@@ -61,7 +61,7 @@ impl TraceOutput {
             return;
         }
         self.policies.with(e.policy_id, |policy| match self.format {
-            Format::Stream => crate::iopf::ndjson::write_dmar(buf, e, policy),
+            Format::Stream => crate::vtd::ndjson::write_dmar(buf, e, policy),
             Format::Json => json::dmar(buf, e, &self.clock, policy),
             Format::Human { color } => human::dmar(buf, e, &self.clock, color, policy),
             Format::Record => crate::record::file::encode(buf, &crate::record::Record::Dmar(*e)),

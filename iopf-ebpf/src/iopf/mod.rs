@@ -1,7 +1,6 @@
 //! IOPF capture: the core every hook and every injection program calls. Kernel-specific
 //! reading (offsets) is in `read`, hook adapters in `hooks`, test injection in `inject`.
 
-pub mod dmar;
 mod hashclaim;
 pub mod hooks;
 pub mod inject;

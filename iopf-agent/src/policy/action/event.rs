@@ -22,7 +22,7 @@ pub fn from_event(e: &Event, consts: &Consts) -> Option<Violation> {
 pub fn from_dmar(e: &DmarEvent) -> Option<Violation> {
     let names = names(e.verdict)?;
     let mut buf = Vec::with_capacity(512);
-    ndjson::write_dmar(&mut buf, e, None);
+    crate::vtd::ndjson::write_dmar(&mut buf, e, None);
     // Unrecoverable faults are checked as faults without a PASID (the kernel side's rule).
     let pasid = NO_PASID;
     Some(Violation {

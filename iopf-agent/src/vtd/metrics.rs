@@ -1,0 +1,42 @@
+//! VT-d metric families: decoded fault records by device, the walk's cost, the methods'
+//! disagreements and the family's own lost events.
+
+use iopf_common::iopf::{IopfStats, Level};
+
+use crate::iopf::maps::{IopfSnapshot, dev_str};
+use crate::metrics::{Family, Kind, counter, family, histogram};
+
+pub fn families(snap: &IopfSnapshot, s: IopfStats, out: &mut Vec<Family>) {
+    out.push(family(
+        "iopf_dmar_faults_total",
+        "Intel VT-d unrecoverable faults decoded from the fault recording registers, by device, reason code, access and the level the reason implies.",
+        Kind::Counter,
+        snap.dmar
+            .iter()
+            .map(|(k, v)| {
+                let dev = dev_str(&iopf_common::dmar::bdf_name(k.segment, k.source_id));
+                let reason = format!("{:#04x}", k.reason);
+                let access = if k.read != 0 { "read" } else { "write" };
+                counter(&[("device", &dev), ("reason", &reason), ("access", access), ("level", Level::from_u8(k.level).label())], *v)
+            })
+            .collect(),
+    ));
+    out.push(family(
+        "iopf_walk_seconds",
+        "Cost of our walk of the VT-d translation structures per fault record, in the fault interrupt.",
+        Kind::Histogram,
+        if snap.walk_ns.count == 0 { vec![] } else { vec![histogram(&[("source", "vtd")], &snap.walk_ns)] },
+    ));
+    out.push(family(
+        "iopf_classification_disagreements_total",
+        "Faults two methods classified at different stages: the VT-d reason code (hardware) and our table walk (walk).",
+        Kind::Counter,
+        vec![counter(&[("methods", "hardware_walk")], s.walk_disagreements)],
+    ));
+    out.push(family(
+        "iopf_dmar_events_dropped_total",
+        "VT-d fault record events lost because the DMAR ring buffer was full (each such record is still counted in iopf_dmar_faults_total).",
+        Kind::Counter,
+        vec![counter(&[], s.dmar_events_dropped)],
+    ));
+}

@@ -1,0 +1,132 @@
+//! VT-d fault records as NDJSON lines (`"kind":"dmar_fault"`), with the walk beside the
+//! reason code.
+
+use iopf_common::{
+    dmar::{DmarEvent, bdf_name},
+    iopf::Level,
+    policy::VIOLATIONS,
+    walk::{Stop, Walk, disagrees},
+};
+
+use crate::iopf::ndjson::{Obj, name};
+
+/// Appends one decoded VT-d fault record as a JSON line (`policy` as for `write_event`).
+pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
+    let mut o = Obj::new(buf);
+    o.str("kind", b"dmar_fault");
+    o.str("device", name(&bdf_name(e.segment, e.source_id)));
+    o.hex("source_id", e.source_id.into(), 4);
+    o.hex("addr", e.addr, 1);
+    o.uint("pasid", e.pasid.into());
+    o.bool("pasid_valid", e.pasid_present != 0);
+    o.str("access", if e.read != 0 { b"read" } else { b"write" });
+    o.hex("reason", e.reason.into(), 2);
+    o.str("level", Level::from_u8(e.level).label().as_bytes());
+    o.str("method", b"hardware");
+    o.uint("record", e.index.into());
+    o.uint("ts_ns", e.ts_ns);
+    o.uint("verdict", e.verdict.into());
+    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
+    o.policy(e.policy_id, policy);
+    write_walk(&mut o, &e.walk, e.walk_ns, Level::from_u8(e.level));
+    o.end();
+}
+
+/// `"walk": {...}`: our walk of the tables, the second method beside the reason code.
+fn write_walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
+    let stop = Stop::from_u8(w.stop);
+    let mut inner = o.nested("walk");
+    inner.str("method", b"walk");
+    inner.str("result", stop.label().as_bytes());
+    if stop != Stop::NotWalked {
+        let classified = matches!(stop, Stop::NotPresent | Stop::Present);
+        inner.str("level", if classified { Level::from_u8(w.stage).label() } else { "unknown" }.as_bytes());
+        inner.uint("table_level", w.level.into());
+        inner.bool("permission", w.permission != 0);
+        inner.hex("entry", w.entry, 1);
+        inner.uint("reads", w.reads.into());
+        inner.uint("ns", ns);
+        inner.bool("disagrees", disagrees(w, hardware));
+    }
+    inner.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn parse(buf: &[u8]) -> Value {
+        assert_eq!(buf.last(), Some(&b'\n'), "one line, newline-terminated");
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        serde_json::from_slice(buf).expect("valid JSON")
+    }
+
+    #[test]
+    fn dmar_line_has_every_field_with_its_value() {
+        let e = DmarEvent {
+            source_id: 0x0018,
+            segment: 0,
+            addr: 0x1000,
+            read: 1,
+            reason: 6,
+            level: Level::Second as u8,
+            index: 2,
+            ts_ns: 99,
+            pasid: 0,
+            pasid_present: 0,
+            _pad: [0; 3],
+            verdict: 0,
+            policy_id: 0,
+            walk: Walk::NONE,
+            walk_ns: 0,
+        };
+        let mut buf = Vec::new();
+        write_dmar(&mut buf, &e, None);
+        assert_eq!(
+            parse(&buf),
+            json!({
+                "kind": "dmar_fault", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 0, "pasid_valid": false,
+                "access": "read", "reason": "0x06", "level": "second", "method": "hardware", "record": 2, "ts_ns": 99,
+                "verdict": 0, "violations": [], "policy_id": 0, "policy": null, "walk": {"method": "walk", "result": "not_walked"},
+            })
+        );
+        let walked = Walk {
+            stop: Stop::NotPresent as u8,
+            stage: Level::First as u8,
+            level: 4,
+            reads: 6,
+            permission: 0,
+            _pad: [0; 3],
+            entry: 0,
+        };
+        let e = DmarEvent {
+            segment: 2,
+            pasid: 5,
+            pasid_present: 1,
+            reason: 0x70,
+            level: Level::First as u8,
+            read: 0,
+            verdict: 1 | 1 << 4,
+            policy_id: 9,
+            walk: walked,
+            walk_ns: 1234,
+            ..e
+        };
+        buf.clear();
+        write_dmar(&mut buf, &e, Some("edu-none"));
+        assert_eq!(
+            parse(&buf),
+            json!({
+                "kind": "dmar_fault", "device": "0002:00:03.0", "source_id": "0x0018", "addr": "0x1000", "pasid": 5, "pasid_valid": true,
+                "access": "write", "reason": "0x70", "level": "first", "method": "hardware", "record": 2, "ts_ns": 99,
+                "verdict": 17, "violations": ["unrecoverable"], "policy_id": 9, "policy": "edu-none",
+                "walk": {
+                    "method": "walk", "result": "not_present", "level": "first", "table_level": 4,
+                    "permission": false, "entry": "0x0", "reads": 6, "ns": 1234, "disagrees": false,
+                },
+            })
+        );
+    }
+}
