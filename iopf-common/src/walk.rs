@@ -453,6 +453,9 @@ impl Machine {
                 self.s1_perm = !ok as u8;
                 self.through_s2(out, self.rq.write, then::S1_OUTPUT);
             }
+            // Stage 2 maps the first stage's table without read permission: the unit's own
+            // read of that table faults there, in stage 2.
+            then::S1_TABLE if !ok => {}
             then::S1_TABLE => {
                 // Back to the first stage, at the table stage 2 found.
                 self.paging(Level::First, out & ADDR_MASK, self.s1_level, self.rq.addr, self.rq.write, then::NESTED_S1);

@@ -95,6 +95,14 @@ fn bpf_walk_takes_nested_entries_through_the_second_stage() {
     let got = bpf.walk(&r).unwrap();
     assert_eq!(outcome(&got), (Stop::NotPresent, Level::Second as u8, 4, 6, 0));
     assert_eq!(got, walk(&mut HostMem(&n.img), &r));
+    // The top table mapped write-only in stage 2: the unit cannot read it, so the walk ends
+    // in stage 2 at its leaf without the permission (5 structure reads + 4).
+    let mut wo = nested_read_only_page(SID, RO);
+    wo.img.map(wo.s2, 4, wo.s1_tables[0], wo.s1_tables[0], 0b010);
+    bpf.set(&wo.img).unwrap();
+    let got = bpf.walk(&r).unwrap();
+    assert_eq!(outcome(&got), (Stop::Present, Level::Second as u8, 1, 9, 1));
+    assert_eq!(got, walk(&mut HostMem(&wo.img), &r));
     // Every first-stage table mapped 1:1 in stage 2, not yet the output page: the first
     // stage translates (4 levels, each after 4 stage-2 reads), then its output stops in stage 2
     // at the leaf table.

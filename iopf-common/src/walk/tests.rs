@@ -268,6 +268,19 @@ fn nested_first_stage_tables_are_translated_through_the_second() {
 }
 
 #[test]
+fn nested_first_stage_table_without_stage_2_read_permission_stops_in_stage_2() {
+    let mut m = Phys::new();
+    let (root, s2, s1_gpa) = nested(&mut m);
+    // Stage 2 maps the first stage's top table write-only: the unit cannot read it. The walk
+    // ends there (present in stage 2 at its leaf, without the permission), after the five
+    // structure reads and stage 2's four, not in the first stage.
+    let s1_top = m.page();
+    m.map(s2, 4, s1_gpa, s1_top, 0b010, 1);
+    let w = walk(&mut m, &rq(root, 0x123000, false));
+    assert_eq!((stop(&w), w.permission), ((Stop::Present, SECOND, 1, 9), 1));
+}
+
+#[test]
 fn nested_output_needs_a_second_stage_translation() {
     let mut m = Phys::new();
     let (root, s2, s1_gpa) = nested(&mut m);
