@@ -151,14 +151,15 @@ pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts, policy: Option
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use iopf_common::iopf::{Fault, RESP_INVALID};
     use serde_json::{Value, json};
 
     use super::*;
     use crate::kabi::iopf::CURRENT_CONSTS;
 
-    fn parse(buf: &[u8]) -> Value {
+    /// One newline-terminated JSON line, parsed (the VT-d family's line tests use it too).
+    pub(crate) fn parse(buf: &[u8]) -> Value {
         assert_eq!(buf.last(), Some(&b'\n'), "one line, newline-terminated");
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
         serde_json::from_slice(buf).expect("valid JSON")

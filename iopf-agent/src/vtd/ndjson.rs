@@ -53,15 +53,10 @@ fn write_walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
-
-    fn parse(buf: &[u8]) -> Value {
-        assert_eq!(buf.last(), Some(&b'\n'), "one line, newline-terminated");
-        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
-        serde_json::from_slice(buf).expect("valid JSON")
-    }
+    use crate::iopf::ndjson::tests::parse;
 
     #[test]
     fn dmar_line_has_every_field_with_its_value() {

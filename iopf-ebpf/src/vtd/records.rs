@@ -53,7 +53,7 @@ fn next_pending(w: &mut Records) -> Option<(u64, u32, u32)> {
 /// Decodes one pending record: counted per (segment, source id, reason, access, level) and
 /// emitted. Returns false when the walk's record is not pending (the walk ends).
 /// `WALK`: also walk the unit's tables for the record (the `_loop` programs: kernels with
-/// the verifier budget of 5.17+).
+/// `bpf_loop`, 5.17+).
 #[inline(always)]
 fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
     let Some((rec, hi, idx)) = next_pending(w) else { return false };

@@ -39,8 +39,8 @@ pub enum WalkSlot {
 }
 
 /// Per CPU and slot: the walk in progress. In a map value its fields are unknown to the
-/// verifier, so the loop below is verified one step per iteration, not once per path
-/// through the walk (which a nested walk multiplies past any budget).
+/// verifier, so the `bpf_loop` body (one step) is verified once, not once per path through
+/// the walk (which a nested walk multiplies past any budget).
 #[map]
 static WALK_STATE: PerCpuArray<Machine> = PerCpuArray::with_max_entries(2, 0);
 
