@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds tests/kmod (iopf_sva_test.ko, the software IOMMU that drives the kernel's real SVA
-# I/O page fault path) against the external-module build tree of the custom 7.3.4 kernel,
-# ../shared/vm/linux-kbuild-7.3.4-iopf.tar.xz. The tree is unpacked once into
-# ${IOPF_CACHE:-~/.cache/iopf}/kbuild/; the sources are copied to target/kmod/build so the
-# repository stays clean. Output: target/kmod/iopf_sva_test.ko. Usage:
+# Builds tests/kmod against the external-module build tree of the custom 7.3.4 kernel,
+# ../shared/vm/linux-kbuild-7.3.4-iopf.tar.xz: iopf_sva_test.ko (the software IOMMU that
+# drives the kernel's real SVA I/O page fault path) and iopf_vtd_report_test.ko (reports
+# page requests for the QEMU edu device behind VT-d to iommu_report_device_fault). The tree
+# is unpacked once into ${IOPF_CACHE:-~/.cache/iopf}/kbuild/; the sources are copied to
+# target/kmod/build so the repository stays clean. Output: target/kmod/iopf_sva_test.ko and
+# target/kmod/iopf_vtd_report_test.ko. Usage:
 #   scripts/build-sva-kmod.sh            # IOPF_KBUILD_TARBALL=... to use another tarball
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,5 +38,11 @@ cp "$here"/tests/kmod/Makefile "$here"/tests/kmod/*.[ch] "$build"/
 say "building against $(basename "$tree") with $(gcc -dumpfullversion)"
 start=$(date +%s)
 make -s -C "$tree" M="$build" -j"$(nproc)" modules
-cp "$build/iopf_sva_test.ko" "$out/iopf_sva_test.ko"
-say "done in $(( $(date +%s) - start ))s: $out/iopf_sva_test.ko ($(tr '\0' '\n' <"$out/iopf_sva_test.ko" | sed -n 's/^vermagic=\(.*[^ ]\) *$/\1/p'))"
+mods=(iopf_sva_test iopf_vtd_report_test)
+for m in "${mods[@]}"; do
+  cp "$build/$m.ko" "$out/$m.ko"
+done
+say "done in $(( $(date +%s) - start ))s"
+for m in "${mods[@]}"; do
+  say "  $out/$m.ko ($(tr '\0' '\n' <"$out/$m.ko" | sed -n 's/^vermagic=\(.*[^ ]\) *$/\1/p'))"
+done

@@ -159,7 +159,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration_arg)]
         min_latency: Option<u64>,
         /// Only this kind of event; repeatable.
-        #[arg(long = "kind", value_parser = ["iopf", "dmar"])]
+        #[arg(long = "kind", value_parser = ["iopf", "dmar", "walk"])]
         kinds: Vec<String>,
         /// Only events that break a policy.
         #[arg(long)]
@@ -489,7 +489,11 @@ pub fn parse() -> Command {
             let format = output_format(json, no_color);
             let kinds = kinds
                 .iter()
-                .map(|k| if k == "iopf" { crate::trace::filter::Kind::Iopf } else { crate::trace::filter::Kind::Dmar })
+                .map(|k| match k.as_str() {
+                    "iopf" => crate::trace::filter::Kind::Iopf,
+                    "walk" => crate::trace::filter::Kind::PageRequest,
+                    _ => crate::trace::filter::Kind::Dmar,
+                })
                 .collect();
             let filter = crate::trace::Filter {
                 devices,

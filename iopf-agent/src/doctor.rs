@@ -52,10 +52,14 @@ pub fn survey(
     // and the fault paths, on its own thread while the BTF is parsed.
     let kallsyms = std::thread::spawn(crate::kallsyms::Kallsyms::read);
     let btf = KernelBtf::load(&opts.btf_dir);
-    let abi = match &btf {
+    let mut abi = match &btf {
         Ok(b) => IopfAbi::resolve(b.vmlinux()).map_err(|e| e.to_string()),
         Err(e) => Err(chain(e)),
     };
+    let kallsyms = kallsyms.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    if let Ok(a) = &mut abi {
+        a.vtd_report = crate::vtd::plan::with_intel_ops(a.vtd_report, kallsyms.intel_iommu_ops);
+    }
     let globals = match &abi {
         Ok(a) => globals.with_abi(a),
         Err(_) => globals,
@@ -64,7 +68,6 @@ pub fn survey(
         Ok(b) => globals.with_btf(b.vmlinux()),
         Err(_) => globals,
     };
-    let kallsyms = kallsyms.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
     let globals = loader::Globals { page_offset_base: kallsyms.page_offset_base.unwrap_or(0), ..globals };
     let btf = btf.ok();
     // The object has no CO-RE relocations: loading it needs no parse of the kernel's BTF.

@@ -184,6 +184,17 @@ pub const HOOKS: &[Hook] = &[
         },
         exchange: false,
     },
+    Hook {
+        name: "vtd_report_walk",
+        why: "recoverable faults of Intel devices: our walk of the unit's tables gives the stage and level",
+        target: Target::Functions {
+            candidates: &["iommu_report_device_fault"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_IOMMU_IOPF off?",
+        },
+        exchange: false,
+    },
 ];
 
 pub fn hook(name: &str) -> Option<&'static Hook> {

@@ -12,6 +12,9 @@ pub struct Kallsyms {
     /// Address of `page_offset_base` (the direct map's base, for the VT-d table walk); only
     /// root sees addresses.
     pub page_offset_base: Option<u64>,
+    /// Address of `intel_iommu_ops`, which tells an Intel device's `iommu_device` from
+    /// others' (the walk on recoverable reports); a data symbol (CONFIG_KALLSYMS_ALL).
+    pub intel_iommu_ops: Option<u64>,
 }
 
 fn symbol_hash(s: &[u8]) -> u64 {
@@ -43,7 +46,7 @@ impl Kallsyms {
 
     fn from_reader(r: impl Read) -> Self {
         let mut r = BufReader::with_capacity(64 * 1024, r);
-        let mut page_offset_base = None;
+        let (mut page_offset_base, mut intel_iommu_ops) = (None, None);
         let mut names = Vec::new();
         let mut line = Vec::with_capacity(256);
         loop {
@@ -61,16 +64,19 @@ impl Kallsyms {
             let l = line.strip_suffix(b"\n").unwrap_or(&line);
             let mut it = l.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
             let (Some(addr), Some(_), Some(sym)) = (it.next(), it.next(), it.next()) else { continue };
-            if sym == b"page_offset_base" {
-                page_offset_base =
-                    std::str::from_utf8(addr).ok().and_then(|a| u64::from_str_radix(a, 16).ok()).filter(|a| *a != 0);
+            let address =
+                || std::str::from_utf8(addr).ok().and_then(|a| u64::from_str_radix(a, 16).ok()).filter(|a| *a != 0);
+            match sym {
+                b"page_offset_base" => page_offset_base = address(),
+                b"intel_iommu_ops" => intel_iommu_ops = address(),
+                _ => {}
             }
             names.push(symbol_hash(sym));
         }
         names.sort_unstable();
         names.dedup();
         names.shrink_to_fit();
-        Kallsyms { names, page_offset_base }
+        Kallsyms { names, page_offset_base, intel_iommu_ops }
     }
 
     pub fn contains(&self, s: &str) -> bool {
@@ -90,9 +96,12 @@ mod tests {
         assert!(k.contains("_stext") && k.contains("dmar_fault") && k.contains("page_offset_base"));
         assert!(!k.contains("iommu_sva_iopf_handler") && !k.contains("T"));
         assert_eq!(k.page_offset_base, Some(0xffff_ffff_82a1_b2c8));
+        assert_eq!(k.intel_iommu_ops, None);
+        let k = Kallsyms::parse(b"ffffffff8264d0a0 R intel_iommu_ops\n");
+        assert_eq!((k.intel_iommu_ops, k.page_offset_base), (Some(0xffff_ffff_8264_d0a0), None));
         // Without privileges every address reads 0.
-        let k = Kallsyms::parse(b"0000000000000000 D page_offset_base\n");
-        assert_eq!(k.page_offset_base, None);
+        let k = Kallsyms::parse(b"0000000000000000 D page_offset_base\n0000000000000000 R intel_iommu_ops\n");
+        assert_eq!((k.page_offset_base, k.intel_iommu_ops), (None, None));
         assert!(k.contains("page_offset_base"));
     }
 

@@ -48,6 +48,8 @@ pub struct Globals {
     /// Kernel address of `page_offset_base` (kallsyms), 0 when the kernel has none: the VT-d
     /// walk then takes the fixed 4-level direct-map base.
     pub page_offset_base: u64,
+    /// From a reported device to its VT-d unit (`vtd::plan`), `NONE` where not known.
+    pub vtd_report: iopf_common::vtd_report::ReportOffsets,
     /// Whether the programs claim in-flight faults by compare-and-exchange (`Some(true)`) or
     /// through the hash map (`Some(false)`, as a kernel before 5.12 needs); `None`: as this
     /// kernel can (`features::bpf_exchange`).
@@ -66,6 +68,7 @@ impl Default for Globals {
             dev_slots: iopf_common::iopf::DEV_SLOTS_DEFAULT,
             pf_cgroups: false,
             page_offset_base: 0,
+            vtd_report: iopf_common::vtd_report::ReportOffsets::NONE,
             exchange: None,
         }
     }
@@ -77,6 +80,7 @@ impl Globals {
         self.offsets = abi.offsets;
         self.consts = abi.consts;
         self.tuple_keys = abi.tuple_keys;
+        self.vtd_report = abi.vtd_report.unwrap_or(iopf_common::vtd_report::ReportOffsets::NONE);
         self
     }
 
@@ -180,6 +184,7 @@ fn load_inner(globals: Globals, pins: &[(&str, &std::path::Path)]) -> Result<Ebp
         .override_global("PF_CGROUP_LEVELS", &cgroup_levels, true)
         .override_global("PAGE_OFFSET_BASE_ADDR", &globals.page_offset_base, true)
         .override_global("PAGE_OFFSET", &PAGE_OFFSET_4LEVEL, true)
+        .override_global("VTD_REPORT", &globals.vtd_report, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)
         .map_max_entries("IOPF_POLICY", globals.dev_slots)

@@ -252,6 +252,10 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
         }
         let reader = crate::iopf::events::EventReader::take(store!())?;
         let dmar = crate::iopf::events::Ring::<iopf_common::dmar::DmarEvent>::take_named(store!(), "DMAR_EVENTS")?;
+        let walks = crate::iopf::events::Ring::<iopf_common::vtd_report::ReportWalkEvent>::take_named(
+            store!(),
+            "VTD_REPORT_EVENTS",
+        )?;
         let sink = match &opts.record {
             Some(path) => {
                 let devices = crate::policy::enumerate(Path::new(SYSFS_ROOT))
@@ -275,7 +279,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
             }
             None => crate::record::Sink::Stdout,
         };
-        let (sink1, sink2) = (sink.clone(), sink);
+        let (sink1, sink2, sink3) = (sink.clone(), sink.clone(), sink);
         let (trace, d, closed) = (opts.trace.clone(), dispatcher.clone(), stdout_closed.clone());
         // On a thread and runtime of their own: a slow stdout reader blocks these writes, and
         // must not block scrapes, reloads or signals.
@@ -306,7 +310,20 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
                 };
                 stream_ended("VT-d fault stream", dmar.stream(move || sink2.clone(), render).await, &closed);
             };
-            rt.block_on(async { tokio::join!(iopf, vtd) });
+            // Walks are not policy events: their faults' IOPF events are.
+            let page_requests = async {
+                let render = |b: &mut Vec<u8>, e: &iopf_common::vtd_report::ReportWalkEvent| {
+                    if let Some(t) = &trace {
+                        t.page_request(b, e);
+                    }
+                };
+                stream_ended(
+                    "VT-d page request walk stream",
+                    walks.stream(move || sink3.clone(), render).await,
+                    &closed,
+                );
+            };
+            rt.block_on(async { tokio::join!(iopf, vtd, page_requests) });
         })?;
     }
     match (pins, &adopted) {

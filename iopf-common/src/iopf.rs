@@ -561,6 +561,8 @@ pub struct IopfStats {
     /// more faults in flight on one CPU than its age ring holds); such a fault ends only when
     /// answered or superseded.
     pub inflight_unaged: u64,
+    /// Walked page requests (`vtd_page_request` events) lost because their ring was full.
+    pub page_request_walks_dropped: u64,
 }
 
 impl IopfStats {
@@ -594,6 +596,7 @@ impl IopfStats {
         self.policy_violations_overflow += o.policy_violations_overflow;
         self.rate_unchecked += o.rate_unchecked;
         self.inflight_unaged += o.inflight_unaged;
+        self.page_request_walks_dropped += o.page_request_walks_dropped;
     }
 }
 

@@ -10,6 +10,7 @@ pub mod iopf;
 pub mod pagefault;
 pub mod policy;
 pub mod viommu;
+pub mod vtd_report;
 pub mod walk;
 
 #[cfg(feature = "user")]

@@ -32,6 +32,12 @@ unsafe impl aya::Pod for Consts {}
 unsafe impl aya::Pod for crate::dmar::DmarKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::dmar::DmarEvent {}
+// SAFETY: as above (u32 fields and a u64, no padding).
+unsafe impl aya::Pod for crate::vtd_report::ReportOffsets {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::vtd_report::ReportWalkKey {}
+// SAFETY: as above (the walk's own padding is an explicit field).
+unsafe impl aya::Pod for crate::vtd_report::ReportWalkEvent {}
 // SAFETY: as above (u32 and u64 fields, no padding).
 unsafe impl aya::Pod for crate::policy::Rule {}
 // SAFETY: as above (u32 fields only, no padding).

@@ -130,6 +130,14 @@ pub struct Walk {
 impl Walk {
     pub const NONE: Self =
         Self { stop: Stop::NotWalked as u8, stage: 0, level: 0, reads: 0, permission: 0, _pad: [0; 3], entry: 0 };
+
+    /// The stage this walk classifies the access at: where it stopped in the tables, or the
+    /// leaf's stage when present; `Unknown` when it ended before any table said (not walked,
+    /// unreadable, not present in the context structures, ...).
+    pub fn classified_level(&self) -> Level {
+        let stop = Stop::from_u8(self.stop);
+        if matches!(stop, Stop::NotPresent | Stop::Present) { Level::from_u8(self.stage) } else { Level::Unknown }
+    }
 }
 
 /// Reads one 64-bit entry at a (guest-)physical address.

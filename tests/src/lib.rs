@@ -10,6 +10,7 @@ pub mod prom;
 pub mod records;
 pub mod sva;
 pub mod vfio;
+pub mod vtd_report;
 pub mod walk_mem;
 pub mod workload;
 

@@ -27,6 +27,21 @@ fn kprobe_and_tracepoint_programs_pass_the_verifier() {
         g.offsets.iommu_cap = 0x18;
         g.offsets.iommu_segment = 0x20;
     }
+    // The same for the walk on recoverable reports: without a unit's ops address (kallsyms)
+    // and the structures' offsets it is dead code too.
+    if g.vtd_report.dev_iommu == iopf_common::vtd_report::ReportOffsets::ABSENT {
+        g.vtd_report = iopf_common::vtd_report::ReportOffsets {
+            dev_iommu: 0x2a0,
+            dev_iommu_iommu_dev: 0x58,
+            dev_iommu_priv: 0x70,
+            iommu_device_ops: 0x18,
+            info_iommu: 0x28,
+            info_bus: 0x20,
+            info_devfn: 0x21,
+            ..iopf_common::vtd_report::ReportOffsets::NONE
+        };
+    }
+    g.vtd_report.intel_iommu_ops = 0xffff_ffff_8200_0000;
     let mut ebpf = loader::load(g).expect("load");
     let mut loaded = Vec::new();
     let mut refused = Vec::new();
@@ -48,12 +63,13 @@ fn kprobe_and_tracepoint_programs_pass_the_verifier() {
     eprintln!("verified: {loaded:#?}");
     // page faults (entry, return; slot-claiming and thread-keyed programs), the attach probe, and the IOPF kprobe rung: report
     // (entry, return), SVA and iommufd handlers, dequeue, group response, tuple response, free, work (entry, return);
-    // VT-d dmar_fault (unrolled, and every record through bpf_loop); iommufd vIOMMU events. IOPF capture has no handle_mm_fault program: its mm fix is the work
+    // VT-d dmar_fault (unrolled, and every record through bpf_loop) and the walk on
+    // recoverable reports; iommufd vIOMMU events. IOPF capture has no handle_mm_fault program: its mm fix is the work
     // function's span. Tracepoints: page-fault entry, iommu:io_page_fault, and the
     // benchmark's empty floor program; the benchmark's empty kprobe/kretprobe floor on
     // handle_mm_fault.
     // The thread-keyed page-fault programs must hold no compare-and-exchange: 5.10's verifier
     // (VM tier) is what refuses one, this kernel accepts both kinds.
-    assert_eq!(loaded.iter().filter(|l| l.starts_with("kprobe")).count(), 2 * 2 + 1 + 10 + 2 + 1 + 2);
+    assert_eq!(loaded.iter().filter(|l| l.starts_with("kprobe")).count(), 2 * 2 + 1 + 10 + 2 + 1 + 1 + 2);
     assert_eq!(loaded.iter().filter(|l| l.starts_with("tracepoint")).count(), 2 + 1 + 1);
 }

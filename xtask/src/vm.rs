@@ -136,6 +136,37 @@ pub const KERNELS: &[KernelSpec] = &[
             "simulate",
         ],
     },
+    // Recoverable reports of a real PCI device behind a real (emulated) VT-d unit: our test
+    // module reports page requests for edu through the kernel's own iommu_report_device_fault,
+    // and the walker reads edu's tables, in each VT-d mode. The custom kernel, because the
+    // module builds against its tree (and has intel-iommu and VFIO built in).
+    KernelSpec {
+        name: "iopf-7.3-vtd",
+        what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu (legacy mode) + edu, our report module",
+        source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
+        modules: &[],
+        qemu: DEBIAN_IOMMU_QEMU,
+        append: "intel_iommu=on",
+        scenarios: &["report-walk"],
+    },
+    KernelSpec {
+        name: "iopf-7.3-vtd-scalable",
+        what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu in scalable mode (second stage) + edu, our report module",
+        source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
+        modules: &[],
+        qemu: VTD_SCALABLE_QEMU,
+        append: "intel_iommu=on iopf_vtd_mode=scalable",
+        scenarios: &["report-walk"],
+    },
+    KernelSpec {
+        name: "iopf-7.3-vtd-first-stage",
+        what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu in scalable mode (first stage, QEMU x-flts) + edu, our report module",
+        source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
+        modules: &[],
+        qemu: VTD_FIRST_STAGE_QEMU,
+        append: "intel_iommu=on iopf_vtd_mode=first_stage",
+        scenarios: &["report-walk"],
+    },
     KernelSpec {
         name: "debian-7.3",
         what: "Debian trixie-backports linux-binary-unsigned-7.3.*+deb13-amd64 (6.15+ domain layout), intel-iommu + edu",

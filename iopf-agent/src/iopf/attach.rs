@@ -33,11 +33,15 @@ struct Progs {
     kretprobe: Option<&'static str>,
 }
 
-/// Which programs serve `plan` on this kernel; `None` when the planned target is not one the
-/// IOPF core uses on this generation (e.g. the <= 6.8 per-fault SVA function).
-fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
-    let target = plan.target.as_deref()?;
-    let p = |fentry, fexit, kprobe, kretprobe| Some(Progs { fentry, fexit, kprobe, kretprobe });
+/// Why the <= 6.8 per-fault SVA functions get no program.
+const PER_FAULT_SVA: &str =
+    "<= 6.8: faults are classified and keyed at report; this per-fault SVA function adds nothing";
+
+/// Which programs serve `plan` on this kernel; Err says why none does (e.g. the <= 6.8
+/// per-fault SVA function, which the IOPF core does not use on that generation).
+fn programs(plan: &Plan, abi: &IopfAbi) -> Result<Progs, &'static str> {
+    let Some(target) = plan.target.as_deref() else { return Err("no target") };
+    let p = |fentry, fexit, kprobe, kretprobe| Ok(Progs { fentry, fexit, kprobe, kretprobe });
     match (plan.name, target) {
         ("report", _) if abi.report_returns_int => {
             p("iopf_report_fentry", Some("iopf_report_fexit"), "iopf_report_kprobe", Some("iopf_report_kretprobe"))
@@ -55,7 +59,7 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
         }
         ("free_group", _) => p("iopf_free_group_fentry", None, "iopf_free_group_kprobe", None),
         ("dequeue", _) => p("iopf_dequeue_fentry", None, "iopf_dequeue_kprobe", None),
-        ("iopf_work", "iommu_sva_handle_iopf") if !abi.work_takes_work_struct => None,
+        ("iopf_work", "iommu_sva_handle_iopf") if !abi.work_takes_work_struct => Err(PER_FAULT_SVA),
         ("iopf_work", _) => {
             p("iopf_work_fentry", Some("iopf_work_fexit"), "iopf_work_kprobe", Some("iopf_work_kretprobe"))
         }
@@ -64,7 +68,13 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Option<Progs> {
             let (fentry, kprobe) = crate::vtd::plan::dmar_fault_programs(abi.bpf_loop);
             p(fentry, None, kprobe, None)
         }
-        _ => None,
+        ("vtd_report_walk", _) if !abi.bpf_loop => Err("the walk needs bpf_loop (Linux 5.17+)"),
+        ("vtd_report_walk", _) => {
+            abi.vtd_report?;
+            let (fentry, kprobe) = crate::vtd::plan::REPORT_WALK_PROGRAMS;
+            p(fentry, None, kprobe, None)
+        }
+        _ => Err(PER_FAULT_SVA),
     }
 }
 
@@ -159,10 +169,9 @@ fn attach_one(
             return Ok(Used::Attached);
         }
         let Some(abi) = abi else { return Ok(Used::Not("no IOPF ABI in kernel BTF")) };
-        let Some(progs) = programs(plan, abi) else {
-            return Ok(Used::Not(
-                "<= 6.8: faults are classified and keyed at report; this per-fault SVA function adds nothing",
-            ));
+        let progs = match programs(plan, abi) {
+            Ok(p) => p,
+            Err(why) => return Ok(Used::Not(why)),
         };
         if matches!(plan.rung, Rung::Fentry | Rung::Kprobe)
             && let Some(u) = adopted(plan.name)

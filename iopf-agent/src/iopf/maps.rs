@@ -57,6 +57,9 @@ pub struct IopfSnapshot {
     pub vevents: BTreeMap<iopf_common::viommu::VeventKey, u64>,
     /// Cost of the VT-d table walks, summed over CPUs.
     pub walk_ns: Histogram,
+    /// Walks on recoverable reports from Intel devices, and their cost.
+    pub page_request_walks: BTreeMap<iopf_common::vtd_report::ReportWalkKey, u64>,
+    pub page_request_walk_ns: Histogram,
 }
 
 /// Name given to device slot 0, where devices past `--max-devices` are counted.

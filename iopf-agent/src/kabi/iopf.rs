@@ -58,6 +58,10 @@ pub struct IopfAbi {
     /// The kernel has `bpf_loop` (5.17+, `BPF_FUNC_loop` in BTF): the `_loop` DMAR programs,
     /// which decode every pending fault record, are the ones to attach.
     pub bpf_loop: bool,
+    /// From a reported device to its VT-d unit, for the walk on recoverable reports
+    /// (`vtd::plan`); Err says what this kernel lacks.
+    #[serde(skip)]
+    pub vtd_report: Result<iopf_common::vtd_report::ReportOffsets, &'static str>,
 }
 
 fn off(btf: &Btf, strukt: &'static str, member: &'static str, why: &'static str) -> Result<u32, AbiError> {
@@ -179,6 +183,7 @@ impl IopfAbi {
             report_returns_int,
             work_takes_work_struct,
             bpf_loop: btf.enumerator("BPF_FUNC_loop").is_some(),
+            vtd_report: crate::vtd::plan::report_offsets(btf),
         })
     }
 }

@@ -26,11 +26,16 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
     let mut reader = Reader::open(path)?;
     let mut records = Vec::new();
     while let Some(r) = reader.next_record()? {
-        records.push(r);
+        // A walked page request is a second look at a fault its IOPF record carries; no
+        // rule judges it on its own.
+        if !matches!(r, Record::PageRequest(_)) {
+            records.push(r);
+        }
     }
     let name = |r: &Record| match r {
         Record::Iopf(e) => dev_str(&e.dev),
         Record::Dmar(e) => dev_str(&bdf_name(e.segment, e.source_id)),
+        Record::PageRequest(e) => dev_str(&bdf_name(e.segment, e.source_id)),
     };
     // The devices the header describes, and any other name in the events (a device that
     // appeared later: only its name is known, and a PCI address says bus pci).
@@ -53,7 +58,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
             let pasid = match r {
                 Record::Iopf(e) => fault_pasid(&e.fault, flag_pasid_valid),
                 // As the kernel side: unrecoverable faults are checked as faults without one.
-                Record::Dmar(_) => NO_PASID,
+                Record::Dmar(_) | Record::PageRequest(_) => NO_PASID,
             };
             resolved.devices.get(&name(r))?.for_pasid(pasid)
         })
@@ -67,7 +72,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         .enumerate()
         .filter_map(|(i, r)| match r {
             Record::Iopf(e) => Some((e.report_ns, i)),
-            Record::Dmar(_) => None,
+            Record::Dmar(_) | Record::PageRequest(_) => None,
         })
         .collect();
     order.sort_unstable();
@@ -89,6 +94,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         let v = match r {
             Record::Iopf(e) => verdict_level(rule, e.level) | rate[i] | verdict_answer(rule, e.code, e.service_ns),
             Record::Dmar(e) => verdict_unrecoverable(rule, e.level),
+            Record::PageRequest(_) => 0,
         };
         if v & !VERDICT_CHECKED == 0 {
             continue;

@@ -6,11 +6,11 @@ use std::{
     path::Path,
 };
 
-use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event};
+use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event, vtd_report::ReportWalkEvent};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{KIND_DMAR, KIND_IOPF, MAGIC, SCHEMA, VERSION};
+use super::{KIND_DMAR, KIND_IOPF, KIND_PAGE_REQUEST, MAGIC, SCHEMA, VERSION};
 
 #[derive(Debug, Error)]
 pub enum RecordError {
@@ -33,11 +33,23 @@ pub enum RecordError {
 pub struct Layout {
     pub iopf_event: usize,
     pub dmar_event: usize,
+    /// Walked page requests; a recording made before they existed holds none, so any
+    /// size reads it.
+    #[serde(default = "page_request_size")]
+    pub page_request_event: usize,
+}
+
+fn page_request_size() -> usize {
+    size_of::<ReportWalkEvent>()
 }
 
 impl Layout {
     pub fn here() -> Self {
-        Layout { iopf_event: size_of::<Event>(), dmar_event: size_of::<DmarEvent>() }
+        Layout {
+            iopf_event: size_of::<Event>(),
+            dmar_event: size_of::<DmarEvent>(),
+            page_request_event: page_request_size(),
+        }
     }
 }
 
@@ -182,6 +194,7 @@ fn monotonic_now() -> u64 {
 pub enum Record {
     Iopf(Event),
     Dmar(DmarEvent),
+    PageRequest(ReportWalkEvent),
 }
 
 /// Bytes of `v` (a `#[repr(C)]` record of plain integers).
@@ -196,6 +209,7 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
     let (kind, b) = match r {
         Record::Iopf(e) => (KIND_IOPF, bytes_of(e)),
         Record::Dmar(e) => (KIND_DMAR, bytes_of(e)),
+        Record::PageRequest(e) => (KIND_PAGE_REQUEST, bytes_of(e)),
     };
     out.push(kind);
     out.extend_from_slice(&(b.len() as u16).to_le_bytes());
@@ -314,6 +328,7 @@ impl Reader {
         let want = match head[0] {
             super::KIND_IOPF => size_of::<Event>(),
             super::KIND_DMAR => size_of::<DmarEvent>(),
+            super::KIND_PAGE_REQUEST => size_of::<ReportWalkEvent>(),
             k => return Err(self.bad(&format!("unknown kind {k}"))),
         };
         if len != want {
@@ -330,7 +345,8 @@ impl Reader {
         let r = unsafe {
             match head[0] {
                 super::KIND_IOPF => Record::Iopf(std::ptr::read_unaligned(buf.as_ptr().cast::<Event>())),
-                _ => Record::Dmar(std::ptr::read_unaligned(buf.as_ptr().cast::<DmarEvent>())),
+                super::KIND_DMAR => Record::Dmar(std::ptr::read_unaligned(buf.as_ptr().cast::<DmarEvent>())),
+                _ => Record::PageRequest(std::ptr::read_unaligned(buf.as_ptr().cast::<ReportWalkEvent>())),
             }
         };
         self.index += 1;

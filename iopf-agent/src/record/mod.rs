@@ -22,3 +22,4 @@ pub const VERSION: u32 = 2;
 pub const SCHEMA: &str = "iopf.dev/recording/v2";
 pub const KIND_IOPF: u8 = 1;
 pub const KIND_DMAR: u8 = 2;
+pub const KIND_PAGE_REQUEST: u8 = 3;

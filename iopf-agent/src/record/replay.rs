@@ -52,6 +52,8 @@ pub fn summarize(summary: &mut Summary, r: &Record) {
             s.dmar += 1;
             add_violations(s, e.verdict);
         }
+        // The fault itself is its IOPF record's; the walk adds no fault to count.
+        Record::PageRequest(_) => {}
     }
 }
 
@@ -116,6 +118,7 @@ pub fn run(path: &Path, format: Format, summary_only: bool) -> Result<(), AgentE
         match &r {
             Record::Iopf(e) => t.iopf(&mut buf, e, &consts),
             Record::Dmar(e) => t.dmar(&mut buf, e),
+            Record::PageRequest(e) => t.page_request(&mut buf, e),
         }
         if buf.len() > 1 << 15 {
             if let Err(e) = out.write_all(&buf) {

@@ -39,6 +39,7 @@ fn gather(reader: &mut Reader) -> Result<Gathered, AgentError> {
         let ts = match &r {
             Record::Iopf(e) => e.report_ns,
             Record::Dmar(e) => e.ts_ns,
+            Record::PageRequest(e) => e.ts_ns,
         };
         let t0 = *t0.get_or_insert(ts);
         let sec = ts.saturating_sub(t0) / 1_000_000_000;
@@ -57,6 +58,7 @@ fn gather(reader: &mut Reader) -> Result<Gathered, AgentError> {
                 *g.over_time.entry(sec).or_default().entry(key).or_default() += 1;
                 *g.reasons.entry((dev_str(&bdf_name(e.segment, e.source_id)), e.reason)).or_default() += 1;
             }
+            Record::PageRequest(_) => {}
         }
     }
     Ok(g)

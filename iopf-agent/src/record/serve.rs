@@ -37,6 +37,8 @@ pub async fn run(o: ServeOptions) -> Result<(), AgentError> {
         match r {
             Record::Iopf(e) => events.push(e),
             Record::Dmar(_) => dmar += 1,
+            // Walks of the faults of the IOPF records: nothing to replay on their own.
+            Record::PageRequest(_) => {}
         }
     }
     let h = reader.header.clone();

@@ -3,6 +3,7 @@
 use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::{Config, Event, Level, response_label},
+    vtd_report::ReportWalkEvent,
 };
 
 use crate::iopf::maps::dev_str;
@@ -11,6 +12,8 @@ use crate::iopf::maps::dev_str;
 pub enum Kind {
     Iopf,
     Dmar,
+    /// Walked page requests of Intel devices (`vtd_page_request`).
+    PageRequest,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,5 +61,20 @@ impl Filter {
             && self.responses.is_empty()
             && self.min_latency_ns.is_none()
             && (!self.violations_only || e.verdict & !iopf_common::policy::VERDICT_CHECKED != 0)
+    }
+
+    pub fn page_request(&self, e: &ReportWalkEvent) -> bool {
+        let pasid_ok = self.pasids.is_empty() || (e.pasid_present != 0 && self.pasids.contains(&e.pasid));
+        let level = e.walk.classified_level();
+        any_or(&self.kinds, &Kind::PageRequest)
+            && any_or(&self.devices, &dev_str(&bdf_name(e.segment, e.source_id)))
+            && pasid_ok
+            && any_or(&self.levels, &level.label().to_owned())
+            // A walk has no configuration, response, service time or verdict: those are its
+            // fault's IOPF event's.
+            && self.configs.is_empty()
+            && self.responses.is_empty()
+            && self.min_latency_ns.is_none()
+            && !self.violations_only
     }
 }

@@ -7,6 +7,8 @@ use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::{Config, Consts, Event, Level, Method, response_label},
     policy::{VERDICT_CHECKED, VIOLATIONS},
+    vtd_report::ReportWalkEvent,
+    walk::Stop,
 };
 
 use super::{clock::WallClock, perm_names};
@@ -116,4 +118,31 @@ pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool, po
     );
     let c = if color && e.verdict & !VERDICT_CHECKED != 0 { Some(RED) } else { None };
     line(buf, &s, c);
+}
+
+/// A walked page request (KIND `walk`): the walk's stage and table level where the IOPF line
+/// has its configuration, its cost as the service time and its result as the verdict (the
+/// fault's own `iopf` line follows when it is answered).
+pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, color: bool) {
+    let pasid = if e.pasid_present != 0 { e.pasid.to_string() } else { "-".into() };
+    let access: Vec<&str> = perm_names(e.perm).collect();
+    let stop = Stop::from_u8(e.walk.stop);
+    let level = e.walk.classified_level();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}{}",
+        clock.time_of_day(e.ts_ns),
+        "walk",
+        dev_str(&bdf_name(e.segment, e.source_id)),
+        pasid,
+        format!("{:#x}", e.addr),
+        if access.is_empty() { "-".into() } else { access.join(",") },
+        format!("walk/{}/L{}", level.label(), e.walk.level),
+        "-",
+        duration(e.walk_ns),
+        stop.label(),
+        if e.walk.permission != 0 { " (no permission)" } else { "" }
+    );
+    line(buf, &s, if color && stop == Stop::ReadFailed { Some(YELLOW) } else { None });
 }

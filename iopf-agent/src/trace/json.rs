@@ -1,7 +1,7 @@
 //! `trace --json`: one JSON object per line, schema `iopf.dev/trace/v1`: the event stream's
 //! object (README, "Event stream") with `schema` and `time` first, and the bit fields named.
 
-use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event};
+use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event, vtd_report::ReportWalkEvent};
 
 use super::{clock::WallClock, flag_names, perm_names};
 
@@ -36,5 +36,16 @@ pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, policy: Option<
     let mut r = Vec::with_capacity(512);
     crate::vtd::ndjson::write_dmar(&mut r, e, policy);
     let lead = format!("\"schema\":\"{SCHEMA}\",\"time\":\"{}\"", clock.rfc3339(e.ts_ns));
+    splice(buf, &lead, &r);
+}
+
+pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock) {
+    let mut r = Vec::with_capacity(512);
+    crate::vtd::ndjson::write_page_request(&mut r, e);
+    let lead = format!(
+        "\"schema\":\"{SCHEMA}\",\"time\":\"{}\",\"perm_names\":{}",
+        clock.rfc3339(e.ts_ns),
+        names(perm_names(e.perm))
+    );
     splice(buf, &lead, &r);
 }

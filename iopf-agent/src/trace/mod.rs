@@ -6,7 +6,7 @@ pub mod filter;
 pub mod human;
 pub mod json;
 
-use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event};
+use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event, vtd_report::ReportWalkEvent};
 
 pub use filter::Filter;
 
@@ -66,6 +66,18 @@ impl TraceOutput {
             Format::Human { color } => human::dmar(buf, e, &self.clock, color, policy),
             Format::Record => crate::record::file::encode(buf, &crate::record::Record::Dmar(*e)),
         })
+    }
+
+    pub fn page_request(&self, buf: &mut Vec<u8>, e: &ReportWalkEvent) {
+        if !self.filter.page_request(e) {
+            return;
+        }
+        match self.format {
+            Format::Stream => crate::vtd::ndjson::write_page_request(buf, e),
+            Format::Json => json::page_request(buf, e, &self.clock),
+            Format::Human { color } => human::page_request(buf, e, &self.clock, color),
+            Format::Record => crate::record::file::encode(buf, &crate::record::Record::PageRequest(*e)),
+        }
     }
 
     /// The header line of the human format (nothing for the others).

@@ -1,7 +1,10 @@
-//! VT-d metric families: decoded fault records by device, the walk's cost, the methods'
-//! disagreements and the family's own lost events.
+//! VT-d metric families: decoded fault records by device, walked page requests by device and
+//! outcome, the walks' cost, the methods' disagreements and the family's own lost events.
 
-use iopf_common::iopf::{IopfStats, Level};
+use iopf_common::{
+    iopf::{IopfStats, Level},
+    walk::{Stop, Walk},
+};
 
 use crate::iopf::maps::{IopfSnapshot, dev_str};
 use crate::metrics::{Family, Kind, counter, family, histogram};
@@ -22,10 +25,43 @@ pub fn families(snap: &IopfSnapshot, s: IopfStats, out: &mut Vec<Family>) {
             .collect(),
     ));
     out.push(family(
+        "iopf_page_request_walks_total",
+        "Recoverable reports (page requests) of Intel devices walked through their VT-d unit's tables at report time, by device, where the walk stopped (result, stage level, table level) and whether the translation present lacks the permission.",
+        Kind::Counter,
+        snap.page_request_walks
+            .iter()
+            .map(|(k, v)| {
+                let dev = dev_str(&iopf_common::dmar::bdf_name(k.segment, k.source_id));
+                let stop = Stop::from_u8(k.stop);
+                let walk = Walk { stop: k.stop, stage: k.stage, ..Walk::NONE };
+                let level = walk.classified_level();
+                let table_level = k.level.to_string();
+                let permission = if k.permission != 0 { "true" } else { "false" };
+                counter(
+                    &[
+                        ("device", &dev),
+                        ("result", stop.label()),
+                        ("level", level.label()),
+                        ("table_level", &table_level),
+                        ("permission", permission),
+                    ],
+                    *v,
+                )
+            })
+            .collect(),
+    ));
+    let mut walks = vec![];
+    if snap.walk_ns.count != 0 {
+        walks.push(histogram(&[("source", "vtd")], &snap.walk_ns));
+    }
+    if snap.page_request_walk_ns.count != 0 {
+        walks.push(histogram(&[("source", "vtd_page_request")], &snap.page_request_walk_ns));
+    }
+    out.push(family(
         "iopf_walk_seconds",
-        "Cost of our walk of the VT-d translation structures per fault record, in the fault interrupt.",
+        "Cost of our walk of the VT-d translation structures: per fault record in the fault interrupt (source vtd), per recoverable report at its entry (source vtd_page_request).",
         Kind::Histogram,
-        if snap.walk_ns.count == 0 { vec![] } else { vec![histogram(&[("source", "vtd")], &snap.walk_ns)] },
+        walks,
     ));
     out.push(family(
         "iopf_classification_disagreements_total",
@@ -38,5 +74,11 @@ pub fn families(snap: &IopfSnapshot, s: IopfStats, out: &mut Vec<Family>) {
         "VT-d fault record events lost because the DMAR ring buffer was full (each such record is still counted in iopf_dmar_faults_total).",
         Kind::Counter,
         vec![counter(&[], s.dmar_events_dropped)],
+    ));
+    out.push(family(
+        "iopf_page_request_walk_events_dropped_total",
+        "Walked page request events lost because their ring buffer was full (each is still counted in iopf_page_request_walks_total).",
+        Kind::Counter,
+        vec![counter(&[], s.page_request_walks_dropped)],
     ));
 }

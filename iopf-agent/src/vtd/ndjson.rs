@@ -1,10 +1,12 @@
 //! VT-d fault records as NDJSON lines (`"kind":"dmar_fault"`), with the walk beside the
-//! reason code.
+//! reason code; walked page requests (`"kind":"vtd_page_request"`), the walk their only
+//! classification.
 
 use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::Level,
     policy::VIOLATIONS,
+    vtd_report::{PERM_WRITE, ReportWalkEvent},
     walk::{Stop, Walk, disagrees},
 };
 
@@ -32,6 +34,28 @@ pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
     o.end();
 }
 
+/// Appends one walked page request as a JSON line. Its `level` is the walk's (method
+/// `walk`): a report carries no hardware stage. The IOPF event of the same fault (same
+/// device, PASID, group id) carries the domain's classification.
+pub fn write_page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent) {
+    let mut o = Obj::new(buf);
+    o.str("kind", b"vtd_page_request");
+    o.str("device", name(&bdf_name(e.segment, e.source_id)));
+    o.hex("source_id", e.source_id.into(), 4);
+    o.hex("addr", e.addr, 1);
+    o.uint("pasid", e.pasid.into());
+    o.bool("pasid_valid", e.pasid_present != 0);
+    o.uint("grpid", e.grpid.into());
+    o.hex("perm", e.perm.into(), 1);
+    o.str("access", if e.perm & PERM_WRITE != 0 { b"write" } else { b"read" });
+    let level = e.walk.classified_level();
+    o.str("level", level.label().as_bytes());
+    o.str("method", if level == Level::Unknown { b"none" } else { b"walk" });
+    o.uint("ts_ns", e.ts_ns);
+    write_walk(&mut o, &e.walk, e.walk_ns, Level::Unknown);
+    o.end();
+}
+
 /// `"walk": {...}`: our walk of the tables, the second method beside the reason code.
 fn write_walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
     let stop = Stop::from_u8(w.stop);
@@ -39,8 +63,7 @@ fn write_walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
     inner.str("method", b"walk");
     inner.str("result", stop.label().as_bytes());
     if stop != Stop::NotWalked {
-        let classified = matches!(stop, Stop::NotPresent | Stop::Present);
-        inner.str("level", if classified { Level::from_u8(w.stage).label() } else { "unknown" }.as_bytes());
+        inner.str("level", w.classified_level().label().as_bytes());
         inner.uint("table_level", w.level.into());
         inner.bool("permission", w.permission != 0);
         inner.hex("entry", w.entry, 1);
@@ -122,6 +145,61 @@ mod tests {
                     "permission": false, "entry": "0x0", "reads": 6, "ns": 1234, "disagrees": false,
                 },
             })
+        );
+    }
+
+    #[test]
+    fn page_request_line_takes_its_level_from_the_walk() {
+        let walk = Walk {
+            stop: Stop::Present as u8,
+            stage: Level::Second as u8,
+            level: 1,
+            reads: 7,
+            permission: 1,
+            _pad: [0; 3],
+            entry: 0x1234_5001,
+        };
+        let e = ReportWalkEvent {
+            ts_ns: 42,
+            addr: 0x10_0000,
+            walk_ns: 900,
+            pasid: 0,
+            grpid: 3,
+            perm: PERM_WRITE,
+            segment: 0,
+            source_id: 0x0018,
+            pasid_present: 0,
+            _pad: [0; 7],
+            walk,
+        };
+        let mut buf = Vec::new();
+        write_page_request(&mut buf, &e);
+        assert_eq!(
+            parse(&buf),
+            json!({
+                "kind": "vtd_page_request", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x100000",
+                "pasid": 0, "pasid_valid": false, "grpid": 3, "perm": "0x2", "access": "write",
+                "level": "second", "method": "walk", "ts_ns": 42,
+                "walk": {
+                    "method": "walk", "result": "translation_present", "level": "second", "table_level": 1,
+                    "permission": true, "entry": "0x12345001", "reads": 7, "ns": 900, "disagrees": false,
+                },
+            })
+        );
+        // A walk that proves nothing classifies nothing.
+        let e = ReportWalkEvent {
+            pasid: 5,
+            pasid_present: 1,
+            perm: 1,
+            walk: Walk { stop: Stop::ReadFailed as u8, stage: 0, level: 0, reads: 2, ..walk },
+            ..e
+        };
+        buf.clear();
+        write_page_request(&mut buf, &e);
+        let v = parse(&buf);
+        assert_eq!(
+            (&v["level"], &v["method"], &v["access"], &v["pasid"], &v["walk"]["result"], &v["walk"]["level"]),
+            (&json!("unknown"), &json!("none"), &json!("read"), &json!(5), &json!("read_failed"), &json!("unknown"))
         );
     }
 }

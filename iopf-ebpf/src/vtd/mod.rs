@@ -8,6 +8,7 @@
 //! - `records`: the fault recording registers, decoded, counted and emitted per record;
 //! - `walk`: our walk of the unit's translation structures, in the kernel, at fault time;
 //! - `programs`: the `dmar_fault` hooks (fentry and kprobe, with and without `bpf_loop`);
+//! - `report`: recoverable reports from Intel devices, walked at `iommu_report_device_fault`;
 //! - `inject`: the same code over synthetic units and tables, for tests and benchmarks.
 //!
 //! The agent's half is `iopf-agent/src/vtd/`; the shared layouts are `iopf_common::{dmar, walk}`.
@@ -15,6 +16,7 @@
 mod inject;
 mod programs;
 mod records;
+mod report;
 mod walk;
 
 use aya_ebpf::{
@@ -30,6 +32,17 @@ pub(crate) static DMAR_EVENTS: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
 /// Per CPU: the cost of the table walks (`iopf_walk_seconds`).
 #[map]
 pub(crate) static DMAR_WALK_NS: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to `key`'s count on this CPU (atomically: programs can nest).
+#[inline(always)]
+pub(crate) fn count<K>(map: &PerCpuHashMap<K, u64>, key: &K) {
+    if let Some(p) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's value slot, valid for the program's run.
+        unsafe { crate::atomic::add(p, 1) };
+    } else {
+        let _ = map.insert(key, &1, 0);
+    }
+}
 
 /// MMIO and struct reads: the helper checks the address (an ioremap'd range for the
 /// registers) and yields zero when it cannot read.

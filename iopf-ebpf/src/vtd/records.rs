@@ -13,7 +13,7 @@ use iopf_common::{
 
 use super::{
     DMAR_COUNTS, DMAR_EVENTS, DMAR_WALK_NS, rd,
-    walk::{WalkSlot, direct_map_base, walk_record},
+    walk::{WalkSlot, direct_map_base, observe, walk_record},
 };
 use crate::iopf::OFFSETS;
 
@@ -82,7 +82,7 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
         walk_record(&rq, w.dmap, WalkSlot::Dmar, &mut found);
         // SAFETY: plain helper call.
         let ns = unsafe { bpf_ktime_get_ns() } - t0;
-        observe_walk(ns);
+        observe(&DMAR_WALK_NS, ns);
         if disagrees(&found, reason_level(reason)) {
             crate::stat!(walk_disagreements);
         }
@@ -90,12 +90,7 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
     } else {
         (Walk::NONE, 0)
     };
-    if let Some(p) = DMAR_COUNTS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's value slot; added atomically because programs can nest.
-        unsafe { crate::atomic::add(p, 1) };
-    } else {
-        let _ = DMAR_COUNTS.insert(&key, &1, 0);
-    }
+    super::count(&DMAR_COUNTS, &key);
     if let Some(mut e) = DMAR_EVENTS.reserve::<DmarEvent>(0) {
         e.write(DmarEvent {
             addr,
@@ -120,23 +115,6 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
     }
     crate::stat!(unrecoverable);
     true
-}
-
-/// Adds one walk's cost to this CPU's histogram (atomically: programs can nest).
-#[inline(always)]
-fn observe_walk(ns: u64) {
-    if let Some(h) = DMAR_WALK_NS.get_ptr_mut(0) {
-        let b = iopf_common::hist::bucket(ns);
-        // SAFETY: u64s inside this CPU's map value; every writer adds atomically. The mask
-        // keeps the verifier's bounds proof simple (`bucket` is always < BUCKETS).
-        unsafe {
-            if let Some(slot) = (*h).buckets.get_mut(b & 63) {
-                crate::atomic::add(slot, 1);
-            }
-            crate::atomic::add(&raw mut (*h).count, 1);
-            crate::atomic::add(&raw mut (*h).sum_ns, ns);
-        }
-    }
 }
 
 /// `bpf_loop` body: 0 to go on, 1 to stop at the first record that is not pending.

@@ -2,7 +2,10 @@
 //! (`iopf_common::walk::Machine`), over the kernel's direct map.
 
 use aya_ebpf::{Global, helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
-use iopf_common::walk::{MAX_STEPS, Machine, Mem, Request, Walk};
+use iopf_common::{
+    hist::Histogram,
+    walk::{MAX_STEPS, Machine, Mem, Request, Walk},
+};
 
 use super::rd;
 
@@ -28,21 +31,21 @@ impl Mem for DirectMap {
 }
 
 /// Who runs a walk: one state slot each, so a walk interrupted on its CPU by another
-/// caller's keeps its state (a test run cannot interrupt the fault interrupt, but a walker
-/// of recoverable reports would take a slot of its own). The kernel never nests one program
-/// into itself on a CPU.
+/// caller's keeps its state (the fault interrupt can interrupt a report's walk; a test run
+/// interrupts neither). The kernel never nests one program into itself on a CPU.
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub enum WalkSlot {
     Dmar = 0,
     Test = 1,
+    Report = 2,
 }
 
 /// Per CPU and slot: the walk in progress. In a map value its fields are unknown to the
 /// verifier, so the `bpf_loop` body (one step) is verified once, not once per path through
 /// the walk (which a nested walk multiplies past any budget).
 #[map]
-static WALK_STATE: PerCpuArray<Machine> = PerCpuArray::with_max_entries(2, 0);
+static WALK_STATE: PerCpuArray<Machine> = PerCpuArray::with_max_entries(3, 0);
 
 /// The walk as a subprogram of its own, its result written through `out`: the verifier then
 /// takes the caller's remaining work once per walk outcome, not once per path through it.
@@ -82,4 +85,21 @@ extern "C" fn step_cb(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 pub(super) fn direct_map_base() -> u64 {
     let at = PAGE_OFFSET_BASE_ADDR.load();
     if at != 0 { rd(at) } else { PAGE_OFFSET.load() }
+}
+
+/// Adds one walk's cost to this CPU's histogram in `map` (atomically: programs can nest).
+#[inline(always)]
+pub(super) fn observe(map: &PerCpuArray<Histogram>, ns: u64) {
+    if let Some(h) = map.get_ptr_mut(0) {
+        let b = iopf_common::hist::bucket(ns);
+        // SAFETY: u64s inside this CPU's map value; every writer adds atomically. The mask
+        // keeps the verifier's bounds proof simple (`bucket` is always < BUCKETS).
+        unsafe {
+            if let Some(slot) = (*h).buckets.get_mut(b & 63) {
+                crate::atomic::add(slot, 1);
+            }
+            crate::atomic::add(&raw mut (*h).count, 1);
+            crate::atomic::add(&raw mut (*h).sum_ns, ns);
+        }
+    }
 }
