@@ -73,8 +73,11 @@ pub fn survey(
     // The object has no CO-RE relocations: loading it needs no parse of the kernel's BTF.
     let mut ebpf = loader::load(globals)?;
     let features = Features::probe(&mut ebpf, &opts.btf_dir, btf.as_ref());
-    let plans =
+    let mut plans =
         hooks::plan_all(btf.as_ref(), &kallsyms, &features, opts.force_rung, abi.as_ref().ok().map(|a| a.tuple_keys));
+    if let Ok(a) = &abi {
+        crate::vtd::plan::gate_report_walk(&mut plans, a.bpf_loop, a.vtd_report);
+    }
     let fault_paths = crate::paths::survey(&kallsyms);
     let report =
         Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, fault_paths, iopf_abi: abi };

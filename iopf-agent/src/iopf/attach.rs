@@ -68,13 +68,13 @@ fn programs(plan: &Plan, abi: &IopfAbi) -> Result<Progs, &'static str> {
             let (fentry, kprobe) = crate::vtd::plan::dmar_fault_programs(abi.bpf_loop);
             p(fentry, None, kprobe, None)
         }
-        ("vtd_report_walk", _) if !abi.bpf_loop => Err("the walk needs bpf_loop (Linux 5.17+)"),
+        // Planned only where it can run (`vtd::plan::gate_report_walk`).
         ("vtd_report_walk", _) => {
-            abi.vtd_report?;
             let (fentry, kprobe) = crate::vtd::plan::REPORT_WALK_PROGRAMS;
             p(fentry, None, kprobe, None)
         }
-        _ => Err(PER_FAULT_SVA),
+        ("sva_handler", _) => Err(PER_FAULT_SVA),
+        _ => Err("no program for this hook"),
     }
 }
 

@@ -10,7 +10,7 @@ use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event, vtd_report::Report
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{KIND_DMAR, KIND_IOPF, KIND_PAGE_REQUEST, MAGIC, SCHEMA, VERSION};
+use super::{KIND_DMAR, KIND_IOPF, KIND_PAGE_REQUEST, MAGIC, READS, SCHEMA, VERSION};
 
 #[derive(Debug, Error)]
 pub enum RecordError {
@@ -20,7 +20,9 @@ pub enum RecordError {
     Input { path: String, source: crate::input::InputError },
     #[error("`{path}` is not an iopf recording (no `IOPFREC` magic)")]
     NotRecording { path: String },
-    #[error("`{path}`: recording format {got} is not the {VERSION} this agent reads")]
+    #[error(
+        "`{path}`: recording format {got} is not one this agent reads ({READS:?}; the agent that wrote it can replay it)"
+    )]
     Version { path: String, got: u32 },
     #[error("`{path}`: bad header: {message}")]
     Header { path: String, message: String },
@@ -284,7 +286,7 @@ impl Reader {
             return Err(RecordError::NotRecording { path: p });
         }
         let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if !READS.contains(&version) {
             return Err(RecordError::Version { path: p, got: version });
         }
         let len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
@@ -403,5 +405,60 @@ impl PlannedHook {
             state: p.state.as_str().to_owned(),
             target: p.target.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(version: u32, header: &serde_json::Value, records: &[Record]) -> std::path::PathBuf {
+        let json = serde_json::to_vec(header).unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        for r in records {
+            encode(&mut out, r);
+        }
+        let p = std::env::temp_dir().join(format!("iopf-rec-{}-{version}.iopf", std::process::id()));
+        std::fs::write(&p, out).unwrap();
+        p
+    }
+
+    fn walked() -> ReportWalkEvent {
+        // SAFETY: plain integers (and a Pod walk record): all-zero is valid.
+        let mut e: ReportWalkEvent = unsafe { std::mem::zeroed() };
+        e.addr = 0x101000;
+        e.grpid = 7;
+        e.source_id = 0x18;
+        e.walk.stop = iopf_common::walk::Stop::NotPresent as u8;
+        e.walk.reads = 7;
+        e
+    }
+
+    #[test]
+    fn a_walked_page_request_reads_back_and_a_version_2_file_still_reads() {
+        let h = Header::new("k", "kernel", &crate::kabi::iopf::CURRENT_CONSTS, vec![], vec![], Times::Monotonic);
+        let v3 = serde_json::to_value(&h).unwrap();
+        let p = file(VERSION, &v3, &[Record::PageRequest(walked())]);
+        let mut r = Reader::open(&p).unwrap();
+        assert!(matches!(r.next_record().unwrap(), Some(Record::PageRequest(e)) if e == walked()));
+        assert!(r.next_record().unwrap().is_none());
+        // What a version-2 agent wrote: no walk size in the layout, no walks.
+        let mut v2 = v3.clone();
+        v2["layout"].as_object_mut().unwrap().remove("page_request_event");
+        v2["schema"] = "iopf.dev/recording/v2".into();
+        let p = file(2, &v2, &[]);
+        let mut r = Reader::open(&p).unwrap();
+        assert_eq!(r.header.layout, Layout::here());
+        assert!(r.next_record().unwrap().is_none());
+        // A walk of another size than this agent's is refused at the header.
+        let mut other = v3;
+        other["layout"]["page_request_event"] = 72.into();
+        let p = file(VERSION, &other, &[]);
+        let e = Reader::open(&p).err().expect("refused");
+        assert!(e.to_string().contains("record sizes"), "{e}");
+        std::fs::remove_file(p).ok();
     }
 }

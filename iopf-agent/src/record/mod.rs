@@ -18,8 +18,12 @@ pub use file::{Header, PlannedHook, Reader, Record, RecordError, RecordedDevice,
 
 pub const MAGIC: &[u8; 8] = b"IOPFREC\0";
 /// 2: events carry the policy id that checked them, and the header names them.
-pub const VERSION: u32 = 2;
-pub const SCHEMA: &str = "iopf.dev/recording/v2";
+/// 3: walked page requests (kind 3). A version-2 file holds none, so it reads as it is; an
+/// agent that reads only 2 refuses a version-3 file at its start, not at its first walk.
+pub const VERSION: u32 = 3;
+/// The versions this agent reads.
+pub const READS: [u32; 2] = [2, 3];
+pub const SCHEMA: &str = "iopf.dev/recording/v3";
 pub const KIND_IOPF: u8 = 1;
 pub const KIND_DMAR: u8 = 2;
 pub const KIND_PAGE_REQUEST: u8 = 3;

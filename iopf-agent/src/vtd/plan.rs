@@ -10,7 +10,10 @@
 
 use iopf_common::vtd_report::ReportOffsets;
 
-use crate::kabi::btf::Btf;
+use crate::{
+    hooks::{HookState, Plan, Rung},
+    kabi::btf::Btf,
+};
 
 /// (fentry, kprobe) programs for `dmar_fault`.
 pub fn dmar_fault_programs(bpf_loop: bool) -> (&'static str, &'static str) {
@@ -51,6 +54,23 @@ pub fn report_offsets(btf: &Btf) -> Result<ReportOffsets, &'static str> {
     })
 }
 
+/// Takes the walk on recoverable reports off the plan, with the reason, where it cannot run
+/// (no `bpf_loop`, no structures in BTF, no `intel_iommu_ops` address): `doctor` then says
+/// why, and `--require vtd_report_walk` fails before anything is attached.
+pub fn gate_report_walk(plans: &mut [Plan], bpf_loop: bool, offsets: Result<ReportOffsets, &'static str>) {
+    let why = match (bpf_loop, offsets) {
+        (false, _) => "the walk needs bpf_loop (Linux 5.17+)",
+        (true, Err(why)) => why,
+        (true, Ok(_)) => return,
+    };
+    for p in plans.iter_mut().filter(|p| p.name == "vtd_report_walk" && p.rung != Rung::Unavailable) {
+        p.rung = Rung::Unavailable;
+        p.state = HookState::Absent;
+        p.target = None;
+        p.reason = why.to_owned();
+    }
+}
+
 /// `offsets` completed with kallsyms' `intel_iommu_ops`, without which no device is known
 /// to be Intel's.
 pub fn with_intel_ops(
@@ -61,4 +81,56 @@ pub fn with_intel_ops(
     let ops = intel_iommu_ops
         .ok_or("kallsyms gives no address for intel_iommu_ops (not root, or CONFIG_KALLSYMS_ALL off)")?;
     Ok(ReportOffsets { intel_iommu_ops: ops, ..o })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned() -> Vec<Plan> {
+        ["report", "vtd_report_walk"]
+            .into_iter()
+            .map(|name| Plan {
+                name,
+                rung: Rung::Fentry,
+                state: HookState::Planned,
+                target: Some("iommu_report_device_fault".into()),
+                module: None,
+                reason: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_report_walk_is_planned_only_where_it_can_run() {
+        let offsets = Ok(ReportOffsets { intel_iommu_ops: 0xffff_ffff_8264_d0a0, ..ReportOffsets::NONE });
+        let mut p = planned();
+        gate_report_walk(&mut p, true, offsets);
+        assert_eq!((p[1].rung, p[1].state), (Rung::Fentry, HookState::Planned));
+        for (bpf_loop, offsets, why) in [
+            (false, offsets, "the walk needs bpf_loop (Linux 5.17+)"),
+            (
+                true,
+                Err("kernel BTF has no struct device_domain_info (CONFIG_INTEL_IOMMU off?)"),
+                "kernel BTF has no struct device_domain_info (CONFIG_INTEL_IOMMU off?)",
+            ),
+        ] {
+            let mut p = planned();
+            gate_report_walk(&mut p, bpf_loop, offsets);
+            assert_eq!((p[1].rung, p[1].state, p[1].reason.as_str()), (Rung::Unavailable, HookState::Absent, why));
+            // The IOPF core's report hook on the same function is not touched.
+            assert_eq!((p[0].rung, p[0].state), (Rung::Fentry, HookState::Planned));
+        }
+    }
+
+    #[test]
+    fn without_the_intel_ops_address_no_device_is_known_to_be_intels() {
+        let o = ReportOffsets { dev_iommu: 0x2a0, ..ReportOffsets::NONE };
+        assert_eq!(with_intel_ops(Ok(o), Some(0x10)).map(|o| (o.dev_iommu, o.intel_iommu_ops)), Ok((0x2a0, 0x10)));
+        assert_eq!(
+            with_intel_ops(Ok(o), None),
+            Err("kallsyms gives no address for intel_iommu_ops (not root, or CONFIG_KALLSYMS_ALL off)")
+        );
+        assert_eq!(with_intel_ops(Err("no BTF"), Some(0x10)), Err("no BTF"));
+    }
 }

@@ -62,8 +62,6 @@ fn intel_unit(dev: u64, o: &ReportOffsets) -> Option<(u64, u16)> {
 
 #[inline(always)]
 fn walk_report(dev: u64, evt: u64) {
-    let o = VTD_REPORT.load();
-    let Some((unit, source_id)) = intel_unit(dev, &o) else { return };
     let core = OFFSETS.load();
     let f = crate::iopf::read::fault(evt);
     let c = CONSTS.load();
@@ -71,6 +69,8 @@ fn walk_report(dev: u64, evt: u64) {
     if core.iommu_reg == Offsets::ABSENT || f.fault_type != c.fault_page_req {
         return;
     }
+    let o = VTD_REPORT.load();
+    let Some((unit, source_id)) = intel_unit(dev, &o) else { return };
     let reg: u64 = rd(unit + core.iommu_reg as u64);
     let dmap = direct_map_base();
     if reg == 0 || dmap == 0 {

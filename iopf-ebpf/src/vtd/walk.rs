@@ -31,8 +31,9 @@ impl Mem for DirectMap {
 }
 
 /// Who runs a walk: one state slot each, so a walk interrupted on its CPU by another
-/// caller's keeps its state (the fault interrupt can interrupt a report's walk; a test run
-/// interrupts neither). The kernel never nests one program into itself on a CPU.
+/// caller's keeps its state (on the fentry rung the fault interrupt's program can run inside
+/// a report's walk; kprobe programs do not nest, the inner one is skipped). The kernel never
+/// nests one program into itself on a CPU.
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub enum WalkSlot {
