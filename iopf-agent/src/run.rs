@@ -310,11 +310,13 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
                 };
                 stream_ended("VT-d fault stream", dmar.stream(move || sink2.clone(), render).await, &closed);
             };
-            // Walks are not policy events: their faults' IOPF events are.
             let page_requests = async {
                 let render = |b: &mut Vec<u8>, e: &iopf_common::vtd_report::ReportWalkEvent| {
                     if let Some(t) = &trace {
                         t.page_request(b, e);
+                    }
+                    if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_page_request(e)) {
+                        d.as_ref().expect("checked").send(v);
                     }
                 };
                 stream_ended(

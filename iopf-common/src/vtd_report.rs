@@ -73,6 +73,10 @@ pub struct ReportWalkEvent {
     pub source_id: u16,
     pub pasid_present: u8,
     pub _pad: [u8; 7],
+    /// The walk's stage against the device's levels rule (`policy::VERDICT_CHECKED`,
+    /// `VIOLATION_LEVEL`), 0 without a rule, and the policy whose rule it was.
+    pub verdict: u32,
+    pub policy_id: u32,
     pub walk: Walk,
 }
 
@@ -82,4 +86,4 @@ pub const PERM_WRITE: u32 = 1 << 1;
 // The layouts both sides read: no implicit padding (every byte is a field).
 const _: () = assert!(core::mem::size_of::<ReportOffsets>() == 40);
 const _: () = assert!(core::mem::size_of::<ReportWalkKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ReportWalkEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<ReportWalkEvent>() == 72);

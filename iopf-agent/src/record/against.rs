@@ -26,11 +26,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
     let mut reader = Reader::open(path)?;
     let mut records = Vec::new();
     while let Some(r) = reader.next_record()? {
-        // A walked page request is a second look at a fault its IOPF record carries; no
-        // rule judges it on its own.
-        if !matches!(r, Record::PageRequest(_)) {
-            records.push(r);
-        }
+        records.push(r);
     }
     let name = |r: &Record| match r {
         Record::Iopf(e) => dev_str(&e.dev),
@@ -94,7 +90,8 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         let v = match r {
             Record::Iopf(e) => verdict_level(rule, e.level) | rate[i] | verdict_answer(rule, e.code, e.service_ns),
             Record::Dmar(e) => verdict_unrecoverable(rule, e.level),
-            Record::PageRequest(_) => 0,
+            // The walk's stage against the levels, as the kernel side checks it.
+            Record::PageRequest(e) => verdict_level(rule, e.walk.classified_level() as u8),
         };
         if v & !VERDICT_CHECKED == 0 {
             continue;

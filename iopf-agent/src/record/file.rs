@@ -455,7 +455,7 @@ mod tests {
         assert!(r.next_record().unwrap().is_none());
         // A walk of another size than this agent's is refused at the header.
         let mut other = v3;
-        other["layout"]["page_request_event"] = 72.into();
+        other["layout"]["page_request_event"] = 64.into();
         let p = file(VERSION, &other, &[]);
         let e = Reader::open(&p).err().expect("refused");
         assert!(e.to_string().contains("record sizes"), "{e}");

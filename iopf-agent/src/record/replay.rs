@@ -52,8 +52,11 @@ pub fn summarize(summary: &mut Summary, r: &Record) {
             s.dmar += 1;
             add_violations(s, e.verdict);
         }
-        // The fault itself is its IOPF record's; the walk adds no fault to count.
-        Record::PageRequest(_) => {}
+        // The fault itself is its IOPF record's; the walk adds only its stage's verdict.
+        Record::PageRequest(e) => {
+            let s = summary.entry(dev_str(&bdf_name(e.segment, e.source_id))).or_default();
+            add_violations(s, e.verdict);
+        }
     }
 }
 

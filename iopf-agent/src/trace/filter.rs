@@ -70,11 +70,11 @@ impl Filter {
             && any_or(&self.devices, &dev_str(&bdf_name(e.segment, e.source_id)))
             && pasid_ok
             && any_or(&self.levels, &level.label().to_owned())
-            // A walk has no configuration, response, service time or verdict: those are its
-            // fault's IOPF event's.
+            // A walk has no configuration, response or service time: those are its fault's
+            // IOPF event's. Its verdict is its stage's against the device's levels.
             && self.configs.is_empty()
             && self.responses.is_empty()
             && self.min_latency_ns.is_none()
-            && !self.violations_only
+            && (!self.violations_only || e.verdict & !iopf_common::policy::VERDICT_CHECKED != 0)
     }
 }

@@ -120,10 +120,10 @@ pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool, po
     line(buf, &s, c);
 }
 
-/// A walked page request (KIND `walk`): the walk's stage and table level where the IOPF line
-/// has its configuration, its cost as the service time and its result as the verdict (the
-/// fault's own `iopf` line follows when it is answered).
-pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, color: bool) {
+/// A walked page request (KIND `walk`): the walk's stage, table level and result where the
+/// IOPF line has its configuration, its cost as the service time, and the verdict of its stage
+/// against the device's policy (the fault's own `iopf` line follows when it is answered).
+pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, color: bool, policy: Option<&str>) {
     let pasid = if e.pasid_present != 0 { e.pasid.to_string() } else { "-".into() };
     let access: Vec<&str> = perm_names(e.perm).collect();
     let stop = Stop::from_u8(e.walk.stop);
@@ -131,18 +131,32 @@ pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, c
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}{}",
+        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}",
         clock.time_of_day(e.ts_ns),
         "walk",
         dev_str(&bdf_name(e.segment, e.source_id)),
         pasid,
         format!("{:#x}", e.addr),
         if access.is_empty() { "-".into() } else { access.join(",") },
-        format!("walk/{}/L{}", level.label(), e.walk.level),
+        format!(
+            "{}/L{} {}{}",
+            level.label(),
+            e.walk.level,
+            stop.label(),
+            if e.walk.permission != 0 { ",no_permission" } else { "" }
+        ),
         "-",
         duration(e.walk_ns),
-        stop.label(),
-        if e.walk.permission != 0 { " (no permission)" } else { "" }
+        verdict(e.verdict, e.policy_id, policy)
     );
-    line(buf, &s, if color && stop == Stop::ReadFailed { Some(YELLOW) } else { None });
+    let c = if !color {
+        None
+    } else if e.verdict & !VERDICT_CHECKED != 0 {
+        Some(RED)
+    } else if stop == Stop::ReadFailed {
+        Some(YELLOW)
+    } else {
+        None
+    };
+    line(buf, &s, c);
 }

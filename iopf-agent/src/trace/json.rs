@@ -39,9 +39,9 @@ pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, policy: Option<
     splice(buf, &lead, &r);
 }
 
-pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock) {
+pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, policy: Option<&str>) {
     let mut r = Vec::with_capacity(512);
-    crate::vtd::ndjson::write_page_request(&mut r, e);
+    crate::vtd::ndjson::write_page_request(&mut r, e, policy);
     let lead = format!(
         "\"schema\":\"{SCHEMA}\",\"time\":\"{}\",\"perm_names\":{}",
         clock.rfc3339(e.ts_ns),

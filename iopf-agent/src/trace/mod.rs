@@ -72,12 +72,12 @@ impl TraceOutput {
         if !self.filter.page_request(e) {
             return;
         }
-        match self.format {
-            Format::Stream => crate::vtd::ndjson::write_page_request(buf, e),
-            Format::Json => json::page_request(buf, e, &self.clock),
-            Format::Human { color } => human::page_request(buf, e, &self.clock, color),
+        self.policies.with(e.policy_id, |policy| match self.format {
+            Format::Stream => crate::vtd::ndjson::write_page_request(buf, e, policy),
+            Format::Json => json::page_request(buf, e, &self.clock, policy),
+            Format::Human { color } => human::page_request(buf, e, &self.clock, color, policy),
             Format::Record => crate::record::file::encode(buf, &crate::record::Record::PageRequest(*e)),
-        }
+        })
     }
 
     /// The header line of the human format (nothing for the others).

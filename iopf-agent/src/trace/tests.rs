@@ -187,8 +187,15 @@ fn walked_page_requests_in_each_format_and_under_the_filters() {
     out(Format::Human { color: false }, Filter::default()).page_request(&mut b, &walked());
     assert_eq!(
         String::from_utf8(b).unwrap(),
-        "04:46:13.000000 walk  0000:00:03.0         - 0x100000           write       walk/second/L1       -             1.5us translation_present (no permission)\n"
+        "04:46:13.000000 walk  0000:00:03.0         - 0x100000           write       second/L1 translation_present,no_permission -             1.5us -\n"
     );
+    let breaks = iopf_common::vtd_report::ReportWalkEvent {
+        verdict: VERDICT_CHECKED | iopf_common::policy::VIOLATION_LEVEL,
+        ..walked()
+    };
+    let mut b = Vec::new();
+    out(Format::Stream, Filter { violations_only: true, ..Filter::default() }).page_request(&mut b, &breaks);
+    assert!(!b.is_empty(), "a walk whose stage breaks the levels rule is a violation");
     let mut b = Vec::new();
     out(Format::Json, Filter::default()).page_request(&mut b, &walked());
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
@@ -212,7 +219,7 @@ fn walked_page_requests_in_each_format_and_under_the_filters() {
     assert!(!shown(Filter { kinds: vec![Kind::Iopf, Kind::Dmar], ..Filter::default() }));
     assert!(!shown(Filter { levels: vec!["first".into()], ..Filter::default() }));
     assert!(!shown(Filter { pasids: vec![0], ..Filter::default() }), "a request without a PASID has none to match");
-    // A walk breaks no policy and answers nothing: those filters leave it out.
+    // Without a violation of its stage, and answering nothing, those filters leave it out.
     assert!(!shown(Filter { violations_only: true, ..Filter::default() }));
     assert!(!shown(Filter { responses: vec!["success".into()], ..Filter::default() }));
 }

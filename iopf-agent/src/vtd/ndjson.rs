@@ -37,7 +37,7 @@ pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
 /// Appends one walked page request as a JSON line. Its `level` is the walk's (method
 /// `walk`): a report carries no hardware stage. The IOPF event of the same fault (same
 /// device, PASID, group id) carries the domain's classification.
-pub fn write_page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent) {
+pub fn write_page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, policy: Option<&str>) {
     let mut o = Obj::new(buf);
     o.str("kind", b"vtd_page_request");
     o.str("device", name(&bdf_name(e.segment, e.source_id)));
@@ -52,6 +52,9 @@ pub fn write_page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent) {
     o.str("level", level.label().as_bytes());
     o.str("method", if level == Level::Unknown { b"none" } else { b"walk" });
     o.uint("ts_ns", e.ts_ns);
+    o.uint("verdict", e.verdict.into());
+    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
+    o.policy(e.policy_id, policy);
     write_walk(&mut o, &e.walk, e.walk_ns, Level::Unknown);
     o.end();
 }
@@ -170,16 +173,19 @@ mod tests {
             source_id: 0x0018,
             pasid_present: 0,
             _pad: [0; 7],
+            verdict: 0,
+            policy_id: 0,
             walk,
         };
         let mut buf = Vec::new();
-        write_page_request(&mut buf, &e);
+        write_page_request(&mut buf, &e, None);
         assert_eq!(
             parse(&buf),
             json!({
                 "kind": "vtd_page_request", "device": "0000:00:03.0", "source_id": "0x0018", "addr": "0x100000",
                 "pasid": 0, "pasid_valid": false, "grpid": 3, "perm": "0x2", "access": "write",
                 "level": "second", "method": "walk", "ts_ns": 42,
+                "verdict": 0, "violations": [], "policy_id": 0, "policy": null,
                 "walk": {
                     "method": "walk", "result": "translation_present", "level": "second", "table_level": 1,
                     "permission": true, "entry": "0x12345001", "reads": 7, "ns": 900, "disagrees": false,
@@ -195,11 +201,37 @@ mod tests {
             ..e
         };
         buf.clear();
-        write_page_request(&mut buf, &e);
+        write_page_request(&mut buf, &e, None);
         let v = parse(&buf);
         assert_eq!(
             (&v["level"], &v["method"], &v["access"], &v["pasid"], &v["walk"]["result"], &v["walk"]["level"]),
             (&json!("unknown"), &json!("none"), &json!("read"), &json!(5), &json!("read_failed"), &json!("unknown"))
+        );
+    }
+
+    #[test]
+    fn a_page_request_walk_names_the_policy_its_stage_breaks() {
+        let e = ReportWalkEvent {
+            ts_ns: 1,
+            addr: 0x101000,
+            walk_ns: 2,
+            pasid: 0,
+            grpid: 1,
+            perm: 1,
+            segment: 0,
+            source_id: 0x0018,
+            pasid_present: 0,
+            _pad: [0; 7],
+            verdict: iopf_common::policy::VERDICT_CHECKED | iopf_common::policy::VIOLATION_LEVEL,
+            policy_id: 3,
+            walk: Walk { stop: Stop::NotPresent as u8, stage: Level::Second as u8, level: 1, reads: 7, ..Walk::NONE },
+        };
+        let mut buf = Vec::new();
+        write_page_request(&mut buf, &e, Some("edu-pinned"));
+        let v = parse(&buf);
+        assert_eq!(
+            (&v["level"], &v["violations"], &v["policy_id"], &v["policy"]),
+            (&json!("second"), &json!(["level"]), &json!(3), &json!("edu-pinned"))
         );
     }
 }

@@ -446,6 +446,18 @@ pub fn count_unrecoverable(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8) -> u
     (r.policy_id as u64) << 32 | v as u64
 }
 
+/// The stage our walk found for a recoverable report, checked against the levels the device's
+/// device-wide rule expects (as for unrecoverable faults: rules scoped to PASIDs are not
+/// consulted). Counted per policy only: the fault itself, and its check by the domain, are
+/// its IOPF event's. Returns the verdict and policy as `count_unrecoverable` does.
+pub fn check_walked_level(dev: &[u8; DEV_NAME_LEN], level: u8, source: u8) -> u64 {
+    let idx = dev_slot(dev, source);
+    let r = device_wide_rule(idx).rule;
+    let v = verdict_level(&r, level);
+    count_policy_violations(idx, r.policy_id, v);
+    (r.policy_id as u64) << 32 | v as u64
+}
+
 // ---- pending reports: per-CPU slot, hash when taken, scan when migrated ----
 
 /// The slot owner word of task `t` (never 0, which means free).

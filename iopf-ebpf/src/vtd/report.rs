@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use iopf_common::{
     hist::Histogram,
-    iopf::Offsets,
+    iopf::{Offsets, Source},
     vtd_report::{PERM_WRITE, ReportOffsets, ReportWalkEvent, ReportWalkKey},
     walk::{REG_RTADDR, Request, Walk},
 };
@@ -93,6 +93,7 @@ fn walk_report(dev: u64, evt: u64) {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     observe(&VTD_REPORT_WALK_NS, now - t0);
+    let checked = check(dev, &found);
     let key = ReportWalkKey {
         segment,
         source_id,
@@ -114,12 +115,22 @@ fn walk_report(dev: u64, evt: u64) {
             source_id,
             pasid_present: pasid_present as u8,
             _pad: [0; 7],
+            verdict: checked as u32,
+            policy_id: (checked >> 32) as u32,
             walk: found,
         });
         e.submit(0);
     } else {
         crate::stat!(page_request_walks_dropped);
     }
+}
+
+/// The walk's stage against the device's policy: a subprogram of its own, so its name copy
+/// and rule lookups are a frame beside the walk's, not on top of it.
+#[inline(never)]
+fn check(dev: u64, found: &Walk) -> u64 {
+    let name = crate::iopf::read::dev_name(dev);
+    crate::iopf::check_walked_level(&name, found.classified_level() as u8, Source::Kernel as u8)
 }
 
 #[fentry]

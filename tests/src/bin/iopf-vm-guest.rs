@@ -997,7 +997,19 @@ fn report_walk(a: &Args) -> Result<(), String> {
     let ro = Page::new(0x5a)?;
     dev.map(&ro, RO, MAP_READ)?;
     let ro_phys = ro.phys()?;
-    let agent = start_agent(a, &["--trace", "--require", "vtd_report_walk"])?;
+    // "Stage 2 is pinned": a walk that stops in stage 2 breaks it, one in stage 1 does not,
+    // and one that ends before the paging tables (level unknown) is not a level at all.
+    let policy = std::env::temp_dir().join("iopf-edu-walk-policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: edu-pinned\nspec:\n  mode: monitor\n  selector:\n    pci: \"{edu_name}\"\n  expect:\n    levels: [first]\n"
+        ),
+    )
+    .map_err(|e| format!("write policy: {e}"))?;
+    let agent =
+        start_agent(a, &["--trace", "--require", "vtd_report_walk", "--policy", policy.to_str().unwrap_or_default()])?;
+    let breaks = if stage == "second" { serde_json::json!(["level"]) } else { serde_json::json!([]) };
     // (address, perm, result, table level, reads, permission)
     let cases = [
         (RO + 0x1000, PERM_READ, "not_present", 1u64, structures + 4, false),
@@ -1047,8 +1059,13 @@ fn report_walk(a: &Args) -> Result<(), String> {
                 && v["grpid"] == i as u64 + 1
                 && v["pasid_valid"] == false
                 && v["level"] == stage
-                && v["method"] == "walk",
-            format!("event {v}, want {edu_name} {access} {addr:#x} grpid {} level {stage} by walk", i + 1),
+                && v["method"] == "walk"
+                && v["policy"] == "edu-pinned"
+                && v["violations"] == breaks,
+            format!(
+                "event {v}, want {edu_name} {access} {addr:#x} grpid {} level {stage} by walk, checked by edu-pinned, violations {breaks}",
+                i + 1
+            ),
         )?;
         let w = &v["walk"];
         check(
@@ -1096,8 +1113,10 @@ fn report_walk(a: &Args) -> Result<(), String> {
                 && w["level"] == "unknown"
                 && w["table_level"] == 0
                 && w["reads"] == 4
-                && w["entry"] == "0x0",
-            format!("PASID 1 event {v}, want pasid_entry_not_present after 4 reads, level unknown"),
+                && w["entry"] == "0x0"
+                && v["policy"] == "edu-pinned"
+                && v["violations"] == serde_json::json!([]),
+            format!("PASID 1 event {v}, want pasid_entry_not_present after 4 reads, level unknown, no violation"),
         )?;
         let n = e.get(
             "iopf_page_request_walks_total",
@@ -1113,6 +1132,17 @@ fn report_walk(a: &Args) -> Result<(), String> {
     }
     let walks = e.get("iopf_walk_seconds_count", &[("source", "vtd_page_request")]);
     check(walks == Some(want as f64), format!("{walks:?} walks timed, want {want}"))?;
+    let level_violations = e
+        .get(
+            "iopf_policy_violations_total",
+            &[("device", edu_name.as_str()), ("policy", "edu-pinned"), ("violation", "level")],
+        )
+        .unwrap_or(0.0);
+    let want_violations = if stage == "second" { cases.len() as f64 } else { 0.0 };
+    check(
+        level_violations == want_violations,
+        format!("level violations of edu-pinned: {level_violations}, want {want_violations}"),
+    )?;
     Ok(())
 }
 

@@ -18,6 +18,21 @@ pub fn from_event(e: &Event, consts: &Consts) -> Option<Violation> {
     Some(Violation { device: dev_str(&e.dev), pasid, policy_id: e.policy_id, violations: names, event: object(buf) })
 }
 
+/// The violation a walked page request carries, if any: its stage against the device's
+/// levels (checked as unrecoverable faults are, without a PASID scope).
+pub fn from_page_request(e: &iopf_common::vtd_report::ReportWalkEvent) -> Option<Violation> {
+    let names = names(e.verdict)?;
+    let mut buf = Vec::with_capacity(512);
+    crate::vtd::ndjson::write_page_request(&mut buf, e, None);
+    Some(Violation {
+        device: dev_str(&bdf_name(e.segment, e.source_id)),
+        pasid: NO_PASID,
+        policy_id: e.policy_id,
+        violations: names,
+        event: object(buf),
+    })
+}
+
 /// The violation a VT-d fault record carries, if any.
 pub fn from_dmar(e: &DmarEvent) -> Option<Violation> {
     let names = names(e.verdict)?;
