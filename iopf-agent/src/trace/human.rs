@@ -1,8 +1,6 @@
 //! `trace` for people: one aligned line per event; violations red, unanswered or failed
 //! responses yellow (ANSI, only on a terminal unless --no-color).
 
-use std::fmt::Write as _;
-
 use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::{Config, Consts, Event, Level, Method, response_label},
@@ -61,6 +59,27 @@ fn line(buf: &mut Vec<u8>, s: &str, color: Option<&str>) {
     }
 }
 
+/// One line in the header's columns: time, kind, device, PASID, address, access,
+/// configuration/level, response, service time, verdict.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    time: &str,
+    kind: &str,
+    device: &str,
+    pasid: &str,
+    addr: u64,
+    access: &str,
+    class: &str,
+    response: &str,
+    service: &str,
+    verdict: &str,
+) -> String {
+    let addr = format!("{addr:#x}");
+    format!(
+        "{time:<15} {kind:<5} {device:<14} {pasid:>7} {addr:<18} {access:<11} {class:<20} {response:<8} {service:>10} {verdict}\n"
+    )
+}
+
 pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, color: bool, policy: Option<&str>) {
     let pasid_valid = e.fault.flags & consts.flag_pasid_valid != 0;
     let pasid = if pasid_valid { e.fault.pasid.to_string() } else { "-".into() };
@@ -72,20 +91,17 @@ pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, co
         Method::from_u8(e.method).label()
     );
     let resp = response_label(e.code);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}",
-        clock.time_of_day(e.report_ns),
+    let s = row(
+        &clock.time_of_day(e.report_ns),
         "iopf",
-        dev_str(&e.dev),
-        pasid,
-        format!("{:#x}", e.fault.addr),
-        if access.is_empty() { "-".into() } else { access.join(",") },
-        cl,
+        &dev_str(&e.dev),
+        &pasid,
+        e.fault.addr,
+        &if access.is_empty() { "-".into() } else { access.join(",") },
+        &cl,
         resp,
-        duration(e.service_ns),
-        verdict(e.verdict, e.policy_id, policy)
+        &duration(e.service_ns),
+        &verdict(e.verdict, e.policy_id, policy),
     );
     let c = if !color {
         None
@@ -101,20 +117,17 @@ pub fn iopf(buf: &mut Vec<u8>, e: &Event, consts: &Consts, clock: &WallClock, co
 
 pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool, policy: Option<&str>) {
     let pasid = if e.pasid_present != 0 { e.pasid.to_string() } else { "-".into() };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}",
-        clock.time_of_day(e.ts_ns),
+    let s = row(
+        &clock.time_of_day(e.ts_ns),
         "dmar",
-        dev_str(&bdf_name(e.segment, e.source_id)),
-        pasid,
-        format!("{:#x}", e.addr),
+        &dev_str(&bdf_name(e.segment, e.source_id)),
+        &pasid,
+        e.addr,
         if e.read != 0 { "read" } else { "write" },
-        format!("reason {:#04x}/{}", e.reason, Level::from_u8(e.level).label()),
+        &format!("reason {:#04x}/{}", e.reason, Level::from_u8(e.level).label()),
         "-",
         "-",
-        verdict(e.verdict, e.policy_id, policy)
+        &verdict(e.verdict, e.policy_id, policy),
     );
     let c = if color && e.verdict & !VERDICT_CHECKED != 0 { Some(RED) } else { None };
     line(buf, &s, c);
@@ -128,26 +141,24 @@ pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, c
     let access: Vec<&str> = perm_names(e.perm).collect();
     let stop = Stop::from_u8(e.walk.stop);
     let level = e.walk.classified_level();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<15} {:<5} {:<14} {:>7} {:<18} {:<11} {:<20} {:<8} {:>10} {}",
-        clock.time_of_day(e.ts_ns),
+    let class = format!(
+        "{}/L{} {}{}",
+        level.label(),
+        e.walk.level,
+        stop.label(),
+        if e.walk.permission != 0 { ",no_permission" } else { "" }
+    );
+    let s = row(
+        &clock.time_of_day(e.ts_ns),
         "walk",
-        dev_str(&bdf_name(e.segment, e.source_id)),
-        pasid,
-        format!("{:#x}", e.addr),
-        if access.is_empty() { "-".into() } else { access.join(",") },
-        format!(
-            "{}/L{} {}{}",
-            level.label(),
-            e.walk.level,
-            stop.label(),
-            if e.walk.permission != 0 { ",no_permission" } else { "" }
-        ),
+        &dev_str(&bdf_name(e.segment, e.source_id)),
+        &pasid,
+        e.addr,
+        &if access.is_empty() { "-".into() } else { access.join(",") },
+        &class,
         "-",
-        duration(e.walk_ns),
-        verdict(e.verdict, e.policy_id, policy)
+        &duration(e.walk_ns),
+        &verdict(e.verdict, e.policy_id, policy),
     );
     let c = if !color {
         None

@@ -15,21 +15,14 @@ use crate::iopf::ndjson::{Obj, name};
 /// Appends one decoded VT-d fault record as a JSON line (`policy` as for `write_event`).
 pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
     let mut o = Obj::new(buf);
-    o.str("kind", b"dmar_fault");
-    o.str("device", name(&bdf_name(e.segment, e.source_id)));
-    o.hex("source_id", e.source_id.into(), 4);
-    o.hex("addr", e.addr, 1);
-    o.uint("pasid", e.pasid.into());
-    o.bool("pasid_valid", e.pasid_present != 0);
+    head(&mut o, b"dmar_fault", e.segment, e.source_id, e.addr, e.pasid, e.pasid_present);
     o.str("access", if e.read != 0 { b"read" } else { b"write" });
     o.hex("reason", e.reason.into(), 2);
     o.str("level", Level::from_u8(e.level).label().as_bytes());
     o.str("method", b"hardware");
     o.uint("record", e.index.into());
     o.uint("ts_ns", e.ts_ns);
-    o.uint("verdict", e.verdict.into());
-    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
-    o.policy(e.policy_id, policy);
+    verdict(&mut o, e.verdict, e.policy_id, policy);
     write_walk(&mut o, &e.walk, e.walk_ns, Level::from_u8(e.level));
     o.end();
 }
@@ -39,12 +32,7 @@ pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
 /// device, PASID, group id) carries the domain's classification.
 pub fn write_page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, policy: Option<&str>) {
     let mut o = Obj::new(buf);
-    o.str("kind", b"vtd_page_request");
-    o.str("device", name(&bdf_name(e.segment, e.source_id)));
-    o.hex("source_id", e.source_id.into(), 4);
-    o.hex("addr", e.addr, 1);
-    o.uint("pasid", e.pasid.into());
-    o.bool("pasid_valid", e.pasid_present != 0);
+    head(&mut o, b"vtd_page_request", e.segment, e.source_id, e.addr, e.pasid, e.pasid_present);
     o.uint("grpid", e.grpid.into());
     o.hex("perm", e.perm.into(), 1);
     o.str("access", if e.perm & PERM_WRITE != 0 { b"write" } else { b"read" });
@@ -52,11 +40,26 @@ pub fn write_page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, policy: Option
     o.str("level", level.label().as_bytes());
     o.str("method", if level == Level::Unknown { b"none" } else { b"walk" });
     o.uint("ts_ns", e.ts_ns);
-    o.uint("verdict", e.verdict.into());
-    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
-    o.policy(e.policy_id, policy);
+    verdict(&mut o, e.verdict, e.policy_id, policy);
     write_walk(&mut o, &e.walk, e.walk_ns, Level::Unknown);
     o.end();
+}
+
+/// The fields every VT-d line starts with: what it is, the requester and the request.
+fn head(o: &mut Obj<'_>, kind: &[u8], segment: u16, source_id: u16, addr: u64, pasid: u32, pasid_present: u8) {
+    o.str("kind", kind);
+    o.str("device", name(&bdf_name(segment, source_id)));
+    o.hex("source_id", source_id.into(), 4);
+    o.hex("addr", addr, 1);
+    o.uint("pasid", pasid.into());
+    o.bool("pasid_valid", pasid_present != 0);
+}
+
+/// The policy's verdict on the line's fault and the policy that gave it.
+fn verdict(o: &mut Obj<'_>, verdict: u32, policy_id: u32, policy: Option<&str>) {
+    o.uint("verdict", verdict.into());
+    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| verdict & bit != 0).map(|(_, n)| *n));
+    o.policy(policy_id, policy);
 }
 
 /// `"walk": {...}`: our walk of the tables, the second method beside the reason code.
