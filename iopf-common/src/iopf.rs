@@ -563,6 +563,9 @@ pub struct IopfStats {
     pub inflight_unaged: u64,
     /// Walked page requests (`vtd_page_request` events) lost because their ring was full.
     pub page_request_walks_dropped: u64,
+    /// Recoverable faults the group handler classified by domain type at a stage other than
+    /// the one the walk at report found (both known).
+    pub domain_walk_disagreements: u64,
 }
 
 impl IopfStats {
@@ -597,7 +600,21 @@ impl IopfStats {
         self.rate_unchecked += o.rate_unchecked;
         self.inflight_unaged += o.inflight_unaged;
         self.page_request_walks_dropped += o.page_request_walks_dropped;
+        self.domain_walk_disagreements += o.domain_walk_disagreements;
     }
+}
+
+/// The stage a walk at report entry found for the current task's fault, kept until its group
+/// handler classifies the same fault by domain type, so the two methods can be compared.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportWalked {
+    pub addr: u64,
+    pub pasid: u32,
+    pub grpid: u32,
+    /// `Level` as u8; only known levels are kept.
+    pub level: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Pending report of the current task, between report entry and group handler entry.

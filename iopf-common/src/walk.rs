@@ -503,8 +503,12 @@ pub fn walk<M: Mem>(mem: &mut M, rq: &Request) -> Walk {
 
 /// Whether a walk's stage disagrees with the level a hardware reason code gives (both known).
 pub fn disagrees(w: &Walk, hardware: Level) -> bool {
-    let stopped = w.stop == Stop::NotPresent as u8 || w.stop == Stop::Present as u8;
-    stopped && hardware != Level::Unknown && w.stage != hardware as u8
+    levels_disagree(w.classified_level(), hardware)
+}
+
+/// Two methods' levels for one fault disagree: both known and different.
+pub fn levels_disagree(a: Level, b: Level) -> bool {
+    a != Level::Unknown && b != Level::Unknown && a != b
 }
 
 /// Memory for running the in-kernel walk over fabricated tables by test-run: one map value

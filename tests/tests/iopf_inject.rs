@@ -608,3 +608,42 @@ fn pasid_scoped_policies_check_only_their_pasids_exactly() {
         Some(6.0)
     );
 }
+
+/// The walk at report and the domain type at the group handler classify one recoverable
+/// fault: a different stage is one disagreement, the same stage or an unknown one none, and
+/// a walk of another fault (an earlier report of the task whose handler never ran) is not
+/// compared.
+#[test]
+fn domain_and_walk_disagreements_are_counted_exactly() {
+    use iopf_common::iopf::{InflightKey, Level};
+    if !require_root("domain_and_walk_disagreements_are_counted_exactly") {
+        return;
+    }
+    let g = Globals { tuple_keys: false, ..globals(false) };
+    let c = g.consts;
+    let paging_user = c.dom_paging;
+    // (walked level, walked fault's grpid, domain type, nest parent) -> disagreements.
+    let cases = [
+        (Level::Second, 21, c.dom_nested, false, 1), // nested domain says first; stage 2 missing
+        (Level::First, 21, c.dom_nested, false, 0),
+        (Level::Second, 21, paging_user, true, 0), // nest parent: second by both
+        (Level::First, 21, paging_user, true, 1),
+        (Level::Second, 21, c.dom_sva, false, 1),
+        (Level::Second, 21, paging_user, false, 0), // single-stage user domain: unknown by type
+        (Level::Second, 22, c.dom_nested, false, 0), // another fault's walk
+    ];
+    for (walked, walked_grpid, dom_type, nest_parent, want) in cases {
+        let key = InflightKey { a: 0x5157_0000_0000_7000, b: 0 };
+        let got = injected(g, |inj| {
+            inj.report(&dev("0000:00:0c.0"), &one_fault(21), 1_000, InflightKey::default()).unwrap();
+            inj.walked(&one_fault(walked_grpid), walked).unwrap();
+            inj.handler(key, dom_type, nest_parent, 3_000).unwrap();
+        });
+        assert_eq!(got.stats.handled, 1, "{walked:?} {dom_type:#x} {nest_parent}");
+        assert_eq!(
+            got.stats.domain_walk_disagreements, want,
+            "walked {walked:?} (grpid {walked_grpid}), domain {dom_type:#x}, nest parent {nest_parent}"
+        );
+        assert_eq!(got.stats.walk_disagreements, 0);
+    }
+}

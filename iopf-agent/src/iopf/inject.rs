@@ -27,8 +27,9 @@ pub enum InjectError {
 /// Byte layout of `IOPF_TEST_REC`.
 pub use iopf_common::iopf::test_rec as rec;
 
-const PROGS: [&str; 8] = [
+const PROGS: [&str; 9] = [
     "inject_report",
+    "inject_walked",
     "inject_handler",
     "inject_mm_fix",
     "inject_response",
@@ -98,6 +99,11 @@ impl<'a> Injector<'a> {
                 tuple_key.b,
             ],
         )
+    }
+
+    /// A walk at report entry found `level` for `f` (as the VT-d report walk notes it).
+    pub fn walked(&mut self, f: &Fault, level: iopf_common::iopf::Level) -> Result<(), InjectError> {
+        self.run("inject_walked", &[f.addr, f.pasid as u64 | (f.grpid as u64) << 32, level as u64])
     }
 
     pub fn handler(&mut self, key: InflightKey, dom_type: u32, nest_parent: bool, now: u64) -> Result<(), InjectError> {

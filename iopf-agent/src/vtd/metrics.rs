@@ -65,9 +65,12 @@ pub fn families(snap: &IopfSnapshot, s: IopfStats, out: &mut Vec<Family>) {
     ));
     out.push(family(
         "iopf_classification_disagreements_total",
-        "Faults two methods classified at different stages: the VT-d reason code (hardware) and our table walk (walk).",
+        "Faults two methods classified at different stages: the VT-d reason code (hardware) or the domain type at the group handler (domain) against our table walk (walk).",
         Kind::Counter,
-        vec![counter(&[("methods", "hardware_walk")], s.walk_disagreements)],
+        vec![
+            counter(&[("methods", "hardware_walk")], s.walk_disagreements),
+            counter(&[("methods", "domain_walk")], s.domain_walk_disagreements),
+        ],
     ));
     out.push(family(
         "iopf_dmar_events_dropped_total",

@@ -51,6 +51,23 @@ pub fn inject_handler(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// args: addr, pasid | grpid << 32, level: a walk at report found `level` for this fault.
+#[raw_tracepoint]
+pub fn inject_walked(ctx: RawTracePointContext) -> i32 {
+    let pg: u64 = ctx.arg(1);
+    let f = Fault {
+        addr: ctx.arg(0),
+        fault_type: 0,
+        flags: 0,
+        pasid: pg as u32,
+        grpid: (pg >> 32) as u32,
+        perm: 0,
+        _pad: 0,
+    };
+    super::note_walked(&f, ctx.arg::<u64>(2) as u8);
+    0
+}
+
 /// args: key.a, key.b, mm-fix ns
 #[raw_tracepoint]
 pub fn inject_mm_fix(ctx: RawTracePointContext) -> i32 {

@@ -18,7 +18,7 @@ use iopf_common::{
         CODE_REPORTED, CODE_UNRECOVERABLE, Config, Consts, DEV_NAME_LEN, DEV_SLOT_OVERFLOW, DEV_SLOTS_DEFAULT, DevAgg,
         DevKey, EVENTS_ALL, Event, Fault, INFLIGHT_MAX_AGE_NS, INFLIGHT_PROBES, INFLIGHT_SLOTS, Inflight, InflightKey,
         InflightSlot, IopfStats, Latency, Level, Method, Offsets, Pending, PendingSlot, RESP_NONE, RESP_SUCCESS,
-        Source, VERDICT_NONE, classify_domain, count_index, inflight_hash,
+        ReportWalked, Source, VERDICT_NONE, classify_domain, count_index, inflight_hash,
     },
     pagefault::MAX_SCAN_CPUS,
     policy::{
@@ -61,6 +61,11 @@ static IOPF_PENDING_CPU: PerCpuArray<PendingSlot> = PerCpuArray::with_max_entrie
 /// reaches a handler ages out.
 #[map]
 static IOPF_PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(4096, 0);
+/// Task id -> the stage a walk at report entry found (`note_walked`), taken by the task's
+/// group handler. LRU: a walked report whose handler never runs (no fault handler, an error)
+/// is pushed out by later ones, and a stale entry is told apart by its fault's fields.
+#[map]
+static IOPF_REPORT_WALKED: LruHashMap<u32, ReportWalked> = LruHashMap::with_max_entries(4096, 0);
 /// In-flight faults, handler -> response / free (any task, any CPU).
 #[map]
 static IOPF_INFLIGHT_TABLE: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
@@ -806,8 +811,38 @@ pub fn on_handler(key: &InflightKey, dom_type: u32, nest_parent: bool, now: u64)
         return;
     };
     let (config, level, method) = classify_domain(&CONSTS.load(), dom_type, nest_parent);
+    compare_walked(&p.fault, level);
     supersede(key, now);
     start_inflight(&p, Some(now.saturating_sub(p.report_ns)), key, config, level, method);
+}
+
+/// A walk at report entry found `level` for the current task's fault `f` (only known levels
+/// are noted): kept for the group handler, which classifies the same fault by domain type.
+#[inline(always)]
+pub fn note_walked(f: &Fault, level: u8) {
+    if level == Level::Unknown as u8 {
+        return;
+    }
+    let w = ReportWalked { addr: f.addr, pasid: f.pasid, grpid: f.grpid, level, _pad: [0; 7] };
+    // A failed insert leaves the fault uncompared, never wrongly compared.
+    let _ = IOPF_REPORT_WALKED.insert(&tid(), &w, 0);
+}
+
+/// Counts a disagreement when this task's fault was walked at report to another stage than
+/// the domain type gives. Both are kept apart (the IOPF event and the walk's own line).
+#[inline(always)]
+fn compare_walked(f: &Fault, domain: Level) {
+    let t = tid();
+    // SAFETY: the value is copied out at once; a concurrent delete of another task's entry
+    // cannot touch this task's key.
+    let Some(w) = (unsafe { IOPF_REPORT_WALKED.get(&t) }).copied() else { return };
+    let _ = IOPF_REPORT_WALKED.remove(&t);
+    if w.addr != f.addr || w.pasid != f.pasid || w.grpid != f.grpid {
+        return;
+    }
+    if iopf_common::walk::levels_disagree(Level::from_u8(w.level), domain) {
+        crate::stat!(domain_walk_disagreements);
+    }
 }
 
 /// The time the current task has spent on IOPF work for `key` (6.9+: the SVA work function

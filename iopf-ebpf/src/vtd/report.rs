@@ -94,6 +94,7 @@ fn walk_report(dev: u64, evt: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     observe(&VTD_REPORT_WALK_NS, now - t0);
     let checked = check(dev, &found);
+    crate::iopf::note_walked(&f, found.classified_level() as u8);
     let key = ReportWalkKey {
         segment,
         source_id,

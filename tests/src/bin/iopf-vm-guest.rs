@@ -1143,6 +1143,14 @@ fn report_walk(a: &Args) -> Result<(), String> {
         level_violations == want_violations,
         format!("level violations of edu-pinned: {level_violations}, want {want_violations}"),
     )?;
+    // No domain of edu handles page requests, so no group handler classified them by domain
+    // type and nothing was compared with the walks (the comparison is tested by injection).
+    let handled = e.get("iopf_pipeline_total", &[("stage", "handled")]);
+    let compared = e.get("iopf_classification_disagreements_total", &[("methods", "domain_walk")]);
+    check(
+        handled == Some(0.0) && compared == Some(0.0),
+        format!("handled {handled:?}, domain/walk disagreements {compared:?}: want 0 and 0"),
+    )?;
     Ok(())
 }
 
