@@ -66,6 +66,10 @@ static IOPF_PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(409
 /// is pushed out by later ones, and a stale entry is told apart by its fault's fields.
 #[map]
 static IOPF_REPORT_WALKED: LruHashMap<u32, ReportWalked> = LruHashMap::with_max_entries(4096, 0);
+/// Non-zero once any walk was noted: until then no handler looks `IOPF_REPORT_WALKED` up, so
+/// hosts without the report walk (non-Intel units, kernels without it) pay one array read.
+#[map]
+static IOPF_WALK_NOTED: Array<u64> = Array::with_max_entries(1, 0);
 /// In-flight faults, handler -> response / free (any task, any CPU).
 #[map]
 static IOPF_INFLIGHT_TABLE: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
@@ -825,13 +829,19 @@ pub fn note_walked(f: &Fault, level: u8) {
     }
     let w = ReportWalked { addr: f.addr, pasid: f.pasid, grpid: f.grpid, level, _pad: [0; 7] };
     // A failed insert leaves the fault uncompared, never wrongly compared.
-    let _ = IOPF_REPORT_WALKED.insert(&tid(), &w, 0);
+    if IOPF_REPORT_WALKED.insert(&tid(), &w, 0).is_ok() && counter_zero(&IOPF_WALK_NOTED, 0) {
+        // Sticky flag, written once: later walks only read the cache line.
+        counter_add(&IOPF_WALK_NOTED, 0, 1);
+    }
 }
 
 /// Counts a disagreement when this task's fault was walked at report to another stage than
 /// the domain type gives. Both are kept apart (the IOPF event and the walk's own line).
 #[inline(always)]
 fn compare_walked(f: &Fault, domain: Level) {
+    if counter_zero(&IOPF_WALK_NOTED, 0) {
+        return;
+    }
     let t = tid();
     // SAFETY: the value is copied out at once; a concurrent delete of another task's entry
     // cannot touch this task's key.
