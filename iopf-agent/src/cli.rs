@@ -159,7 +159,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration_arg)]
         min_latency: Option<u64>,
         /// Only this kind of event; repeatable.
-        #[arg(long = "kind", value_parser = ["iopf", "dmar", "walk"])]
+        #[arg(long = "kind", value_parser = ["iopf", "dmar", "walk", "smmu"])]
         kinds: Vec<String>,
         /// Only events that break a policy.
         #[arg(long)]
@@ -492,6 +492,7 @@ pub fn parse() -> Command {
                 .map(|k| match k.as_str() {
                     "iopf" => crate::trace::filter::Kind::Iopf,
                     "walk" => crate::trace::filter::Kind::PageRequest,
+                    "smmu" => crate::trace::filter::Kind::Smmu,
                     _ => crate::trace::filter::Kind::Dmar,
                 })
                 .collect();

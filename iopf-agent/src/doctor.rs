@@ -68,7 +68,15 @@ pub fn survey(
         Ok(b) => globals.with_btf(b.vmlinux()),
         Err(_) => globals,
     };
-    let globals = loader::Globals { page_offset_base: kallsyms.page_offset_base.unwrap_or(0), ..globals };
+    let smmu = match &btf {
+        Ok(b) => crate::smmu::plan::offsets(b.vmlinux()),
+        Err(_) => Err("no kernel BTF"),
+    };
+    let globals = loader::Globals {
+        page_offset_base: kallsyms.page_offset_base.unwrap_or(0),
+        smmu: smmu.unwrap_or(iopf_common::smmu::SmmuOffsets::NONE),
+        ..globals
+    };
     let btf = btf.ok();
     // The object has no CO-RE relocations: loading it needs no parse of the kernel's BTF.
     let mut ebpf = loader::load(globals)?;
@@ -78,6 +86,7 @@ pub fn survey(
     if let Ok(a) = &abi {
         crate::vtd::plan::gate_report_walk(&mut plans, a.bpf_loop, a.vtd_report);
     }
+    crate::smmu::plan::gate(&mut plans, smmu);
     let fault_paths = crate::paths::survey(&kallsyms);
     let report =
         Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, fault_paths, iopf_abi: abi };

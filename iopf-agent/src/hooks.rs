@@ -185,6 +185,17 @@ pub const HOOKS: &[Hook] = &[
         exchange: false,
     },
     Hook {
+        name: "smmu_evtq",
+        why: "unrecoverable Arm SMMUv3 faults: every event record as the driver takes it off the event queue; the S2 bit gives the stage",
+        target: Target::Functions {
+            candidates: &["queue_remove_raw"],
+            module: Some("arm_smmu_v3"),
+            tracepoint: None,
+            missing: "CONFIG_ARM_SMMU_V3 off, or its driver not loaded",
+        },
+        exchange: false,
+    },
+    Hook {
         name: "vtd_report_walk",
         why: "recoverable faults of Intel devices: our walk of the unit's tables gives the stage and level",
         target: Target::Functions {

@@ -29,6 +29,7 @@ pub mod release;
 pub mod run;
 pub mod server;
 pub mod simulate;
+pub mod smmu;
 pub mod trace;
 pub mod tracefs;
 pub mod vtd;

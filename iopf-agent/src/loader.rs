@@ -50,6 +50,8 @@ pub struct Globals {
     pub page_offset_base: u64,
     /// From a reported device to its VT-d unit (`vtd::plan`), `NONE` where not known.
     pub vtd_report: iopf_common::vtd_report::ReportOffsets,
+    /// What the SMMUv3 programs read (`smmu::plan`), `NONE` where the kernel has no SMMUv3.
+    pub smmu: iopf_common::smmu::SmmuOffsets,
     /// Whether the programs claim in-flight faults by compare-and-exchange (`Some(true)`) or
     /// through the hash map (`Some(false)`, as a kernel before 5.12 needs); `None`: as this
     /// kernel can (`features::bpf_exchange`).
@@ -69,6 +71,7 @@ impl Default for Globals {
             pf_cgroups: false,
             page_offset_base: 0,
             vtd_report: iopf_common::vtd_report::ReportOffsets::NONE,
+            smmu: iopf_common::smmu::SmmuOffsets::NONE,
             exchange: None,
         }
     }
@@ -185,6 +188,7 @@ fn load_inner(globals: Globals, pins: &[(&str, &std::path::Path)]) -> Result<Ebp
         .override_global("PAGE_OFFSET_BASE_ADDR", &globals.page_offset_base, true)
         .override_global("PAGE_OFFSET", &PAGE_OFFSET_4LEVEL, true)
         .override_global("VTD_REPORT", &globals.vtd_report, true)
+        .override_global("SMMU", &globals.smmu, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)
         .map_max_entries("IOPF_POLICY", globals.dev_slots)

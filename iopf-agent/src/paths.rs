@@ -77,6 +77,16 @@ pub fn survey(k: &Kallsyms) -> Vec<FaultPath> {
             "VT-d unrecoverable faults cannot occur: dmar_fault is not built (CONFIG_INTEL_IOMMU off)".into()
         },
     });
+    let smmu = has(k, "queue_remove_raw");
+    out.push(FaultPath {
+        path: "smmuv3_unrecoverable",
+        possible: smmu,
+        evidence: match (smmu, report) {
+            (true, true) => "queue_remove_raw is built: every SMMUv3 event record (the S2 bit gives the stage) is read as the driver takes it off the event queue; stall events can also be reported as recoverable faults (iommu_report_device_fault is built)".into(),
+            (true, false) => "queue_remove_raw is built: every SMMUv3 event record (the S2 bit gives the stage) is read as the driver takes it off the event queue; no recoverable faults: this kernel is built without IOMMU_IOPF (ARM_SMMU_V3_SVA off), so stall and PRI requests are never reported".into(),
+            (false, _) => "SMMUv3 events cannot be read: queue_remove_raw is not built (CONFIG_ARM_SMMU_V3 off, or the driver's module not loaded)".into(),
+        },
+    });
     let rif = has(k, "report_iommu_fault");
     out.push(FaultPath {
         path: "report_iommu_fault",

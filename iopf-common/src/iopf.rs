@@ -566,6 +566,11 @@ pub struct IopfStats {
     /// Recoverable faults the group handler classified by domain type at a stage other than
     /// the one the walk at report found (both known).
     pub domain_walk_disagreements: u64,
+    /// SMMUv3 event records (`smmu_event` events) lost because their ring was full.
+    pub smmu_events_dropped: u64,
+    /// SMMUv3 event records whose StreamID the unit's stream tree did not name (not found
+    /// within `smmu::MAX_STREAM_DEPTH`, or the tree unreadable): counted without a device.
+    pub smmu_streams_unnamed: u64,
 }
 
 impl IopfStats {
@@ -601,6 +606,8 @@ impl IopfStats {
         self.inflight_unaged += o.inflight_unaged;
         self.page_request_walks_dropped += o.page_request_walks_dropped;
         self.domain_walk_disagreements += o.domain_walk_disagreements;
+        self.smmu_events_dropped += o.smmu_events_dropped;
+        self.smmu_streams_unnamed += o.smmu_streams_unnamed;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod hist;
 pub mod iopf;
 pub mod pagefault;
 pub mod policy;
+pub mod smmu;
 pub mod viommu;
 pub mod vtd_report;
 pub mod walk;

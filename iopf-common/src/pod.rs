@@ -55,3 +55,9 @@ unsafe impl aya::Pod for crate::viommu::VeventKey {}
 unsafe impl aya::Pod for crate::walk::Walk {}
 // SAFETY: `#[repr(C)]` two u32s, no padding.
 unsafe impl aya::Pod for crate::policy::ViolationKey {}
+// SAFETY: as above (integers and a byte array, sized without padding: 40 bytes).
+unsafe impl aya::Pod for crate::smmu::SmmuKey {}
+// SAFETY: as above (padding is an explicit field: 112 bytes).
+unsafe impl aya::Pod for crate::smmu::SmmuEvent {}
+// SAFETY: as above (u32 fields only).
+unsafe impl aya::Pod for crate::smmu::SmmuOffsets {}

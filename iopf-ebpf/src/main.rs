@@ -8,9 +8,11 @@
 #![feature(core_intrinsics, asm_experimental_arch)]
 
 mod atomic;
+mod counters;
 mod iopf;
 mod pagefault;
 mod probes;
+mod smmu;
 mod vtd;
 
 #[cfg(not(test))]

@@ -8,6 +8,7 @@ pub mod iommufd;
 pub mod pages;
 pub mod prom;
 pub mod records;
+pub mod smmu_unit;
 pub mod sva;
 pub mod vfio;
 pub mod vtd_report;

@@ -27,7 +27,8 @@ pub enum AttachError {
 
 /// Entry and optional exit program for a hook, per rung.
 struct Progs {
-    fentry: &'static str,
+    /// None: the exit program alone serves the fentry rung.
+    fentry: Option<&'static str>,
     fexit: Option<&'static str>,
     kprobe: &'static str,
     kretprobe: Option<&'static str>,
@@ -41,7 +42,7 @@ const PER_FAULT_SVA: &str =
 /// per-fault SVA function, which the IOPF core does not use on that generation).
 fn programs(plan: &Plan, abi: &IopfAbi) -> Result<Progs, &'static str> {
     let Some(target) = plan.target.as_deref() else { return Err("no target") };
-    let p = |fentry, fexit, kprobe, kretprobe| Ok(Progs { fentry, fexit, kprobe, kretprobe });
+    let p = |fentry, fexit, kprobe, kretprobe| Ok(Progs { fentry: Some(fentry), fexit, kprobe, kretprobe });
     match (plan.name, target) {
         ("report", _) if abi.report_returns_int => {
             p("iopf_report_fentry", Some("iopf_report_fexit"), "iopf_report_kprobe", Some("iopf_report_kretprobe"))
@@ -168,10 +169,17 @@ fn attach_one(
             how.attached(plan.name, plan.rung).map_err(|e| AttachError::Pin(Box::new(e)))?;
             return Ok(Used::Attached);
         }
-        let Some(abi) = abi else { return Ok(Used::Not("no IOPF ABI in kernel BTF")) };
-        let progs = match programs(plan, abi) {
-            Ok(p) => p,
-            Err(why) => return Ok(Used::Not(why)),
+        let progs = match (plan.name, abi) {
+            // SMMUv3 event records need no IOPF ABI: a kernel without IOPF still has them.
+            ("smmu_evtq", _) => {
+                let (fexit, kprobe, kretprobe) = crate::smmu::plan::PROGRAMS;
+                Progs { fentry: None, fexit: Some(fexit), kprobe, kretprobe: Some(kretprobe) }
+            }
+            (_, None) => return Ok(Used::Not("no IOPF ABI in kernel BTF")),
+            (_, Some(abi)) => match programs(plan, abi) {
+                Ok(p) => p,
+                Err(why) => return Ok(Used::Not(why)),
+            },
         };
         if matches!(plan.rung, Rung::Fentry | Rung::Kprobe)
             && let Some(u) = adopted(plan.name)
@@ -190,10 +198,12 @@ fn attach_one(
                         parsed.as_ref().expect("set above")
                     }
                 };
-                let p: &mut FEntry = prog(ebpf, progs.fentry)?;
-                p.load(&target, btf).map_err(err(progs.fentry, &target))?;
-                let id = p.attach().map_err(err(progs.fentry, &target))?;
-                how.keep(p, progs.fentry, id).map_err(|e| AttachError::Pin(Box::new(e)))?;
+                if let Some(f) = progs.fentry {
+                    let p: &mut FEntry = prog(ebpf, f)?;
+                    p.load(&target, btf).map_err(err(f, &target))?;
+                    let id = p.attach().map_err(err(f, &target))?;
+                    how.keep(p, f, id).map_err(|e| AttachError::Pin(Box::new(e)))?;
+                }
                 if let Some(x) = progs.fexit {
                     let p: &mut FExit = prog(ebpf, x)?;
                     p.load(&target, btf).map_err(err(x, &target))?;

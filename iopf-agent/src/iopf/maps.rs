@@ -60,6 +60,8 @@ pub struct IopfSnapshot {
     /// Walks on recoverable reports from Intel devices, and their cost.
     pub page_request_walks: BTreeMap<iopf_common::vtd_report::ReportWalkKey, u64>,
     pub page_request_walk_ns: Histogram,
+    /// SMMUv3 event records by device, StreamID, event, class, access and stage.
+    pub smmu: BTreeMap<iopf_common::smmu::SmmuKey, u64>,
 }
 
 /// Name given to device slot 0, where devices past `--max-devices` are counted.
@@ -73,6 +75,7 @@ pub struct IopfMaps {
     policy_violations: HashMap<MapData, iopf_common::policy::ViolationKey, [u64; VIOLATIONS.len()]>,
     stats: PerCpuArray<MapData, IopfStats>,
     vtd: crate::vtd::maps::VtdMaps,
+    smmu: crate::smmu::maps::SmmuMaps,
     vevents: PerCpuHashMap<MapData, iopf_common::viommu::VeventKey, u64>,
     /// Possible CPUs: the number of values per key in a per-CPU map (0: unknown).
     ncpus: usize,
@@ -96,6 +99,7 @@ impl IopfMaps {
             policy_violations: take(ebpf, "IOPF_POLICY_VIOLATIONS")?,
             stats: take(ebpf, "IOPF_STATS")?,
             vtd: crate::vtd::maps::VtdMaps::take(ebpf)?,
+            smmu: crate::smmu::maps::SmmuMaps::take(ebpf)?,
             vevents: take(ebpf, "VEVENT_COUNTS")?,
             ncpus: aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(0),
         })
@@ -202,6 +206,7 @@ impl IopfMaps {
             }
         }
         self.vtd.read_into(self.ncpus, &mut s)?;
+        self.smmu.read_into(self.ncpus, &mut s)?;
         sum_per_cpu(&self.vevents, "VEVENT_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
             *s.vevents.entry(k).or_default() += per_cpu.iter().sum::<u64>();
         })?;

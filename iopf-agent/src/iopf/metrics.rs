@@ -219,5 +219,6 @@ impl MetricSource for IopfSource {
             vec![counter(&[], s.events_dropped)],
         ));
         crate::vtd::metrics::families(&snap, s, out);
+        crate::smmu::metrics::families(&snap, s, out);
     }
 }

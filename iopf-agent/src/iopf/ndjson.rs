@@ -73,7 +73,7 @@ impl<'a> Obj<'a> {
     }
 
     /// An array of plain (unescaped) names.
-    pub(crate) fn names(&mut self, k: &str, v: impl Iterator<Item = &'static str>) {
+    pub(crate) fn names<'s>(&mut self, k: &str, v: impl Iterator<Item = &'s str>) {
         self.key(k);
         self.buf.push(b'[');
         for (i, n) in v.enumerate() {
@@ -143,11 +143,16 @@ pub fn write_event(buf: &mut Vec<u8>, e: &Event, consts: &Consts, policy: Option
     o.uint("mm_fix_ns", e.mm_fix_ns);
     o.uint("user_ns", e.user_ns);
     o.uint("hwpt_id", e.hwpt_id.into());
-    o.uint("verdict", e.verdict.into());
-    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| e.verdict & bit != 0).map(|(_, n)| *n));
-    o.policy(e.policy_id, policy);
+    verdict(&mut o, e.verdict, e.policy_id, policy);
     o.str("source", Source::from_u8(e.source).label().as_bytes());
     o.end();
+}
+
+/// The policy's verdict on a line's fault and the policy that gave it.
+pub(crate) fn verdict(o: &mut Obj<'_>, verdict: u32, policy_id: u32, policy: Option<&str>) {
+    o.uint("verdict", verdict.into());
+    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| verdict & bit != 0).map(|(_, n)| *n));
+    o.policy(policy_id, policy);
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub enum Kind {
     Dmar,
     /// Walked page requests of Intel devices (`vtd_page_request`).
     PageRequest,
+    /// Arm SMMUv3 event records (`smmu_event`).
+    Smmu,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +59,20 @@ impl Filter {
             && pasid_ok
             && any_or(&self.levels, &Level::from_u8(e.level).label().to_owned())
             // DMAR records have no configuration, response or service time.
+            && self.configs.is_empty()
+            && self.responses.is_empty()
+            && self.min_latency_ns.is_none()
+            && (!self.violations_only || e.verdict & !iopf_common::policy::VERDICT_CHECKED != 0)
+    }
+
+    pub fn smmu(&self, e: &iopf_common::smmu::SmmuEvent) -> bool {
+        let pasid_ok =
+            self.pasids.is_empty() || (e.flags & iopf_common::smmu::FLAG_SSV != 0 && self.pasids.contains(&e.ssid));
+        any_or(&self.kinds, &Kind::Smmu)
+            && any_or(&self.devices, &dev_str(&e.dev))
+            && pasid_ok
+            && any_or(&self.levels, &Level::from_u8(e.level).label().to_owned())
+            // Event records have no configuration, response or service time.
             && self.configs.is_empty()
             && self.responses.is_empty()
             && self.min_latency_ns.is_none()

@@ -133,6 +133,29 @@ pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool, po
     line(buf, &s, c);
 }
 
+/// An SMMUv3 event record (KIND `smmu`): the event and class with the stage its S2 bit gives
+/// where the IOPF line has its configuration; the SubstreamID as the PASID when valid.
+pub fn smmu(buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent, clock: &WallClock, color: bool, policy: Option<&str>) {
+    use iopf_common::smmu::{FLAG_RNW, FLAG_SSV, class_name, event_name};
+    let pasid = if e.flags & FLAG_SSV != 0 { e.ssid.to_string() } else { "-".into() };
+    let dev = dev_str(&e.dev);
+    let dev = if dev.is_empty() { format!("sid:{:#x}", e.sid) } else { dev };
+    let s = row(
+        &clock.time_of_day(e.ts_ns),
+        "smmu",
+        &dev,
+        &pasid,
+        e.addr,
+        if e.flags & FLAG_RNW != 0 { "read" } else { "write" },
+        &format!("{}/{}/{}", event_name(e.id), class_name(e.class), Level::from_u8(e.level).label()),
+        "-",
+        "-",
+        &verdict(e.verdict, e.policy_id, policy),
+    );
+    let c = if color && e.verdict & !VERDICT_CHECKED != 0 { Some(RED) } else { None };
+    line(buf, &s, c);
+}
+
 /// A walked page request (KIND `walk`): the walk's stage, table level and result where the
 /// IOPF line has its configuration, its cost as the service time, and the verdict of its stage
 /// against the device's policy (the fault's own `iopf` line follows when it is answered).

@@ -49,3 +49,10 @@ pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, p
     );
     splice(buf, &lead, &r);
 }
+
+pub fn smmu(buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent, clock: &WallClock, policy: Option<&str>) {
+    let mut r = Vec::with_capacity(512);
+    crate::smmu::ndjson::write_smmu(&mut r, e, policy);
+    let lead = format!("\"schema\":\"{SCHEMA}\",\"time\":\"{}\"", clock.rfc3339(e.ts_ns));
+    splice(buf, &lead, &r);
+}

@@ -80,6 +80,20 @@ impl TraceOutput {
         })
     }
 
+    /// SMMUv3 event records. Recordings do not carry them (the recording format has no
+    /// record for them): `run` says so when it records with the SMMUv3 hook attached.
+    pub fn smmu(&self, buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent) {
+        if !self.filter.smmu(e) {
+            return;
+        }
+        self.policies.with(e.policy_id, |policy| match self.format {
+            Format::Stream => crate::smmu::ndjson::write_smmu(buf, e, policy),
+            Format::Json => json::smmu(buf, e, &self.clock, policy),
+            Format::Human { color } => human::smmu(buf, e, &self.clock, color, policy),
+            Format::Record => {}
+        })
+    }
+
     /// The header line of the human format (nothing for the others).
     pub fn header(&self) -> Option<String> {
         matches!(self.format, Format::Human { .. }).then(human::header)

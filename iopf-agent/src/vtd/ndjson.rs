@@ -5,12 +5,11 @@
 use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::Level,
-    policy::VIOLATIONS,
     vtd_report::{PERM_WRITE, ReportWalkEvent},
     walk::{Stop, Walk, disagrees},
 };
 
-use crate::iopf::ndjson::{Obj, name};
+use crate::iopf::ndjson::{Obj, name, verdict};
 
 /// Appends one decoded VT-d fault record as a JSON line (`policy` as for `write_event`).
 pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
@@ -53,13 +52,6 @@ fn head(o: &mut Obj<'_>, kind: &[u8], segment: u16, source_id: u16, addr: u64, p
     o.hex("addr", addr, 1);
     o.uint("pasid", pasid.into());
     o.bool("pasid_valid", pasid_present != 0);
-}
-
-/// The policy's verdict on the line's fault and the policy that gave it.
-fn verdict(o: &mut Obj<'_>, verdict: u32, policy_id: u32, policy: Option<&str>) {
-    o.uint("verdict", verdict.into());
-    o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| verdict & bit != 0).map(|(_, n)| *n));
-    o.policy(policy_id, policy);
 }
 
 /// `"walk": {...}`: our walk of the tables, the second method beside the reason code.

@@ -142,7 +142,7 @@ fn exchange() -> bool {
 const NO_FIX: u64 = u64::MAX;
 
 #[inline(always)]
-fn tid() -> u32 {
+pub(crate) fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 

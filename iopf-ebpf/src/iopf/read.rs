@@ -40,10 +40,16 @@ fn at<T: Copy + Default>(base: u64, off: u32) -> Option<T> {
 #[inline(always)]
 pub fn dev_name(dev: u64) -> [u8; DEV_NAME_LEN] {
     let o = OFFSETS.load();
+    dev_name_at(dev, o.dev_init_name, o.dev_kobj_name)
+}
+
+/// `dev_name(dev)` with the `struct device` offsets given (a family with offsets of its own).
+#[inline(always)]
+pub fn dev_name_at(dev: u64, init_name: u32, kobj_name: u32) -> [u8; DEV_NAME_LEN] {
     let mut name = [0u8; DEV_NAME_LEN];
-    let mut p: u64 = at(dev, o.dev_init_name).unwrap_or(0);
+    let mut p: u64 = at(dev, init_name).unwrap_or(0);
     if p == 0 {
-        p = at(dev, o.dev_kobj_name).unwrap_or(0);
+        p = at(dev, kobj_name).unwrap_or(0);
     }
     if p != 0 {
         // SAFETY: the helper bounds the copy by `name`'s length and checks the address.

@@ -33,17 +33,6 @@ pub(crate) static DMAR_EVENTS: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
 #[map]
 pub(crate) static DMAR_WALK_NS: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0);
 
-/// Adds one to `key`'s count on this CPU (atomically: programs can nest).
-#[inline(always)]
-pub(crate) fn count<K>(map: &PerCpuHashMap<K, u64>, key: &K) {
-    if let Some(p) = map.get_ptr_mut(key) {
-        // SAFETY: this CPU's value slot, valid for the program's run.
-        unsafe { crate::atomic::add(p, 1) };
-    } else {
-        let _ = map.insert(key, &1, 0);
-    }
-}
-
 /// MMIO and struct reads: the helper checks the address (an ioremap'd range for the
 /// registers) and yields zero when it cannot read.
 #[inline(always)]

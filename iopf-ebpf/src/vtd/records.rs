@@ -90,7 +90,7 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
     } else {
         (Walk::NONE, 0)
     };
-    super::count(&DMAR_COUNTS, &key);
+    crate::counters::count(&DMAR_COUNTS, &key);
     if let Some(mut e) = DMAR_EVENTS.reserve::<DmarEvent>(0) {
         e.write(DmarEvent {
             addr,

@@ -103,7 +103,7 @@ fn walk_report(dev: u64, evt: u64) {
         level: found.level,
         permission: found.permission,
     };
-    super::count(&VTD_REPORT_WALKS, &key);
+    crate::counters::count(&VTD_REPORT_WALKS, &key);
     if let Some(mut e) = VTD_REPORT_EVENTS.reserve::<ReportWalkEvent>(0) {
         e.write(ReportWalkEvent {
             ts_ns: t0,

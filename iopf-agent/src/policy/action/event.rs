@@ -49,6 +49,21 @@ pub fn from_dmar(e: &DmarEvent) -> Option<Violation> {
     })
 }
 
+/// The violation an SMMUv3 event record carries, if any (checked without a PASID, as every
+/// unrecoverable fault is).
+pub fn from_smmu(e: &iopf_common::smmu::SmmuEvent) -> Option<Violation> {
+    let names = names(e.verdict)?;
+    let mut buf = Vec::with_capacity(512);
+    crate::smmu::ndjson::write_smmu(&mut buf, e, None);
+    Some(Violation {
+        device: dev_str(&e.dev),
+        pasid: NO_PASID,
+        policy_id: e.policy_id,
+        violations: names,
+        event: object(buf),
+    })
+}
+
 fn names(verdict: u32) -> Option<Vec<&'static str>> {
     if verdict & !VERDICT_CHECKED == 0 {
         return None;

@@ -1,0 +1,96 @@
+//! One event record: decoded, its stream named from the unit's stream tree, counted per
+//! (device, StreamID, event, class, access, level), checked against the device's policy and
+//! emitted.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use iopf_common::{
+    iopf::{DEV_NAME_LEN, Source},
+    smmu::{EVTQ_DWORDS, MAX_STREAM_DEPTH, Record, SmmuEvent, SmmuKey, SmmuOffsets},
+};
+
+use super::{SMMU, SMMU_COUNTS, SMMU_EVENTS};
+use crate::iopf::read::{dev_name_at, read_or_zero as rd};
+
+/// The name of the device whose stream `sid` is, from the unit's tree of streams (the
+/// driver's own StreamID -> master lookup, a binary search tree ordered by id). `None` when
+/// the stream is not in the tree within `MAX_STREAM_DEPTH` or a node cannot be read (reads
+/// of an unreadable node yield 0, which ends the search).
+#[inline(always)]
+fn stream_name(unit: u64, sid: u32, o: &SmmuOffsets) -> Option<[u8; DEV_NAME_LEN]> {
+    let mut node: u64 = rd(unit + o.device_streams as u64);
+    let mut depth = 0;
+    while depth < MAX_STREAM_DEPTH {
+        if node == 0 {
+            return None;
+        }
+        let stream = node - o.stream_node as u64;
+        let id: u32 = rd(stream + o.stream_id as u64);
+        if sid < id {
+            node = rd(node + o.rb_left as u64);
+        } else if sid > id {
+            node = rd(node + o.rb_right as u64);
+        } else {
+            let master: u64 = rd(stream + o.stream_master as u64);
+            let dev: u64 = if master == 0 { 0 } else { rd(master + o.master_dev as u64) };
+            if dev == 0 {
+                return None;
+            }
+            let name = dev_name_at(dev, o.dev_init_name, o.dev_kobj_name);
+            return if name[0] == 0 { None } else { Some(name) };
+        }
+        depth += 1;
+    }
+    None
+}
+
+/// Decodes the record `queue_remove_raw` copied from queue `q` into `ent`. Entries of the
+/// PRI queue (2 dwords) are not event records and are left alone.
+#[inline(always)]
+pub(super) fn decode(q: u64, ent: u64) {
+    let o = SMMU.load();
+    if o.queue_ent_dwords == SmmuOffsets::ABSENT || q == 0 || ent == 0 {
+        return;
+    }
+    let dwords: u64 = rd(q + o.queue_ent_dwords as u64);
+    if dwords != EVTQ_DWORDS {
+        return;
+    }
+    let raw: [u64; 4] = rd(ent);
+    let r = Record::decode(raw);
+    let level = r.level() as u8;
+    let named = if o.names_streams() { stream_name(q - o.device_evtq_q as u64, r.sid, &o) } else { None };
+    let (dev, checked) = match named {
+        // The device's own counters and its unrecoverable-fault policy.
+        Some(n) => (n, crate::iopf::count_unrecoverable(&n, level, Source::Kernel as u8)),
+        None => {
+            crate::stat!(smmu_streams_unnamed);
+            ([0; DEV_NAME_LEN], 0)
+        }
+    };
+    let key = SmmuKey { dev, sid: r.sid, id: r.id, class: r.class, read: r.read() as u8, level };
+    crate::counters::count(&SMMU_COUNTS, &key);
+    if let Some(mut e) = SMMU_EVENTS.reserve::<SmmuEvent>(0) {
+        e.write(SmmuEvent {
+            // SAFETY: plain helper call.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            addr: r.addr,
+            ipa: r.ipa,
+            raw,
+            sid: r.sid,
+            ssid: r.ssid,
+            stag: r.stag,
+            id: r.id,
+            class: r.class,
+            flags: r.flags,
+            level,
+            _pad: [0; 2],
+            verdict: checked as u32,
+            policy_id: (checked >> 32) as u32,
+            dev,
+        });
+        e.submit(0);
+    } else {
+        crate::stat!(smmu_events_dropped);
+    }
+    crate::stat!(unrecoverable);
+}

@@ -1,0 +1,34 @@
+//! The Arm SMMUv3 family. Event records: at the exit of `queue_remove_raw(q, ent)`, which
+//! the driver's event-queue thread calls once per record, read the 4 dwords the driver just
+//! copied into `ent`, before it decodes (and rate-limits the logging of) them. Every record is
+//! decoded, named after the stream's device from the unit's own stream tree, counted and
+//! emitted; the S2 bit gives the stage (method `hardware`).
+//!
+//! - `events`: one record decoded, named, counted, checked and emitted;
+//! - `programs`: the hooks (fexit, and kprobe + kretprobe where trampolines cannot attach);
+//! - `inject`: the same code over synthetic queues and stream trees, for tests.
+//!
+//! The agent's half is `iopf-agent/src/smmu/`; the shared layouts are `iopf_common::smmu`.
+
+mod events;
+mod inject;
+mod programs;
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, PerCpuHashMap, RingBuf},
+};
+use iopf_common::smmu::{SmmuKey, SmmuOffsets};
+
+/// Kernel offsets (`iopf-agent/src/smmu/plan.rs`), `NONE` until the agent sets them.
+#[unsafe(no_mangle)]
+pub static SMMU: Global<SmmuOffsets> = Global::new(SmmuOffsets::NONE);
+
+#[map]
+static SMMU_COUNTS: PerCpuHashMap<SmmuKey, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+#[map]
+static SMMU_EVENTS: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
+/// kprobe rung: task id -> (queue, entry) at `queue_remove_raw` entry, for its kretprobe.
+#[map]
+static SMMU_ARGS: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(1024, 0);

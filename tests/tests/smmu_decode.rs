@@ -1,0 +1,103 @@
+//! Root tier: the SMMUv3 record decoder over a synthetic unit in kernel memory (the same code
+//! `queue_remove_raw`'s exit programs run), exact per record: every field of the record, the
+//! stage its S2 bit gives, the device found in the unit's stream tree by StreamID, one count
+//! per record; a StreamID the tree lacks is counted without a device; a PRI-queue entry (2
+//! dwords) is not an event record.
+
+use iopf_agent::{
+    iopf::{events::Ring, maps::IopfMaps},
+    loader::{self, Globals},
+};
+use iopf_common::{
+    iopf::{DEV_NAME_LEN, Level},
+    smmu::{FLAG_RNW, FLAG_S2, SmmuEvent, SmmuKey},
+};
+use iopf_tests::{
+    require_root,
+    smmu_unit::{SmmuUnit, globals, unit},
+};
+
+const STREAMS: [(u32, &str); 7] = [
+    (0x8, "0000:00:01.0"),
+    (0x10, "0000:00:02.0"),
+    (0x18, "0000:00:03.0"),
+    (0x100, "0000:01:00.0"),
+    (0x208, "0000:02:01.0"),
+    (0x300, "9000000.display"),
+    (0xff_fff0, "0001:ff:fe.0"),
+];
+
+fn name(s: &str) -> [u8; DEV_NAME_LEN] {
+    let mut n = [0u8; DEV_NAME_LEN];
+    n[..s.len()].copy_from_slice(s.as_bytes());
+    n
+}
+
+/// An F_TRANSLATION record (QEMU's layout) for `sid`: read or write, stage 1 or 2.
+fn record(sid: u32, read: bool, s2: bool, addr: u64) -> [u64; 4] {
+    let d0 = (sid as u64) << 32 | 0x10;
+    let d1 = 2 << 40 | (s2 as u64) << 39 | (read as u64) << 35;
+    [d0, d1, addr, if s2 { addr } else { 0 }]
+}
+
+#[test]
+fn every_record_is_decoded_and_named_from_the_stream_tree() {
+    if !require_root("every_record_is_decoded_and_named_from_the_stream_tree") {
+        return;
+    }
+    let mut ebpf = loader::load(globals(Globals::default())).expect("load");
+    let mut events = Ring::<SmmuEvent>::take_named(&mut ebpf, "SMMU_EVENTS").unwrap();
+    let mut u = SmmuUnit::new(&mut ebpf).unwrap();
+    let base = u.base;
+    // Every stream of the tree, alternating read/write and stage 1/2; then a StreamID the
+    // tree lacks (between two that it has), and a PRI-queue entry.
+    let mut want = Vec::new();
+    for (i, (sid, dev)) in STREAMS.iter().enumerate() {
+        let (read, s2) = (i % 2 == 0, i % 3 == 0);
+        let addr = 0x12_3000 + i as u64 * 0x1000;
+        u.decode(&unit(base, &STREAMS, 4, record(*sid, read, s2, addr))).unwrap();
+        want.push((*sid, *dev, read, s2, addr));
+    }
+    u.decode(&unit(base, &STREAMS, 4, record(0x9, true, false, 0x9000))).unwrap();
+    u.decode(&unit(base, &STREAMS, 2, record(0x8, true, false, 0x8000))).unwrap();
+    let evs = events.drain();
+    assert_eq!(evs.len(), STREAMS.len() + 1, "one event per event-queue record, none for the PRI entry");
+    for (e, (sid, dev, read, s2, addr)) in evs.iter().zip(&want) {
+        assert_eq!((e.sid, e.dev, e.id, e.class), (*sid, name(dev), 0x10, 2), "sid {sid:#x}");
+        assert_eq!(e.flags, if *read { FLAG_RNW } else { 0 } | if *s2 { FLAG_S2 } else { 0 }, "sid {sid:#x}");
+        assert_eq!(e.level, if *s2 { Level::Second } else { Level::First } as u8, "sid {sid:#x}");
+        assert_eq!((e.addr, e.ipa), (*addr, if *s2 { *addr } else { 0 }), "sid {sid:#x}");
+        assert_eq!(e.raw, record(*sid, *read, *s2, *addr), "sid {sid:#x}");
+    }
+    let lost = evs.last().unwrap();
+    assert_eq!((lost.sid, lost.dev), (0x9, [0; DEV_NAME_LEN]), "a StreamID the tree lacks has no device");
+    let snap = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    let mut expect = std::collections::BTreeMap::new();
+    for (sid, dev, read, s2, _) in &want {
+        let level = if *s2 { Level::Second } else { Level::First } as u8;
+        expect.insert(SmmuKey { dev: name(dev), sid: *sid, id: 0x10, class: 2, read: *read as u8, level }, 1u64);
+    }
+    expect.insert(SmmuKey { dev: [0; DEV_NAME_LEN], sid: 0x9, id: 0x10, class: 2, read: 1, level: 1 }, 1);
+    assert_eq!(snap.smmu, expect);
+    let s = snap.stats;
+    assert_eq!((s.unrecoverable, s.smmu_streams_unnamed, s.smmu_events_dropped), (8, 1, 0));
+}
+
+#[test]
+fn without_the_stream_tree_records_are_counted_unnamed() {
+    if !require_root("without_the_stream_tree_records_are_counted_unnamed") {
+        return;
+    }
+    let mut g = globals(Globals::default());
+    g.smmu.device_streams = iopf_common::smmu::SmmuOffsets::ABSENT;
+    let mut ebpf = loader::load(g).expect("load");
+    let mut events = Ring::<SmmuEvent>::take_named(&mut ebpf, "SMMU_EVENTS").unwrap();
+    let mut u = SmmuUnit::new(&mut ebpf).unwrap();
+    let base = u.base;
+    u.decode(&unit(base, &STREAMS, 4, record(0x8, false, true, 0x5000))).unwrap();
+    let evs = events.drain();
+    assert_eq!(evs.len(), 1);
+    assert_eq!((evs[0].sid, evs[0].dev, evs[0].level), (0x8, [0; DEV_NAME_LEN], Level::Second as u8));
+    let s = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap().stats;
+    assert_eq!((s.unrecoverable, s.smmu_streams_unnamed), (1, 1));
+}
