@@ -11,6 +11,9 @@ say() { printf '[bootstrap] %s\n' "$*"; }
 # iopf-ebpf/rust-toolchain.toml (eBPF nightly); read them so there is one place to change.
 stable=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 nightly=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/iopf-ebpf/rust-toolchain.toml")
+# The arm64 VM guests' binaries are cross-built for this target of the stable toolchain
+# (xtask/src/cross.rs; the linker is named in .cargo/config.toml).
+cross_targets=(aarch64-unknown-linux-gnu)
 # bpf-linker must be built against the same LLVM major as the nightly's rustc.
 llvm_major=22
 bpf_linker_version=0.13.0
@@ -28,6 +31,7 @@ apt_pkgs=(
 if [ "$mode" = test ]; then
   apt_pkgs+=(
     qemu-system-x86                                      # VM test tier
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross          # VM tier's arm64 guest: links its static binaries
     prometheus                                           # real Prometheus scraping the agent in tests
     curl openssl                                         # TLS endpoint tests: client, test certificates
     bpftrace                                             # benchmark comparison
@@ -56,6 +60,17 @@ if ! rustup toolchain list | grep -q "^${stable}"; then
   rustup toolchain install "$stable" --profile minimal -c rustfmt -c clippy
 else
   say "rustup: ${stable} present"
+fi
+if [ "$mode" = test ]; then
+  installed=$(rustup target list --installed --toolchain "$stable")
+  for t in "${cross_targets[@]}"; do
+    if ! grep -qx "$t" <<<"$installed"; then
+      say "rustup: adding target ${t} to ${stable}"
+      rustup target add --toolchain "$stable" "$t"
+    else
+      say "rustup: ${stable} target ${t} present"
+    fi
+  done
 fi
 if ! rustup toolchain list | grep -q "^${nightly}"; then
   say "rustup: installing ${nightly} with rust-src"

@@ -5,7 +5,9 @@
 //! with the suites below, its own package lists and cache. The mirror is the one the machine's
 //! apt sources use for the main Debian archive (and for the security archive, when one is
 //! configured); nothing under /etc/apt is changed, and nothing is installed. Release files are
-//! verified against Debian's archive keyring.
+//! verified against Debian's archive keyring. The lists cover amd64 (the host's and the x86
+//! guests' packages) and arm64 (the arm64 guests' kernel and userland, downloaded as
+//! `name:arm64`).
 
 use std::{
     path::{Path, PathBuf},
@@ -26,6 +28,9 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Suite names that identify an entry of the machine's sources as the main Debian archive.
 const MAIN_MARKERS: &[&str] = &["bookworm", "trixie", "bullseye"];
+/// The architectures of the private lists: the host's first (an unqualified package name
+/// means amd64, as before), then the arm64 guests'.
+const ARCHITECTURES: &[&str] = &["amd64", "arm64"];
 
 /// `$IOPF_CACHE`, else `~/.cache/iopf`.
 pub fn cache_root() -> PathBuf {
@@ -67,7 +72,7 @@ impl Apt {
         )?;
         write_if_changed(
             &apt.dir.join("after.conf"),
-            "#clear APT::Update::Pre-Invoke;\n\
+            &("#clear APT::Update::Pre-Invoke;\n\
              #clear APT::Update::Post-Invoke;\n\
              #clear APT::Update::Post-Invoke-Success;\n\
              Acquire::IndexTargets::deb::DEP-11::DefaultEnabled \"false\";\n\
@@ -75,7 +80,9 @@ impl Apt {
              Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled \"false\";\n\
              Acquire::Languages \"none\";\n\
              Dir::Cache::pkgcache \"pkgcache.bin\";\n\
-             Dir::Cache::srcpkgcache \"\";\n",
+             Dir::Cache::srcpkgcache \"\";\n"
+                .to_owned()
+                + &architectures_conf()),
         )?;
         apt.refresh_if_stale(&sources)?;
         Ok(apt)
@@ -145,17 +152,23 @@ impl Apt {
         Ok(names)
     }
 
-    /// Downloads `pkg` into `dir` and returns the .deb's path.
+    /// Downloads `pkg` (`name`, or `name:arch` for another architecture than amd64) into `dir`
+    /// and returns the .deb's path.
     pub fn download(&self, pkg: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         self.fetch(pkg, pkg, dir)
     }
 
-    /// Downloads the newest `pkg` of `suite` (not the newest of all suites) into `dir`.
+    /// Downloads the newest `pkg` (as for `download`) of `suite` (not the newest of all
+    /// suites) into `dir`.
     pub fn download_from(&self, pkg: &str, suite: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         self.fetch(pkg, &format!("{pkg}/{suite}"), dir)
     }
 
     fn fetch(&self, pkg: &str, spec: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        let (name, arch) = match pkg.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (pkg, None),
+        };
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let out = self
             .command("apt-get")
@@ -174,13 +187,34 @@ impl Apt {
         std::fs::read_dir(dir)?
             .flatten()
             .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_deb_of(n, name, arch)))
+            .ok_or_else(|| {
+                anyhow!(
+                    "apt-get download {spec} succeeded but left no {name}_*_{}.deb in {}",
+                    arch.unwrap_or("*"),
+                    dir.display()
+                )
             })
-            .ok_or_else(|| anyhow!("apt-get download {pkg} succeeded but left no {pkg}_*.deb in {}", dir.display()))
     }
+}
+
+/// Whether `file` is a .deb of package `name` (`name_version_arch.deb`), of `arch` if given.
+fn is_deb_of(file: &str, name: &str, arch: Option<&str>) -> bool {
+    let Some(rest) = file.strip_prefix(name).and_then(|r| r.strip_prefix('_')) else { return false };
+    let Some(stem) = rest.strip_suffix(".deb") else { return false };
+    // The version contains no `_` (apt writes an epoch's `:` as `%3a`).
+    match (stem.split_once('_'), arch) {
+        (Some((_, a)), Some(want)) => a == want,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// The architectures of the private lists, for the main configuration file. Cleared first:
+/// the machine's own (dpkg's foreign architectures) are about its own package state.
+fn architectures_conf() -> String {
+    let list: Vec<String> = ARCHITECTURES.iter().map(|a| format!("\"{a}\";")).collect();
+    format!("#clear APT::Architectures;\nAPT::Architectures {{ {} }};\n", list.join(" "))
 }
 
 /// Unpacks a .deb's files into `dest`.
@@ -236,16 +270,20 @@ fn sources_list() -> anyhow::Result<String> {
     })?;
     let security = MAIN_MARKERS.iter().find_map(|m| with_suite(&|s| s == format!("{m}-security")));
     let mut text = String::from("# Written by `cargo xtask` (xtask/src/apt.rs) from the machine's apt sources.\n");
-    let line = |uri: &str, suite: &str| format!("deb [arch=amd64 signed-by={KEYRING}] {uri} {suite} main\n");
     for s in SUITES {
-        text.push_str(&line(&main, s));
+        text.push_str(&source_line(&main, s));
     }
     if let Some(sec) = security {
         for s in SECURITY_SUITES {
-            text.push_str(&line(&sec, s));
+            text.push_str(&source_line(&sec, s));
         }
     }
     Ok(text)
+}
+
+/// One line of the private sources list.
+fn source_line(uri: &str, suite: &str) -> String {
+    format!("deb [arch={} signed-by={KEYRING}] {uri} {suite} main\n", ARCHITECTURES.join(","))
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -343,6 +381,30 @@ mod tests {
         assert!(e[0].deb && e[0].uris == ["file:/srv/main/debian"] && e[0].suites == ["bookworm"]);
         assert!(!e[1].deb);
         assert_eq!(e[2].suites, ["bookworm-security"]);
+    }
+
+    #[test]
+    fn private_lines_and_architectures() {
+        assert_eq!(
+            source_line("file:/srv/main/debian", "trixie-backports"),
+            format!("deb [arch=amd64,arm64 signed-by={KEYRING}] file:/srv/main/debian trixie-backports main\n")
+        );
+        assert_eq!(architectures_conf(), "#clear APT::Architectures;\nAPT::Architectures { \"amd64\"; \"arm64\"; };\n");
+    }
+
+    #[test]
+    fn deb_file_names() {
+        let f = "busybox-static_1%3a1.37.0-6+b9_arm64.deb";
+        assert!(is_deb_of(f, "busybox-static", Some("arm64")));
+        assert!(is_deb_of(f, "busybox-static", None));
+        assert!(!is_deb_of(f, "busybox-static", Some("amd64")));
+        assert!(!is_deb_of(f, "busybox", None));
+        assert!(!is_deb_of(
+            "linux-base-7.3.4+deb13-arm64_7.3.4-1~bpo13+1_arm64.deb",
+            "linux-base-7.3.4+deb13-amd64",
+            None
+        ));
+        assert!(is_deb_of("qemu-system-data_1%3a10.0.2+ds-2+deb13u1~bpo12+1_all.deb", "qemu-system-data", None));
     }
 
     #[test]

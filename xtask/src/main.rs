@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask run`, `cargo xtask test`.
 
 mod apt;
+mod cross;
 mod kmod;
 mod qemu;
 mod vm;
@@ -52,8 +53,10 @@ enum Cmd {
     BuildKernel,
     /// The VM tier: boot real kernels under QEMU (TCG) and run the guest scenarios.
     VmTest {
-        /// Kernel boot to run (repeatable): iopf-6.12, iopf-7.3, debian-5.10, debian-6.1,
-        /// debian-6.12, debian-7.3, debian-7.3-vtd-scalable, debian-7.3-vtd-first-stage.
+        /// Kernel boot to run (repeatable): iopf-6.12, iopf-7.3, iopf-7.3-vtd,
+        /// iopf-7.3-vtd-scalable, iopf-7.3-vtd-first-stage, debian-5.10, debian-6.1,
+        /// debian-6.12, debian-7.3, debian-7.3-vtd-scalable, debian-7.3-vtd-first-stage,
+        /// debian-7.3-arm64 (an arm64 guest: its binaries are cross-built for aarch64).
         /// Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
@@ -65,7 +68,8 @@ enum Cmd {
         /// each starting the agent under TCG: 5 to 6 minutes on a loaded host).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
-        /// Skip building (use target/release as it is).
+        /// Skip building (use target/release, and target/aarch64-unknown-linux-gnu/release for
+        /// arm64 guests, as they are).
         #[arg(long)]
         no_build: bool,
     },
@@ -186,18 +190,6 @@ fn vm_test(kernels: &[String], only: &[String], timeout: Duration, build: bool) 
             );
         }
     }
-    if build {
-        sh(
-            "build for the guest",
-            Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
-        )?;
-    }
-    // The test modules for the custom 7.3 kernel (seconds, from ../shared/vm's build tree):
-    // its iopf-7.3* specs load them.
-    if build && (kernels.is_empty() || kernels.iter().any(|k| k.starts_with("iopf-7.3"))) {
-        sh("build the SVA test module", &mut Command::new(repo.join("scripts/build-sva-kmod.sh")))?;
-    }
-    // Each TCG guest runs on one core (-smp 1): boot two at a time (IOPF_VM_JOBS to change it).
     let chosen = |s: &vm::KernelSpec| -> Vec<&'static str> {
         s.scenarios.iter().copied().filter(|n| only.is_empty() || only.iter().any(|o| o == n)).collect()
     };
@@ -209,6 +201,28 @@ fn vm_test(kernels: &[String], only: &[String], timeout: Duration, build: bool) 
     if specs.is_empty() {
         bail!("no chosen boot runs scenario {}", only.join(", "));
     }
+    // Each architecture's binaries, for the guests that run them: the host's (x86 guests see
+    // target/release over 9p), cross-built ones for the others.
+    if build && specs.iter().any(|s| s.arch.cross_target().is_none()) {
+        sh(
+            "build for the guest",
+            Command::new("cargo").args(["build", "--release", "-p", "iopf-agent", "-p", "iopf-tests", "--bins"]),
+        )?;
+    }
+    if build {
+        let mut targets: Vec<&str> = specs.iter().filter_map(|s| s.arch.cross_target()).collect();
+        targets.sort();
+        targets.dedup();
+        for t in targets {
+            cross::build(&repo, t)?;
+        }
+    }
+    // The test modules for the custom 7.3 kernel (seconds, from ../shared/vm's build tree):
+    // its iopf-7.3* specs load them.
+    if build && (kernels.is_empty() || kernels.iter().any(|k| k.starts_with("iopf-7.3"))) {
+        sh("build the SVA test module", &mut Command::new(repo.join("scripts/build-sva-kmod.sh")))?;
+    }
+    // Each TCG guest runs on one core (-smp 1): boot two at a time (IOPF_VM_JOBS to change it).
     let jobs = std::env::var("IOPF_VM_JOBS")
         .ok()
         .and_then(|j| j.parse::<usize>().ok())

@@ -1,9 +1,11 @@
 //! `cargo xtask vm-test`: real kernels under QEMU (TCG), real fault paths.
 //!
 //! For each kernel: fetch it (cached in ~/.cache/iopf/kernels), build a busybox initramfs
-//! (with the 9p modules the kernel lacks built in), boot it with the host's /usr and /etc
-//! and this repository shared over 9p, chroot into them, and run `iopf-vm-guest` with the
-//! kernel's scenarios. The guest prints `VMTEST PASS|FAIL name` lines on the serial console.
+//! and boot it. An x86 guest gets the 9p modules the kernel lacks, the host's /usr and /etc
+//! and this repository shared over 9p, chroots into them, and runs `iopf-vm-guest` with the
+//! kernel's scenarios. An arm64 guest cannot use the host's x86 /usr: its initramfs holds
+//! everything (Debian's arm64 busybox, our binaries cross-built for aarch64, the modules).
+//! The guest prints `VMTEST PASS|FAIL name` lines on the serial console.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -16,13 +18,66 @@ use anyhow::{Context as _, anyhow, bail};
 
 pub struct KernelSpec {
     pub name: &'static str,
+    pub arch: Arch,
     what: &'static str,
     source: Source,
-    /// Modules to load (with their dependencies) so 9p works.
+    /// Modules to load (with their dependencies): 9p's on x86, what the scenarios use.
     modules: &'static [&'static str],
     qemu: &'static [&'static str],
     append: &'static str,
     pub scenarios: &'static [&'static str],
+}
+
+/// A guest's architecture: which QEMU, console and userland it boots with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arch {
+    /// The host's: the guest runs the host's binaries from target/release over 9p.
+    X86_64,
+    /// Our binaries cross-built for aarch64 (static), in the initramfs.
+    Aarch64,
+}
+
+impl Arch {
+    fn qemu(self) -> &'static crate::qemu::Build {
+        match self {
+            Arch::X86_64 => &crate::qemu::X86_64,
+            Arch::Aarch64 => &crate::qemu::AARCH64,
+        }
+    }
+
+    /// QEMU arguments every guest of the architecture takes.
+    fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &["-cpu", "max"],
+            // QARMA pointer authentication is slow to emulate; the implementation-defined
+            // algorithm is not, and the guest cannot tell. No NIC: the guest uses loopback only.
+            Arch::Aarch64 => &["-cpu", "max,pauth-impdef=on", "-nic", "none"],
+        }
+    }
+
+    fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+
+    /// Debian's name of the architecture where it is not the host's (downloads are then
+    /// `name:arch`).
+    fn foreign_debian(self) -> Option<&'static str> {
+        match self {
+            Arch::X86_64 => None,
+            Arch::Aarch64 => Some("arm64"),
+        }
+    }
+
+    /// The Rust target our guest binaries are cross-built for, where it is not the host's.
+    pub fn cross_target(self) -> Option<&'static str> {
+        match self {
+            Arch::X86_64 => None,
+            Arch::Aarch64 => Some(crate::cross::AARCH64),
+        }
+    }
 }
 
 enum Source {
@@ -95,10 +150,15 @@ const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy", "
 const DEBIAN_VTD_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio", "vfio_pci", "vfio_iommu_type1"];
 const DEBIAN_7_3: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-amd64", layout: Layout::Split };
+/// VFIO (modules there), for the arm64 scenarios that give edu to a type1 container. The
+/// rest of what they use is built in: the SMMUv3 driver, PCI host, PL011 console, BPF, BTF,
+/// tracefs and debugfs.
+const DEBIAN_ARM64_MODULES: &[&str] = &["vfio_pci", "vfio_iommu_type1"];
 
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "iopf-6.12",
+        arch: Arch::X86_64,
         what: "../shared/vm/bzImage-6.12.117-iopf (iommufd test mock), no vIOMMU",
         source: Source::File("../shared/vm/bzImage-6.12.117-iopf"),
         modules: &[],
@@ -116,6 +176,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "iopf-7.3",
+        arch: Arch::X86_64,
         what: "../shared/vm/bzImage-7.3.4-iopf (iommufd test mock, SVA on), no vIOMMU",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -142,6 +203,7 @@ pub const KERNELS: &[KernelSpec] = &[
     // module builds against its tree (and has intel-iommu and VFIO built in).
     KernelSpec {
         name: "iopf-7.3-vtd",
+        arch: Arch::X86_64,
         what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu (legacy mode) + edu, our report module",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -151,6 +213,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "iopf-7.3-vtd-scalable",
+        arch: Arch::X86_64,
         what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu in scalable mode (second stage) + edu, our report module",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -160,6 +223,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "iopf-7.3-vtd-first-stage",
+        arch: Arch::X86_64,
         what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu in scalable mode (first stage, QEMU x-flts) + edu, our report module",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -169,6 +233,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-7.3",
+        arch: Arch::X86_64,
         what: "Debian trixie-backports linux-binary-unsigned-7.3.*+deb13-amd64 (6.15+ domain layout), intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-binary-unsigned-7.3.",
@@ -183,6 +248,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-7.3-vtd-scalable",
+        arch: Arch::X86_64,
         what: "Debian 7.3 as above, VT-d in scalable mode translating with second-stage tables",
         source: DEBIAN_7_3,
         modules: DEBIAN_VTD_MODULES,
@@ -192,6 +258,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-7.3-vtd-first-stage",
+        arch: Arch::X86_64,
         what: "Debian 7.3 as above, VT-d in scalable mode translating with first-stage tables (QEMU x-flts)",
         source: DEBIAN_7_3,
         modules: DEBIAN_VTD_MODULES,
@@ -199,8 +266,27 @@ pub const KERNELS: &[KernelSpec] = &[
         append: "intel_iommu=on iopf_vtd_mode=first_stage",
         scenarios: VTD_MODE_SCENARIOS,
     },
+    // SMMUv3 faults of a real PCI device: QEMU's virt machine with its SMMUv3 (stage 1
+    // translation), the kernel's own arm-smmu-v3 driver. The guest's binaries are ours,
+    // cross-built for aarch64.
+    KernelSpec {
+        name: "debian-7.3-arm64",
+        arch: Arch::Aarch64,
+        what: "Debian trixie-backports linux-binary-unsigned-7.3.*+deb13-arm64, SMMUv3 (QEMU virt iommu=smmuv3, stage 1) + edu",
+        source: Source::Debian {
+            prefix: "linux-binary-unsigned-7.3.",
+            abi: "+deb13",
+            flavour: "-arm64",
+            layout: Layout::Split,
+        },
+        modules: DEBIAN_ARM64_MODULES,
+        qemu: &["-M", "virt,iommu=smmuv3", "-device", "edu"],
+        append: "",
+        scenarios: &["doctor", "smmu-edu-fentry", "smmu-edu-kprobe"],
+    },
     KernelSpec {
         name: "debian-6.12",
+        arch: Arch::X86_64,
         what: "Debian trixie linux-image-6.12.*+deb13-amd64-unsigned, intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-image-6.12.",
@@ -215,6 +301,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-6.1",
+        arch: Arch::X86_64,
         what: "Debian bookworm linux-image-6.1.0-*-amd64-unsigned (<= 6.8 ABI), edu without an IOMMU",
         source: Source::Debian {
             prefix: "linux-image-6.1.0-",
@@ -229,6 +316,7 @@ pub const KERNELS: &[KernelSpec] = &[
     },
     KernelSpec {
         name: "debian-5.10",
+        arch: Arch::X86_64,
         what: "Debian bullseye linux-image-5.10.0-*-amd64-unsigned (before the IOPF queue, no BPF compare-and-exchange: hash claims), intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-image-5.10.0-",
@@ -290,7 +378,7 @@ fn newest<'a>(names: &'a [String], prefix: &str, abi: &str, flavour: &str) -> Op
 }
 
 /// Extracted kernel packages (cached): the root holds the image and the modules.
-fn debian_kernel(prefix: &str, abi: &str, flavour: &str, layout: Layout) -> anyhow::Result<PathBuf> {
+fn debian_kernel(prefix: &str, abi: &str, flavour: &str, layout: Layout, arch: Arch) -> anyhow::Result<PathBuf> {
     let apt = crate::apt::get()?;
     let names = apt.names(prefix)?;
     let pkg = newest(&names, prefix, abi, flavour).ok_or_else(|| {
@@ -318,7 +406,10 @@ fn debian_kernel(prefix: &str, abi: &str, flavour: &str, layout: Layout) -> anyh
     let _ = std::fs::remove_dir_all(&debs);
     for p in &pkgs {
         eprintln!("[vm-test] downloading {p}");
-        let deb = apt.download(p, &debs)?;
+        let deb = match arch.foreign_debian() {
+            Some(a) => apt.download(&format!("{p}:{a}"), &debs)?,
+            None => apt.download(p, &debs)?,
+        };
         crate::apt::extract(&deb, &root)?;
     }
     let _ = std::fs::remove_dir_all(&debs);
@@ -461,20 +552,137 @@ chroot /newroot /repo/target/release/iopf-vm-guest --agent /repo/target/release/
 poweroff -f
 "#;
 
-fn build_initramfs(dir: &Path, modules: &[(String, Vec<u8>)]) -> anyhow::Result<PathBuf> {
-    let tree = dir.join("initramfs");
-    let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "proc", "sys", "dev", "modules"] {
-        std::fs::create_dir_all(tree.join(d))?;
-    }
+/// An arm64 guest's init: everything is in the initramfs (no 9p), our binaries in /iopf.
+const INIT_AARCH64: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t debugfs debugfs /sys/kernel/debug || echo "VMTEST FAIL boot: mount debugfs"
+mount -t tracefs tracefs /sys/kernel/tracing || echo "VMTEST FAIL boot: mount tracefs"
+mount -t bpf bpf /sys/fs/bpf || echo "VMTEST FAIL boot: mount bpffs"
+mount -t tmpfs tmp /tmp
+for m in $(cat /modules.list); do insmod /modules/$m || echo "VMTEST FAIL boot: insmod $m"; done
+ip link set lo up
+scen=$(sed -n 's/.*iopf_scenarios=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+echo "VMTEST BOOTED $(uname -r)"
+/iopf/iopf-vm-guest --agent /iopf/iopf-agent --touch-pages /iopf/touch-pages $scen
+poweroff -f
+"#;
+
+/// What an initramfs holds besides the modules.
+struct Userland {
+    init: &'static str,
+    busybox: PathBuf,
+    /// (path in the initramfs, file on the host), executables.
+    files: Vec<(String, PathBuf)>,
+}
+
+/// The x86 guests' userland: the host's busybox; the rest comes over 9p.
+fn host_userland() -> anyhow::Result<Userland> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
-        .find(|p| Path::new(p).exists())
+        .map(PathBuf::from)
+        .find(|p| p.exists())
         .ok_or_else(|| anyhow!("busybox missing: apt-get install busybox-static (scripts/bootstrap.sh does)"))?;
-    std::fs::copy(busybox, tree.join("bin/busybox"))?;
-    std::fs::write(tree.join("init"), INIT)?;
+    Ok(Userland { init: INIT, busybox, files: Vec::new() })
+}
+
+/// The arm64 guests' userland: Debian's arm64 busybox (static) and our binaries, cross-built
+/// (`cargo xtask vm-test` builds them unless `--no-build`), as /iopf/<name>.
+fn aarch64_userland(repo: &Path) -> anyhow::Result<Userland> {
+    let target = crate::cross::AARCH64;
+    let mut files = Vec::new();
+    for (_, bin) in crate::cross::BINARIES {
+        let p = repo.join("target").join(target).join("release").join(bin);
+        crate::cross::check_static_aarch64(&p)?;
+        files.push((format!("iopf/{bin}"), p));
+    }
+    Ok(Userland { init: INIT_AARCH64, busybox: arm64_busybox()?, files })
+}
+
+/// Suite of the arm64 busybox (any would do: it is static).
+const BUSYBOX_SUITE: &str = "trixie";
+
+/// `bin/busybox` of Debian's busybox-static for arm64 (cached; fetched through the private apt).
+fn arm64_busybox() -> anyhow::Result<PathBuf> {
+    let root = crate::apt::cache_root().join("busybox").join(format!("{BUSYBOX_SUITE}-arm64"));
+    let find = || ["bin/busybox", "usr/bin/busybox"].iter().map(|p| root.join(p)).find(|p| p.is_file());
+    if let (true, Some(p)) = (root.join(".extracted").exists(), find()) {
+        return Ok(p);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let debs = root.join(".debs");
+    eprintln!("[vm-test] downloading busybox-static:arm64 from {BUSYBOX_SUITE}");
+    let deb = crate::apt::get()?.download_from("busybox-static:arm64", BUSYBOX_SUITE, &debs)?;
+    crate::apt::extract(&deb, &root)?;
+    let _ = std::fs::remove_dir_all(&debs);
+    let p = find().ok_or_else(|| {
+        anyhow!("{}: no bin/busybox in it (delete {} to fetch it again)", deb.display(), root.display())
+    })?;
+    std::fs::write(root.join(".extracted"), "busybox-static:arm64")?;
+    Ok(p)
+}
+
+/// An arm64 kernel image QEMU can boot with `-kernel`: the Image itself (Debian's 7.3 ships
+/// it so), or the Image decompressed into `dir` should a package ship it gzip-compressed.
+fn arm64_image(image: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let head = read_head(image, 64)?;
+    let image = if head.starts_with(&[0x1f, 0x8b]) {
+        let out = dir.join("Image");
+        let sh = format!("gzip -dc '{}' > '{}'", image.display(), out.display());
+        run(Command::new("sh").args(["-c", &sh]), "gzip -d of the arm64 kernel image")?;
+        out
+    } else {
+        image.to_path_buf()
+    };
+    // The arm64 boot header: "ARM\x64" at 0x38.
+    if read_head(&image, 64)?.get(0x38..0x3c) != Some(&b"ARM\x64"[..]) {
+        bail!(
+            "{}: not an arm64 kernel Image (no ARM\\x64 magic at 0x38; delete its package under {} to fetch it again)",
+            image.display(),
+            cache_dir().display()
+        );
+    }
+    Ok(image)
+}
+
+fn read_head(path: &Path, n: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buf = Vec::with_capacity(n);
+    std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(n as u64)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(buf)
+}
+
+fn build_initramfs(dir: &Path, user: &Userland, modules: &[(String, Vec<u8>)]) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755))?;
+    let tree = dir.join("initramfs");
+    let _ = std::fs::remove_dir_all(&tree);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "modules"] {
+        std::fs::create_dir_all(tree.join(d))?;
+    }
+    let exec = |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+    std::fs::copy(&user.busybox, tree.join("bin/busybox"))
+        .with_context(|| format!("copying {}", user.busybox.display()))?;
+    exec(&tree.join("bin/busybox"))?;
+    for (dest, src) in &user.files {
+        let to = tree.join(dest);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
+        exec(&to)?;
+    }
+    // Who root is, for the tools that ask (an x86 guest's chroot has the host's /etc instead).
+    std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(tree.join("etc/group"), "root:x:0:\n")?;
+    std::fs::write(tree.join("init"), user.init)?;
+    exec(&tree.join("init"))?;
     let mut list = String::new();
     for (name, bytes) in modules {
         std::fs::write(tree.join("modules").join(name), bytes)?;
@@ -503,7 +711,7 @@ pub fn run_kernel(
     let scenarios = scenarios.unwrap_or(spec.scenarios);
     let work = repo.join("target/vm").join(spec.name);
     std::fs::create_dir_all(&work)?;
-    let (image, modules) = match &spec.source {
+    let (mut image, modules) = match &spec.source {
         Source::File(rel) => {
             let p = repo.join(rel);
             if !p.exists() {
@@ -512,7 +720,7 @@ pub fn run_kernel(
             (p, Vec::new())
         }
         Source::Debian { prefix, abi, flavour, layout } => {
-            let root = debian_kernel(prefix, abi, flavour, *layout)?;
+            let root = debian_kernel(prefix, abi, flavour, *layout, spec.arch)?;
             if scenarios.iter().any(|s| s.starts_with("fault-event-kmod")) {
                 crate::kmod::build_fault_event(repo, &root).with_context(|| format!("kernel {}", spec.name))?;
             }
@@ -520,13 +728,25 @@ pub fn run_kernel(
             (debian_vmlinuz(&root)?, modules)
         }
     };
-    let initrd = build_initramfs(&work, &modules)?;
+    let user = match spec.arch {
+        Arch::X86_64 => host_userland()?,
+        Arch::Aarch64 => {
+            image = arm64_image(&image, &work)?;
+            aarch64_userland(repo)?
+        }
+    };
+    let initrd = build_initramfs(&work, &user, &modules)?;
     let log_path = work.join("console.log");
     let log = std::fs::File::create(&log_path)?;
     // IOPF_VM_APPEND: extra words for the guest command line, e.g. IOPF_VERIFIER_LOG=debug
     // (key=value words reach the guest's environment).
     let extra = std::env::var("IOPF_VM_APPEND").unwrap_or_default();
-    let append = format!("console=ttyS0 panic=-1 quiet iopf_scenarios={} {} {extra}", scenarios.join(","), spec.append);
+    let append = format!(
+        "console={} panic=-1 quiet iopf_scenarios={} {} {extra}",
+        spec.arch.console(),
+        scenarios.join(","),
+        spec.append
+    );
     let share = |path: &Path, tag: &str, ro: bool| {
         format!(
             "local,path={},mount_tag={tag},security_model=none{}",
@@ -534,26 +754,23 @@ pub fn run_kernel(
             if ro { ",readonly=on" } else { "" }
         )
     };
-    eprintln!(
-        "[vm-test] {}: booting {} ({}) on QEMU {}",
-        spec.name,
-        image.display(),
-        spec.what,
-        crate::qemu::get()?.version
-    );
+    let qemu = spec.arch.qemu().get()?;
+    eprintln!("[vm-test] {}: booting {} ({}) on QEMU {}", spec.name, image.display(), spec.what, qemu.version);
     let start = Instant::now();
-    let qemu = crate::qemu::get()?;
-    let mut child = qemu
-        .command()
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "2048", "-nographic", "-no-reboot"])
+    let mut cmd = qemu.command();
+    cmd.args(["-accel", "tcg", "-smp", "1", "-m", "2048", "-nographic", "-no-reboot"])
+        .args(spec.arch.qemu_args())
         .args(spec.qemu)
         .arg("-kernel")
         .arg(&image)
         .arg("-initrd")
-        .arg(&initrd)
-        .args(["-virtfs", &share(Path::new("/usr"), "hostusr", true)])
-        .args(["-virtfs", &share(Path::new("/etc"), "hostetc", true)])
-        .args(["-virtfs", &share(repo, "repo", true)])
+        .arg(&initrd);
+    if spec.arch == Arch::X86_64 {
+        cmd.args(["-virtfs", &share(Path::new("/usr"), "hostusr", true)])
+            .args(["-virtfs", &share(Path::new("/etc"), "hostetc", true)])
+            .args(["-virtfs", &share(repo, "repo", true)]);
+    }
+    let mut child = cmd
         .args(["-append", &append])
         .stdin(Stdio::null())
         .stdout(log)

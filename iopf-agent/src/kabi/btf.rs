@@ -316,6 +316,17 @@ impl Btf {
         self.find_member(&members, member, 0, 0)
     }
 
+    /// As `member`, in the struct named `name` that has member `marker`: some names are
+    /// defined by two drivers (Arm's SMMU v1/v2 and v3 drivers each define `struct
+    /// arm_smmu_device`), and the first of them need not be the one meant.
+    pub fn member_where(&self, name: &str, marker: &str, member: &str) -> Option<(u32, TypeId)> {
+        self.named(name)
+            .filter(|&id| self.header(id).is_some_and(|(_, h)| h.kind == STRUCT))
+            .filter_map(|id| self.members_of(id))
+            .find(|(_, members)| self.find_member(members, marker, 0, 0).is_some())
+            .and_then(|(_, members)| self.find_member(&members, member, 0, 0))
+    }
+
     fn find_member(&self, members: &[Member<'_>], want: &str, base_bits: u32, depth: u32) -> Option<(u32, TypeId)> {
         for m in members {
             let bits = base_bits + m.bit_offset;
@@ -492,6 +503,41 @@ mod tests {
         assert!(btf.defines_func("f") && !btf.defines_func("s"));
         assert!(btf.has_struct("s") && !btf.has_struct("E"));
         assert_eq!((btf.func_id("f"), btf.func_id("s")), (Some(7), None));
+    }
+
+    #[test]
+    fn a_name_two_structs_share_is_told_apart_by_a_member() {
+        // strings: 1 "int", 5 "dev", 9 "base", 14 "evtq", 19 "streams"
+        let strings = b"\0int\0dev\0base\0evtq\0streams\0";
+        let types = [
+            1,
+            info(INT, 0, false),
+            4,
+            32, // 1: int
+            5,
+            info(STRUCT, 1, false),
+            4,
+            9,
+            1,
+            0, // 2: struct dev { int base; } (the first one named dev)
+            5,
+            info(STRUCT, 3, false),
+            12,
+            9,
+            1,
+            0,
+            14,
+            1,
+            32,
+            19,
+            1,
+            64, // 3: struct dev { int base; int evtq; int streams; }
+        ];
+        let btf = Btf::parse(&blob(&types, strings)).unwrap();
+        assert_eq!(btf.member("dev", "streams"), None, "member() reads the first struct only");
+        assert_eq!(btf.member_where("dev", "evtq", "streams"), Some((8, 1)));
+        assert_eq!(btf.member_where("dev", "evtq", "base"), Some((0, 1)));
+        assert_eq!(btf.member_where("dev", "nothing", "base"), None);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub const PROGRAMS: (&str, &str, &str) = ("iopf_smmu_evtq_fexit", "iopf_smmu_evt
 /// The offsets from the kernel's (vmlinux) BTF. Err: why no record can be read.
 pub fn offsets(btf: &Btf) -> Result<SmmuOffsets, &'static str> {
     let m = |s: &str, f: &str| btf.member(s, f).map(|(o, _)| o);
+    // Arm's SMMU v1/v2 driver has a `struct arm_smmu_device` of its own: the v3 one is the
+    // one with an event queue.
+    let unit = |f: &str| btf.member_where("arm_smmu_device", "evtq", f).map(|(o, _)| o);
     let Some(queue_ent_dwords) = m("arm_smmu_queue", "ent_dwords") else {
         return Err(
             "vmlinux BTF has no arm_smmu_queue.ent_dwords (CONFIG_ARM_SMMU_V3 off, or built as a module, whose BTF is not read)",
@@ -26,9 +29,9 @@ pub fn offsets(btf: &Btf) -> Result<SmmuOffsets, &'static str> {
     let or_absent = |o: Option<u32>| o.unwrap_or(SmmuOffsets::ABSENT);
     Ok(SmmuOffsets {
         queue_ent_dwords,
-        device_evtq_q: sum(m("arm_smmu_device", "evtq"), m("arm_smmu_evtq", "q")),
+        device_evtq_q: sum(unit("evtq"), m("arm_smmu_evtq", "q")),
         // `rb_root.rb_node`, the root's only member.
-        device_streams: sum(m("arm_smmu_device", "streams"), m("rb_root", "rb_node")),
+        device_streams: sum(unit("streams"), m("rb_root", "rb_node")),
         stream_id: or_absent(m("arm_smmu_stream", "id")),
         stream_master: or_absent(m("arm_smmu_stream", "master")),
         stream_node: or_absent(m("arm_smmu_stream", "node")),

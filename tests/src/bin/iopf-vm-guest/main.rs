@@ -4,6 +4,8 @@
 //!
 //! usage: iopf-vm-guest --agent PATH --touch-pages PATH SCENARIO...
 
+mod smmu;
+
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
@@ -1937,7 +1939,7 @@ fn doctor(a: &Args) -> Result<(), String> {
     let fd = path("iommufd").ok_or("fault path iommufd missing")?;
     let fd_built = syms.contains("iommufd_fault_iopf_handler") && syms.contains("iommu_report_device_fault");
     check(fd["possible"] == fd_built, format!("iommufd possible {} but kallsyms says {fd_built}", fd["possible"]))?;
-    Ok(())
+    smmu::doctor_smmu(&v, syms)
 }
 
 /// The hooks that must attach on a forced fentry/kprobe rung, computed from the guest's
@@ -2221,6 +2223,8 @@ fn main() {
             "viommu-events" => viommu_events(&args),
             "sva-kmod-kprobe" => sva_kmod(&args, "kprobe"),
             "dmar-edu" => dmar(&args),
+            "smmu-edu-fentry" => smmu::smmu_edu(&args, "fentry"),
+            "smmu-edu-kprobe" => smmu::smmu_edu(&args, "kprobe"),
             "dmar-walk" => dmar_walk(&args),
             "report-walk" => report_walk(&args),
             "bench-walk" => bench_walk(&args),

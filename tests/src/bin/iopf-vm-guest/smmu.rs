@@ -1,0 +1,161 @@
+//! Arm SMMUv3 scenarios (arm64 guests: QEMU's virt machine with `iommu=smmuv3`). edu, with
+//! no driver bound, sits in the kernel's default DMA domain, which maps nothing for it: each
+//! DMA raises one F_TRANSLATION event record, which the driver takes off the event queue
+//! through `queue_remove_raw`.
+
+use std::time::Duration;
+
+use iopf_tests::{
+    edu::{Access, Edu},
+    prom::{Exposition, http_get},
+};
+
+use crate::{Args, check, start_agent};
+
+const POLICY: &str = "edu-stage2-pinned";
+
+/// The StreamID of a PCI function behind QEMU virt's SMMUv3: its requester id (bus << 8 |
+/// devfn), which the machine's IORT / device tree maps one to one.
+fn stream_id(bdf: &str) -> Result<u32, String> {
+    let bad = || format!("unreadable PCI address {bdf}");
+    let (_, rest) = bdf.split_once(':').ok_or_else(bad)?;
+    let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;
+    let (dev, func) = rest.split_once('.').ok_or_else(bad)?;
+    let n = |s: &str| u32::from_str_radix(s, 16).map_err(|_| bad());
+    Ok(n(bus)? << 8 | n(dev)? << 3 | n(func)?)
+}
+
+/// Lines the kernel's driver logged for F_TRANSLATION events (it rate-limits them).
+fn dmesg_translation_events() -> Result<usize, String> {
+    let out = std::process::Command::new("dmesg").output().map_err(|e| format!("dmesg: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("event 0x10 received")).count())
+}
+
+/// edu DMAs to unmapped IOVAs under an agent on the `rung` tracing `smmu_evtq`, with the
+/// "stage 2 pinned" policy (`levels: [first]`, `unrecoverable: none`) on edu. Each DMA gives
+/// one event record, exactly as the SMMUv3 architecture encodes it: event 0x10, StreamID,
+/// class IN, RnW from the direction, S2 clear (stage 1 translates), the IOVA; the agent
+/// reports it at level `first` by method `hardware`, counts it under edu's name (from the
+/// unit's stream tree), and flags it as an unrecoverable fault the policy forbids, not as a
+/// level violation.
+pub fn smmu_edu(a: &Args, rung: &str) -> Result<(), String> {
+    let dmas =
+        [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
+    let edu = Edu::open()?;
+    let sid = stream_id(&edu.bdf)?;
+    let policy = std::env::temp_dir().join("iopf-edu-smmu-policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {POLICY}\nspec:\n  mode: monitor\n  selector:\n    pci: \"{}\"\n  expect:\n    levels: [first]\n    unrecoverable: none\n",
+            edu.bdf
+        ),
+    )
+    .map_err(|e| format!("write policy: {e}"))?;
+    let policy = policy.to_str().unwrap_or_default();
+    let logged_before = dmesg_translation_events()?;
+    let agent = start_agent(a, &["--trace", "--require", "smmu_evtq", "--force-rung", rung, "--policy", policy])?;
+    let attached = agent.log.iter().find(|l| l.starts_with("iopf-agent: attached smmu_evtq: ")).cloned();
+    println!("  {}", attached.as_deref().unwrap_or("smmu_evtq: no attach line"));
+    check(
+        attached.as_deref().is_some_and(|l| l.starts_with(&format!("iopf-agent: attached smmu_evtq: {rung} "))),
+        format!("smmu_evtq not attached on the {rung} rung: {attached:?}"),
+    )?;
+    for &(iova, acc) in &dmas {
+        edu.dma(iova, acc)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
+    let events: Vec<serde_json::Value> = agent
+        .stop()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "smmu_event")
+        .collect();
+    let logged = dmesg_translation_events()? - logged_before;
+    println!("  {} DMAs: agent emitted {} SMMUv3 event records; the kernel logged {logged}", dmas.len(), events.len());
+    check(events.len() == dmas.len(), format!("{} smmu events, want {}", events.len(), dmas.len()))?;
+    for (v, (iova, acc)) in events.iter().zip(dmas) {
+        println!("  smmu event: {v}");
+        let read = acc == Access::Read;
+        // EVTQ_0: StreamID in bits 63:32, event id in 7:0. EVTQ_1: CLASS (41:40) = IN (0b10),
+        // RnW (bit 35), S2 (bit 39) clear. EVTQ_2: the input address. EVTQ_3: no IPA at stage 1.
+        let raw = [
+            format!("{:#018x}", (u64::from(sid) << 32) | 0x10),
+            format!("{:#018x}", (0b10u64 << 40) | if read { 1 << 35 } else { 0 }),
+            format!("{iova:#018x}"),
+            format!("{:#018x}", 0),
+        ];
+        let want = serde_json::json!({
+            "kind": "smmu_event", "device": edu.bdf, "sid": format!("{sid:#x}"), "event": "0x10",
+            "event_name": "F_TRANSLATION", "class": "in", "access": if read { "read" } else { "write" },
+            "addr": format!("{iova:#x}"), "ipa": "0x0", "ssv": false, "ssid": 0, "stall": false, "stag": 0,
+            "flags": if read { vec!["rnw"] } else { vec![] }, "level": "first", "method": "hardware",
+            "violations": ["unrecoverable"], "policy": POLICY, "raw": raw,
+        });
+        for (k, w) in want.as_object().into_iter().flatten() {
+            check(&v[k] == w, format!("{k}: {} want {w} in {v}", v[k]))?;
+        }
+    }
+    let e = Exposition::parse(&body);
+    let sid_label = format!("{sid:#x}");
+    for (access, n) in [("read", 2.0), ("write", 2.0)] {
+        let labels = [
+            ("device", edu.bdf.as_str()),
+            ("sid", sid_label.as_str()),
+            ("event", "0x10"),
+            ("class", "in"),
+            ("access", access),
+            ("level", "first"),
+        ];
+        let got = e.get("iopf_smmu_events_total", &labels);
+        check(got == Some(n), format!("iopf_smmu_events_total{labels:?} = {got:?}, want {n}"))?;
+    }
+    let total: f64 = e.samples.iter().filter(|s| s.name == "iopf_smmu_events_total").map(|s| s.value).sum();
+    check(total == dmas.len() as f64, format!("{total} SMMU events counted in all, want {}", dmas.len()))?;
+    for lost in ["iopf_smmu_events_dropped_total", "iopf_smmu_streams_unnamed_total"] {
+        let got = e.get(lost, &[]);
+        check(got == Some(0.0), format!("{lost} = {got:?}, want 0"))?;
+    }
+    let unrec: f64 = e
+        .samples
+        .iter()
+        .filter(|s| s.name == "iopf_unrecoverable_faults_total" && s.labels["device"] == edu.bdf)
+        .map(|s| s.value)
+        .sum();
+    check(unrec == dmas.len() as f64, format!("iopf_unrecoverable_faults_total {unrec} for edu, want {}", dmas.len()))?;
+    let viol = |v: &str| {
+        e.get("iopf_policy_violations_total", &[("device", edu.bdf.as_str()), ("policy", POLICY), ("violation", v)])
+            .unwrap_or(0.0)
+    };
+    check(viol("unrecoverable") == dmas.len() as f64, format!("unrecoverable violations {}", viol("unrecoverable")))?;
+    check(viol("level") == 0.0, format!("level violations {}, want 0 (stage 1 faults)", viol("level")))?;
+    Ok(())
+}
+
+/// `doctor` on a kernel with the SMMUv3 driver: the unrecoverable SMMUv3 path is possible,
+/// and where the kernel has no IOPF (no `iommu_report_device_fault`) it says recoverable
+/// faults cannot be seen, naming why.
+pub fn doctor_smmu(doctor: &serde_json::Value, syms: &std::collections::HashSet<String>) -> Result<(), String> {
+    let path = |n: &str| doctor["fault_paths"].as_array().and_then(|a| a.iter().find(|p| p["path"] == n)).cloned();
+    let smmu = path("smmuv3_unrecoverable").ok_or("fault path smmuv3_unrecoverable missing")?;
+    let has = syms.contains("queue_remove_raw");
+    println!("  doctor: path smmuv3_unrecoverable possible={} ({})", smmu["possible"], smmu["evidence"]);
+    check(smmu["possible"] == has, format!("smmuv3_unrecoverable {smmu}, kallsyms says {has}"))?;
+    if has && !syms.contains("iommu_report_device_fault") {
+        let ev = smmu["evidence"].as_str().unwrap_or("");
+        check(ev.contains("no recoverable faults") && ev.contains("IOMMU_IOPF"), format!("evidence: {ev}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stream_ids_are_requester_ids() {
+        assert_eq!(super::stream_id("0000:00:01.0"), Ok(0x8));
+        assert_eq!(super::stream_id("0000:02:1f.7"), Ok(0x2ff));
+        assert!(super::stream_id("00:01.0").is_err());
+    }
+}
