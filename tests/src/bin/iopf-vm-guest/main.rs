@@ -2225,6 +2225,7 @@ fn main() {
             "dmar-edu" => dmar(&args),
             "smmu-edu-fentry" => smmu::smmu_edu(&args, "fentry"),
             "smmu-edu-kprobe" => smmu::smmu_edu(&args, "kprobe"),
+            "smmu-burst" => smmu::smmu_burst(&args),
             "dmar-walk" => dmar_walk(&args),
             "report-walk" => report_walk(&args),
             "bench-walk" => bench_walk(&args),
