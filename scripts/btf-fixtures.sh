@@ -5,6 +5,9 @@
 #   debian-6.12.btf.zst       Debian 12 linux-image-6.12.*+deb12-amd64-unsigned (newest in apt)
 #   iopf-6.12.btf.zst         ../shared/vm/bzImage-6.12.117-iopf (IOMMUFD_TEST, IOMMU_IOPF built in)
 #   host-6.18.btf.zst         /sys/kernel/btf/vmlinux of a development host (6.18)
+#   debian-7.3-arm64.btf.zst  Debian trixie-backports linux-binary-unsigned-7.3.*+deb13-arm64, the
+#                             image `cargo xtask vm-test --kernel debian-7.3-arm64` fetched (it has
+#                             both SMMU drivers' `struct arm_smmu_device`)
 # Downloads are cached in ${IOPF_CACHE:-$HOME/.cache/iopf}.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +40,24 @@ PY
   rm -rf "$tmp"
 }
 
+# An uncompressed arm64 Image -> its .BTF section, found by its header (magic 0xeb9f, version
+# 1, a 24-byte header) and sized from that header: no ELF to cut it from.
+btf_of_arm64_image() {
+  python3 - "$1" "$2.raw" <<'PY'
+import struct, sys
+b = open(sys.argv[1], 'rb').read()
+i = b.find(b'\x9f\xeb\x01\x00')
+while i >= 0:
+    hdr, type_off, type_len, str_off, str_len = struct.unpack_from('<5I', b, i + 4)
+    if hdr == 24 and type_off == 0 and str_off == type_len and type_len > 1 << 20:
+        open(sys.argv[2], 'wb').write(b[i:i + hdr + str_off + str_len])
+        sys.exit(0)
+    i = b.find(b'\x9f\xeb\x01\x00', i + 1)
+sys.exit(f"{sys.argv[1]}: no vmlinux BTF found")
+PY
+  zstd -q -19 -f --rm "$2.raw" -o "$2"
+}
+
 for spec in "linux-image-6.1:^linux-image-6\.1\.[0-9]+-[0-9]+-amd64-unsigned$:debian-6.1" \
             "linux-image-6.12:^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$:debian-6.12"; do
   IFS=: read -r search re name <<<"$spec"
@@ -60,5 +81,12 @@ if [ "$(uname -r | cut -d. -f1,2)" = "6.18" ]; then
   zstd -q -19 -f /sys/kernel/btf/vmlinux -o "$out/host-6.18.btf.zst"
 else
   say "host-6.18 kept (this host runs $(uname -r))"
+fi
+arm64=$(ls "$cache"/linux-binary-unsigned-7.3.*+deb13-arm64/usr/lib/modules/*/vmlinuz.unsigned 2>/dev/null | sort -V | tail -1)
+if [ -n "$arm64" ]; then
+  say "debian-7.3-arm64 <- $arm64"
+  btf_of_arm64_image "$arm64" "$out/debian-7.3-arm64.btf.zst"
+else
+  say "debian-7.3-arm64 kept (no arm64 7.3 image in $cache: cargo xtask vm-test --kernel debian-7.3-arm64 fetches it)"
 fi
 ls -la "$out"

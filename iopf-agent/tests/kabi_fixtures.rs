@@ -121,3 +121,25 @@ fn handle_mm_fault_signature_is_stable() {
         assert_eq!(names, ["vma", "address", "flags", "regs"], "{k}");
     }
 }
+
+/// Debian's arm64 7.3 builds both Arm SMMU drivers in, and each defines a `struct
+/// arm_smmu_device` (v1/v2: 264 bytes, first in the BTF; v3: 960 bytes). The SMMUv3 offsets
+/// must come from the v3 one, the one with an event queue, or the stream tree is lost and
+/// no record is named. The figures are those the BTF gives (read by a separate reader while
+/// making the fixture): `evtq` at 320 and `streams` at 912 of the v3 struct,
+/// `arm_smmu_queue.ent_dwords` at 160, `arm_smmu_stream { u32 id; master *; rb_node node; }`,
+/// `arm_smmu_master.dev` at 8 after `smmu`, `rb_node { parent_color; right; left; }`,
+/// `device.init_name` at 80.
+#[test]
+fn debian_7_3_arm64_smmu_offsets_come_from_the_v3_unit() {
+    let btf = fixture("debian-7.3-arm64");
+    assert!(btf.has_func("queue_remove_raw"));
+    assert_eq!(btf.member("arm_smmu_device", "streams"), None, "the first arm_smmu_device is v1/v2's");
+    let o = iopf_agent::smmu::plan::offsets(&btf).expect("the SMMUv3 driver is built in");
+    assert_eq!((o.queue_ent_dwords, o.device_evtq_q, o.device_streams), (160, 320, 912));
+    assert_eq!((o.stream_id, o.stream_master, o.stream_node, o.master_dev), (0, 8, 16, 8));
+    assert_eq!((o.rb_right, o.rb_left, o.dev_init_name, o.dev_kobj_name), (8, 16, 80, 0));
+    assert!(o.names_streams());
+    // No IOPF there: the recoverable path is not built (its types are, as on the 6.18 host).
+    assert!(!btf.has_func("iommu_report_device_fault"));
+}
