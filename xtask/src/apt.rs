@@ -164,6 +164,38 @@ impl Apt {
         self.fetch(pkg, &format!("{pkg}/{suite}"), dir)
     }
 
+    /// Downloads `pkg` of `suite` and everything it depends on, down to the C library, into
+    /// `dir` (the private state lists no package as installed), for a program to run with a
+    /// userland of its own. Returns the .deb files.
+    pub fn download_closure(&self, pkg: &str, suite: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let archives = dir.join("partial");
+        std::fs::create_dir_all(&archives).with_context(|| format!("creating {}", archives.display()))?;
+        let out = self
+            .command("apt-get")
+            .arg("-o")
+            .arg(format!("Dir::Cache::archives={}", dir.display()))
+            .args(["-q", "-y", "--download-only", "--no-install-recommends", "-t", suite, "install", pkg])
+            .output()
+            .context("running apt-get install --download-only")?;
+        if !out.status.success() {
+            bail!(
+                "apt-get install --download-only -t {suite} {pkg} failed: {} (the private lists may be out of \
+                 date: delete {} to fetch them again)",
+                last_lines(&out.stderr, 4),
+                self.dir.join("state/updated").display()
+            );
+        }
+        let debs: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect();
+        if !debs.iter().any(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| is_deb_of(n, pkg, None))) {
+            bail!("apt-get install --download-only -t {suite} {pkg} left no {pkg}_*.deb in {}", dir.display());
+        }
+        Ok(debs)
+    }
+
     fn fetch(&self, pkg: &str, spec: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         let (name, arch) = match pkg.split_once(':') {
             Some((n, a)) => (n, Some(a)),

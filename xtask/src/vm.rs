@@ -19,6 +19,8 @@ use anyhow::{Context as _, anyhow, bail};
 pub struct KernelSpec {
     pub name: &'static str,
     pub arch: Arch,
+    /// The QEMU, where not the architecture's own (`Arch::qemu`).
+    emulator: Option<&'static crate::qemu::Build>,
     what: &'static str,
     source: Source,
     /// Modules to load (with their dependencies): 9p's on x86, what the scenarios use.
@@ -150,6 +152,8 @@ const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy", "
 const DEBIAN_VTD_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio", "vfio_pci", "vfio_iommu_type1"];
 const DEBIAN_7_3: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-amd64", layout: Layout::Split };
+const DEBIAN_7_3_ARM64: Source =
+    Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-arm64", layout: Layout::Split };
 /// What the arm64 guests prove: the SMMUv3 family on a real driver. What they use is built
 /// into Debian's arm64 kernels (the SMMUv3 driver, PCI host, PL011 console, BPF, BTF, tracefs
 /// and debugfs), so they load no module but VFIO's where a scenario needs it.
@@ -159,6 +163,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "iopf-6.12",
         arch: Arch::X86_64,
+        emulator: None,
         what: "../shared/vm/bzImage-6.12.117-iopf (iommufd test mock), no vIOMMU",
         source: Source::File("../shared/vm/bzImage-6.12.117-iopf"),
         modules: &[],
@@ -177,6 +182,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "iopf-7.3",
         arch: Arch::X86_64,
+        emulator: None,
         what: "../shared/vm/bzImage-7.3.4-iopf (iommufd test mock, SVA on), no vIOMMU",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -204,6 +210,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "iopf-7.3-vtd",
         arch: Arch::X86_64,
+        emulator: None,
         what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu (legacy mode) + edu, our report module",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -214,6 +221,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "iopf-7.3-vtd-scalable",
         arch: Arch::X86_64,
+        emulator: None,
         what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu in scalable mode (second stage) + edu, our report module",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -224,6 +232,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "iopf-7.3-vtd-first-stage",
         arch: Arch::X86_64,
+        emulator: None,
         what: "../shared/vm/bzImage-7.3.4-iopf, intel-iommu in scalable mode (first stage, QEMU x-flts) + edu, our report module",
         source: Source::File("../shared/vm/bzImage-7.3.4-iopf"),
         modules: &[],
@@ -234,6 +243,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-7.3",
         arch: Arch::X86_64,
+        emulator: None,
         what: "Debian trixie-backports linux-binary-unsigned-7.3.*+deb13-amd64 (6.15+ domain layout), intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-binary-unsigned-7.3.",
@@ -249,6 +259,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-7.3-vtd-scalable",
         arch: Arch::X86_64,
+        emulator: None,
         what: "Debian 7.3 as above, VT-d in scalable mode translating with second-stage tables",
         source: DEBIAN_7_3,
         modules: DEBIAN_VTD_MODULES,
@@ -259,6 +270,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-7.3-vtd-first-stage",
         arch: Arch::X86_64,
+        emulator: None,
         what: "Debian 7.3 as above, VT-d in scalable mode translating with first-stage tables (QEMU x-flts)",
         source: DEBIAN_7_3,
         modules: DEBIAN_VTD_MODULES,
@@ -272,21 +284,31 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-7.3-arm64",
         arch: Arch::Aarch64,
+        emulator: None,
         what: "Debian trixie-backports linux-binary-unsigned-7.3.*+deb13-arm64, SMMUv3 (QEMU virt iommu=smmuv3, stage 1) + edu",
-        source: Source::Debian {
-            prefix: "linux-binary-unsigned-7.3.",
-            abi: "+deb13",
-            flavour: "-arm64",
-            layout: Layout::Split,
-        },
+        source: DEBIAN_7_3_ARM64,
         modules: &[],
         qemu: &["-M", "virt,iommu=smmuv3", "-device", "edu"],
         append: "",
         scenarios: ARM64_SCENARIOS,
     },
+    // Stage 2: QEMU 11's SMMUv3 made stage-2 only, so the kernel's DMA domains translate
+    // with stage-2 tables and the records carry S2 and the IPA.
+    KernelSpec {
+        name: "debian-7.3-arm64-s2",
+        arch: Arch::Aarch64,
+        emulator: Some(&crate::qemu::AARCH64_TRIXIE),
+        what: "Debian's arm64 7.3 as above, on QEMU 11 with a stage-2-only SMMUv3 (arm-smmuv3,stage=2) + edu",
+        source: DEBIAN_7_3_ARM64,
+        modules: &[],
+        qemu: &["-M", "virt", "-device", "arm-smmuv3,primary-bus=pcie.0,stage=2", "-device", "edu"],
+        append: "iopf_smmu_stage=2",
+        scenarios: ARM64_SCENARIOS,
+    },
     KernelSpec {
         name: "debian-6.12-arm64",
         arch: Arch::Aarch64,
+        emulator: None,
         what: "Debian trixie linux-image-6.12.*+deb13-arm64-unsigned, SMMUv3 (QEMU virt iommu=smmuv3, stage 1) + edu",
         source: Source::Debian {
             prefix: "linux-image-6.12.",
@@ -306,6 +328,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-6.12",
         arch: Arch::X86_64,
+        emulator: None,
         what: "Debian trixie linux-image-6.12.*+deb13-amd64-unsigned, intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-image-6.12.",
@@ -321,6 +344,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-6.1",
         arch: Arch::X86_64,
+        emulator: None,
         what: "Debian bookworm linux-image-6.1.0-*-amd64-unsigned (<= 6.8 ABI), edu without an IOMMU",
         source: Source::Debian {
             prefix: "linux-image-6.1.0-",
@@ -336,6 +360,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "debian-5.10",
         arch: Arch::X86_64,
+        emulator: None,
         what: "Debian bullseye linux-image-5.10.0-*-amd64-unsigned (before the IOPF queue, no BPF compare-and-exchange: hash claims), intel-iommu + edu",
         source: Source::Debian {
             prefix: "linux-image-5.10.0-",
@@ -773,7 +798,7 @@ pub fn run_kernel(
             if ro { ",readonly=on" } else { "" }
         )
     };
-    let qemu = spec.arch.qemu().get()?;
+    let qemu = spec.emulator.unwrap_or(spec.arch.qemu()).get()?;
     eprintln!("[vm-test] {}: booting {} ({}) on QEMU {}", spec.name, image.display(), spec.what, qemu.version);
     let start = Instant::now();
     let mut cmd = qemu.command();
