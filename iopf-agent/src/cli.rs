@@ -159,7 +159,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration_arg)]
         min_latency: Option<u64>,
         /// Only this kind of event; repeatable.
-        #[arg(long = "kind", value_parser = ["iopf", "dmar", "walk", "smmu"])]
+        #[arg(long = "kind", value_parser = ["iopf", "dmar", "walk", "smmu", "amdvi"])]
         kinds: Vec<String>,
         /// Only events that break a policy.
         #[arg(long)]
@@ -493,6 +493,7 @@ pub fn parse() -> Command {
                     "iopf" => crate::trace::filter::Kind::Iopf,
                     "walk" => crate::trace::filter::Kind::PageRequest,
                     "smmu" => crate::trace::filter::Kind::Smmu,
+                    "amdvi" => crate::trace::filter::Kind::Amdvi,
                     _ => crate::trace::filter::Kind::Dmar,
                 })
                 .collect();

@@ -72,9 +72,14 @@ pub fn survey(
         Ok(b) => crate::smmu::plan::offsets(b.vmlinux()),
         Err(_) => Err("no kernel BTF"),
     };
+    let amdvi = match &btf {
+        Ok(b) => crate::amdvi::plan::offsets(b.vmlinux()),
+        Err(_) => Err("no kernel BTF"),
+    };
     let globals = loader::Globals {
         page_offset_base: kallsyms.page_offset_base.unwrap_or(0),
         smmu: smmu.unwrap_or(iopf_common::smmu::SmmuOffsets::NONE),
+        amdvi: amdvi.unwrap_or(iopf_common::amdvi::AmdviOffsets::NONE),
         ..globals
     };
     let btf = btf.ok();
@@ -87,6 +92,7 @@ pub fn survey(
         crate::vtd::plan::gate_report_walk(&mut plans, a.bpf_loop, a.vtd_report);
     }
     crate::smmu::plan::gate(&mut plans, smmu);
+    crate::amdvi::plan::gate(&mut plans, amdvi);
     let fault_paths = crate::paths::survey(&kallsyms);
     let report =
         Report { kernel: features.kernel.clone(), hooks: plans, capabilities: features, fault_paths, iopf_abi: abi };

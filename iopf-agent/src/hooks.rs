@@ -196,6 +196,17 @@ pub const HOOKS: &[Hook] = &[
         exchange: false,
     },
     Hook {
+        name: "amdvi_evtlog",
+        why: "unrecoverable AMD-Vi faults: every event log entry as the driver drains the log (no stage bit)",
+        target: Target::Functions {
+            candidates: &["iommu_poll_events"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_AMD_IOMMU off?",
+        },
+        exchange: false,
+    },
+    Hook {
         name: "vtd_report_walk",
         why: "recoverable faults of Intel devices: our walk of the unit's tables gives the stage and level",
         target: Target::Functions {

@@ -1,5 +1,6 @@
 //! iopf-agent as a library: the binary in main.rs is a thin edge over these modules.
 
+pub mod amdvi;
 pub mod bpfsys;
 pub mod cli;
 pub mod deadexchange;

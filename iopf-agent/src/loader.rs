@@ -52,6 +52,8 @@ pub struct Globals {
     pub vtd_report: iopf_common::vtd_report::ReportOffsets,
     /// What the SMMUv3 programs read (`smmu::plan`), `NONE` where the kernel has no SMMUv3.
     pub smmu: iopf_common::smmu::SmmuOffsets,
+    /// What the AMD-Vi programs read (`amdvi::plan`), `NONE` where the kernel has no AMD-Vi.
+    pub amdvi: iopf_common::amdvi::AmdviOffsets,
     /// Whether the programs claim in-flight faults by compare-and-exchange (`Some(true)`) or
     /// through the hash map (`Some(false)`, as a kernel before 5.12 needs); `None`: as this
     /// kernel can (`features::bpf_exchange`).
@@ -72,6 +74,7 @@ impl Default for Globals {
             page_offset_base: 0,
             vtd_report: iopf_common::vtd_report::ReportOffsets::NONE,
             smmu: iopf_common::smmu::SmmuOffsets::NONE,
+            amdvi: iopf_common::amdvi::AmdviOffsets::NONE,
             exchange: None,
         }
     }
@@ -189,6 +192,7 @@ fn load_inner(globals: Globals, pins: &[(&str, &std::path::Path)]) -> Result<Ebp
         .override_global("PAGE_OFFSET", &PAGE_OFFSET_4LEVEL, true)
         .override_global("VTD_REPORT", &globals.vtd_report, true)
         .override_global("SMMU", &globals.smmu, true)
+        .override_global("AMDVI", &globals.amdvi, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)
         .map_max_entries("IOPF_POLICY", globals.dev_slots)

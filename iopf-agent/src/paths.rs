@@ -87,6 +87,16 @@ pub fn survey(k: &Kallsyms) -> Vec<FaultPath> {
             (false, _) => "SMMUv3 events cannot be read: queue_remove_raw is not built (CONFIG_ARM_SMMU_V3 off, or the driver's module not loaded)".into(),
         },
     });
+    let amdvi = has(k, "iommu_poll_events");
+    out.push(FaultPath {
+        path: "amdvi_unrecoverable",
+        possible: amdvi,
+        evidence: if amdvi {
+            "iommu_poll_events is built: every AMD-Vi event log entry (IO_PAGE_FAULT and the rest; no stage bit) is read as the driver drains the log, including those it reports to nobody (interrupt-request faults)".into()
+        } else {
+            "AMD-Vi events cannot be read: iommu_poll_events is not built (CONFIG_AMD_IOMMU off)".into()
+        },
+    });
     let rif = has(k, "report_iommu_fault");
     out.push(FaultPath {
         path: "report_iommu_fault",

@@ -239,7 +239,8 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
     let (stats_fd, stats_by) = crate::progstats::enable_stats(opts.bpf_stats);
     registry.add(crate::progstats::ProgramSource { progs, stats_by, _stats_fd: stats_fd });
     registry.add(crate::mapfill::MapFill::take(store!()));
-    let smmu_attached = plans.iter().any(|p| p.name == "smmu_evtq" && p.state == crate::hooks::HookState::Attached);
+    let attached = |hook: &str| plans.iter().any(|p| p.name == hook && p.state == crate::hooks::HookState::Attached);
+    let (smmu_attached, amdvi_attached) = (attached("smmu_evtq"), attached("amdvi_evtlog"));
     let recorded_plan: Vec<crate::record::PlannedHook> = plans.iter().map(crate::record::PlannedHook::of).collect();
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
@@ -258,9 +259,15 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
             "VTD_REPORT_EVENTS",
         )?;
         let smmu = crate::iopf::events::Ring::<iopf_common::smmu::SmmuEvent>::take_named(store!(), "SMMU_EVENTS")?;
+        let amdvi = crate::iopf::events::Ring::<iopf_common::amdvi::AmdviEvent>::take_named(store!(), "AMDVI_EVENTS")?;
         if opts.record.is_some() && smmu_attached {
             eprintln!(
                 "iopf-agent: WARNING: the recording will not hold SMMUv3 event records (the recording format has no record for them yet); they are still counted in iopf_smmu_events_total and traced with --trace"
+            );
+        }
+        if opts.record.is_some() && amdvi_attached {
+            eprintln!(
+                "iopf-agent: WARNING: the recording will not hold AMD-Vi event log entries (the recording format has no record for them yet); they are still counted in iopf_amdvi_events_total and traced with --trace"
             );
         }
         let sink = match &opts.record {
@@ -286,7 +293,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
             }
             None => crate::record::Sink::Stdout,
         };
-        let (sink1, sink2, sink3, sink4) = (sink.clone(), sink.clone(), sink.clone(), sink);
+        let (sink1, sink2, sink3, sink4, sink5) = (sink.clone(), sink.clone(), sink.clone(), sink.clone(), sink);
         let (trace, d, closed) = (opts.trace.clone(), dispatcher.clone(), stdout_closed.clone());
         // On a thread and runtime of their own: a slow stdout reader blocks these writes, and
         // must not block scrapes, reloads or signals.
@@ -343,7 +350,18 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
                 };
                 stream_ended("SMMUv3 event stream", smmu.stream(move || sink4.clone(), render).await, &closed);
             };
-            rt.block_on(async { tokio::join!(iopf, vtd, page_requests, smmu_events) });
+            let amdvi_events = async {
+                let render = |b: &mut Vec<u8>, e: &iopf_common::amdvi::AmdviEvent| {
+                    if let Some(t) = &trace {
+                        t.amdvi(b, e);
+                    }
+                    if let Some(v) = d.as_ref().and_then(|_| crate::policy::action::event::from_amdvi(e)) {
+                        d.as_ref().expect("checked").send(v);
+                    }
+                };
+                stream_ended("AMD-Vi event stream", amdvi.stream(move || sink5.clone(), render).await, &closed);
+            };
+            rt.block_on(async { tokio::join!(iopf, vtd, page_requests, smmu_events, amdvi_events) });
         })?;
     }
     match (pins, &adopted) {

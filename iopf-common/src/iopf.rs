@@ -571,6 +571,10 @@ pub struct IopfStats {
     /// SMMUv3 event records whose StreamID the unit's stream tree did not name (not found
     /// within `smmu::MAX_STREAM_DEPTH`, or the tree unreadable): counted without a device.
     pub smmu_streams_unnamed: u64,
+    /// AMD-Vi event log entries (`amdvi_event` events) lost because their ring was full.
+    pub amdvi_events_dropped: u64,
+    /// AMD-Vi entries pending past `amdvi::MAX_DECODED` in one drain: counted, not decoded.
+    pub amdvi_entries_undecoded: u64,
 }
 
 impl IopfStats {
@@ -608,6 +612,8 @@ impl IopfStats {
         self.domain_walk_disagreements += o.domain_walk_disagreements;
         self.smmu_events_dropped += o.smmu_events_dropped;
         self.smmu_streams_unnamed += o.smmu_streams_unnamed;
+        self.amdvi_events_dropped += o.amdvi_events_dropped;
+        self.amdvi_entries_undecoded += o.amdvi_entries_undecoded;
     }
 }
 

@@ -4,6 +4,7 @@
 //! Everything here is `no_std` and allocation-free so it compiles for `bpfel-unknown-none`.
 #![no_std]
 
+pub mod amdvi;
 pub mod dmar;
 pub mod hist;
 pub mod iopf;

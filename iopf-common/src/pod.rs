@@ -61,3 +61,9 @@ unsafe impl aya::Pod for crate::smmu::SmmuKey {}
 unsafe impl aya::Pod for crate::smmu::SmmuEvent {}
 // SAFETY: as above (u32 fields only).
 unsafe impl aya::Pod for crate::smmu::SmmuOffsets {}
+// SAFETY: as above (a byte array, integers and explicit padding: 40 bytes).
+unsafe impl aya::Pod for crate::amdvi::AmdviKey {}
+// SAFETY: as above (padding is an explicit field: 88 bytes).
+unsafe impl aya::Pod for crate::amdvi::AmdviEvent {}
+// SAFETY: as above (u32 fields only).
+unsafe impl aya::Pod for crate::amdvi::AmdviOffsets {}

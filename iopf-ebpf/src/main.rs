@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics, asm_experimental_arch)]
 
+mod amdvi;
 mod atomic;
 mod counters;
 mod iopf;

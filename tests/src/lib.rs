@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod agent;
+pub mod amdvi_unit;
 pub mod bench;
 pub mod dmar_unit;
 pub mod edu;

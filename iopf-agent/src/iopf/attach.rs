@@ -175,6 +175,11 @@ fn attach_one(
                 let (fexit, kprobe, kretprobe) = crate::smmu::plan::PROGRAMS;
                 Progs { fentry: None, fexit: Some(fexit), kprobe, kretprobe: Some(kretprobe) }
             }
+            // Nor do AMD-Vi event log entries.
+            ("amdvi_evtlog", _) => {
+                let (fentry, kprobe) = crate::amdvi::plan::PROGRAMS;
+                Progs { fentry: Some(fentry), fexit: None, kprobe, kretprobe: None }
+            }
             (_, None) => return Ok(Used::Not("no IOPF ABI in kernel BTF")),
             (_, Some(abi)) => match programs(plan, abi) {
                 Ok(p) => p,

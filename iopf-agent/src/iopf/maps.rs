@@ -62,6 +62,8 @@ pub struct IopfSnapshot {
     pub page_request_walk_ns: Histogram,
     /// SMMUv3 event records by device, StreamID, event, class, access and stage.
     pub smmu: BTreeMap<iopf_common::smmu::SmmuKey, u64>,
+    /// AMD-Vi event log entries by device, event and flags.
+    pub amdvi: BTreeMap<iopf_common::amdvi::AmdviKey, u64>,
 }
 
 /// Name given to device slot 0, where devices past `--max-devices` are counted.
@@ -76,6 +78,7 @@ pub struct IopfMaps {
     stats: PerCpuArray<MapData, IopfStats>,
     vtd: crate::vtd::maps::VtdMaps,
     smmu: crate::smmu::maps::SmmuMaps,
+    amdvi: crate::amdvi::maps::AmdviMaps,
     vevents: PerCpuHashMap<MapData, iopf_common::viommu::VeventKey, u64>,
     /// Possible CPUs: the number of values per key in a per-CPU map (0: unknown).
     ncpus: usize,
@@ -100,6 +103,7 @@ impl IopfMaps {
             stats: take(ebpf, "IOPF_STATS")?,
             vtd: crate::vtd::maps::VtdMaps::take(ebpf)?,
             smmu: crate::smmu::maps::SmmuMaps::take(ebpf)?,
+            amdvi: crate::amdvi::maps::AmdviMaps::take(ebpf)?,
             vevents: take(ebpf, "VEVENT_COUNTS")?,
             ncpus: aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(0),
         })
@@ -207,6 +211,7 @@ impl IopfMaps {
         }
         self.vtd.read_into(self.ncpus, &mut s)?;
         self.smmu.read_into(self.ncpus, &mut s)?;
+        self.amdvi.read_into(self.ncpus, &mut s)?;
         sum_per_cpu(&self.vevents, "VEVENT_COUNTS", self.ncpus, |k, per_cpu: &[u64]| {
             *s.vevents.entry(k).or_default() += per_cpu.iter().sum::<u64>();
         })?;

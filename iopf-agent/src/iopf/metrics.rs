@@ -220,5 +220,6 @@ impl MetricSource for IopfSource {
         ));
         crate::vtd::metrics::families(&snap, s, out);
         crate::smmu::metrics::families(&snap, s, out);
+        crate::amdvi::metrics::families(&snap, s, out);
     }
 }

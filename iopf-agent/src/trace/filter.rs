@@ -16,6 +16,8 @@ pub enum Kind {
     PageRequest,
     /// Arm SMMUv3 event records (`smmu_event`).
     Smmu,
+    /// AMD-Vi event log entries (`amdvi_event`).
+    Amdvi,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +61,19 @@ impl Filter {
             && pasid_ok
             && any_or(&self.levels, &Level::from_u8(e.level).label().to_owned())
             // DMAR records have no configuration, response or service time.
+            && self.configs.is_empty()
+            && self.responses.is_empty()
+            && self.min_latency_ns.is_none()
+            && (!self.violations_only || e.verdict & !iopf_common::policy::VERDICT_CHECKED != 0)
+    }
+
+    pub fn amdvi(&self, e: &iopf_common::amdvi::AmdviEvent) -> bool {
+        any_or(&self.kinds, &Kind::Amdvi)
+            && any_or(&self.devices, &dev_str(&e.dev))
+            // Entries carry no PASID we report, no stage (always `unknown`), configuration,
+            // response or service time.
+            && self.pasids.is_empty()
+            && any_or(&self.levels, &Level::Unknown.label().to_owned())
             && self.configs.is_empty()
             && self.responses.is_empty()
             && self.min_latency_ns.is_none()

@@ -156,6 +156,32 @@ pub fn smmu(buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent, clock: &WallClo
     line(buf, &s, c);
 }
 
+/// An AMD-Vi event log entry (KIND `amdvi`): the event and its flags where the IOPF line has
+/// its configuration (no stage: the entry has none).
+pub fn amdvi(
+    buf: &mut Vec<u8>,
+    e: &iopf_common::amdvi::AmdviEvent,
+    clock: &WallClock,
+    color: bool,
+    policy: Option<&str>,
+) {
+    use iopf_common::amdvi::{FLAG_RW, event_name};
+    let s = row(
+        &clock.time_of_day(e.ts_ns),
+        "amdvi",
+        &dev_str(&e.dev),
+        "-",
+        e.addr,
+        if e.flags & FLAG_RW != 0 { "write" } else { "read" },
+        &format!("{}/{}", event_name(e.event), crate::amdvi::metrics::flag_label(e.flags)),
+        "-",
+        "-",
+        &verdict(e.verdict, e.policy_id, policy),
+    );
+    let c = if color && e.verdict & !VERDICT_CHECKED != 0 { Some(RED) } else { None };
+    line(buf, &s, c);
+}
+
 /// A walked page request (KIND `walk`): the walk's stage, table level and result where the
 /// IOPF line has its configuration, its cost as the service time, and the verdict of its stage
 /// against the device's policy (the fault's own `iopf` line follows when it is answered).

@@ -50,6 +50,13 @@ pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, p
     splice(buf, &lead, &r);
 }
 
+pub fn amdvi(buf: &mut Vec<u8>, e: &iopf_common::amdvi::AmdviEvent, clock: &WallClock, policy: Option<&str>) {
+    let mut r = Vec::with_capacity(512);
+    crate::amdvi::ndjson::write_amdvi(&mut r, e, policy);
+    let lead = format!("\"schema\":\"{SCHEMA}\",\"time\":\"{}\"", clock.rfc3339(e.ts_ns));
+    splice(buf, &lead, &r);
+}
+
 pub fn smmu(buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent, clock: &WallClock, policy: Option<&str>) {
     let mut r = Vec::with_capacity(512);
     crate::smmu::ndjson::write_smmu(&mut r, e, policy);

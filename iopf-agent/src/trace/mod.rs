@@ -80,6 +80,20 @@ impl TraceOutput {
         })
     }
 
+    /// AMD-Vi event log entries. Recordings do not carry them either (no record for them):
+    /// `run` says so when it records with the AMD-Vi hook attached.
+    pub fn amdvi(&self, buf: &mut Vec<u8>, e: &iopf_common::amdvi::AmdviEvent) {
+        if !self.filter.amdvi(e) {
+            return;
+        }
+        self.policies.with(e.policy_id, |policy| match self.format {
+            Format::Stream => crate::amdvi::ndjson::write_amdvi(buf, e, policy),
+            Format::Json => json::amdvi(buf, e, &self.clock, policy),
+            Format::Human { color } => human::amdvi(buf, e, &self.clock, color, policy),
+            Format::Record => {}
+        })
+    }
+
     /// SMMUv3 event records. Recordings do not carry them (the recording format has no
     /// record for them): `run` says so when it records with the SMMUv3 hook attached.
     pub fn smmu(&self, buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent) {

@@ -49,6 +49,20 @@ pub fn from_dmar(e: &DmarEvent) -> Option<Violation> {
     })
 }
 
+/// The violation an AMD-Vi event log entry carries, if any (checked without a PASID).
+pub fn from_amdvi(e: &iopf_common::amdvi::AmdviEvent) -> Option<Violation> {
+    let names = names(e.verdict)?;
+    let mut buf = Vec::with_capacity(512);
+    crate::amdvi::ndjson::write_amdvi(&mut buf, e, None);
+    Some(Violation {
+        device: dev_str(&e.dev),
+        pasid: NO_PASID,
+        policy_id: e.policy_id,
+        violations: names,
+        event: object(buf),
+    })
+}
+
 /// The violation an SMMUv3 event record carries, if any (checked without a PASID, as every
 /// unrecoverable fault is).
 pub fn from_smmu(e: &iopf_common::smmu::SmmuEvent) -> Option<Violation> {

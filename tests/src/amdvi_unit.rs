@@ -1,0 +1,92 @@
+//! Driving the AMD-Vi event log decoder over a synthetic unit (`iopf_common::amdvi::test_unit`):
+//! the unit, its MMIO registers (log base and length, head, tail), its event log and its PCI
+//! segment, all in one map value. The decoder runs by test-run exactly as at
+//! `iommu_poll_events` entry, and every read it makes is a read of kernel memory.
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
+};
+use iopf_agent::loader::Globals;
+use iopf_common::amdvi::{MMIO_EVT_BASE, MMIO_EVT_HEAD, MMIO_EVT_TAIL, test_unit as u};
+
+/// `globals` with the synthetic unit's offsets.
+pub fn globals(mut g: Globals) -> Globals {
+    g.amdvi = u::OFFSETS;
+    g
+}
+
+fn put(v: &mut [u8], at: usize, x: u64) {
+    v[at..at + 8].copy_from_slice(&x.to_le_bytes());
+}
+
+/// A unit value on PCI segment `segment` whose 512-entry log holds `entries` from entry index
+/// `head` on (wrapping), the head and tail registers around them. `base` is the value's kernel
+/// address (pointers in it are absolute).
+pub fn unit(base: u64, segment: u16, head: usize, entries: &[[u32; 4]]) -> Box<[u8; u::SIZE]> {
+    assert!(entries.len() < u::LOG_ENTRIES);
+    let mut v = Box::new([0u8; u::SIZE]);
+    put(&mut v[..], u::UNIT + u::UNIT_MMIO_BASE as usize, base + u::MMIO as u64);
+    put(&mut v[..], u::UNIT + u::UNIT_EVT_BUF as usize, base + u::LOG as u64);
+    put(&mut v[..], u::UNIT + u::UNIT_PCI_SEG as usize, base + u::SEG as u64);
+    v[u::SEG + u::SEG_ID as usize..][..2].copy_from_slice(&segment.to_le_bytes());
+    // Event log base register: the log's address, length code 9 (512 entries).
+    put(&mut v[..], u::MMIO + MMIO_EVT_BASE as usize, 9 << 56 | 0x1234_5000);
+    for (i, e) in entries.iter().enumerate() {
+        let at = u::LOG + ((head + i) % u::LOG_ENTRIES) * 16;
+        for (j, w) in e.iter().enumerate() {
+            v[at + 4 * j..at + 4 * j + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    put(&mut v[..], u::MMIO + MMIO_EVT_HEAD as usize, (head * 16) as u64);
+    put(&mut v[..], u::MMIO + MMIO_EVT_TAIL as usize, (((head + entries.len()) % u::LOG_ENTRIES) * 16) as u64);
+    v
+}
+
+pub const PROGRAMS: [&str; 2] = ["inject_amdvi_base", "inject_amdvi"];
+
+/// Loads the decoder's injection programs of `ebpf`, writes the unit and runs the decoder.
+pub struct AmdviUnit<'a> {
+    ebpf: &'a mut Ebpf,
+    pub base: u64,
+}
+
+impl<'a> AmdviUnit<'a> {
+    pub fn new(ebpf: &'a mut Ebpf) -> Result<Self, String> {
+        for name in PROGRAMS {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(format!("{name} missing"))?
+                .try_into()
+                .map_err(|e| format!("{name}: {e}"))?;
+            if p.fd().is_err() {
+                p.load().map_err(|e| format!("load {name}: {e}"))?;
+            }
+        }
+        let mut me = Self { ebpf, base: 0 };
+        me.run_prog("inject_amdvi_base")?;
+        let m: Array<&MapData, u64> = Array::try_from(me.ebpf.map("AMDVI_TEST_BASE").ok_or("AMDVI_TEST_BASE missing")?)
+            .map_err(|e| e.to_string())?;
+        me.base = m.get(&0, 0).map_err(|e| e.to_string())?;
+        if me.base == 0 {
+            return Err("inject_amdvi_base gave no address".into());
+        }
+        Ok(me)
+    }
+
+    fn run_prog(&mut self, name: &str) -> Result<(), String> {
+        let p: &mut RawTracePoint =
+            self.ebpf.program_mut(name).ok_or(format!("{name} missing"))?.try_into().map_err(|e| format!("{e}"))?;
+        p.test_run(RawTracePointRunOptions::new()).map(drop).map_err(|e| format!("test run {name}: {e}"))
+    }
+
+    /// Writes `value` and drains its log once, as one `iommu_poll_events`.
+    pub fn drain(&mut self, value: &[u8; u::SIZE]) -> Result<(), String> {
+        let mut m: Array<&mut MapData, [u8; u::SIZE]> =
+            Array::try_from(self.ebpf.map_mut("AMDVI_TEST_UNIT").ok_or("AMDVI_TEST_UNIT missing")?)
+                .map_err(|e| e.to_string())?;
+        m.set(0, value, 0).map_err(|e| e.to_string())?;
+        self.run_prog("inject_amdvi")
+    }
+}
