@@ -197,6 +197,11 @@ pub mod test_unit {
     };
 }
 
+// The layouts are shared with the eBPF object: no implicit padding, sizes fixed.
+const _: () = assert!(core::mem::size_of::<AmdviKey>() == 40);
+const _: () = assert!(core::mem::size_of::<AmdviEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<AmdviOffsets>() == 16);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,8 +239,3 @@ mod tests {
         assert_eq!(log_entries(0), 0);
     }
 }
-
-// The layouts are shared with the eBPF object: no implicit padding, sizes fixed.
-const _: () = assert!(core::mem::size_of::<AmdviKey>() == 40);
-const _: () = assert!(core::mem::size_of::<AmdviEvent>() == 88);
-const _: () = assert!(core::mem::size_of::<AmdviOffsets>() == 16);

@@ -272,6 +272,11 @@ pub mod test_unit {
     const _: () = assert!(DEVICES + MAX_STREAMS * DEVICE_SIZE <= NAMES);
 }
 
+// The layouts are shared with the eBPF object: no implicit padding, sizes fixed.
+const _: () = assert!(core::mem::size_of::<SmmuKey>() == 40);
+const _: () = assert!(core::mem::size_of::<SmmuEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<SmmuOffsets>() == 48);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,8 +350,3 @@ mod tests {
         assert!(!SmmuOffsets::NONE.names_streams());
     }
 }
-
-// The layouts are shared with the eBPF object: no implicit padding, sizes fixed.
-const _: () = assert!(core::mem::size_of::<SmmuKey>() == 40);
-const _: () = assert!(core::mem::size_of::<SmmuEvent>() == 112);
-const _: () = assert!(core::mem::size_of::<SmmuOffsets>() == 48);

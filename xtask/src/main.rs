@@ -56,8 +56,9 @@ enum Cmd {
         /// Kernel boot to run (repeatable): iopf-6.12, iopf-7.3, iopf-7.3-vtd,
         /// iopf-7.3-vtd-scalable, iopf-7.3-vtd-first-stage, debian-5.10, debian-6.1,
         /// debian-6.12, debian-7.3, debian-7.3-vtd-scalable, debian-7.3-vtd-first-stage,
-        /// debian-7.3-arm64, debian-7.3-arm64-s2, debian-6.12-arm64 (arm64 guests: their
-        /// binaries are cross-built for aarch64).
+        /// debian-6.12-amdvi, debian-7.3-amdvi (QEMU 11's AMD IOMMU), debian-7.3-arm64,
+        /// debian-7.3-arm64-s2, debian-6.12-arm64 (arm64 guests: their binaries are
+        /// cross-built for aarch64).
         /// Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,

@@ -15,6 +15,9 @@
 //!   the C library, unpacked into its own root and run by that root's dynamic loader, with
 //!   that root's libraries (no chroot, no install).
 //!
+//! - `X86_64_TRIXIE`, trixie-backports' `qemu-system-x86` (11.1), the same way: its
+//!   `amd-iommu,dma-remap=on` translates edu's DMA and logs IO_PAGE_FAULT events.
+//!
 //! The shared libraries the bookworm builds need are bookworm's, which the distribution's
 //! qemu-system-x86 (installed by scripts/bootstrap.sh) pulls in.
 
@@ -82,6 +85,18 @@ pub static AARCH64_TRIXIE: Build = Build {
     bin: "usr/bin/qemu-system-aarch64",
     data: &["usr/share/qemu"],
     needs: Some((11, "a stage-2-only SMMUv3 (arm-smmuv3,stage=2)")),
+    fetched: OnceLock::new(),
+};
+
+/// The x86 QEMU whose AMD IOMMU translates DMA, with trixie's userland (as `AARCH64_TRIXIE`).
+pub static X86_64_TRIXIE: Build = Build {
+    cache: "trixie-backports-x86",
+    suite: "trixie-backports",
+    own_userland: true,
+    packages: &["qemu-system-x86"],
+    bin: "usr/bin/qemu-system-x86_64",
+    data: &["usr/share/qemu", "usr/share/seabios"],
+    needs: Some((11, "AMD-Vi translation that logs IO_PAGE_FAULT events (amd-iommu,dma-remap=on)")),
     fetched: OnceLock::new(),
 };
 

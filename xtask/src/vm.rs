@@ -152,6 +152,10 @@ const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy", "
 const DEBIAN_VTD_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio", "vfio_pci", "vfio_iommu_type1"];
 const DEBIAN_7_3: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-amd64", layout: Layout::Split };
+/// QEMU 11's AMD IOMMU translating DMA (without dma-remap=on nothing is translated and
+/// nothing faults), and what its guests prove.
+const AMDVI_QEMU: &[&str] = &["-M", "q35", "-device", "amd-iommu,dma-remap=on", "-device", "edu"];
+const AMDVI_SCENARIOS: &[&str] = &["doctor", "amdvi-edu-fentry", "amdvi-edu-kprobe"];
 const DEBIAN_7_3_ARM64: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-arm64", layout: Layout::Split };
 /// What the arm64 guests prove: the SMMUv3 family on a real driver. What they use is built
@@ -340,6 +344,35 @@ pub const KERNELS: &[KernelSpec] = &[
         qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
         scenarios: DEBIAN_VTD_SCENARIOS,
+    },
+    // AMD-Vi: QEMU 11's amd-iommu translating DMA (dma-remap=on; without it nothing is
+    // translated and nothing faults), the kernel's own amd_iommu driver.
+    KernelSpec {
+        name: "debian-6.12-amdvi",
+        arch: Arch::X86_64,
+        emulator: Some(&crate::qemu::X86_64_TRIXIE),
+        what: "Debian trixie 6.12 as above, on QEMU 11 with an AMD IOMMU (amd-iommu,dma-remap=on) + edu",
+        source: Source::Debian {
+            prefix: "linux-image-6.12.",
+            abi: "+deb13",
+            flavour: "-amd64-unsigned",
+            layout: Layout::Image,
+        },
+        modules: DEBIAN_VTD_MODULES,
+        qemu: AMDVI_QEMU,
+        append: "",
+        scenarios: AMDVI_SCENARIOS,
+    },
+    KernelSpec {
+        name: "debian-7.3-amdvi",
+        arch: Arch::X86_64,
+        emulator: Some(&crate::qemu::X86_64_TRIXIE),
+        what: "Debian 7.3 as above, on QEMU 11 with an AMD IOMMU (amd-iommu,dma-remap=on) + edu",
+        source: DEBIAN_7_3,
+        modules: DEBIAN_VTD_MODULES,
+        qemu: AMDVI_QEMU,
+        append: "",
+        scenarios: AMDVI_SCENARIOS,
     },
     KernelSpec {
         name: "debian-6.1",

@@ -4,6 +4,7 @@
 //!
 //! usage: iopf-vm-guest --agent PATH --touch-pages PATH SCENARIO...
 
+mod amdvi;
 mod smmu;
 
 use std::{
@@ -2226,6 +2227,8 @@ fn main() {
             "smmu-edu-fentry" => smmu::smmu_edu(&args, "fentry"),
             "smmu-edu-kprobe" => smmu::smmu_edu(&args, "kprobe"),
             "smmu-burst" => smmu::smmu_burst(&args),
+            "amdvi-edu-fentry" => amdvi::amdvi_edu(&args, "fentry"),
+            "amdvi-edu-kprobe" => amdvi::amdvi_edu(&args, "kprobe"),
             "dmar-walk" => dmar_walk(&args),
             "report-walk" => report_walk(&args),
             "bench-walk" => bench_walk(&args),

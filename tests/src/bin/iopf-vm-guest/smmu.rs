@@ -41,7 +41,7 @@ const POLICY: &str = "edu-stage2-pinned";
 
 /// The StreamID of a PCI function behind QEMU virt's SMMUv3: its requester id (bus << 8 |
 /// devfn), which the machine's IORT / device tree maps one to one.
-fn stream_id(bdf: &str) -> Result<u32, String> {
+pub fn stream_id(bdf: &str) -> Result<u32, String> {
     let bad = || format!("unreadable PCI address {bdf}");
     let (_, rest) = bdf.split_once(':').ok_or_else(bad)?;
     let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;
