@@ -414,6 +414,20 @@ impl Plan {
         }
     }
 
+    /// Takes the hook off the plan: the kernel has its function, but what the programs read
+    /// is not there (`why`).
+    pub fn take_off(&mut self, why: &str) {
+        self.rung = Rung::Unavailable;
+        self.state = HookState::Absent;
+        self.target = None;
+        self.reason = why.to_owned();
+    }
+
+    /// Adds what the hook will not do here to its reason.
+    pub fn note(&mut self, what: &str) {
+        self.reason = if self.reason.is_empty() { what.to_owned() } else { format!("{}; {what}", self.reason) };
+    }
+
     /// Marks a planned hook as not used by this run, with the reason.
     pub fn unused(&mut self, why: &str) {
         if self.state == HookState::Planned {

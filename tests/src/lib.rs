@@ -5,6 +5,7 @@ pub mod amdvi_unit;
 pub mod bench;
 pub mod dmar_unit;
 pub mod edu;
+pub mod inject;
 pub mod iommufd;
 pub mod pages;
 pub mod prom;

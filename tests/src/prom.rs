@@ -51,6 +51,17 @@ impl Exposition {
         Some(first.value)
     }
 
+    /// The sum of every `name` sample whose labels include `want`.
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|got| label_eq(k, got, v)))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+
     pub fn value(&self, name: &str, want: &[(&str, &str)]) -> f64 {
         self.get(name, want).unwrap_or_else(|| panic!("no sample {name}{want:?} in the scrape"))
     }

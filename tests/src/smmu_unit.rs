@@ -3,12 +3,10 @@
 //! masters, devices and names, all in one map value. The decoder runs by test-run exactly as
 //! at `queue_remove_raw`'s exit, and every read it makes is a read of kernel memory.
 
-use aya::{
-    Ebpf,
-    maps::{Array, MapData},
-    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
-};
+use aya::Ebpf;
 use iopf_agent::loader::Globals;
+
+use crate::inject::{Injected, Names};
 use iopf_common::smmu::test_unit as u;
 
 /// `globals` with the synthetic unit's offsets.
@@ -65,49 +63,20 @@ pub fn unit(base: u64, streams: &[(u32, &str)], dwords: u64, record: [u64; 4]) -
     v
 }
 
-pub const PROGRAMS: [&str; 2] = ["inject_smmu_base", "inject_smmu"];
+/// The decoder's injection programs over a unit value: `run` writes the value and decodes it
+/// as one `queue_remove_raw` returning 0.
+pub type SmmuUnit<'a> = Injected<'a, { u::SIZE }>;
 
-/// Loads the decoder's injection programs of `ebpf`, writes the unit and runs the decoder.
-pub struct SmmuUnit<'a> {
-    ebpf: &'a mut Ebpf,
-    pub base: u64,
-}
-
-impl<'a> SmmuUnit<'a> {
-    pub fn new(ebpf: &'a mut Ebpf) -> Result<Self, String> {
-        for name in PROGRAMS {
-            let p: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(format!("{name} missing"))?
-                .try_into()
-                .map_err(|e| format!("{name}: {e}"))?;
-            if p.fd().is_err() {
-                p.load().map_err(|e| format!("load {name}: {e}"))?;
-            }
-        }
-        let mut me = Self { ebpf, base: 0 };
-        me.run_prog("inject_smmu_base")?;
-        let m: Array<&MapData, u64> = Array::try_from(me.ebpf.map("SMMU_TEST_BASE").ok_or("SMMU_TEST_BASE missing")?)
-            .map_err(|e| e.to_string())?;
-        me.base = m.get(&0, 0).map_err(|e| e.to_string())?;
-        if me.base == 0 {
-            return Err("inject_smmu_base gave no address".into());
-        }
-        Ok(me)
-    }
-
-    fn run_prog(&mut self, name: &str) -> Result<(), String> {
-        let p: &mut RawTracePoint =
-            self.ebpf.program_mut(name).ok_or(format!("{name} missing"))?.try_into().map_err(|e| format!("{e}"))?;
-        p.test_run(RawTracePointRunOptions::new()).map(drop).map_err(|e| format!("test run {name}: {e}"))
-    }
-
-    /// Writes `value` and decodes its entry once, as one `queue_remove_raw` returning 0.
-    pub fn decode(&mut self, value: &[u8; u::SIZE]) -> Result<(), String> {
-        let mut m: Array<&mut MapData, [u8; u::SIZE]> =
-            Array::try_from(self.ebpf.map_mut("SMMU_TEST_UNIT").ok_or("SMMU_TEST_UNIT missing")?)
-                .map_err(|e| e.to_string())?;
-        m.set(0, value, 0).map_err(|e| e.to_string())?;
-        self.run_prog("inject_smmu")
+impl<'a> Injected<'a, { u::SIZE }> {
+    pub fn smmu(ebpf: &'a mut Ebpf) -> Result<Self, String> {
+        Injected::new(
+            ebpf,
+            Names {
+                base_prog: "inject_smmu_base",
+                run_prog: "inject_smmu",
+                value_map: "SMMU_TEST_UNIT",
+                base_map: "SMMU_TEST_BASE",
+            },
+        )
     }
 }

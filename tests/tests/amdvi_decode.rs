@@ -35,7 +35,7 @@ fn every_pending_entry_is_decoded_once_across_the_wrap() {
     }
     let mut ebpf = loader::load(globals(Globals::default())).expect("load");
     let mut events = Ring::<AmdviEvent>::take_named(&mut ebpf, "AMDVI_EVENTS").unwrap();
-    let mut u = AmdviUnit::new(&mut ebpf).unwrap();
+    let mut u = AmdviUnit::amdvi(&mut ebpf).unwrap();
     let base = u.base;
     // Six entries from index 509: three before the log's end, three after it (0, 1, 2).
     let entries: Vec<[u32; 4]> = (0..6u16)
@@ -48,9 +48,9 @@ fn every_pending_entry_is_decoded_once_across_the_wrap() {
             )
         })
         .collect();
-    u.drain(&unit(base, 2, 509, &entries)).unwrap();
+    u.run(&unit(base, 2, 509, &entries)).unwrap();
     // Nothing pending: head == tail.
-    u.drain(&unit(base, 2, 7, &[])).unwrap();
+    u.run(&unit(base, 2, 7, &[])).unwrap();
     let evs = events.drain();
     assert_eq!(evs.len(), 6);
     for (i, (e, raw)) in evs.iter().zip(&entries).enumerate() {
@@ -87,12 +87,12 @@ fn entries_past_the_bound_and_unwritten_ones_are_counted_undecoded() {
     }
     let mut ebpf = loader::load(globals(Globals::default())).expect("load");
     let mut events = Ring::<AmdviEvent>::take_named(&mut ebpf, "AMDVI_EVENTS").unwrap();
-    let mut u = AmdviUnit::new(&mut ebpf).unwrap();
+    let mut u = AmdviUnit::amdvi(&mut ebpf).unwrap();
     let base = u.base;
     // 40 pending: the first 32 decoded, one of them not yet written (event code 0).
     let mut entries: Vec<[u32; 4]> = (0..40u64).map(|i| page_fault(0x18, 0, 0x9, i * 0x1000)).collect();
     entries[5] = [0; 4];
-    u.drain(&unit(base, 0, 0, &entries)).unwrap();
+    u.run(&unit(base, 0, 0, &entries)).unwrap();
     let evs = events.drain();
     assert_eq!(evs.len(), MAX_DECODED as usize - 1);
     let addrs: Vec<u64> = evs.iter().map(|e| e.addr).collect();

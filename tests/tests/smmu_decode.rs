@@ -47,7 +47,7 @@ fn every_record_is_decoded_and_named_from_the_stream_tree() {
     }
     let mut ebpf = loader::load(globals(Globals::default())).expect("load");
     let mut events = Ring::<SmmuEvent>::take_named(&mut ebpf, "SMMU_EVENTS").unwrap();
-    let mut u = SmmuUnit::new(&mut ebpf).unwrap();
+    let mut u = SmmuUnit::smmu(&mut ebpf).unwrap();
     let base = u.base;
     // Every stream of the tree, alternating read/write and stage 1/2; then a StreamID the
     // tree lacks (between two that it has), and a PRI-queue entry.
@@ -55,11 +55,11 @@ fn every_record_is_decoded_and_named_from_the_stream_tree() {
     for (i, (sid, dev)) in STREAMS.iter().enumerate() {
         let (read, s2) = (i % 2 == 0, i % 3 == 0);
         let addr = 0x12_3000 + i as u64 * 0x1000;
-        u.decode(&unit(base, &STREAMS, 4, record(*sid, read, s2, addr))).unwrap();
+        u.run(&unit(base, &STREAMS, 4, record(*sid, read, s2, addr))).unwrap();
         want.push((*sid, *dev, read, s2, addr));
     }
-    u.decode(&unit(base, &STREAMS, 4, record(0x9, true, false, 0x9000))).unwrap();
-    u.decode(&unit(base, &STREAMS, 2, record(0x8, true, false, 0x8000))).unwrap();
+    u.run(&unit(base, &STREAMS, 4, record(0x9, true, false, 0x9000))).unwrap();
+    u.run(&unit(base, &STREAMS, 2, record(0x8, true, false, 0x8000))).unwrap();
     let evs = events.drain();
     assert_eq!(evs.len(), STREAMS.len() + 1, "one event per event-queue record, none for the PRI entry");
     for (e, (sid, dev, read, s2, addr)) in evs.iter().zip(&want) {
@@ -92,9 +92,9 @@ fn without_the_stream_tree_records_are_counted_unnamed() {
     g.smmu.device_streams = iopf_common::smmu::SmmuOffsets::ABSENT;
     let mut ebpf = loader::load(g).expect("load");
     let mut events = Ring::<SmmuEvent>::take_named(&mut ebpf, "SMMU_EVENTS").unwrap();
-    let mut u = SmmuUnit::new(&mut ebpf).unwrap();
+    let mut u = SmmuUnit::smmu(&mut ebpf).unwrap();
     let base = u.base;
-    u.decode(&unit(base, &STREAMS, 4, record(0x8, false, true, 0x5000))).unwrap();
+    u.run(&unit(base, &STREAMS, 4, record(0x8, false, true, 0x5000))).unwrap();
     let evs = events.drain();
     assert_eq!(evs.len(), 1);
     assert_eq!((evs[0].sid, evs[0].dev, evs[0].level), (0x8, [0; DEV_NAME_LEN], Level::Second as u8));

@@ -6,7 +6,7 @@
 use iopf_common::amdvi::AmdviOffsets;
 
 use crate::{
-    hooks::{HookState, Plan, Rung},
+    hooks::{Plan, Rung},
     kabi::btf::Btf,
 };
 
@@ -37,16 +37,8 @@ pub const SEGMENT_0: &str = "devices are named on PCI segment 0: vmlinux BTF has
 pub fn gate(plans: &mut [Plan], offsets: Result<AmdviOffsets, &'static str>) {
     for p in plans.iter_mut().filter(|p| p.name == "amdvi_evtlog" && p.rung != Rung::Unavailable) {
         match offsets {
-            Err(why) => {
-                p.rung = Rung::Unavailable;
-                p.state = HookState::Absent;
-                p.target = None;
-                p.reason = why.to_owned();
-            }
-            Ok(o) if o.iommu_pci_seg == AmdviOffsets::ABSENT => {
-                p.reason =
-                    if p.reason.is_empty() { SEGMENT_0.to_owned() } else { format!("{}; {SEGMENT_0}", p.reason) };
-            }
+            Err(why) => p.take_off(why),
+            Ok(o) if o.iommu_pci_seg == AmdviOffsets::ABSENT => p.note(SEGMENT_0),
             Ok(_) => {}
         }
     }
@@ -55,6 +47,7 @@ pub fn gate(plans: &mut [Plan], offsets: Result<AmdviOffsets, &'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::HookState;
 
     #[test]
     fn gate_takes_the_hook_off_or_says_what_is_missing() {

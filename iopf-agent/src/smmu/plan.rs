@@ -7,7 +7,7 @@
 use iopf_common::smmu::SmmuOffsets;
 
 use crate::{
-    hooks::{HookState, Plan, Rung},
+    hooks::{Plan, Rung},
     kabi::btf::Btf,
 };
 
@@ -52,15 +52,8 @@ pub const UNNAMED: &str = "records are counted without device names: vmlinux BTF
 pub fn gate(plans: &mut [Plan], offsets: Result<SmmuOffsets, &'static str>) {
     for p in plans.iter_mut().filter(|p| p.name == "smmu_evtq" && p.rung != Rung::Unavailable) {
         match offsets {
-            Err(why) => {
-                p.rung = Rung::Unavailable;
-                p.state = HookState::Absent;
-                p.target = None;
-                p.reason = why.to_owned();
-            }
-            Ok(o) if !o.names_streams() => {
-                p.reason = if p.reason.is_empty() { UNNAMED.to_owned() } else { format!("{}; {UNNAMED}", p.reason) };
-            }
+            Err(why) => p.take_off(why),
+            Ok(o) if !o.names_streams() => p.note(UNNAMED),
             Ok(_) => {}
         }
     }
@@ -69,6 +62,7 @@ pub fn gate(plans: &mut [Plan], offsets: Result<SmmuOffsets, &'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::HookState;
 
     #[test]
     fn without_the_queue_layout_the_hook_is_off_the_plan() {

@@ -11,7 +11,7 @@
 use iopf_common::vtd_report::ReportOffsets;
 
 use crate::{
-    hooks::{HookState, Plan, Rung},
+    hooks::{Plan, Rung},
     kabi::btf::Btf,
 };
 
@@ -64,10 +64,7 @@ pub fn gate_report_walk(plans: &mut [Plan], bpf_loop: bool, offsets: Result<Repo
         (true, Ok(_)) => return,
     };
     for p in plans.iter_mut().filter(|p| p.name == "vtd_report_walk" && p.rung != Rung::Unavailable) {
-        p.rung = Rung::Unavailable;
-        p.state = HookState::Absent;
-        p.target = None;
-        p.reason = why.to_owned();
+        p.take_off(why);
     }
 }
 
@@ -86,6 +83,7 @@ pub fn with_intel_ops(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::HookState;
 
     fn planned() -> Vec<Plan> {
         ["report", "vtd_report_walk"]

@@ -1,4 +1,5 @@
-//! Violations out of ring-buffer records (IOPF events and VT-d fault records).
+//! Violations out of ring-buffer records (IOPF events, VT-d fault records and walked page
+//! requests, SMMUv3 event records, AMD-Vi event log entries).
 
 use iopf_common::{
     dmar::{DmarEvent, bdf_name},
@@ -18,64 +19,36 @@ pub fn from_event(e: &Event, consts: &Consts) -> Option<Violation> {
     Some(Violation { device: dev_str(&e.dev), pasid, policy_id: e.policy_id, violations: names, event: object(buf) })
 }
 
-/// The violation a walked page request carries, if any: its stage against the device's
-/// levels (checked as unrecoverable faults are, without a PASID scope).
-pub fn from_page_request(e: &iopf_common::vtd_report::ReportWalkEvent) -> Option<Violation> {
-    let names = names(e.verdict)?;
+/// A violation of a fault checked without a PASID scope (unrecoverable faults and walked
+/// page requests: the kernel side's rule), its event line written by `line`.
+fn unscoped(dev: &[u8], verdict: u32, policy_id: u32, line: impl FnOnce(&mut Vec<u8>)) -> Option<Violation> {
+    let names = names(verdict)?;
     let mut buf = Vec::with_capacity(512);
-    crate::vtd::ndjson::write_page_request(&mut buf, e, None);
-    Some(Violation {
-        device: dev_str(&bdf_name(e.segment, e.source_id)),
-        pasid: NO_PASID,
-        policy_id: e.policy_id,
-        violations: names,
-        event: object(buf),
+    line(&mut buf);
+    Some(Violation { device: dev_str(dev), pasid: NO_PASID, policy_id, violations: names, event: object(buf) })
+}
+
+/// The violation a walked page request carries, if any: its stage against the device's
+/// levels.
+pub fn from_page_request(e: &iopf_common::vtd_report::ReportWalkEvent) -> Option<Violation> {
+    unscoped(&bdf_name(e.segment, e.source_id), e.verdict, e.policy_id, |b| {
+        crate::vtd::ndjson::write_page_request(b, e, None)
     })
 }
 
 /// The violation a VT-d fault record carries, if any.
 pub fn from_dmar(e: &DmarEvent) -> Option<Violation> {
-    let names = names(e.verdict)?;
-    let mut buf = Vec::with_capacity(512);
-    crate::vtd::ndjson::write_dmar(&mut buf, e, None);
-    // Unrecoverable faults are checked as faults without a PASID (the kernel side's rule).
-    let pasid = NO_PASID;
-    Some(Violation {
-        device: dev_str(&bdf_name(e.segment, e.source_id)),
-        pasid,
-        policy_id: e.policy_id,
-        violations: names,
-        event: object(buf),
-    })
+    unscoped(&bdf_name(e.segment, e.source_id), e.verdict, e.policy_id, |b| crate::vtd::ndjson::write_dmar(b, e, None))
 }
 
-/// The violation an AMD-Vi event log entry carries, if any (checked without a PASID).
+/// The violation an AMD-Vi event log entry carries, if any.
 pub fn from_amdvi(e: &iopf_common::amdvi::AmdviEvent) -> Option<Violation> {
-    let names = names(e.verdict)?;
-    let mut buf = Vec::with_capacity(512);
-    crate::amdvi::ndjson::write_amdvi(&mut buf, e, None);
-    Some(Violation {
-        device: dev_str(&e.dev),
-        pasid: NO_PASID,
-        policy_id: e.policy_id,
-        violations: names,
-        event: object(buf),
-    })
+    unscoped(&e.dev, e.verdict, e.policy_id, |b| crate::amdvi::ndjson::write_amdvi(b, e, None))
 }
 
-/// The violation an SMMUv3 event record carries, if any (checked without a PASID, as every
-/// unrecoverable fault is).
+/// The violation an SMMUv3 event record carries, if any.
 pub fn from_smmu(e: &iopf_common::smmu::SmmuEvent) -> Option<Violation> {
-    let names = names(e.verdict)?;
-    let mut buf = Vec::with_capacity(512);
-    crate::smmu::ndjson::write_smmu(&mut buf, e, None);
-    Some(Violation {
-        device: dev_str(&e.dev),
-        pasid: NO_PASID,
-        policy_id: e.policy_id,
-        violations: names,
-        event: object(buf),
-    })
+    unscoped(&e.dev, e.verdict, e.policy_id, |b| crate::smmu::ndjson::write_smmu(b, e, None))
 }
 
 fn names(verdict: u32) -> Option<Vec<&'static str>> {

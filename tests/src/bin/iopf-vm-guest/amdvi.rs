@@ -12,7 +12,7 @@ use iopf_tests::{
     prom::{Exposition, http_get},
 };
 
-use crate::{Args, check, start_agent};
+use crate::{Args, check, monitor_policy, start_on_rung};
 
 const POLICY: &str = "edu-no-unrecoverable";
 
@@ -36,24 +36,9 @@ pub fn amdvi_edu(a: &Args, rung: &str) -> Result<(), String> {
         [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
     let edu = Edu::open()?;
     let devid = crate::smmu::stream_id(&edu.bdf)?;
-    let policy = std::env::temp_dir().join("iopf-edu-amdvi-policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {POLICY}\nspec:\n  mode: monitor\n  selector:\n    pci: \"{}\"\n  expect:\n    unrecoverable: none\n",
-            edu.bdf
-        ),
-    )
-    .map_err(|e| format!("write policy: {e}"))?;
-    let policy = policy.to_str().unwrap_or_default();
+    let policy = monitor_policy(POLICY, &edu.bdf, &["unrecoverable: none"])?;
     let logged_before = dmesg_page_faults(&edu.bdf)?;
-    let agent = start_agent(a, &["--trace", "--require", "amdvi_evtlog", "--force-rung", rung, "--policy", policy])?;
-    let attached = agent.log.iter().find(|l| l.starts_with("iopf-agent: attached amdvi_evtlog: ")).cloned();
-    println!("  {}", attached.as_deref().unwrap_or("amdvi_evtlog: no attach line"));
-    check(
-        attached.as_deref().is_some_and(|l| l.starts_with(&format!("iopf-agent: attached amdvi_evtlog: {rung} "))),
-        format!("amdvi_evtlog not attached on the {rung} rung: {attached:?}"),
-    )?;
+    let agent = start_on_rung(a, "amdvi_evtlog", rung, &["--policy", &policy])?;
     for &(iova, acc) in &dmas {
         edu.dma(iova, acc)?;
         std::thread::sleep(Duration::from_millis(100));
@@ -101,12 +86,7 @@ pub fn amdvi_edu(a: &Args, rung: &str) -> Result<(), String> {
     check(viol == Some(4.0), format!("unrecoverable violations {viol:?}, want 4"))?;
     // Each counted once: the driver reports these to nobody, so iommu:io_page_fault (whose
     // hook counts into the same family) adds none.
-    let unrec: f64 = e
-        .samples
-        .iter()
-        .filter(|s| s.name == "iopf_unrecoverable_faults_total" && s.labels["device"] == edu.bdf)
-        .map(|s| s.value)
-        .sum();
+    let unrec: f64 = e.sum("iopf_unrecoverable_faults_total", &[("device", edu.bdf.as_str())]);
     check(unrec == 4.0, format!("iopf_unrecoverable_faults_total {unrec} for edu, want 4"))?;
     check(logged == events.len(), format!("the driver logged {logged}, the agent emitted {}", events.len()))?;
     Ok(())

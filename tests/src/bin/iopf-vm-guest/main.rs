@@ -131,6 +131,49 @@ fn check(cond: bool, what: impl Into<String>) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what.into()) }
 }
 
+/// Writes a monitor-mode policy `name` for the PCI device `bdf` expecting `expect` (YAML
+/// lines under `expect:`) to a file of its own; returns the file's path.
+fn monitor_policy(name: &str, bdf: &str, expect: &[&str]) -> Result<String, String> {
+    let path = std::env::temp_dir().join(format!("iopf-{name}.yaml"));
+    let mut text = format!(
+        "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {name}\nspec:\n  mode: monitor\n  selector:\n    pci: \"{bdf}\"\n  expect:\n"
+    );
+    for e in expect {
+        text.push_str(&format!("    {e}\n"));
+    }
+    std::fs::write(&path, text).map_err(|e| format!("write policy {}: {e}", path.display()))?;
+    path.to_str().map(str::to_owned).ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// The addresses of the agent's `kind` events for device `bdf` among its output `lines`,
+/// sorted.
+fn event_addrs(lines: &[String], kind: &str, bdf: &str) -> Vec<u64> {
+    let mut addrs: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == kind && v["device"] == bdf)
+        .filter_map(|v| u64::from_str_radix(v["addr"].as_str()?.trim_start_matches("0x"), 16).ok())
+        .collect();
+    addrs.sort_unstable();
+    addrs
+}
+
+/// Starts the agent tracing, `hook` required and forced to `rung` (with `extra` arguments),
+/// and checks that the hook attached on that rung.
+fn start_on_rung(a: &Args, hook: &str, rung: &str, extra: &[&str]) -> Result<RunningAgent, String> {
+    let mut args = vec!["--trace", "--require", hook, "--force-rung", rung];
+    args.extend_from_slice(extra);
+    let agent = start_agent(a, &args)?;
+    let prefix = format!("iopf-agent: attached {hook}: ");
+    let attached = agent.log.iter().find(|l| l.starts_with(&prefix)).cloned();
+    println!("  {}", attached.as_deref().unwrap_or("no attach line"));
+    check(
+        attached.as_deref().is_some_and(|l| l.starts_with(&format!("{prefix}{rung} "))),
+        format!("{hook} not attached on the {rung} rung: {attached:?}"),
+    )?;
+    Ok(agent)
+}
+
 const PIN_DIR: &str = "/sys/fs/bpf/iopf-vmtest";
 /// Faults per phase of the restart storm: agent up, agent killed and down, agent restarted.
 const STORM_PHASE: u32 = 800;
@@ -1242,17 +1285,8 @@ fn has_bpf_loop() -> bool {
 fn dmar_policy(a: &Args) -> Result<(), String> {
     use iopf_tests::edu::{Access, Edu};
     let edu = Edu::open()?;
-    let policy = std::env::temp_dir().join("iopf-edu-policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: edu-pinned\nspec:\n  mode: monitor\n  selector:\n    pci: \"{}\"\n  expect:\n    levels: [first]\n    unrecoverable: none\n",
-            edu.bdf
-        ),
-    )
-    .map_err(|e| format!("write policy: {e}"))?;
-    let agent =
-        start_agent(a, &["--trace", "--require", "dmar_fault", "--policy", policy.to_str().unwrap_or_default()])?;
+    let policy = monitor_policy("edu-pinned", &edu.bdf, &["levels: [first]", "unrecoverable: none"])?;
+    let agent = start_agent(a, &["--trace", "--require", "dmar_fault", "--policy", &policy])?;
     const N: u64 = 4;
     for i in 0..N {
         edu.dma(0x200_0000 + i * 0x1000, if i % 2 == 0 { Access::Read } else { Access::Write })?;
@@ -1377,12 +1411,7 @@ fn isolate_run(a: &Args, mode: &str) -> Result<(), String> {
     let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
     agent.stop();
     let e = Exposition::parse(&body);
-    let faults: f64 = e
-        .samples
-        .iter()
-        .filter(|s| s.name == "iopf_dmar_faults_total" && s.labels["device"] == bdf)
-        .map(|s| s.value)
-        .sum();
+    let faults: f64 = e.sum("iopf_dmar_faults_total", &[("device", &bdf)]);
     let action = |act: &str, outcome: &str| {
         e.get("iopf_policy_actions_total", &[("policy", "edu-no-faults"), ("action", act), ("outcome", outcome)])
             .unwrap_or(0.0)
@@ -1777,19 +1806,8 @@ fn dmar_burst(a: &Args) -> Result<(), String> {
     let lines = agent.stop();
     let printed = dmesg_burst_faults()? - before;
     let e = Exposition::parse(&body);
-    let counted: f64 = e
-        .samples
-        .iter()
-        .filter(|s| s.name == "iopf_dmar_faults_total" && s.labels["device"] == edu.bdf)
-        .map(|s| s.value)
-        .sum();
-    let mut addrs: Vec<u64> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "dmar_fault" && v["device"] == edu.bdf.as_str())
-        .filter_map(|v| u64::from_str_radix(v["addr"].as_str()?.trim_start_matches("0x"), 16).ok())
-        .collect();
-    addrs.sort_unstable();
+    let counted: f64 = e.sum("iopf_dmar_faults_total", &[("device", edu.bdf.as_str())]);
+    let addrs = event_addrs(&lines, "dmar_fault", &edu.bdf);
     let want: Vec<u64> = (0..BURST).map(|i| BURST_BASE + i * 0x1000).collect();
     println!(
         "  burst of {BURST} DMA faults: agent counted {counted} and emitted {}; dmesg printed {printed}",

@@ -10,7 +10,7 @@ use iopf_tests::{
     vfio::VfioDevice,
 };
 
-use crate::{Args, check, start_agent};
+use crate::{Args, check, event_addrs, monitor_policy, start_agent, start_on_rung};
 
 /// Runs `body` with edu in a DMA domain that maps nothing. That is the kernel's default DMA
 /// domain where the kernel gave edu one with no driver bound (an IOMMU group). Where it did
@@ -72,24 +72,9 @@ fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu) -> Result<(), String> {
     let dmas =
         [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
     let sid = stream_id(&edu.bdf)?;
-    let policy = std::env::temp_dir().join("iopf-edu-smmu-policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: {POLICY}\nspec:\n  mode: monitor\n  selector:\n    pci: \"{}\"\n  expect:\n    levels: [first]\n    unrecoverable: none\n",
-            edu.bdf
-        ),
-    )
-    .map_err(|e| format!("write policy: {e}"))?;
-    let policy = policy.to_str().unwrap_or_default();
+    let policy = monitor_policy(POLICY, &edu.bdf, &["levels: [first]", "unrecoverable: none"])?;
     let logged_before = dmesg_translation_events()?;
-    let agent = start_agent(a, &["--trace", "--require", "smmu_evtq", "--force-rung", rung, "--policy", policy])?;
-    let attached = agent.log.iter().find(|l| l.starts_with("iopf-agent: attached smmu_evtq: ")).cloned();
-    println!("  {}", attached.as_deref().unwrap_or("smmu_evtq: no attach line"));
-    check(
-        attached.as_deref().is_some_and(|l| l.starts_with(&format!("iopf-agent: attached smmu_evtq: {rung} "))),
-        format!("smmu_evtq not attached on the {rung} rung: {attached:?}"),
-    )?;
+    let agent = start_on_rung(a, "smmu_evtq", rung, &["--policy", &policy])?;
     for &(iova, acc) in &dmas {
         edu.dma(iova, acc)?;
         std::thread::sleep(Duration::from_millis(100));
@@ -154,12 +139,7 @@ fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu) -> Result<(), String> {
         let got = e.get(lost, &[]);
         check(got == Some(0.0), format!("{lost} = {got:?}, want 0"))?;
     }
-    let unrec: f64 = e
-        .samples
-        .iter()
-        .filter(|s| s.name == "iopf_unrecoverable_faults_total" && s.labels["device"] == edu.bdf)
-        .map(|s| s.value)
-        .sum();
+    let unrec: f64 = e.sum("iopf_unrecoverable_faults_total", &[("device", edu.bdf.as_str())]);
     check(unrec == dmas.len() as f64, format!("iopf_unrecoverable_faults_total {unrec} for edu, want {}", dmas.len()))?;
     let viol = |v: &str| {
         e.get("iopf_policy_violations_total", &[("device", edu.bdf.as_str()), ("policy", POLICY), ("violation", v)])
@@ -191,19 +171,8 @@ fn smmu_burst_on(a: &Args, edu: &Edu) -> Result<(), String> {
     let lines = agent.stop();
     let logged = dmesg_translation_events()? - logged_before;
     let e = Exposition::parse(&body);
-    let counted: f64 = e
-        .samples
-        .iter()
-        .filter(|s| s.name == "iopf_smmu_events_total" && s.labels["device"] == edu.bdf)
-        .map(|s| s.value)
-        .sum();
-    let mut addrs: Vec<u64> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "smmu_event" && v["device"] == edu.bdf.as_str())
-        .filter_map(|v| u64::from_str_radix(v["addr"].as_str()?.trim_start_matches("0x"), 16).ok())
-        .collect();
-    addrs.sort_unstable();
+    let counted: f64 = e.sum("iopf_smmu_events_total", &[("device", edu.bdf.as_str())]);
+    let addrs = event_addrs(&lines, "smmu_event", &edu.bdf);
     let want: Vec<u64> = (0..BURST).map(|i| BURST_BASE + i * 0x1000).collect();
     println!(
         "  burst of {BURST} DMA faults: agent counted {counted} and emitted {}; the kernel logged {logged}",
