@@ -5,14 +5,12 @@
 //! driver takes them for interrupt faults and reports them to nobody (no
 //! `iommu:io_page_fault`): only the log has them.
 
-use std::time::Duration;
-
 use iopf_tests::{
     edu::{Access, Edu},
-    prom::{Exposition, http_get},
+    prom::Exposition,
 };
 
-use crate::{Args, check, monitor_policy, start_on_rung};
+use crate::{Args, check, dmas_under, monitor_policy, start_on_rung};
 
 const POLICY: &str = "edu-no-unrecoverable";
 
@@ -39,18 +37,7 @@ pub fn amdvi_edu(a: &Args, rung: &str) -> Result<(), String> {
     let policy = monitor_policy(POLICY, &edu.bdf, &["unrecoverable: none"])?;
     let logged_before = dmesg_page_faults(&edu.bdf)?;
     let agent = start_on_rung(a, "amdvi_evtlog", rung, &["--policy", &policy])?;
-    for &(iova, acc) in &dmas {
-        edu.dma(iova, acc)?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
-    let events: Vec<serde_json::Value> = agent
-        .stop()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "amdvi_event")
-        .collect();
+    let (body, events) = dmas_under(agent, &edu, &dmas, "amdvi_event")?;
     let logged = dmesg_page_faults(&edu.bdf)? - logged_before;
     println!("  {} DMAs: agent emitted {} AMD-Vi entries; the driver logged {logged}", dmas.len(), events.len());
     check(events.len() == dmas.len(), format!("{} amdvi events, want {}", events.len(), dmas.len()))?;

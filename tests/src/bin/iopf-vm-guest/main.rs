@@ -806,6 +806,17 @@ fn traced_dmas(
     dmas: &[(u64, iopf_tests::edu::Access)],
 ) -> Result<(String, Vec<serde_json::Value>), String> {
     let agent = start_agent(a, &["--trace", "--require", "dmar_fault"])?;
+    dmas_under(agent, edu, dmas, "dmar_fault")
+}
+
+/// Runs `dmas` 100 ms apart under `agent` (tracing); returns one scrape after them and the
+/// agent's `kind` events.
+fn dmas_under(
+    agent: RunningAgent,
+    edu: &iopf_tests::edu::Edu,
+    dmas: &[(u64, iopf_tests::edu::Access)],
+    kind: &str,
+) -> Result<(String, Vec<serde_json::Value>), String> {
     for &(iova, acc) in dmas {
         edu.dma(iova, acc)?;
         std::thread::sleep(Duration::from_millis(100));
@@ -816,7 +827,7 @@ fn traced_dmas(
         .stop()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "dmar_fault")
+        .filter(|v| v["kind"] == kind)
         .collect();
     Ok((body, events))
 }

@@ -10,7 +10,7 @@ use iopf_tests::{
     vfio::VfioDevice,
 };
 
-use crate::{Args, check, event_addrs, monitor_policy, start_agent, start_on_rung};
+use crate::{Args, check, dmas_under, event_addrs, monitor_policy, start_agent, start_on_rung};
 
 /// Runs `body` with edu in a DMA domain that maps nothing. That is the kernel's default DMA
 /// domain where the kernel gave edu one with no driver bound (an IOMMU group). Where it did
@@ -75,18 +75,7 @@ fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu) -> Result<(), String> {
     let policy = monitor_policy(POLICY, &edu.bdf, &["levels: [first]", "unrecoverable: none"])?;
     let logged_before = dmesg_translation_events()?;
     let agent = start_on_rung(a, "smmu_evtq", rung, &["--policy", &policy])?;
-    for &(iova, acc) in &dmas {
-        edu.dma(iova, acc)?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, body) = http_get(agent.addr, "/metrics").map_err(|e| format!("scrape: {e}"))?;
-    let events: Vec<serde_json::Value> = agent
-        .stop()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "smmu_event")
-        .collect();
+    let (body, events) = dmas_under(agent, edu, &dmas, "smmu_event")?;
     let logged = dmesg_translation_events()? - logged_before;
     println!("  {} DMAs: agent emitted {} SMMUv3 event records; the kernel logged {logged}", dmas.len(), events.len());
     check(events.len() == dmas.len(), format!("{} smmu events, want {}", events.len(), dmas.len()))?;
