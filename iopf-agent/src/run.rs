@@ -239,8 +239,6 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
     let (stats_fd, stats_by) = crate::progstats::enable_stats(opts.bpf_stats);
     registry.add(crate::progstats::ProgramSource { progs, stats_by, _stats_fd: stats_fd });
     registry.add(crate::mapfill::MapFill::take(store!()));
-    let attached = |hook: &str| plans.iter().any(|p| p.name == hook && p.state == crate::hooks::HookState::Attached);
-    let (smmu_attached, amdvi_attached) = (attached("smmu_evtq"), attached("amdvi_evtlog"));
     let recorded_plan: Vec<crate::record::PlannedHook> = plans.iter().map(crate::record::PlannedHook::of).collect();
     registry.add(PlanSource { kernel: report.kernel.clone(), plans });
 
@@ -260,16 +258,6 @@ pub async fn run(mut opts: RunOptions) -> Result<(), AgentError> {
         )?;
         let smmu = crate::iopf::events::Ring::<iopf_common::smmu::SmmuEvent>::take_named(store!(), "SMMU_EVENTS")?;
         let amdvi = crate::iopf::events::Ring::<iopf_common::amdvi::AmdviEvent>::take_named(store!(), "AMDVI_EVENTS")?;
-        if opts.record.is_some() && smmu_attached {
-            eprintln!(
-                "iopf-agent: WARNING: the recording will not hold SMMUv3 event records (the recording format has no record for them yet); they are still counted in iopf_smmu_events_total and traced with --trace"
-            );
-        }
-        if opts.record.is_some() && amdvi_attached {
-            eprintln!(
-                "iopf-agent: WARNING: the recording will not hold AMD-Vi event log entries (the recording format has no record for them yet); they are still counted in iopf_amdvi_events_total and traced with --trace"
-            );
-        }
         let sink = match &opts.record {
             Some(path) => {
                 let devices = crate::policy::enumerate(Path::new(SYSFS_ROOT))

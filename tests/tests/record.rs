@@ -108,6 +108,6 @@ fn damaged_or_foreign_files_are_refused_with_where() {
     std::fs::write(&bad, &v).unwrap();
     let (code, _, err) = run_to_end(&["replay", bad.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("recording format 9 is not one this agent reads ([2, 3];"), "{err}");
+    assert!(err.contains("recording format 9 is not one this agent reads ([2, 3, 4];"), "{err}");
     std::fs::remove_file(&bad).ok();
 }

@@ -155,13 +155,13 @@ const DEBIAN_7_3: Source =
 /// QEMU 11's AMD IOMMU translating DMA (without dma-remap=on nothing is translated and
 /// nothing faults), and what its guests prove.
 const AMDVI_QEMU: &[&str] = &["-M", "q35", "-device", "amd-iommu,dma-remap=on", "-device", "edu"];
-const AMDVI_SCENARIOS: &[&str] = &["doctor", "amdvi-edu-fentry", "amdvi-edu-kprobe"];
+const AMDVI_SCENARIOS: &[&str] = &["doctor", "amdvi-edu-fentry", "amdvi-edu-kprobe", "amdvi-record"];
 const DEBIAN_7_3_ARM64: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-arm64", layout: Layout::Split };
 /// What the arm64 guests prove: the SMMUv3 family on a real driver. What they use is built
 /// into Debian's arm64 kernels (the SMMUv3 driver, PCI host, PL011 console, BPF, BTF, tracefs
 /// and debugfs), so they load no module but VFIO's where a scenario needs it.
-const ARM64_SCENARIOS: &[&str] = &["doctor", "smmu-edu-fentry", "smmu-edu-kprobe", "smmu-burst"];
+const ARM64_SCENARIOS: &[&str] = &["doctor", "smmu-edu-fentry", "smmu-edu-kprobe", "smmu-burst", "smmu-record"];
 
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {

@@ -32,6 +32,8 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         Record::Iopf(e) => dev_str(&e.dev),
         Record::Dmar(e) => dev_str(&bdf_name(e.segment, e.source_id)),
         Record::PageRequest(e) => dev_str(&bdf_name(e.segment, e.source_id)),
+        Record::Smmu(e) => dev_str(&e.dev),
+        Record::Amdvi(e) => dev_str(&e.dev),
     };
     // The devices the header describes, and any other name in the events (a device that
     // appeared later: only its name is known, and a PCI address says bus pci).
@@ -54,7 +56,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
             let pasid = match r {
                 Record::Iopf(e) => fault_pasid(&e.fault, flag_pasid_valid),
                 // As the kernel side: unrecoverable faults are checked as faults without one.
-                Record::Dmar(_) | Record::PageRequest(_) => NO_PASID,
+                Record::Dmar(_) | Record::PageRequest(_) | Record::Smmu(_) | Record::Amdvi(_) => NO_PASID,
             };
             resolved.devices.get(&name(r))?.for_pasid(pasid)
         })
@@ -68,7 +70,7 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         .enumerate()
         .filter_map(|(i, r)| match r {
             Record::Iopf(e) => Some((e.report_ns, i)),
-            Record::Dmar(_) | Record::PageRequest(_) => None,
+            Record::Dmar(_) | Record::PageRequest(_) | Record::Smmu(_) | Record::Amdvi(_) => None,
         })
         .collect();
     order.sort_unstable();
@@ -90,6 +92,8 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         let v = match r {
             Record::Iopf(e) => verdict_level(rule, e.level) | rate[i] | verdict_answer(rule, e.code, e.service_ns),
             Record::Dmar(e) => verdict_unrecoverable(rule, e.level),
+            Record::Smmu(e) => verdict_unrecoverable(rule, e.level),
+            Record::Amdvi(_) => verdict_unrecoverable(rule, iopf_common::iopf::Level::Unknown as u8),
             // The walk's stage against the levels, as the kernel side checks it.
             Record::PageRequest(e) => verdict_level(rule, e.walk.classified_level() as u8),
         };

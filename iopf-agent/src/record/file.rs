@@ -6,11 +6,13 @@ use std::{
     path::Path,
 };
 
-use iopf_common::{dmar::DmarEvent, iopf::Consts, iopf::Event, vtd_report::ReportWalkEvent};
+use iopf_common::{
+    amdvi::AmdviEvent, dmar::DmarEvent, iopf::Consts, iopf::Event, smmu::SmmuEvent, vtd_report::ReportWalkEvent,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{KIND_DMAR, KIND_IOPF, KIND_PAGE_REQUEST, MAGIC, READS, SCHEMA, VERSION};
+use super::{KIND_AMDVI, KIND_DMAR, KIND_IOPF, KIND_PAGE_REQUEST, KIND_SMMU, MAGIC, READS, SCHEMA, VERSION};
 
 #[derive(Debug, Error)]
 pub enum RecordError {
@@ -39,10 +41,24 @@ pub struct Layout {
     /// size reads it.
     #[serde(default = "page_request_size")]
     pub page_request_event: usize,
+    /// SMMUv3 event records and AMD-Vi entries: as for walks, a file from before them holds
+    /// none.
+    #[serde(default = "smmu_size")]
+    pub smmu_event: usize,
+    #[serde(default = "amdvi_size")]
+    pub amdvi_event: usize,
 }
 
 fn page_request_size() -> usize {
     size_of::<ReportWalkEvent>()
+}
+
+fn smmu_size() -> usize {
+    size_of::<SmmuEvent>()
+}
+
+fn amdvi_size() -> usize {
+    size_of::<AmdviEvent>()
 }
 
 impl Layout {
@@ -51,6 +67,8 @@ impl Layout {
             iopf_event: size_of::<Event>(),
             dmar_event: size_of::<DmarEvent>(),
             page_request_event: page_request_size(),
+            smmu_event: smmu_size(),
+            amdvi_event: amdvi_size(),
         }
     }
 }
@@ -197,6 +215,8 @@ pub enum Record {
     Iopf(Event),
     Dmar(DmarEvent),
     PageRequest(ReportWalkEvent),
+    Smmu(SmmuEvent),
+    Amdvi(AmdviEvent),
 }
 
 /// Bytes of `v` (a `#[repr(C)]` record of plain integers).
@@ -212,6 +232,8 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
         Record::Iopf(e) => (KIND_IOPF, bytes_of(e)),
         Record::Dmar(e) => (KIND_DMAR, bytes_of(e)),
         Record::PageRequest(e) => (KIND_PAGE_REQUEST, bytes_of(e)),
+        Record::Smmu(e) => (KIND_SMMU, bytes_of(e)),
+        Record::Amdvi(e) => (KIND_AMDVI, bytes_of(e)),
     };
     out.push(kind);
     out.extend_from_slice(&(b.len() as u16).to_le_bytes());
@@ -331,6 +353,8 @@ impl Reader {
             super::KIND_IOPF => size_of::<Event>(),
             super::KIND_DMAR => size_of::<DmarEvent>(),
             super::KIND_PAGE_REQUEST => size_of::<ReportWalkEvent>(),
+            super::KIND_SMMU => size_of::<SmmuEvent>(),
+            super::KIND_AMDVI => size_of::<AmdviEvent>(),
             k => return Err(self.bad(&format!("unknown kind {k}"))),
         };
         if len != want {
@@ -348,6 +372,8 @@ impl Reader {
             match head[0] {
                 super::KIND_IOPF => Record::Iopf(std::ptr::read_unaligned(buf.as_ptr().cast::<Event>())),
                 super::KIND_DMAR => Record::Dmar(std::ptr::read_unaligned(buf.as_ptr().cast::<DmarEvent>())),
+                super::KIND_SMMU => Record::Smmu(std::ptr::read_unaligned(buf.as_ptr().cast::<SmmuEvent>())),
+                super::KIND_AMDVI => Record::Amdvi(std::ptr::read_unaligned(buf.as_ptr().cast::<AmdviEvent>())),
                 _ => Record::PageRequest(std::ptr::read_unaligned(buf.as_ptr().cast::<ReportWalkEvent>())),
             }
         };
@@ -435,6 +461,40 @@ mod tests {
         e.walk.stop = iopf_common::walk::Stop::NotPresent as u8;
         e.walk.reads = 7;
         e
+    }
+
+    #[test]
+    fn smmu_and_amdvi_records_read_back_and_a_version_3_file_still_reads() {
+        // SAFETY: plain integers and byte arrays: all-zero is valid.
+        let mut s: SmmuEvent = unsafe { std::mem::zeroed() };
+        s.raw = [0x0000_0008_0000_0010, 0x0000_0288_0000_0000, 0x123000, 0x123000];
+        s.sid = 8;
+        s.level = iopf_common::iopf::Level::Second as u8;
+        // SAFETY: as above.
+        let mut a: AmdviEvent = unsafe { std::mem::zeroed() };
+        a.raw = [0x20, 0x200a_0000, 0, 0];
+        a.devid = 0x20;
+        a.flags = 0xa;
+        let h = Header::new("k", "kernel", &crate::kabi::iopf::CURRENT_CONSTS, vec![], vec![], Times::Monotonic);
+        let v4 = serde_json::to_value(&h).unwrap();
+        let p = file(VERSION, &v4, &[Record::Smmu(s), Record::Amdvi(a), Record::Smmu(s)]);
+        let mut r = Reader::open(&p).unwrap();
+        assert!(matches!(r.next_record().unwrap(), Some(Record::Smmu(e)) if e == s));
+        assert!(matches!(r.next_record().unwrap(), Some(Record::Amdvi(e)) if e == a));
+        assert!(matches!(r.next_record().unwrap(), Some(Record::Smmu(e)) if e == s));
+        assert!(r.next_record().unwrap().is_none());
+        // What a version-3 agent wrote: no SMMUv3 or AMD-Vi sizes, no such records.
+        let mut v3 = v4;
+        let layout = v3["layout"].as_object_mut().unwrap();
+        layout.remove("smmu_event");
+        layout.remove("amdvi_event");
+        v3["schema"] = "iopf.dev/recording/v3".into();
+        let p = file(3, &v3, &[Record::PageRequest(walked())]);
+        let mut r = Reader::open(&p).unwrap();
+        assert_eq!(r.header.layout, Layout::here());
+        assert!(matches!(r.next_record().unwrap(), Some(Record::PageRequest(_))));
+        assert!(r.next_record().unwrap().is_none());
+        std::fs::remove_file(p).ok();
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `iopf-agent replay FILE`: a recording through the trace renderers, and a summary per
-//! device of what it holds (faults, responses, VT-d records, violations).
+//! device of what it holds (faults, responses, VT-d records, SMMUv3 records, AMD-Vi entries,
+//! violations).
 
 use std::{collections::BTreeMap, io::Write as _, path::Path};
 
@@ -17,12 +18,15 @@ use crate::{
     trace::{Filter, Format, TraceOutput, clock::WallClock},
 };
 
-/// Per device: IOPF faults, by response, VT-d records, by violation.
+/// Per device: IOPF faults, by response, VT-d records, SMMUv3 records, AMD-Vi entries, by
+/// violation.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeviceSummary {
     pub faults: u64,
     pub responses: BTreeMap<&'static str, u64>,
     pub dmar: u64,
+    pub smmu: u64,
+    pub amdvi: u64,
     pub violations: BTreeMap<&'static str, u64>,
 }
 
@@ -57,27 +61,39 @@ pub fn summarize(summary: &mut Summary, r: &Record) {
             let s = summary.entry(dev_str(&bdf_name(e.segment, e.source_id))).or_default();
             add_violations(s, e.verdict);
         }
+        Record::Smmu(e) => {
+            let s = summary.entry(dev_str(&e.dev)).or_default();
+            s.smmu += 1;
+            add_violations(s, e.verdict);
+        }
+        Record::Amdvi(e) => {
+            let s = summary.entry(dev_str(&e.dev)).or_default();
+            s.amdvi += 1;
+            add_violations(s, e.verdict);
+        }
     }
 }
 
 pub fn write_summary(out: &mut impl std::io::Write, summary: &Summary) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  violations",
-        "device", "faults", "success", "invalid", "failure", "none", "dmar"
+        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6}  violations",
+        "device", "faults", "success", "invalid", "failure", "none", "dmar", "smmu", "amdvi"
     )?;
     for (dev, s) in summary {
         let r = |k: &str| s.responses.get(k).copied().unwrap_or(0);
         let v: Vec<String> = s.violations.iter().map(|(k, n)| format!("{k}={n}")).collect();
         writeln!(
             out,
-            "{dev:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {}",
+            "{dev:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6}  {}",
             s.faults,
             r("success"),
             r("invalid"),
             r("failure"),
             r("none"),
             s.dmar,
+            s.smmu,
+            s.amdvi,
             if v.is_empty() { "-".into() } else { v.join(" ") }
         )?;
     }
@@ -122,6 +138,8 @@ pub fn run(path: &Path, format: Format, summary_only: bool) -> Result<(), AgentE
             Record::Iopf(e) => t.iopf(&mut buf, e, &consts),
             Record::Dmar(e) => t.dmar(&mut buf, e),
             Record::PageRequest(e) => t.page_request(&mut buf, e),
+            Record::Smmu(e) => t.smmu(&mut buf, e),
+            Record::Amdvi(e) => t.amdvi(&mut buf, e),
         }
         if buf.len() > 1 << 15 {
             if let Err(e) = out.write_all(&buf) {
@@ -148,4 +166,32 @@ pub fn run(path: &Path, format: Format, summary_only: bool) -> Result<(), AgentE
 /// A reader that went away is not an error.
 fn quiet(e: std::io::Error) -> Result<(), AgentError> {
     if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e.into()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smmu_and_amdvi_records_count_in_their_columns() {
+        // SAFETY: plain integers and byte arrays: all-zero is valid.
+        let mut s: iopf_common::smmu::SmmuEvent = unsafe { std::mem::zeroed() };
+        s.dev[..12].copy_from_slice(b"0000:00:01.0");
+        s.verdict = VERDICT_CHECKED | iopf_common::policy::VIOLATION_UNRECOVERABLE;
+        // SAFETY: as above.
+        let mut a: iopf_common::amdvi::AmdviEvent = unsafe { std::mem::zeroed() };
+        a.dev[..12].copy_from_slice(b"0000:00:04.0");
+        let mut sum = Summary::new();
+        for r in [Record::Smmu(s), Record::Smmu(s), Record::Amdvi(a)] {
+            summarize(&mut sum, &r);
+        }
+        let mut out = Vec::new();
+        write_summary(&mut out, &sum).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "device                 faults  success  invalid  failure     none   dmar   smmu  amdvi  violations\n\
+             0000:00:01.0                0        0        0        0        0      0      2      0  unrecoverable=2\n\
+             0000:00:04.0                0        0        0        0        0      0      0      1  -\n"
+        );
+    }
 }

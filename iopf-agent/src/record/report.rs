@@ -40,6 +40,8 @@ fn gather(reader: &mut Reader) -> Result<Gathered, AgentError> {
             Record::Iopf(e) => e.report_ns,
             Record::Dmar(e) => e.ts_ns,
             Record::PageRequest(e) => e.ts_ns,
+            Record::Smmu(e) => e.ts_ns,
+            Record::Amdvi(e) => e.ts_ns,
         };
         let t0 = *t0.get_or_insert(ts);
         let sec = ts.saturating_sub(t0) / 1_000_000_000;
@@ -57,6 +59,13 @@ fn gather(reader: &mut Reader) -> Result<Gathered, AgentError> {
                 let key = format!("dmar/{}", Level::from_u8(e.level).label());
                 *g.over_time.entry(sec).or_default().entry(key).or_default() += 1;
                 *g.reasons.entry((dev_str(&bdf_name(e.segment, e.source_id)), e.reason)).or_default() += 1;
+            }
+            Record::Smmu(e) => {
+                let key = format!("smmu/{}", Level::from_u8(e.level).label());
+                *g.over_time.entry(sec).or_default().entry(key).or_default() += 1;
+            }
+            Record::Amdvi(_) => {
+                *g.over_time.entry(sec).or_default().entry("amdvi/unknown".into()).or_default() += 1;
             }
             Record::PageRequest(_) => {}
         }

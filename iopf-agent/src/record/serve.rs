@@ -36,7 +36,8 @@ pub async fn run(o: ServeOptions) -> Result<(), AgentError> {
     while let Some(r) = reader.next_record()? {
         match r {
             Record::Iopf(e) => events.push(e),
-            Record::Dmar(_) => dmar += 1,
+            // Unrecoverable records have no in-kernel program to replay through.
+            Record::Dmar(_) | Record::Smmu(_) | Record::Amdvi(_) => dmar += 1,
             // Walks of the faults of the IOPF records: nothing to replay on their own.
             Record::PageRequest(_) => {}
         }
@@ -66,7 +67,7 @@ pub async fn run(o: ServeOptions) -> Result<(), AgentError> {
     let got = maps.snapshot()?;
     let differ = differences(&events, &got.counts);
     eprintln!(
-        "iopf-agent: replayed {} of {} recorded IOPF events through the in-kernel programs ({skipped} with an unknown configuration cannot be given a domain; {dmar} VT-d records are not replayed)",
+        "iopf-agent: replayed {} of {} recorded IOPF events through the in-kernel programs ({skipped} with an unknown configuration cannot be given a domain; {dmar} VT-d, SMMUv3 and AMD-Vi records are not replayed)",
         plan.faults.len(),
         events.len()
     );

@@ -80,8 +80,7 @@ impl TraceOutput {
         })
     }
 
-    /// AMD-Vi event log entries. Recordings do not carry them either (no record for them):
-    /// `run` says so when it records with the AMD-Vi hook attached.
+    /// AMD-Vi event log entries.
     pub fn amdvi(&self, buf: &mut Vec<u8>, e: &iopf_common::amdvi::AmdviEvent) {
         if !self.filter.amdvi(e) {
             return;
@@ -90,12 +89,11 @@ impl TraceOutput {
             Format::Stream => crate::amdvi::ndjson::write_amdvi(buf, e, policy),
             Format::Json => json::amdvi(buf, e, &self.clock, policy),
             Format::Human { color } => human::amdvi(buf, e, &self.clock, color, policy),
-            Format::Record => {}
+            Format::Record => crate::record::file::encode(buf, &crate::record::Record::Amdvi(*e)),
         })
     }
 
-    /// SMMUv3 event records. Recordings do not carry them (the recording format has no
-    /// record for them): `run` says so when it records with the SMMUv3 hook attached.
+    /// SMMUv3 event records.
     pub fn smmu(&self, buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent) {
         if !self.filter.smmu(e) {
             return;
@@ -104,7 +102,7 @@ impl TraceOutput {
             Format::Stream => crate::smmu::ndjson::write_smmu(buf, e, policy),
             Format::Json => json::smmu(buf, e, &self.clock, policy),
             Format::Human { color } => human::smmu(buf, e, &self.clock, color, policy),
-            Format::Record => {}
+            Format::Record => crate::record::file::encode(buf, &crate::record::Record::Smmu(*e)),
         })
     }
 

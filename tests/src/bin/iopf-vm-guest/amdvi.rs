@@ -78,3 +78,23 @@ pub fn amdvi_edu(a: &Args, rung: &str) -> Result<(), String> {
     check(logged == events.len(), format!("the driver logged {logged}, the agent emitted {}", events.len()))?;
     Ok(())
 }
+
+/// AMD-Vi entries in a recording: `record` across a read and a write, then `replay --json`
+/// gives the two entries as `trace` did, and `policy check --against` counts both as
+/// unrecoverable faults edu's policy forbids.
+pub fn amdvi_record(a: &Args) -> Result<(), String> {
+    let edu = Edu::open()?;
+    let dmas = [(0x321000, Access::Read), (0x654000, Access::Write)];
+    let (ours, text) = crate::record_replay(a, &edu, "amdvi_evtlog", &dmas, "edu-quiet")?;
+    check(ours.len() == 2, format!("replayed {} edu entries, want 2: {ours:?}", ours.len()))?;
+    for (v, flags) in ours.iter().zip(["0x0009", "0x000a"]) {
+        check(
+            v["kind"] == "amdvi_event" && v["event_name"] == "IO_PAGE_FAULT" && v["flags"] == flags,
+            format!("replayed {v}, want IO_PAGE_FAULT with flags {flags}"),
+        )?;
+    }
+    check(
+        text == format!("edu-quiet {} unrecoverable 2\n2 violations in 2 recorded events\n", edu.bdf),
+        format!("against: {text}"),
+    )
+}

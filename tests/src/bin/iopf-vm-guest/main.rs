@@ -1586,12 +1586,32 @@ fn trace_dmar(a: &Args) -> Result<(), String> {
 
 /// `record` on real VT-d fault records, then `replay` and `policy check --against` it.
 fn record_dmar(a: &Args, edu: &iopf_tests::edu::Edu) -> Result<(), String> {
-    use std::io::BufRead as _;
-
     use iopf_tests::edu::Access;
-    let rec = std::env::temp_dir().join("iopf-dmar.iopf");
+    let dmas = [(0x700_0000, Access::Write), (0x700_1000, Access::Write)];
+    let (ours, text) = record_replay(a, edu, "dmar_fault", &dmas, "edu-quiet")?;
+    check(ours.len() == 2, format!("replayed {} edu records, want 2: {ours:?}", ours.len()))?;
+    for (i, v) in ours.iter().enumerate() {
+        let want = format!("{:#x}", dmas[i].0);
+        check(v["kind"] == "dmar_fault" && v["addr"] == want && v["access"] == "write", format!("record {i}: {v}"))?;
+    }
+    check(text.contains(&format!("edu-quiet {} unrecoverable 2\n", edu.bdf)), format!("against: {text}"))?;
+    Ok(())
+}
+
+/// `record FILE --require hook` (8 s) across `dmas`, then `replay --json FILE` and `policy
+/// check --against FILE` with `unrecoverable: none` on edu (policy `name`): edu's replayed
+/// lines and what the check printed.
+fn record_replay(
+    a: &Args,
+    edu: &iopf_tests::edu::Edu,
+    hook: &str,
+    dmas: &[(u64, iopf_tests::edu::Access)],
+    name: &str,
+) -> Result<(Vec<serde_json::Value>, String), String> {
+    use std::io::BufRead as _;
+    let rec = std::env::temp_dir().join(format!("iopf-{hook}.iopf"));
     let mut child = Command::new(&a.agent)
-        .args(["record", rec.to_str().unwrap_or_default(), "--require", "dmar_fault", "--duration", "8s"])
+        .args(["record", rec.to_str().unwrap_or_default(), "--require", hook, "--duration", "8s"])
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawn record: {e}"))?;
@@ -1604,39 +1624,27 @@ fn record_dmar(a: &Args, edu: &iopf_tests::edu::Edu) -> Result<(), String> {
         }
     }
     std::thread::spawn(move || for _ in err.lines() {});
-    for i in 0..2u64 {
-        edu.dma(0x700_0000 + i * 0x1000, Access::Write)?;
+    for &(iova, acc) in dmas {
+        edu.dma(iova, acc)?;
     }
     let st = child.wait().map_err(|e| format!("wait: {e}"))?;
     check(st.success(), format!("record exited {st}"))?;
     let out = Command::new(&a.agent).args(["replay", "--json"]).arg(&rec).output().map_err(|e| e.to_string())?;
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let ours: Vec<&serde_json::Value> = lines.iter().filter(|v| v["device"] == edu.bdf.as_str()).collect();
-    check(ours.len() == 2, format!("replayed {} edu records, want 2: {lines:?}", ours.len()))?;
-    for (i, v) in ours.iter().enumerate() {
-        let want = format!("{:#x}", 0x700_0000 + i as u64 * 0x1000);
-        check(v["kind"] == "dmar_fault" && v["addr"] == want && v["access"] == "write", format!("record {i}: {v}"))?;
-    }
-    let policy = std::env::temp_dir().join("iopf-record-policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: edu-quiet\nspec:\n  mode: monitor\n  selector:\n    pci: \"{}\"\n  expect:\n    unrecoverable: none\n",
-            edu.bdf
-        ),
-    )
-    .map_err(|e| format!("write policy: {e}"))?;
+    let ours: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["device"] == edu.bdf.as_str())
+        .collect();
+    let policy = monitor_policy(name, &edu.bdf, &["unrecoverable: none"])?;
     let out = Command::new(&a.agent)
         .args(["policy", "check", "--against"])
         .arg(&rec)
         .arg(&policy)
         .output()
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("  policy check --against: {}", text.trim().replace('\n', "; "));
-    check(text.contains(&format!("edu-quiet {} unrecoverable 2\n", edu.bdf)), format!("against: {text}"))?;
-    Ok(())
+    Ok((ours, text))
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC time (`2026-12-02T04:46:10.5Z`), computed here
@@ -2256,6 +2264,8 @@ fn main() {
             "smmu-edu-fentry" => smmu::smmu_edu(&args, "fentry"),
             "smmu-edu-kprobe" => smmu::smmu_edu(&args, "kprobe"),
             "smmu-burst" => smmu::smmu_burst(&args),
+            "smmu-record" => smmu::smmu_record(&args),
+            "amdvi-record" => amdvi::amdvi_record(&args),
             "amdvi-edu-fentry" => amdvi::amdvi_edu(&args, "fentry"),
             "amdvi-edu-kprobe" => amdvi::amdvi_edu(&args, "kprobe"),
             "dmar-walk" => dmar_walk(&args),

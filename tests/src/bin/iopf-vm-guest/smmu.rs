@@ -176,6 +176,33 @@ fn smmu_burst_on(a: &Args, edu: &Edu) -> Result<(), String> {
     Ok(())
 }
 
+/// SMMUv3 records in a recording: `record` across a read and a write, then `replay --json`
+/// gives the two records as `trace` did, and `policy check --against` counts both as
+/// unrecoverable faults edu's policy forbids.
+pub fn smmu_record(a: &Args) -> Result<(), String> {
+    with_edu(|edu| {
+        let dmas = [(0x321000, Access::Read), (0x654000, Access::Write)];
+        let (ours, text) = crate::record_replay(a, edu, "smmu_evtq", &dmas, "edu-quiet")?;
+        check(ours.len() == 2, format!("replayed {} edu records, want 2: {ours:?}", ours.len()))?;
+        let level = if stage() == 2 { "second" } else { "first" };
+        for (v, (iova, acc)) in ours.iter().zip(dmas) {
+            let access = if acc == Access::Read { "read" } else { "write" };
+            check(
+                v["kind"] == "smmu_event"
+                    && v["event_name"] == "F_TRANSLATION"
+                    && v["addr"] == format!("{iova:#x}")
+                    && v["access"] == access
+                    && v["level"] == level,
+                format!("replayed {v}, want F_TRANSLATION {access} {iova:#x} at {level}"),
+            )?;
+        }
+        check(
+            text == format!("edu-quiet {} unrecoverable 2\n2 violations in 2 recorded events\n", edu.bdf),
+            format!("against: {text}"),
+        )
+    })
+}
+
 /// `doctor` on a kernel with the SMMUv3 driver: the unrecoverable SMMUv3 path is possible,
 /// and where the kernel has no IOPF (no `iommu_report_device_fault`) it says recoverable
 /// faults cannot be seen, naming why.
