@@ -150,6 +150,8 @@ const DEBIAN_9P_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio"];
 const VTD_MODE_SCENARIOS: &[&str] = &["dmar-edu", "dmar-burst", "dmar-policy", "dmar-walk", "devices"];
 /// The 9p modules and VFIO's (dmar-walk gives edu to a type1 container to map pages).
 const DEBIAN_VTD_MODULES: &[&str] = &["virtio_pci", "9p", "9pnet_virtio", "vfio_pci", "vfio_iommu_type1"];
+const DEBIAN_6_12: Source =
+    Source::Debian { prefix: "linux-image-6.12.", abi: "+deb13", flavour: "-amd64-unsigned", layout: Layout::Image };
 const DEBIAN_7_3: Source =
     Source::Debian { prefix: "linux-binary-unsigned-7.3.", abi: "+deb13", flavour: "-amd64", layout: Layout::Split };
 /// QEMU 11's AMD IOMMU translating DMA (without dma-remap=on nothing is translated and
@@ -334,12 +336,7 @@ pub const KERNELS: &[KernelSpec] = &[
         arch: Arch::X86_64,
         emulator: None,
         what: "Debian trixie linux-image-6.12.*+deb13-amd64-unsigned, intel-iommu + edu",
-        source: Source::Debian {
-            prefix: "linux-image-6.12.",
-            abi: "+deb13",
-            flavour: "-amd64-unsigned",
-            layout: Layout::Image,
-        },
+        source: DEBIAN_6_12,
         modules: DEBIAN_VTD_MODULES,
         qemu: DEBIAN_IOMMU_QEMU,
         append: "intel_iommu=on",
@@ -352,12 +349,7 @@ pub const KERNELS: &[KernelSpec] = &[
         arch: Arch::X86_64,
         emulator: Some(&crate::qemu::X86_64_TRIXIE),
         what: "Debian trixie 6.12 as above, on QEMU 11 with an AMD IOMMU (amd-iommu,dma-remap=on) + edu",
-        source: Source::Debian {
-            prefix: "linux-image-6.12.",
-            abi: "+deb13",
-            flavour: "-amd64-unsigned",
-            layout: Layout::Image,
-        },
+        source: DEBIAN_6_12,
         modules: DEBIAN_VTD_MODULES,
         qemu: AMDVI_QEMU,
         append: "",
