@@ -144,7 +144,7 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(s, "hooks:");
     for p in &r.hooks {
         let target = p.target.as_deref().unwrap_or("-");
-        let _ = write!(s, "  {:<16} {:<11} {:<32}", p.name, p.rung.as_str(), target);
+        let _ = write!(s, "  {:<18} {:<11} {:<32}", p.name, p.rung.as_str(), target);
         if !p.reason.is_empty() {
             let _ = write!(s, " {}", p.reason);
         }

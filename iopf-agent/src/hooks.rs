@@ -207,6 +207,28 @@ pub const HOOKS: &[Hook] = &[
         exchange: false,
     },
     Hook {
+        name: "amdvi_pprlog",
+        why: "AMD-Vi peripheral page requests (PCIe PRI): every PPR log entry as the driver drains the log, including those it rejects before reporting",
+        target: Target::Functions {
+            candidates: &["amd_iommu_poll_ppr_log"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_AMD_IOMMU off, or a kernel before 6.9, where the PPR log drain is inlined",
+        },
+        exchange: false,
+    },
+    Hook {
+        name: "amdvi_ppr_response",
+        why: "AMD-Vi answers to page requests (COMPLETE_PPR), the driver's own rejections included: code, and time from the PPR log",
+        target: Target::Functions {
+            candidates: &["amd_iommu_complete_ppr"],
+            module: None,
+            tracepoint: None,
+            missing: "CONFIG_AMD_IOMMU off?",
+        },
+        exchange: false,
+    },
+    Hook {
         name: "vtd_report_walk",
         why: "recoverable faults of Intel devices: our walk of the unit's tables gives the stage and level",
         target: Target::Functions {

@@ -97,6 +97,16 @@ pub fn survey(k: &Kallsyms) -> Vec<FaultPath> {
             "AMD-Vi events cannot be read: iommu_poll_events is not built (CONFIG_AMD_IOMMU off)".into()
         },
     });
+    let ppr = has(k, "amd_iommu_poll_ppr_log");
+    out.push(FaultPath {
+        path: "amdvi_page_requests",
+        possible: ppr,
+        evidence: match (ppr, report) {
+            (true, true) => "amd_iommu_poll_ppr_log is built: every AMD-Vi PPR log entry (PCIe PRI page requests) is read as the driver drains the log, the ones it rejects included; valid ones are also reported as recoverable faults (iommu_report_device_fault is built); answers are read at amd_iommu_complete_ppr".into(),
+            (true, false) => "amd_iommu_poll_ppr_log is built: every AMD-Vi PPR log entry is read as the driver drains the log; no recoverable faults are reported (IOMMU_IOPF off)".into(),
+            (false, _) => "AMD-Vi page requests cannot be read from the PPR log: amd_iommu_poll_ppr_log is not built (CONFIG_AMD_IOMMU off, or a kernel before 6.9, where the drain is inlined)".into(),
+        },
+    });
     let rif = has(k, "report_iommu_fault");
     out.push(FaultPath {
         path: "report_iommu_fault",

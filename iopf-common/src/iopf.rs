@@ -575,6 +575,9 @@ pub struct IopfStats {
     pub amdvi_events_dropped: u64,
     /// AMD-Vi entries pending past `amdvi::MAX_DECODED` in one drain: counted, not decoded.
     pub amdvi_entries_undecoded: u64,
+    /// AMD-Vi PPR log entries pending past `amdvi::MAX_DECODED` in one drain, or not yet
+    /// written by the unit: counted, not decoded.
+    pub amdvi_ppr_undecoded: u64,
 }
 
 impl IopfStats {
@@ -614,6 +617,7 @@ impl IopfStats {
         self.smmu_streams_unnamed += o.smmu_streams_unnamed;
         self.amdvi_events_dropped += o.amdvi_events_dropped;
         self.amdvi_entries_undecoded += o.amdvi_entries_undecoded;
+        self.amdvi_ppr_undecoded += o.amdvi_ppr_undecoded;
     }
 }
 

@@ -67,3 +67,9 @@ unsafe impl aya::Pod for crate::amdvi::AmdviKey {}
 unsafe impl aya::Pod for crate::amdvi::AmdviEvent {}
 // SAFETY: as above (u32 fields only).
 unsafe impl aya::Pod for crate::amdvi::AmdviOffsets {}
+// SAFETY: as above (a byte array, integers and explicit padding: 40 bytes each).
+unsafe impl aya::Pod for crate::amdvi::PprKey {}
+// SAFETY: as above (a byte array and two u32: 40 bytes).
+unsafe impl aya::Pod for crate::amdvi::PprTag {}
+// SAFETY: as above (a byte array, two u8 and explicit padding: 40 bytes).
+unsafe impl aya::Pod for crate::amdvi::PprResponseKey {}

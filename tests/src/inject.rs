@@ -55,15 +55,24 @@ impl<'a, const N: usize> Injected<'a, N> {
     fn run_prog(&mut self, name: &str) -> Result<(), String> {
         let p: &mut RawTracePoint =
             self.ebpf.program_mut(name).ok_or(format!("{name} missing"))?.try_into().map_err(|e| format!("{e}"))?;
+        if p.fd().is_err() {
+            p.load().map_err(|e| format!("load {name}: {e}"))?;
+        }
         p.test_run(RawTracePointRunOptions::new()).map(drop).map_err(|e| format!("test run {name}: {e}"))
     }
 
     /// Writes `value` and runs the decoder over it once.
     pub fn run(&mut self, value: &[u8; N]) -> Result<(), String> {
+        self.run_as(self.names.run_prog, value)
+    }
+
+    /// Writes `value` and runs the family's program `prog` over it once (a family with more
+    /// than one hook over the same unit).
+    pub fn run_as(&mut self, prog: &str, value: &[u8; N]) -> Result<(), String> {
         let map = self.names.value_map;
         let mut m: Array<&mut MapData, [u8; N]> =
             Array::try_from(self.ebpf.map_mut(map).ok_or(format!("{map} missing"))?).map_err(|e| e.to_string())?;
         m.set(0, value, 0).map_err(|e| e.to_string())?;
-        self.run_prog(self.names.run_prog)
+        self.run_prog(prog)
     }
 }

@@ -101,3 +101,87 @@ fn entries_past_the_bound_and_unwritten_ones_are_counted_undecoded() {
     let s = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap().stats;
     assert_eq!((s.unrecoverable, s.amdvi_entries_undecoded), (MAX_DECODED as u64 - 1, 1 + 40 - MAX_DECODED as u64));
 }
+
+/// A PPR log entry: a page request (type 1) from `devid` for `pasid`, PRG index `tag`, with
+/// `flags` (59:48), last of its group or not, at `addr`.
+fn page_request(devid: u16, pasid: u32, tag: u32, last: bool, flags: u16, addr: u64) -> [u64; 2] {
+    let q0 = 1u64 << 60
+        | (flags as u64) << 48
+        | ((pasid as u64 >> 16) & 0xf) << 42
+        | (last as u64) << 41
+        | (tag as u64) << 32
+        | (pasid as u64 & 0xffff) << 16
+        | devid as u64;
+    [q0, addr]
+}
+
+#[test]
+fn ppr_entries_are_counted_and_answers_matched_to_them() {
+    use iopf_common::amdvi::{PprKey, PprResponseKey, test_unit::SIZE};
+    use iopf_tests::amdvi_unit::{PPR_DRAIN, PPR_RESPONSE, ppr_log, response_args};
+    if !require_root("ppr_entries_are_counted_and_answers_matched_to_them") {
+        return;
+    }
+    let mut ebpf = loader::load(globals(Globals::default())).expect("load");
+    let mut u = AmdviUnit::amdvi(&mut ebpf).unwrap();
+    let base = u.base;
+    // Segment 1; four entries from index 510, wrapping: two valid requests of 00:03.0
+    // (PASID 0x1_0002, tags 0x1a5 and 0x007, the second the last of its group), one without
+    // GN (the driver rejects it), and one the unit has not written yet.
+    let gn_rw = 0x100 | 0x040 | 0x020 | 0x004;
+    let entries = [
+        page_request(0x18, 0x1_0002, 0x1a5, false, gn_rw, 0x7f00_0000_1000),
+        page_request(0x18, 0x1_0002, 0x007, true, gn_rw, 0x7f00_0000_2000),
+        page_request(0x20, 0, 0x003, true, 0x004, 0x3000),
+        [0, 0],
+    ];
+    let mut v = unit(base, 1, 0, &[]);
+    ppr_log(&mut v, base, 510, &entries);
+    u.run_as(PPR_DRAIN, &v).unwrap();
+    // Answers: the first request (success), the rejected one (the driver's own failure, with
+    // the last-page bit in the tag as kernels before the PPR_TAG_LAST_PAGE fix pass it), and
+    // one whose request was never read.
+    let mut v = unit(base, 1, 0, &[]);
+    for (name, pasid, status, tag) in
+        [("0001:00:03.0", 0x1_0002, 0, 0x1a5), ("0001:00:04.0", 0, 2, 0x203), ("0001:00:03.0", 0x1_0002, 1, 0x099)]
+    {
+        response_args(&mut v, base, name, pasid, status, tag);
+        u.run_as(PPR_RESPONSE, &v).unwrap();
+    }
+    let snap = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    let pk = |devid, flags, last| PprKey { dev: bdf_name(1, devid), flags, kind: 1, last, _pad: [0; 4] };
+    let want: std::collections::BTreeMap<PprKey, u64> =
+        [(pk(0x18, gn_rw, 0), 1), (pk(0x18, gn_rw, 1), 1), (pk(0x20, 0x004, 1), 1)].into();
+    assert_eq!(snap.amdvi_ppr, want);
+    let rk = |devid, status, seen| PprResponseKey { dev: bdf_name(1, devid), status, seen, _pad: [0; 6] };
+    let want: std::collections::BTreeMap<PprResponseKey, u64> =
+        [(rk(0x18, 0, 1), 1), (rk(0x20, 2, 1), 1), (rk(0x18, 1, 0), 1)].into();
+    assert_eq!(snap.amdvi_ppr_responses, want);
+    // Two answers found their request: two observations of drain-to-answer time.
+    assert_eq!(snap.amdvi_ppr_response_ns.count, 2);
+    assert_eq!(snap.amdvi_ppr_response_ns.buckets.iter().sum::<u64>(), 2);
+    assert_eq!(snap.stats.amdvi_ppr_undecoded, 1);
+    // Event log counters are untouched by the PPR log.
+    assert!(snap.amdvi.is_empty());
+    assert_eq!(SIZE, v.len());
+}
+
+#[test]
+fn ppr_entries_past_the_bound_are_counted_undecoded() {
+    use iopf_tests::amdvi_unit::{PPR_DRAIN, ppr_log};
+    if !require_root("ppr_entries_past_the_bound_are_counted_undecoded") {
+        return;
+    }
+    let mut ebpf = loader::load(globals(Globals::default())).expect("load");
+    let mut u = AmdviUnit::amdvi(&mut ebpf).unwrap();
+    let base = u.base;
+    // 300 pending requests, distinct tags: 32 decoded, 268 counted.
+    let entries: Vec<[u64; 2]> =
+        (0..300u32).map(|i| page_request(0x18, 1, i % 512, true, 0x104, i as u64 * 0x1000)).collect();
+    let mut v = unit(base, 0, 0, &[]);
+    ppr_log(&mut v, base, 100, &entries);
+    u.run_as(PPR_DRAIN, &v).unwrap();
+    let snap = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap();
+    assert_eq!(snap.amdvi_ppr.values().sum::<u64>(), MAX_DECODED as u64);
+    assert_eq!(snap.stats.amdvi_ppr_undecoded, 300 - MAX_DECODED as u64);
+}

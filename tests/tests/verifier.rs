@@ -68,12 +68,13 @@ fn kprobe_and_tracepoint_programs_pass_the_verifier() {
     // page faults (entry, return; slot-claiming and thread-keyed programs), the attach probe, and the IOPF kprobe rung: report
     // (entry, return), SVA and iommufd handlers, dequeue, group response, tuple response, free, work (entry, return);
     // VT-d dmar_fault (unrolled, and every record through bpf_loop) and the walk on
-    // recoverable reports; iommufd vIOMMU events; SMMUv3 event records (entry, return); AMD-Vi event log entries. IOPF capture has no handle_mm_fault program: its mm fix is the work
+    // recoverable reports; iommufd vIOMMU events; SMMUv3 event records (entry, return); AMD-Vi event log entries, PPR log entries and
+    // PPR responses. IOPF capture has no handle_mm_fault program: its mm fix is the work
     // function's span. Tracepoints: page-fault entry, iommu:io_page_fault, and the
     // benchmark's empty floor program; the benchmark's empty kprobe/kretprobe floor on
     // handle_mm_fault.
     // The thread-keyed page-fault programs must hold no compare-and-exchange: 5.10's verifier
     // (VM tier) is what refuses one, this kernel accepts both kinds.
-    assert_eq!(loaded.iter().filter(|l| l.starts_with("kprobe")).count(), 2 * 2 + 1 + 10 + 2 + 1 + 1 + 2 + 1 + 2);
+    assert_eq!(loaded.iter().filter(|l| l.starts_with("kprobe")).count(), 2 * 2 + 1 + 10 + 2 + 1 + 1 + 2 + 3 + 2);
     assert_eq!(loaded.iter().filter(|l| l.starts_with("tracepoint")).count(), 2 + 1 + 1);
 }

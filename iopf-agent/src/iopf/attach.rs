@@ -175,9 +175,8 @@ fn attach_one(
                 let (fexit, kprobe, kretprobe) = crate::smmu::plan::PROGRAMS;
                 Progs { fentry: None, fexit: Some(fexit), kprobe, kretprobe: Some(kretprobe) }
             }
-            // Nor do AMD-Vi event log entries.
-            ("amdvi_evtlog", _) => {
-                let (fentry, kprobe) = crate::amdvi::plan::PROGRAMS;
+            // Nor do AMD-Vi event log entries, PPR log entries and their answers.
+            (name, _) if let Some((fentry, kprobe)) = crate::amdvi::plan::programs(name) => {
                 Progs { fentry: Some(fentry), fexit: None, kprobe, kretprobe: None }
             }
             (_, None) => return Ok(Used::Not("no IOPF ABI in kernel BTF")),

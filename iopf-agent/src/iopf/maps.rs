@@ -64,6 +64,12 @@ pub struct IopfSnapshot {
     pub smmu: BTreeMap<iopf_common::smmu::SmmuKey, u64>,
     /// AMD-Vi event log entries by device, event and flags.
     pub amdvi: BTreeMap<iopf_common::amdvi::AmdviKey, u64>,
+    /// AMD-Vi PPR log entries by device, type, flags and last page.
+    pub amdvi_ppr: BTreeMap<iopf_common::amdvi::PprKey, u64>,
+    /// AMD-Vi answers to page requests by device, code and whether the request was seen.
+    pub amdvi_ppr_responses: BTreeMap<iopf_common::amdvi::PprResponseKey, u64>,
+    /// PPR log drain to answer, summed over CPUs.
+    pub amdvi_ppr_response_ns: Histogram,
 }
 
 /// Name given to device slot 0, where devices past `--max-devices` are counted.

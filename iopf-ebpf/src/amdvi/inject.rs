@@ -2,7 +2,9 @@
 //! its log and its PCI segment laid out in one map value (`iopf_common::amdvi::test_unit`).
 //! The test reads the value's kernel address (`inject_amdvi_base`), writes the unit's
 //! pointers as absolute addresses, then drains (`inject_amdvi`) exactly as at
-//! `iommu_poll_events` entry.
+//! `iommu_poll_events` entry, drains the PPR log (`inject_amdvi_ppr`) as at
+//! `amd_iommu_poll_ppr_log` entry, or answers (`inject_amdvi_ppr_response`) with the
+//! arguments at `test_unit::ARGS` as at `amd_iommu_complete_ppr` entry.
 
 use aya_ebpf::{
     macros::{map, raw_tracepoint},
@@ -11,7 +13,7 @@ use aya_ebpf::{
 };
 use iopf_common::amdvi::test_unit;
 
-use super::events::drain;
+use super::{events::drain, ppr};
 use crate::iopf::read::read_or_zero as rd;
 
 #[map]
@@ -41,5 +43,20 @@ pub fn inject_amdvi_base(_ctx: RawTracePointContext) -> i32 {
 pub fn inject_amdvi(_ctx: RawTracePointContext) -> i32 {
     let Some(b) = base() else { return 1 };
     drain(b + test_unit::UNIT as u64);
+    0
+}
+
+#[raw_tracepoint]
+pub fn inject_amdvi_ppr(_ctx: RawTracePointContext) -> i32 {
+    let Some(b) = base() else { return 1 };
+    ppr::drain(b + test_unit::UNIT as u64);
+    0
+}
+
+#[raw_tracepoint]
+pub fn inject_amdvi_ppr_response(_ctx: RawTracePointContext) -> i32 {
+    let Some(b) = base() else { return 1 };
+    let args = b + test_unit::ARGS as u64;
+    ppr::response(rd(args), rd(args + 8), rd(args + 12), rd(args + 16));
     0
 }

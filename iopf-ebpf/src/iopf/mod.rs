@@ -158,9 +158,12 @@ pub fn stats_ptr() -> Option<*mut IopfStats> {
 #[macro_export]
 macro_rules! stat {
     ($field:ident) => {
+        $crate::stat!($field, 1)
+    };
+    ($field:ident, $n:expr) => {
         if let Some(p) = $crate::iopf::stats_ptr() {
             // SAFETY: this CPU's map value, valid for the run; every writer adds atomically.
-            unsafe { $crate::atomic::add(&raw mut (*p).$field, 1) };
+            unsafe { $crate::atomic::add(&raw mut (*p).$field, $n) };
         }
     };
 }

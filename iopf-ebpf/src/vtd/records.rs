@@ -13,7 +13,7 @@ use iopf_common::{
 
 use super::{
     DMAR_COUNTS, DMAR_EVENTS, DMAR_WALK_NS, rd,
-    walk::{WalkSlot, direct_map_base, observe, walk_record},
+    walk::{WalkSlot, direct_map_base, walk_record},
 };
 use crate::iopf::OFFSETS;
 
@@ -82,7 +82,7 @@ fn decode_one<const WALK: bool>(w: &mut Records) -> bool {
         walk_record(&rq, w.dmap, WalkSlot::Dmar, &mut found);
         // SAFETY: plain helper call.
         let ns = unsafe { bpf_ktime_get_ns() } - t0;
-        observe(&DMAR_WALK_NS, ns);
+        crate::counters::observe(&DMAR_WALK_NS, ns);
         if disagrees(&found, reason_level(reason)) {
             crate::stat!(walk_disagreements);
         }

@@ -20,7 +20,7 @@ use iopf_common::{
 
 use super::{
     rd,
-    walk::{WalkSlot, direct_map_base, observe, walk_record},
+    walk::{WalkSlot, direct_map_base, walk_record},
 };
 use crate::iopf::{CONSTS, OFFSETS};
 
@@ -92,7 +92,7 @@ fn walk_report(dev: u64, evt: u64) {
     walk_record(&rq, dmap, WalkSlot::Report, &mut found);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    observe(&VTD_REPORT_WALK_NS, now - t0);
+    crate::counters::observe(&VTD_REPORT_WALK_NS, now - t0);
     let checked = check(dev, &found);
     crate::iopf::note_walked(&f, found.classified_level() as u8);
     let key = ReportWalkKey {

@@ -2,10 +2,7 @@
 //! (`iopf_common::walk::Machine`), over the kernel's direct map.
 
 use aya_ebpf::{Global, helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
-use iopf_common::{
-    hist::Histogram,
-    walk::{MAX_STEPS, Machine, Mem, Request, Walk},
-};
+use iopf_common::walk::{MAX_STEPS, Machine, Mem, Request, Walk};
 
 use super::rd;
 
@@ -86,21 +83,4 @@ extern "C" fn step_cb(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 pub(super) fn direct_map_base() -> u64 {
     let at = PAGE_OFFSET_BASE_ADDR.load();
     if at != 0 { rd(at) } else { PAGE_OFFSET.load() }
-}
-
-/// Adds one walk's cost to this CPU's histogram in `map` (atomically: programs can nest).
-#[inline(always)]
-pub(super) fn observe(map: &PerCpuArray<Histogram>, ns: u64) {
-    if let Some(h) = map.get_ptr_mut(0) {
-        let b = iopf_common::hist::bucket(ns);
-        // SAFETY: u64s inside this CPU's map value; every writer adds atomically. The mask
-        // keeps the verifier's bounds proof simple (`bucket` is always < BUCKETS).
-        unsafe {
-            if let Some(slot) = (*h).buckets.get_mut(b & 63) {
-                crate::atomic::add(slot, 1);
-            }
-            crate::atomic::add(&raw mut (*h).count, 1);
-            crate::atomic::add(&raw mut (*h).sum_ns, ns);
-        }
-    }
 }

@@ -28,7 +28,8 @@ fn dmesg_page_faults(bdf: &str) -> Result<usize, String> {
 /// DMA (seen here with Debian's 6.12; the driver logs as many), each with edu's DeviceID, domain 0, address 0, and in the flags its own access
 /// flags (read 1, write 2: the specification's GN and NX bits) beside I: 0x0009 for a read,
 /// 0x000a for a write, exactly as the driver logs them. The agent reports each, named
-/// after edu, with no stage (the entry has none), counted, and flagged by the policy.
+/// after edu, with no stage (the entry has none), counted, and flagged by the policy. The
+/// PPR log and response hooks attach on the same rung and count nothing.
 pub fn amdvi_edu(a: &Args, rung: &str) -> Result<(), String> {
     let dmas =
         [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
@@ -36,7 +37,13 @@ pub fn amdvi_edu(a: &Args, rung: &str) -> Result<(), String> {
     let devid = crate::smmu::stream_id(&edu.bdf)?;
     let policy = monitor_policy(POLICY, &edu.bdf, &["unrecoverable: none"])?;
     let logged_before = dmesg_page_faults(&edu.bdf)?;
-    let agent = start_on_rung(a, "amdvi_evtlog", rung, &["--policy", &policy])?;
+    let ppr = ["--require", "amdvi_pprlog", "--require", "amdvi_ppr_response"];
+    let agent = start_on_rung(a, "amdvi_evtlog", rung, &[&["--policy", policy.as_str()][..], &ppr].concat())?;
+    // The PPR hooks load and attach on the same rung (their decoding is the root tier's
+    // `amdvi_decode`: QEMU's amd-iommu has no PPR log, so none runs here).
+    for hook in ["amdvi_pprlog", "amdvi_ppr_response"] {
+        crate::attached_on(&agent, hook, rung)?;
+    }
     let (body, events) = dmas_under(agent, &edu, &dmas, "amdvi_event")?;
     let logged = dmesg_page_faults(&edu.bdf)? - logged_before;
     println!("  {} DMAs: agent emitted {} AMD-Vi entries; the driver logged {logged}", dmas.len(), events.len());
@@ -62,7 +69,13 @@ pub fn amdvi_edu(a: &Args, rung: &str) -> Result<(), String> {
         let got = e.get("iopf_amdvi_events_total", &labels);
         check(got == Some(n), format!("iopf_amdvi_events_total{labels:?} = {got:?}, want {n}"))?;
     }
-    for lost in ["iopf_amdvi_events_dropped_total", "iopf_amdvi_entries_undecoded_total"] {
+    check(
+        !body.contains("iopf_amdvi_page_requests_total{") && !body.contains("iopf_amdvi_ppr_responses_total{"),
+        "PPR series without a PPR log".to_string(),
+    )?;
+    for lost in
+        ["iopf_amdvi_events_dropped_total", "iopf_amdvi_entries_undecoded_total", "iopf_amdvi_ppr_undecoded_total"]
+    {
         let got = e.get(lost, &[]);
         check(got == Some(0.0), format!("{lost} = {got:?}, want 0"))?;
     }

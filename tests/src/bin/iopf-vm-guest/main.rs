@@ -164,14 +164,19 @@ fn start_on_rung(a: &Args, hook: &str, rung: &str, extra: &[&str]) -> Result<Run
     let mut args = vec!["--trace", "--require", hook, "--force-rung", rung];
     args.extend_from_slice(extra);
     let agent = start_agent(a, &args)?;
+    attached_on(&agent, hook, rung)?;
+    Ok(agent)
+}
+
+/// Checks the agent's log says `hook` attached on `rung`.
+fn attached_on(agent: &RunningAgent, hook: &str, rung: &str) -> Result<(), String> {
     let prefix = format!("iopf-agent: attached {hook}: ");
     let attached = agent.log.iter().find(|l| l.starts_with(&prefix)).cloned();
     println!("  {}", attached.as_deref().unwrap_or("no attach line"));
     check(
         attached.as_deref().is_some_and(|l| l.starts_with(&format!("{prefix}{rung} "))),
         format!("{hook} not attached on the {rung} rung: {attached:?}"),
-    )?;
-    Ok(agent)
+    )
 }
 
 const PIN_DIR: &str = "/sys/fs/bpf/iopf-vmtest";
