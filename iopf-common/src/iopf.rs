@@ -578,6 +578,9 @@ pub struct IopfStats {
     /// AMD-Vi PPR log entries pending past `amdvi::MAX_DECODED` in one drain, or not yet
     /// written by the unit: counted, not decoded.
     pub amdvi_ppr_undecoded: u64,
+    /// Recoverable faults classified by the unit's own record (an SMMUv3 stall's S2 bit) at
+    /// a stage other than the domain type gives (both known).
+    pub hardware_domain_disagreements: u64,
 }
 
 impl IopfStats {
@@ -618,6 +621,7 @@ impl IopfStats {
         self.amdvi_events_dropped += o.amdvi_events_dropped;
         self.amdvi_entries_undecoded += o.amdvi_entries_undecoded;
         self.amdvi_ppr_undecoded += o.amdvi_ppr_undecoded;
+        self.hardware_domain_disagreements += o.hardware_domain_disagreements;
     }
 }
 

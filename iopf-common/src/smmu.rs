@@ -180,7 +180,10 @@ pub struct SmmuOffsets {
     /// `device.init_name` and `device.kobj` + `kobject.name`.
     pub dev_init_name: u32,
     pub dev_kobj_name: u32,
-    pub _pad: u32,
+    /// 1 where the kernel reports stall events as recoverable faults
+    /// (`iommu_report_device_fault` is built): a stall record is then not counted as an
+    /// unrecoverable fault, its report is the fault. 0: every record is unrecoverable.
+    pub stalls_reported: u32,
 }
 
 impl SmmuOffsets {
@@ -197,7 +200,7 @@ impl SmmuOffsets {
         rb_left: Self::ABSENT,
         dev_init_name: Self::ABSENT,
         dev_kobj_name: Self::ABSENT,
-        _pad: 0,
+        stalls_reported: 0,
     };
 
     /// Whether the stream tree can be followed to a device name.
@@ -264,7 +267,7 @@ pub mod test_unit {
         rb_left: RB_LEFT,
         dev_init_name: DEV_INIT_NAME,
         dev_kobj_name: DEV_KOBJ_NAME,
-        _pad: 0,
+        stalls_reported: 0,
     };
 
     const _: () = assert!(STREAMS + MAX_STREAMS * STREAM_SIZE <= MASTERS);
@@ -343,7 +346,7 @@ mod tests {
             rb_left: 16,
             dev_init_name: 64,
             dev_kobj_name: 0,
-            _pad: 0,
+            stalls_reported: 0,
         };
         assert!(all.names_streams());
         assert!(!SmmuOffsets { device_streams: SmmuOffsets::ABSENT, ..all }.names_streams());

@@ -101,3 +101,71 @@ fn without_the_stream_tree_records_are_counted_unnamed() {
     let s = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap().stats;
     assert_eq!((s.unrecoverable, s.smmu_streams_unnamed), (1, 1));
 }
+
+/// A stall record (STALL, STAG) for `sid` with substream `ssid`, stage 1 or 2.
+fn stall_record(sid: u32, ssid: u32, stag: u16, s2: bool, addr: u64) -> [u64; 4] {
+    let d0 = (sid as u64) << 32 | (ssid as u64) << 12 | 1 << 11 | 0x10;
+    let d1 = 2 << 40 | (s2 as u64) << 39 | 1 << 35 | 1 << 31 | stag as u64;
+    [d0, d1, addr, if s2 { addr } else { 0 }]
+}
+
+/// A stall record taken off the event queue, then its report in the same task (as the
+/// driver does, group id = STAG): the reported fault's level comes from the record's S2 bit,
+/// method `hardware`, and a domain type that says otherwise is counted as a disagreement. A
+/// report whose group id differs from the noted record keeps the domain's classification.
+/// Stall records the kernel reports are not counted as unrecoverable faults.
+#[test]
+fn a_stall_record_gives_its_report_the_hardware_stage() {
+    use iopf_agent::{
+        iopf::{events::EventReader, inject::Injector},
+        kabi::iopf::CURRENT_CONSTS,
+    };
+    use iopf_common::iopf::{Config, InflightKey, Method, RESP_SUCCESS};
+    if !require_root("a_stall_record_gives_its_report_the_hardware_stage") {
+        return;
+    }
+    let mut g = globals(Globals { events: true, consts: CURRENT_CONSTS, ..Globals::default() });
+    g.smmu.stalls_reported = 1;
+    let c = g.consts;
+    let mut ebpf = loader::load(g).expect("load");
+    let mut events = EventReader::take(&mut ebpf).unwrap();
+    let dev = name("0000:00:03.0");
+    // (S2 bit, STAG of the record, group id of the report).
+    let cases = [(true, 7u16, 7u32), (false, 8, 8), (true, 9, 10)];
+    for (i, (s2, stag, grpid)) in cases.into_iter().enumerate() {
+        let addr = 0x40_0000 + i as u64 * 0x1000;
+        {
+            let mut u = SmmuUnit::smmu(&mut ebpf).unwrap();
+            let base = u.base;
+            u.run(&unit(base, &STREAMS, 4, stall_record(0x18, 5, stag, s2, addr))).unwrap();
+        }
+        let mut inj = Injector::new(&mut ebpf).unwrap();
+        let fault = iopf_common::iopf::Fault {
+            addr,
+            fault_type: c.fault_page_req,
+            flags: c.flag_last_page | c.flag_pasid_valid,
+            pasid: 5,
+            grpid,
+            perm: 1,
+            _pad: 0,
+        };
+        let key = InflightKey { a: 0x5157_0000_0000_0000 + i as u64, b: 0 };
+        let t = 1_000_000 * (i as u64 + 1);
+        inj.report(&dev, &fault, t, InflightKey::default()).unwrap();
+        inj.handler(key, c.dom_sva, false, t + 100).unwrap();
+        inj.response(key, RESP_SUCCESS, t + 1_000).unwrap();
+    }
+    let evs = events.drain();
+    let got: Vec<(u64, u8, u8, u8)> = evs.iter().map(|e| (e.fault.addr, e.config, e.level, e.method)).collect();
+    let sva = Config::FlatSva as u8;
+    assert_eq!(
+        got,
+        [
+            (0x40_0000, sva, Level::Second as u8, Method::Hardware as u8),
+            (0x40_1000, sva, Level::First as u8, Method::Hardware as u8),
+            (0x40_2000, sva, Level::First as u8, Method::Domain as u8),
+        ]
+    );
+    let s = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap().stats;
+    assert_eq!((s.hardware_domain_disagreements, s.unrecoverable, s.handled, s.responses), (1, 0, 3, 3));
+}

@@ -40,7 +40,7 @@ pub fn offsets(btf: &Btf) -> Result<SmmuOffsets, &'static str> {
         rb_left: or_absent(m("rb_node", "rb_left")),
         dev_init_name: or_absent(m("device", "init_name")),
         dev_kobj_name: sum(m("device", "kobj"), m("kobject", "name")),
-        _pad: 0,
+        stalls_reported: btf.has_func("iommu_report_device_fault") as u32,
     })
 }
 

@@ -65,11 +65,12 @@ pub fn families(snap: &IopfSnapshot, s: IopfStats, out: &mut Vec<Family>) {
     ));
     out.push(family(
         "iopf_classification_disagreements_total",
-        "Faults two methods classified at different stages: the VT-d reason code (hardware) or the domain type at the group handler (domain) against our table walk (walk).",
+        "Faults two methods classified at different stages: the VT-d reason code (hardware) or the domain type at the group handler (domain) against our table walk (walk); the SMMUv3 stall record's S2 bit (hardware) against the domain type (hardware_domain: the hardware's stage is the one reported).",
         Kind::Counter,
         vec![
             counter(&[("methods", "hardware_walk")], s.walk_disagreements),
             counter(&[("methods", "domain_walk")], s.domain_walk_disagreements),
+            counter(&[("methods", "hardware_domain")], s.hardware_domain_disagreements),
         ],
     ));
     out.push(family(

@@ -1,6 +1,7 @@
 //! IOPF capture: the core every hook and every injection program calls. Kernel-specific
 //! reading (offsets) is in `read`, hook adapters in `hooks`, test injection in `inject`.
 
+pub mod hardware;
 mod hashclaim;
 pub mod hooks;
 pub mod inject;
@@ -686,11 +687,13 @@ pub fn on_report(dev: &[u8; DEV_NAME_LEN], fault: &Fault, now: u64, source: u8, 
         // <= 6.8: no group and no domain at report time; before 6.9 every consumer of a
         // recoverable fault is SVA (iommu_sva_find / iopf_handler -> SVA domain), so a
         // PASID fault is taken for first level on the CPU's table: a heuristic, labelled so.
-        let (config, level, method) = if fault.flags & c.flag_pasid_valid != 0 {
+        let pasid_valid = fault.flags & c.flag_pasid_valid != 0;
+        let (config, level, method) = if pasid_valid {
             (Config::FlatSva, Level::First, Method::Heuristic)
         } else {
             (Config::Unknown, Level::Unknown, Method::None)
         };
+        let (level, method) = hardware::prefer(fault, pasid_valid, level, method);
         let p = Pending { dev: *dev, fault: *fault, report_ns: now, source, _pad: [0; 3], dev_idx };
         supersede(tuple_key, now);
         start_inflight(&p, None, tuple_key, config, level, method);
@@ -817,8 +820,10 @@ pub fn on_handler(key: &InflightKey, dom_type: u32, nest_parent: bool, now: u64)
         crate::stat!(handler_unmatched);
         return;
     };
-    let (config, level, method) = classify_domain(&CONSTS.load(), dom_type, nest_parent);
+    let c = CONSTS.load();
+    let (config, level, method) = classify_domain(&c, dom_type, nest_parent);
     compare_walked(&p.fault, level);
+    let (level, method) = hardware::prefer(&p.fault, p.fault.flags & c.flag_pasid_valid != 0, level, method);
     supersede(key, now);
     start_inflight(&p, Some(now.saturating_sub(p.report_ns)), key, config, level, method);
 }

@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use iopf_common::{
     iopf::{DEV_NAME_LEN, Source},
-    smmu::{EVTQ_DWORDS, MAX_STREAM_DEPTH, Record, SmmuEvent, SmmuKey, SmmuOffsets},
+    smmu::{EVTQ_DWORDS, FLAG_SSV, FLAG_STALL, MAX_STREAM_DEPTH, Record, SmmuEvent, SmmuKey, SmmuOffsets},
 };
 
 use super::{SMMU, SMMU_COUNTS, SMMU_EVENTS};
@@ -59,14 +59,24 @@ pub(super) fn decode(q: u64, ent: u64) {
     let r = Record::decode(raw);
     let level = r.level() as u8;
     let named = if o.names_streams() { stream_name(q - o.device_evtq_q as u64, r.sid, &o) } else { None };
+    // A stall the kernel reports is a recoverable fault, counted at its report.
+    let unrecoverable = r.flags & FLAG_STALL == 0 || o.stalls_reported == 0;
     let (dev, checked) = match named {
         // The device's own counters and its unrecoverable-fault policy.
-        Some(n) => (n, crate::iopf::count_unrecoverable(&n, level, Source::Kernel as u8)),
+        Some(n) if unrecoverable => (n, crate::iopf::count_unrecoverable(&n, level, Source::Kernel as u8)),
+        Some(n) => (n, 0),
         None => {
             crate::stat!(smmu_streams_unnamed);
             ([0; DEV_NAME_LEN], 0)
         }
     };
+    // A stall: the device waits for an answer, and the driver reports the fault (group id =
+    // STAG) from this task right after this record, as a recoverable one where the kernel
+    // has IOPF. Its stage goes to that report's classification.
+    if r.flags & FLAG_STALL != 0 {
+        let pasid = if r.flags & FLAG_SSV != 0 { r.ssid } else { 0 };
+        crate::iopf::hardware::note(r.addr, pasid, r.stag as u32, level);
+    }
     let key = SmmuKey { dev, sid: r.sid, id: r.id, class: r.class, read: r.read() as u8, level };
     crate::counters::count(&SMMU_COUNTS, &key);
     if let Some(mut e) = SMMU_EVENTS.reserve::<SmmuEvent>(0) {
@@ -92,5 +102,7 @@ pub(super) fn decode(q: u64, ent: u64) {
     } else {
         crate::stat!(smmu_events_dropped);
     }
-    crate::stat!(unrecoverable);
+    if unrecoverable {
+        crate::stat!(unrecoverable);
+    }
 }
