@@ -69,7 +69,7 @@ pub fn survey(
         Err(_) => globals,
     };
     let smmu = match &btf {
-        Ok(b) => crate::smmu::plan::offsets(b.vmlinux()),
+        Ok(b) => crate::smmu::plan::offsets_in(b),
         Err(_) => Err("no kernel BTF"),
     };
     let amdvi = match &btf {

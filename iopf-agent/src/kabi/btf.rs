@@ -424,12 +424,13 @@ impl Btf {
     }
 }
 
+/// Hand-made BTF for tests: raw blobs, and a module's split BTF of plain structs.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod encode {
+    use super::{Btf, STRUCT};
 
     /// A BTF blob from raw type records and a string table.
-    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+    pub fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
         let t: Vec<u8> = types.iter().flat_map(|w| w.to_le_bytes()).collect();
         let mut b = Vec::new();
         b.extend_from_slice(&0xeb9fu16.to_le_bytes());
@@ -442,9 +443,40 @@ mod tests {
         b
     }
 
-    const fn info(kind: u32, vlen: u32, flag: bool) -> u32 {
+    pub const fn info(kind: u32, vlen: u32, flag: bool) -> u32 {
         (flag as u32) << 31 | kind << 24 | vlen
     }
+
+    /// A struct to encode: name, size, members as (name, byte offset).
+    pub type Struct<'a> = (&'a str, u32, &'a [(&'a str, u32)]);
+
+    /// A module's split BTF on `base` holding `structs`; members are typed void (only their
+    /// offsets are read).
+    pub fn split_structs(base: &Btf, structs: &[Struct<'_>]) -> Vec<u8> {
+        let first_str = base.strings_at.len() as u32;
+        let mut strings = Vec::new();
+        let mut name = |n: &str| {
+            let at = first_str + strings.len() as u32;
+            strings.extend_from_slice(n.as_bytes());
+            strings.push(0);
+            at
+        };
+        let mut types = Vec::new();
+        for (s, size, members) in structs {
+            types.extend([name(s), info(STRUCT, members.len() as u32, false), *size]);
+            for (m, off) in *members {
+                types.extend([name(m), 0, off * 8]);
+            }
+        }
+        blob(&types, &strings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::encode::{blob, info};
 
     #[test]
     fn members_enums_funcs_and_anonymous_unions() {

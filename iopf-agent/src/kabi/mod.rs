@@ -79,6 +79,12 @@ impl KernelBtf {
         self.aya.get_or_init(|| aya::Btf::parse(self.vmlinux.raw(), aya::Endianness::default()).ok()).as_ref()
     }
 
+    /// The split BTF of loaded module `name` (`dir/name`), where it is loaded and readable.
+    pub fn module(&self, name: &str) -> Option<Btf> {
+        let data = std::fs::read(self.dir.join(name)).ok()?;
+        Btf::parse_split(&data, self.vmlinux.clone()).ok()
+    }
+
     /// Finds function `name` in vmlinux, then in loaded modules (`hint` first when given).
     pub fn find_func(&self, name: &str, module_hint: Option<&str>) -> Option<FuncSite> {
         if self.vmlinux.has_func(name) {

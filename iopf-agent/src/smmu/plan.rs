@@ -1,6 +1,6 @@
 //! Where the SMMUv3 programs attach and what they read. The event queue is read at the exit of
 //! `queue_remove_raw` (fexit; kprobe + kretprobe below it). The offsets come from the
-//! kernel's BTF: without `arm_smmu_queue.ent_dwords` no record can be told from a PRI entry,
+//! kernel's BTF, vmlinux's or, with the driver built as a module, the loaded module's: without `arm_smmu_queue.ent_dwords` no record can be told from a PRI entry,
 //! so the hook is taken off the plan; without the stream-tree structures records are still
 //! decoded and counted, without a device name.
 
@@ -8,22 +8,32 @@ use iopf_common::smmu::SmmuOffsets;
 
 use crate::{
     hooks::{Plan, Rung},
-    kabi::btf::Btf,
+    kabi::{KernelBtf, btf::Btf},
 };
 
 /// (fexit, kprobe, kretprobe) programs of the `smmu_evtq` hook.
 pub const PROGRAMS: (&str, &str, &str) = ("iopf_smmu_evtq_fexit", "iopf_smmu_evtq_kprobe", "iopf_smmu_evtq_kretprobe");
 
-/// The offsets from the kernel's (vmlinux) BTF. Err: why no record can be read.
+/// The driver's module, whose split BTF has the offsets where it is not built in.
+pub const MODULE: &str = "arm_smmu_v3";
+
+const NO_QUEUE: &str = "neither vmlinux BTF nor a loaded arm_smmu_v3 module's BTF has arm_smmu_queue.ent_dwords (CONFIG_ARM_SMMU_V3 off, or its module not loaded)";
+
+/// The offsets from vmlinux BTF, or, with the driver built as a module, from the loaded
+/// module's split BTF (its own structs, the kernel's `device` and `rb_node` through vmlinux).
+pub fn offsets_in(k: &KernelBtf) -> Result<SmmuOffsets, &'static str> {
+    offsets(k.vmlinux()).or_else(|why| k.module(MODULE).map_or(Err(why), |m| offsets(&m)))
+}
+
+/// The offsets from one BTF (vmlinux, or the module's split on it). Err: why no record can be
+/// read.
 pub fn offsets(btf: &Btf) -> Result<SmmuOffsets, &'static str> {
     let m = |s: &str, f: &str| btf.member(s, f).map(|(o, _)| o);
     // Arm's SMMU v1/v2 driver has a `struct arm_smmu_device` of its own: the v3 one is the
     // one with an event queue.
     let unit = |f: &str| btf.member_where("arm_smmu_device", "evtq", f).map(|(o, _)| o);
     let Some(queue_ent_dwords) = m("arm_smmu_queue", "ent_dwords") else {
-        return Err(
-            "vmlinux BTF has no arm_smmu_queue.ent_dwords (CONFIG_ARM_SMMU_V3 off, or built as a module, whose BTF is not read)",
-        );
+        return Err(NO_QUEUE);
     };
     let sum = |a: Option<u32>, b: Option<u32>| a.zip(b).map(|(a, b)| a + b).unwrap_or(SmmuOffsets::ABSENT);
     let or_absent = |o: Option<u32>| o.unwrap_or(SmmuOffsets::ABSENT);
@@ -83,6 +93,59 @@ mod tests {
         assert_eq!(
             (p[0].rung, p[0].state, p[0].reason.as_str(), p[0].target.as_deref()),
             (Rung::Unavailable, HookState::Absent, "no queue", None)
+        );
+    }
+
+    /// With the driver built as a module: vmlinux (Debian's amd64 6.12, which has no SMMUv3)
+    /// lacks the driver's structs, the module's split BTF has them, and the kernel's own
+    /// `device`, `kobject`, `rb_root` and `rb_node` come through vmlinux.
+    #[test]
+    fn offsets_from_the_loaded_modules_split_btf() {
+        use crate::kabi::btf::encode::split_structs;
+        let dir = std::env::temp_dir().join(format!("iopf-smmu-module-btf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fixture = format!("{}/tests/fixtures/btf/debian-6.12.btf.zst", env!("CARGO_MANIFEST_DIR"));
+        let vmlinux = zstd::decode_all(std::fs::File::open(fixture).unwrap()).unwrap();
+        std::fs::write(dir.join("vmlinux"), &vmlinux).unwrap();
+        let base = Btf::from_vec(vmlinux).unwrap();
+        assert_eq!(offsets(&base), Err(NO_QUEUE));
+        let k = KernelBtf::load(&dir).unwrap();
+        assert_eq!(offsets_in(&k), Err(NO_QUEUE), "no module loaded");
+        let module = split_structs(
+            &base,
+            &[
+                ("arm_smmu_queue", 192, &[("llq", 0), ("ent_dwords", 160)]),
+                ("arm_smmu_evtq", 256, &[("q", 0), ("iopf", 192)]),
+                ("arm_smmu_device", 1024, &[("evtq", 320), ("streams", 912)]),
+                ("arm_smmu_stream", 40, &[("id", 0), ("master", 8), ("node", 16)]),
+                ("arm_smmu_master", 64, &[("smmu", 0), ("dev", 8)]),
+            ],
+        );
+        std::fs::write(dir.join(MODULE), module).unwrap();
+        let got = offsets_in(&k);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (init_name, kobj, rb_left) = (
+            base.member("device", "init_name").unwrap().0,
+            base.member("device", "kobj").unwrap().0 + base.member("kobject", "name").unwrap().0,
+            base.member("rb_node", "rb_left").unwrap().0,
+        );
+        assert_eq!((init_name, kobj, rb_left), (80, 0, 16), "Debian 6.12 amd64's own layout");
+        assert_eq!(
+            got,
+            Ok(SmmuOffsets {
+                queue_ent_dwords: 160,
+                device_evtq_q: 320,
+                device_streams: 912,
+                stream_id: 0,
+                stream_master: 8,
+                stream_node: 16,
+                master_dev: 8,
+                rb_right: 8,
+                rb_left: 16,
+                dev_init_name: 80,
+                dev_kobj_name: 0,
+                stalls_reported: 1,
+            })
         );
     }
 }
