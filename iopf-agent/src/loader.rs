@@ -152,6 +152,7 @@ fn load_inner(globals: Globals, pins: &[(&str, &std::path::Path)]) -> Result<Ebp
     let cgroup_levels: u32 = if globals.pf_cgroups { iopf_common::pagefault::MAX_CGROUP_LEVEL } else { 0 };
     // Where iommu:io_page_fault keeps its device name, from the tracepoint's own format.
     let io_pf_dev = crate::tracefs::field_offset("iommu", "io_page_fault", "device").unwrap_or(Offsets::ABSENT);
+    let io_pf_iova = crate::tracefs::field_offset("iommu", "io_page_fault", "iova").unwrap_or(Offsets::ABSENT);
     let events = if globals.events { EVENTS_ALL } else { EVENTS_OFF };
     // aya defaults to the verifier's debug log, whose text for the bigger programs runs to
     // megabytes (slow under emulation, ENOSPC past the log buffer). Statistics only, unless
@@ -185,6 +186,7 @@ fn load_inner(globals: Globals, pins: &[(&str, &std::path::Path)]) -> Result<Ebp
         .override_global("TUPLE_KEYS", &tuple, true)
         .override_global("EXCHANGE", &exchange, true)
         .override_global("IO_PAGE_FAULT_DEVICE", &io_pf_dev, true)
+        .override_global("IO_PAGE_FAULT_IOVA", &io_pf_iova, true)
         .override_global("EVENTS_MODE", &events, true)
         .override_global("SCAN_CPUS", &globals.scan_cpus, true)
         .override_global("PF_CGROUP_LEVELS", &cgroup_levels, true)

@@ -243,6 +243,16 @@ pub struct PprResponseKey {
     pub _pad: [u8; 6],
 }
 
+/// An IO_PAGE_FAULT entry the driver is about to pass to `report_iommu_fault` (the I flag
+/// clear: a DMA fault), already counted from the log: its `iommu:io_page_fault` record is
+/// then not counted a second time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LoggedFault {
+    pub dev: [u8; DEV_NAME_LEN],
+    pub addr: u64,
+}
+
 /// Offsets the AMD-Vi programs read, from the kernel's BTF (`ABSENT` where it has none).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,6 +336,7 @@ const _: () = assert!(core::mem::size_of::<AmdviEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<AmdviOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<PprKey>() == 40);
 const _: () = assert!(core::mem::size_of::<PprTag>() == 40);
+const _: () = assert!(core::mem::size_of::<LoggedFault>() == 40);
 const _: () = assert!(core::mem::size_of::<PprResponseKey>() == 40);
 
 #[cfg(test)]

@@ -73,3 +73,5 @@ unsafe impl aya::Pod for crate::amdvi::PprKey {}
 unsafe impl aya::Pod for crate::amdvi::PprTag {}
 // SAFETY: as above (a byte array, two u8 and explicit padding: 40 bytes).
 unsafe impl aya::Pod for crate::amdvi::PprResponseKey {}
+// SAFETY: as above (a byte array and a u64: 40 bytes).
+unsafe impl aya::Pod for crate::amdvi::LoggedFault {}

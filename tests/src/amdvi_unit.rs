@@ -73,6 +73,17 @@ pub fn response_args(v: &mut [u8; u::SIZE], base: u64, name: &str, pasid: u32, s
     }
 }
 
+/// Sets the arguments of one `iommu:io_page_fault`: device `name` at `iova`.
+pub fn io_page_fault_args(v: &mut [u8; u::SIZE], name: &str, iova: u64) {
+    assert!(name.len() < 32);
+    v[u::NAME..u::NAME + 32].fill(0);
+    v[u::NAME..u::NAME + name.len()].copy_from_slice(name.as_bytes());
+    put(&mut v[..], u::ARGS, iova);
+}
+
+/// The program that runs `iommu:io_page_fault`'s code over those arguments.
+pub const IO_PAGE_FAULT: &str = "inject_io_page_fault";
+
 /// The programs that drain the PPR log and answer one request over the value.
 pub const PPR_DRAIN: &str = "inject_amdvi_ppr";
 pub const PPR_RESPONSE: &str = "inject_amdvi_ppr_response";

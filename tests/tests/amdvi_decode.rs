@@ -185,3 +185,34 @@ fn ppr_entries_past_the_bound_are_counted_undecoded() {
     assert_eq!(snap.amdvi_ppr.values().sum::<u64>(), MAX_DECODED as u64);
     assert_eq!(snap.stats.amdvi_ppr_undecoded, 300 - MAX_DECODED as u64);
 }
+
+/// The driver passes a DMA fault (IO_PAGE_FAULT without I) of a known device to
+/// `report_iommu_fault`, which fires `iommu:io_page_fault`: counted once, from the log. An
+/// interrupt-request fault (I set) is not reported, and a tracepoint record no entry
+/// announced (another IOMMU driver's) is counted by the tracepoint.
+#[test]
+fn a_logged_dma_fault_is_not_counted_again_at_io_page_fault() {
+    use iopf_tests::amdvi_unit::{IO_PAGE_FAULT, io_page_fault_args};
+    if !require_root("a_logged_dma_fault_is_not_counted_again_at_io_page_fault") {
+        return;
+    }
+    let mut ebpf = loader::load(globals(Globals::default())).expect("load");
+    let mut u = AmdviUnit::amdvi(&mut ebpf).unwrap();
+    let base = u.base;
+    // Two DMA faults of 00:03.0 at the same address, one interrupt-request fault.
+    let entries =
+        [page_fault(0x18, 1, 0x0020, 0x5000), page_fault(0x18, 1, 0x0000, 0x5000), page_fault(0x18, 1, 0x0008, 0x6000)];
+    u.run(&unit(base, 0, 0, &entries)).unwrap();
+    let mut v = unit(base, 0, 0, &[]);
+    // The driver's two reports, then a third at that address (no entry left for it), then
+    // one of a device behind another IOMMU.
+    for (name, iova) in
+        [("0000:00:03.0", 0x5000), ("0000:00:03.0", 0x5000), ("0000:00:03.0", 0x5000), ("arm-smmu-dev", 0x7000)]
+    {
+        io_page_fault_args(&mut v, name, iova);
+        u.run_as(IO_PAGE_FAULT, &v).unwrap();
+    }
+    let s = IopfMaps::take(&mut ebpf).unwrap().snapshot().unwrap().stats;
+    // 3 entries + the unannounced third report + the other device's.
+    assert_eq!(s.unrecoverable, 5);
+}

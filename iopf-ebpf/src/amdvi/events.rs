@@ -3,7 +3,10 @@
 //! emitted; past `MAX_DECODED` the further pending entries are counted, not decoded.
 
 use iopf_common::{
-    amdvi::{AmdviEvent, AmdviKey, ENTRY_BYTES, Entry, MMIO_EVT_BASE, MMIO_EVT_HEAD, MMIO_EVT_TAIL},
+    amdvi::{
+        AmdviEvent, AmdviKey, ENTRY_BYTES, EVENT_IO_PAGE_FAULT, Entry, FLAG_I, MMIO_EVT_BASE, MMIO_EVT_HEAD,
+        MMIO_EVT_TAIL,
+    },
     dmar::bdf_name,
     iopf::{Level, Source},
 };
@@ -24,6 +27,9 @@ fn decode_one(buf: u64, at: u32, segment: u16, now: u64) -> bool {
         return false;
     }
     let dev = bdf_name(segment, e.devid);
+    if e.event == EVENT_IO_PAGE_FAULT && e.flags & FLAG_I == 0 {
+        super::logged::note(&dev, e.addr);
+    }
     let checked = crate::iopf::count_unrecoverable(&dev, Level::Unknown as u8, Source::Kernel as u8);
     let key = AmdviKey { dev, flags: e.flags, event: e.event, _pad: [0; 5] };
     crate::counters::count(&AMDVI_COUNTS, &key);

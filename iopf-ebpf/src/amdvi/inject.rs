@@ -60,3 +60,13 @@ pub fn inject_amdvi_ppr_response(_ctx: RawTracePointContext) -> i32 {
     ppr::response(rd(args), rd(args + 8), rd(args + 12), rd(args + 16));
     0
 }
+
+/// `iommu:io_page_fault` of the device named at `test_unit::NAME` at the address in the
+/// arguments' first u64 (as `report_iommu_fault` fires it), through the tracepoint's code.
+#[raw_tracepoint]
+pub fn inject_io_page_fault(_ctx: RawTracePointContext) -> i32 {
+    let Some(b) = base() else { return 1 };
+    let name: [u8; iopf_common::iopf::DEV_NAME_LEN] = rd(b + test_unit::NAME as u64);
+    crate::iopf::hooks::io_page_fault(&name, rd(b + test_unit::ARGS as u64));
+    0
+}

@@ -10,6 +10,7 @@
 //!
 //! - `log`: a log's pending window (both logs);
 //! - `events`: one drain of the event log;
+//! - `logged`: DMA faults counted from the log, so their `iommu:io_page_fault` is not again;
 //! - `ppr`: one drain of the PPR log, and one response;
 //! - `programs`: the hooks (fentry, and kprobe where trampolines cannot attach);
 //! - `inject`: the same code over a synthetic unit, for tests.
@@ -19,6 +20,7 @@
 mod events;
 mod inject;
 mod log;
+mod logged;
 mod ppr;
 mod programs;
 
@@ -51,3 +53,5 @@ static AMDVI_PPR_PENDING: LruHashMap<PprTag, u64> = LruHashMap::with_max_entries
 /// PPR log drain to `amd_iommu_complete_ppr` of the same request, all devices.
 #[map]
 static AMDVI_PPR_RESPONSE_NS: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0);
+
+pub(crate) use logged::already_counted;

@@ -217,6 +217,9 @@ pub fn iopf_work_kretprobe(_ctx: RetProbeContext) -> u32 {
 /// tracefs format (`Offsets::ABSENT` when unreadable: the fault is then counted nameless).
 #[unsafe(no_mangle)]
 static IO_PAGE_FAULT_DEVICE: Global<u32> = Global::new(Offsets::ABSENT);
+/// Offset of its `iova` field (`ABSENT`: no AMD-Vi entry can be matched, each is counted).
+#[unsafe(no_mangle)]
+static IO_PAGE_FAULT_IOVA: Global<u32> = Global::new(Offsets::ABSENT);
 
 /// `iommu:io_page_fault`: unrecoverable faults through `report_iommu_fault`.
 #[tracepoint]
@@ -231,8 +234,21 @@ pub fn iopf_io_page_fault(ctx: TracePointContext) -> u32 {
         // SAFETY: bounded copy from the record; the helper checks the address.
         let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes((base + off) as *const u8, &mut name) };
     }
+    let iova_at = IO_PAGE_FAULT_IOVA.load();
+    // SAFETY: a read within the tracepoint record, at the field's offset from its format.
+    let iova: u64 = if iova_at == Offsets::ABSENT { 0 } else { unsafe { ctx.read_at(iova_at as usize) }.unwrap_or(0) };
+    io_page_fault(&name, iova);
+    0
+}
+
+/// One `iommu:io_page_fault` of device `name` at `iova`: counted as an unrecoverable fault,
+/// unless it is an AMD-Vi event log entry counted already at the log's drain.
+#[inline(always)]
+pub fn io_page_fault(name: &[u8; DEV_NAME_LEN], iova: u64) {
+    if crate::amdvi::already_counted(name, iova) {
+        return;
+    }
     crate::stat!(unrecoverable);
     // The record names no stage: the level is unknown.
-    super::count_unrecoverable(&name, Level::Unknown as u8, Source::Kernel as u8);
-    0
+    super::count_unrecoverable(name, Level::Unknown as u8, Source::Kernel as u8);
 }
