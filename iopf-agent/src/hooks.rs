@@ -186,7 +186,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "smmu_evtq",
-        why: "unrecoverable Arm SMMUv3 faults: every event record as the driver takes it off the event queue; the S2 bit gives the stage",
+        why: "Arm SMMUv3 faults: every event record as the driver takes it off the event queue; the S2 bit gives the stage (of a stall's report too)",
         target: Target::Functions {
             candidates: &["queue_remove_raw"],
             module: Some("arm_smmu_v3"),

@@ -63,8 +63,9 @@ pub const PPR_FLAG_NAMES: [(u16, &str); 6] = [
     (PPR_FLAG_GN, "gn"),
 ];
 
-/// The PRG index (tag) bits: responses are matched on these (kernels before the
-/// `PPR_TAG_LAST_PAGE` fix pass the last-page bit along in the tag).
+/// The PRG index (tag) bits: responses are matched on these. Kernels before "iommu/amd:
+/// Introduce PPR_TAG_LAST_PAGE() macro" read the tag as 10 bits (`PPR_TAG` masked 0x3ff), so
+/// the last-page bit went along in the group id and the answer's tag.
 pub const PPR_TAG_MASK: u32 = 0x1ff;
 
 pub const FLAG_GN: u16 = 1 << 0;
@@ -371,7 +372,8 @@ mod tests {
     fn log_length_codes() {
         assert_eq!(log_entries(9 << 56 | 0x1234_5000), 512);
         assert_eq!(log_entries(8 << 56), 256);
-        // The kernel's largest PPR log (PPRLOG_LEN_MASK_MAX): 32768 entries, 512 KiB.
+        // The largest length code, 15: 32768 entries (512 KiB), the size newer kernels can
+        // give the PPR log.
         assert_eq!(log_entries(15 << 56), 32768);
         assert_eq!(log_entries(7 << 56), 0, "reserved codes: no log");
         assert_eq!(log_entries(0), 0);

@@ -181,8 +181,9 @@ pub struct SmmuOffsets {
     pub dev_init_name: u32,
     pub dev_kobj_name: u32,
     /// 1 where the kernel reports stall events as recoverable faults
-    /// (`iommu_report_device_fault` is built): a stall record is then not counted as an
-    /// unrecoverable fault, its report is the fault. 0: every record is unrecoverable.
+    /// (`iommu_report_device_fault` is built): a stall record of a named stream is then not
+    /// counted as an unrecoverable fault, its report is the fault (with the report hook off
+    /// the plan it is counted nowhere). 0: every record is unrecoverable.
     pub stalls_reported: u32,
 }
 

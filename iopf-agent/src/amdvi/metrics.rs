@@ -83,7 +83,7 @@ pub fn families(snap: &IopfSnapshot, s: IopfStats, out: &mut Vec<Family>) {
     ));
     out.push(family(
         "iopf_amdvi_ppr_responses_total",
-        "AMD-Vi answers to page requests (amd_iommu_complete_ppr: the COMPLETE_PPR command), by device, response code, and whether the request was read from the PPR log (request=seen) or not (unseen: before the agent started, decoded past the per-drain bound, or aged out).",
+        "AMD-Vi answers to page requests (amd_iommu_complete_ppr: the COMPLETE_PPR command), by device, response code, and whether the request was read from the PPR log (request=seen) or not (unseen: before the agent started, past the 32 decoded per drain, not yet written or written after the drain read the tail, aged out, a rejected group's second and later entries, or a kernel whose PPR log drain is not hooked, before 6.9).",
         Kind::Counter,
         snap.amdvi_ppr_responses
             .iter()

@@ -24,10 +24,14 @@ pub fn programs(hook: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// Why the PPR log hook is off where the unit has no `ppr_log`.
-pub const NO_PPR_LOG: &str = "vmlinux BTF has no amd_iommu.ppr_log (the PPR log is drained elsewhere before 6.9)";
+pub const NO_PPR_LOG: &str = "vmlinux BTF has no amd_iommu.ppr_log";
 /// Why the response hook is off where its first argument is neither known type.
 pub const NO_PPR_DEV: &str =
     "amd_iommu_complete_ppr's first argument is neither struct device * nor struct pci_dev * in vmlinux BTF";
+/// Why it is off where devices cannot be named.
+pub const NO_DEV_NAME: &str = "vmlinux BTF has no device.kobj / kobject.name: answers cannot be named";
+/// What the response hook cannot do without the PPR log hook.
+pub const UNSEEN: &str = "amd_iommu_poll_ppr_log is not hooked: every answer counts request=\"unseen\", none is timed";
 
 /// The offsets from the kernel's (vmlinux) BTF. Err: why no entry can be read.
 pub fn offsets(btf: &Btf) -> Result<AmdviOffsets, &'static str> {
@@ -75,17 +79,21 @@ pub fn gate(plans: &mut [Plan], offsets: Result<AmdviOffsets, &'static str>) {
         };
         let missing = match p.name {
             "amdvi_pprlog" if o.iommu_ppr_log == AmdviOffsets::ABSENT => Some(NO_PPR_LOG),
-            "amdvi_ppr_response"
-                if o.ppr_arg_dev == AmdviOffsets::ABSENT || o.dev_kobj_name == AmdviOffsets::ABSENT =>
-            {
-                Some(NO_PPR_DEV)
-            }
+            "amdvi_ppr_response" if o.ppr_arg_dev == AmdviOffsets::ABSENT => Some(NO_PPR_DEV),
+            "amdvi_ppr_response" if o.dev_kobj_name == AmdviOffsets::ABSENT => Some(NO_DEV_NAME),
             _ => None,
         };
         if let Some(why) = missing {
             p.take_off(why);
         } else if o.iommu_pci_seg == AmdviOffsets::ABSENT && p.name != "amdvi_ppr_response" {
             p.note(SEGMENT_0);
+        }
+    }
+    // Answers are matched to the requests the PPR log hook read: without it none is.
+    let log_read = plans.iter().any(|p| p.name == "amdvi_pprlog" && p.rung != Rung::Unavailable);
+    if !log_read {
+        for p in plans.iter_mut().filter(|p| p.name == "amdvi_ppr_response" && p.rung != Rung::Unavailable) {
+            p.note(UNSEEN);
         }
     }
 }
@@ -140,6 +148,13 @@ mod tests {
             p.iter().map(|p| (p.rung, p.reason.as_str())).collect::<Vec<_>>(),
             [(Rung::Unavailable, NO_PPR_LOG), (Rung::Unavailable, NO_PPR_DEV)]
         );
+        let mut p = fresh();
+        gate(&mut p, Ok(AmdviOffsets { dev_kobj_name: AmdviOffsets::ABSENT, ..o }));
+        assert_eq!((p[1].rung, p[1].reason.as_str()), (Rung::Unavailable, NO_DEV_NAME));
+        // Before 6.9: no PPR log hook (absent from the plan), answers still counted.
+        let mut p = vec![plan("amdvi_ppr_response", "amd_iommu_complete_ppr")];
+        gate(&mut p, Ok(AmdviOffsets { ppr_arg_dev: 208, ..o }));
+        assert_eq!((p[0].rung, p[0].reason.as_str()), (Rung::Kprobe, UNSEEN));
     }
 
     /// From the kernels' own BTF: Debian 6.12 passes `amd_iommu_complete_ppr` the device,

@@ -31,7 +31,9 @@ fn decode_one(buf: u64, at: u32, segment: u16, now: u64) -> bool {
     let key = PprKey { dev, flags: e.flags, kind: e.kind, last: e.last as u8, _pad: [0; 4] };
     crate::counters::count(&AMDVI_PPR_COUNTS, &key);
     if e.kind == PPR_REQ_FAULT {
-        // An LRU hash: requests never answered (the device went away) age out.
+        // An LRU hash: requests never answered (the device went away) age out. A group's
+        // later entry replaces its earlier one: a valid group is answered once, after its
+        // last entry (the one the driver reports), and is timed from it.
         let _ = AMDVI_PPR_PENDING.insert(&PprTag { dev, pasid: e.pasid, tag: e.tag }, &now, 0);
     }
     true
@@ -42,6 +44,8 @@ pub(super) fn drain(iommu: u64) {
     let o = AMDVI.load();
     let regs = Regs { buf: o.iommu_ppr_log, base: MMIO_PPR_BASE, head: MMIO_PPR_HEAD, tail: MMIO_PPR_TAIL };
     let undecoded = log::drain(iommu, &regs, decode_one);
+    // Unconditionally: with an `if undecoded != 0` here, 6.18's verifier ran out of its
+    // million-instruction budget on the drain loop.
     crate::stat!(amdvi_ppr_undecoded, undecoded);
 }
 

@@ -59,8 +59,9 @@ pub(super) fn decode(q: u64, ent: u64) {
     let r = Record::decode(raw);
     let level = r.level() as u8;
     let named = if o.names_streams() { stream_name(q - o.device_evtq_q as u64, r.sid, &o) } else { None };
-    // A stall the kernel reports is a recoverable fault, counted at its report.
-    let unrecoverable = r.flags & FLAG_STALL == 0 || o.stalls_reported == 0;
+    // A stall the kernel reports is a recoverable fault, counted at its report. The driver
+    // reports only the stalls of a stream it knows (the master found by StreamID).
+    let unrecoverable = r.flags & FLAG_STALL == 0 || o.stalls_reported == 0 || named.is_none();
     let (dev, checked) = match named {
         // The device's own counters and its unrecoverable-fault policy.
         Some(n) if unrecoverable => (n, crate::iopf::count_unrecoverable(&n, level, Source::Kernel as u8)),

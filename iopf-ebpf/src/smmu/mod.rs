@@ -2,7 +2,9 @@
 //! the driver's event-queue thread calls once per record, read the 4 dwords the driver just
 //! copied into `ent`, before it decodes (and rate-limits the logging of) them. Every record is
 //! decoded, named after the stream's device from the unit's own stream tree, counted and
-//! emitted; the S2 bit gives the stage (method `hardware`).
+//! emitted; the S2 bit gives the stage (method `hardware`). A stall record is also noted for
+//! the report the driver makes of it next, in the same task (`iopf::hardware`), and, where
+//! the kernel reports stalls, not counted as unrecoverable.
 //!
 //! - `events`: one record decoded, named, counted, checked and emitted;
 //! - `programs`: the hooks (fexit, and kprobe + kretprobe where trampolines cannot attach);
