@@ -59,6 +59,18 @@ pub enum Stop {
     Present = 9,
     /// `MAX_READS` reached.
     TooLong = 10,
+    /// SMMUv3: the stream has no valid STE (its StreamID beyond the stream table, its level-1
+    /// descriptor invalid, or the STE's V bit clear).
+    SteNotPresent = 11,
+    /// SMMUv3: the substream has no valid context descriptor (or substreams are off).
+    CdNotPresent = 12,
+    /// SMMUv3: the STE aborts the stream's transactions (Config abort, or S1DSS terminate).
+    Abort = 13,
+    /// A format we do not walk (SMMUv3: a 16K or 64K granule, AArch32 tables): no claim.
+    Unsupported = 14,
+    /// The input address lies beyond the stage's input size: the stage faults before any
+    /// table entry is read.
+    OutOfRange = 15,
 }
 
 impl Stop {
@@ -74,6 +86,11 @@ impl Stop {
             8 => Self::NotPresent,
             9 => Self::Present,
             10 => Self::TooLong,
+            11 => Self::SteNotPresent,
+            12 => Self::CdNotPresent,
+            13 => Self::Abort,
+            14 => Self::Unsupported,
+            15 => Self::OutOfRange,
             _ => Self::NotWalked,
         }
     }
@@ -91,6 +108,11 @@ impl Stop {
             Self::NotPresent => "not_present",
             Self::Present => "translation_present",
             Self::TooLong => "too_long",
+            Self::SteNotPresent => "ste_not_present",
+            Self::CdNotPresent => "cd_not_present",
+            Self::Abort => "abort",
+            Self::Unsupported => "unsupported_format",
+            Self::OutOfRange => "address_out_of_range",
         }
     }
 }
@@ -136,7 +158,11 @@ impl Walk {
     /// unreadable, not present in the context structures, ...).
     pub fn classified_level(&self) -> Level {
         let stop = Stop::from_u8(self.stop);
-        if matches!(stop, Stop::NotPresent | Stop::Present) { Level::from_u8(self.stage) } else { Level::Unknown }
+        if matches!(stop, Stop::NotPresent | Stop::Present | Stop::OutOfRange) {
+            Level::from_u8(self.stage)
+        } else {
+            Level::Unknown
+        }
     }
 }
 

@@ -13,6 +13,8 @@
 
 use crate::iopf::{DEV_NAME_LEN, Level};
 
+pub mod walk;
+
 /// Dwords of an event queue entry (32 bytes); the PRI queue's are 2.
 pub const EVTQ_DWORDS: u64 = 4;
 /// Depth of the kernel's stream tree the name lookup follows: a red-black tree of n nodes is
