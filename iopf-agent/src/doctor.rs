@@ -76,9 +76,19 @@ pub fn survey(
         Ok(b) => crate::amdvi::plan::offsets(b.vmlinux()),
         Err(_) => Err("no kernel BTF"),
     };
+    // The linear map is read (from /proc/kcore) only where an SMMUv3 walk could use it.
+    let bpf_loop = btf.as_ref().is_ok_and(|b| crate::smmu::plan::has_bpf_loop(b.vmlinux()));
+    let linear_map = match &smmu {
+        Ok(o) if bpf_loop && o.finds_registers() => {
+            crate::linear_map::from_kcore(std::path::Path::new("/proc/kcore"), kallsyms.text).map_err(|e| e.to_string())
+        }
+        _ => Err("not needed".into()),
+    };
+    let smmu_unwalked = smmu.as_ref().ok().and_then(|o| crate::smmu::plan::unwalked(o, bpf_loop, linear_map.clone()));
     let globals = loader::Globals {
         page_offset_base: kallsyms.page_offset_base.unwrap_or(0),
         smmu: smmu.unwrap_or(iopf_common::smmu::SmmuOffsets::NONE),
+        linear_map: linear_map.unwrap_or(0),
         amdvi: amdvi.unwrap_or(iopf_common::amdvi::AmdviOffsets::NONE),
         ..globals
     };
@@ -91,7 +101,7 @@ pub fn survey(
     if let Ok(a) = &abi {
         crate::vtd::plan::gate_report_walk(&mut plans, a.bpf_loop, a.vtd_report);
     }
-    crate::smmu::plan::gate(&mut plans, smmu);
+    crate::smmu::plan::gate(&mut plans, smmu, smmu_unwalked.as_deref());
     crate::amdvi::plan::gate(&mut plans, amdvi);
     let fault_paths = crate::paths::survey(&kallsyms);
     let report =

@@ -15,6 +15,9 @@ pub struct Kallsyms {
     /// Address of `intel_iommu_ops`, which tells an Intel device's `iommu_device` from
     /// others' (the walk on recoverable reports); a data symbol (CONFIG_KALLSYMS_ALL).
     pub intel_iommu_ops: Option<u64>,
+    /// Address of `_text`, the kernel image's start: its /proc/kcore segment is the one not
+    /// in the linear map (`linear_map`).
+    pub text: Option<u64>,
 }
 
 fn symbol_hash(s: &[u8]) -> u64 {
@@ -46,7 +49,7 @@ impl Kallsyms {
 
     fn from_reader(r: impl Read) -> Self {
         let mut r = BufReader::with_capacity(64 * 1024, r);
-        let (mut page_offset_base, mut intel_iommu_ops) = (None, None);
+        let (mut page_offset_base, mut intel_iommu_ops, mut text) = (None, None, None);
         let mut names = Vec::new();
         let mut line = Vec::with_capacity(256);
         loop {
@@ -69,6 +72,7 @@ impl Kallsyms {
             match sym {
                 b"page_offset_base" => page_offset_base = address(),
                 b"intel_iommu_ops" => intel_iommu_ops = address(),
+                b"_text" => text = address(),
                 _ => {}
             }
             names.push(symbol_hash(sym));
@@ -76,7 +80,7 @@ impl Kallsyms {
         names.sort_unstable();
         names.dedup();
         names.shrink_to_fit();
-        Kallsyms { names, page_offset_base, intel_iommu_ops }
+        Kallsyms { names, page_offset_base, intel_iommu_ops, text }
     }
 
     pub fn contains(&self, s: &str) -> bool {
@@ -96,6 +100,8 @@ mod tests {
         assert!(k.contains("_stext") && k.contains("dmar_fault") && k.contains("page_offset_base"));
         assert!(!k.contains("iommu_sva_iopf_handler") && !k.contains("T"));
         assert_eq!(k.page_offset_base, Some(0xffff_ffff_82a1_b2c8));
+        assert_eq!(k.text, None);
+        assert_eq!(Kallsyms::parse(b"ffff800080000000 T _text\n").text, Some(0xffff_8000_8000_0000));
         assert_eq!(k.intel_iommu_ops, None);
         let k = Kallsyms::parse(b"ffffffff8264d0a0 R intel_iommu_ops\n");
         assert_eq!((k.intel_iommu_ops, k.page_offset_base), (Some(0xffff_ffff_8264_d0a0), None));

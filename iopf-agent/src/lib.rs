@@ -14,6 +14,7 @@ pub mod iopf;
 pub mod kabi;
 pub mod kallsyms;
 pub mod lifecycle;
+pub mod linear_map;
 pub mod loader;
 pub mod mapfill;
 pub mod metrics;

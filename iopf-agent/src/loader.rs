@@ -52,6 +52,9 @@ pub struct Globals {
     pub vtd_report: iopf_common::vtd_report::ReportOffsets,
     /// What the SMMUv3 programs read (`smmu::plan`), `NONE` where the kernel has no SMMUv3.
     pub smmu: iopf_common::smmu::SmmuOffsets,
+    /// `va - pa` of the kernel's linear map (`linear_map`), for the SMMUv3 walk; 0: unknown,
+    /// no walk.
+    pub linear_map: u64,
     /// What the AMD-Vi programs read (`amdvi::plan`), `NONE` where the kernel has no AMD-Vi.
     pub amdvi: iopf_common::amdvi::AmdviOffsets,
     /// Whether the programs claim in-flight faults by compare-and-exchange (`Some(true)`) or
@@ -74,6 +77,7 @@ impl Default for Globals {
             page_offset_base: 0,
             vtd_report: iopf_common::vtd_report::ReportOffsets::NONE,
             smmu: iopf_common::smmu::SmmuOffsets::NONE,
+            linear_map: 0,
             amdvi: iopf_common::amdvi::AmdviOffsets::NONE,
             exchange: None,
         }
@@ -194,6 +198,7 @@ fn load_inner(globals: Globals, pins: &[(&str, &std::path::Path)]) -> Result<Ebp
         .override_global("PAGE_OFFSET", &PAGE_OFFSET_4LEVEL, true)
         .override_global("VTD_REPORT", &globals.vtd_report, true)
         .override_global("SMMU", &globals.smmu, true)
+        .override_global("LINEAR_MAP_BASE", &globals.linear_map, true)
         .override_global("AMDVI", &globals.amdvi, true)
         .override_global("DEV_SLOTS", &globals.dev_slots, true)
         .map_max_entries("IOPF_DEV_AGG", globals.dev_slots)

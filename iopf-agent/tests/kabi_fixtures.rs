@@ -129,7 +129,8 @@ fn handle_mm_fault_signature_is_stable() {
 /// making the fixture): `evtq` at 320 and `streams` at 912 of the v3 struct,
 /// `arm_smmu_queue.ent_dwords` at 160, `arm_smmu_stream { u32 id; master *; rb_node node; }`,
 /// `arm_smmu_master.dev` at 8 after `smmu`, `rb_node { parent_color; right; left; }`,
-/// `device.init_name` at 80.
+/// `device.init_name` at 80; `base` (the MMIO registers the walk reads the stream table
+/// base from) at 24, after `dev`, `impl_dev` and `impl_ops`.
 #[test]
 fn debian_7_3_arm64_smmu_offsets_come_from_the_v3_unit() {
     let btf = fixture("debian-7.3-arm64");
@@ -140,6 +141,8 @@ fn debian_7_3_arm64_smmu_offsets_come_from_the_v3_unit() {
     assert_eq!((o.stream_id, o.stream_master, o.stream_node, o.master_dev), (0, 8, 16, 8));
     assert_eq!((o.rb_right, o.rb_left, o.dev_init_name, o.dev_kobj_name), (8, 16, 80, 0));
     assert!(o.names_streams());
+    assert_eq!(o.device_base, 24);
+    assert!(o.finds_registers());
     // No IOPF there: the recoverable path is not built (its types are, as on the 6.18 host).
     assert!(!btf.has_func("iommu_report_device_fault"));
 }

@@ -171,6 +171,13 @@ pub trait Mem {
     fn read(&mut self, pa: u64) -> Option<u64>;
 }
 
+/// A walk run one read at a time (`Machine` here, `crate::smmu::walk::Machine`): the eBPF
+/// side drives any of them the same way.
+pub trait Step {
+    /// Reads one entry and decides what follows. True once the walk has ended.
+    fn step<M: Mem>(&mut self, mem: &mut M) -> bool;
+}
+
 /// Entry reads at most plus the step that finds the bound reached: every step but the last
 /// makes exactly one read, so a walk never takes more steps than this.
 pub const MAX_STEPS: u32 = MAX_READS as u32 + 1;
@@ -504,6 +511,13 @@ impl Machine {
             }
             _ => {}
         }
+    }
+}
+
+impl Step for Machine {
+    #[inline(always)]
+    fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
+        Machine::step(self, mem)
     }
 }
 

@@ -15,6 +15,7 @@ mod pagefault;
 mod probes;
 mod smmu;
 mod vtd;
+mod walk;
 
 #[cfg(not(test))]
 #[panic_handler]

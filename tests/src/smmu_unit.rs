@@ -63,6 +63,20 @@ pub fn unit(base: u64, streams: &[(u32, &str)], dwords: u64, record: [u64; 4]) -
     v
 }
 
+/// Gives a unit value registers whose stream table starts at the first table page, with
+/// `strtab_cfg` as `SMMU_STRTAB_BASE_CFG`, and writes `words` (physical address, value) into
+/// the table pages: the walk's physical addresses are offsets into the value.
+pub fn with_tables(v: &mut [u8; u::SIZE], base: u64, strtab_cfg: u64, words: &[(u64, u64)]) {
+    put(&mut v[..], u::DEVICE + u::DEVICE_BASE as usize, base + u::REGS as u64);
+    put(&mut v[..], u::REGS + 0x80, u::TABLES as u64);
+    put(&mut v[..], u::REGS + 0x88, strtab_cfg);
+    for &(pa, w) in words {
+        let at = pa as usize;
+        assert!((u::TABLES..u::SIZE - 8).contains(&at), "{pa:#x} is outside the table pages");
+        put(&mut v[..], at, w);
+    }
+}
+
 /// The decoder's injection programs over a unit value: `run` writes the value and decodes it
 /// as one `queue_remove_raw` returning 0.
 pub type SmmuUnit<'a> = Injected<'a, { u::SIZE }>;

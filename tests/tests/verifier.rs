@@ -42,7 +42,7 @@ fn kprobe_and_tracepoint_programs_pass_the_verifier() {
         };
     }
     g.vtd_report.intel_iommu_ops = 0xffff_ffff_8200_0000;
-    // And the SMMUv3 decoder (its kprobe/kretprobe pair), which this host has no unit for.
+    // And the SMMUv3 decoder (its kprobe and both kretprobes), which this host has no unit for.
     g.smmu = iopf_common::smmu::test_unit::OFFSETS;
     // And the AMD-Vi decoder (its kprobe), likewise.
     g.amdvi = iopf_common::amdvi::test_unit::OFFSETS;
@@ -68,13 +68,14 @@ fn kprobe_and_tracepoint_programs_pass_the_verifier() {
     // page faults (entry, return; slot-claiming and thread-keyed programs), the attach probe, and the IOPF kprobe rung: report
     // (entry, return), SVA and iommufd handlers, dequeue, group response, tuple response, free, work (entry, return);
     // VT-d dmar_fault (unrolled, and every record through bpf_loop) and the walk on
-    // recoverable reports; iommufd vIOMMU events; SMMUv3 event records (entry, return); AMD-Vi event log entries, PPR log entries and
+    // recoverable reports; iommufd vIOMMU events; SMMUv3 event records (entry, return, and return with
+    // the table walk); AMD-Vi event log entries, PPR log entries and
     // PPR responses. IOPF capture has no handle_mm_fault program: its mm fix is the work
     // function's span. Tracepoints: page-fault entry, iommu:io_page_fault, and the
     // benchmark's empty floor program; the benchmark's empty kprobe/kretprobe floor on
     // handle_mm_fault.
     // The thread-keyed page-fault programs must hold no compare-and-exchange: 5.10's verifier
     // (VM tier) is what refuses one, this kernel accepts both kinds.
-    assert_eq!(loaded.iter().filter(|l| l.starts_with("kprobe")).count(), 2 * 2 + 1 + 10 + 2 + 1 + 1 + 2 + 3 + 2);
+    assert_eq!(loaded.iter().filter(|l| l.starts_with("kprobe")).count(), 2 * 2 + 1 + 10 + 2 + 1 + 1 + 3 + 3 + 2);
     assert_eq!(loaded.iter().filter(|l| l.starts_with("tracepoint")).count(), 2 + 1 + 1);
 }

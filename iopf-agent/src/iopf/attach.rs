@@ -172,7 +172,9 @@ fn attach_one(
         let progs = match (plan.name, abi) {
             // SMMUv3 event records need no IOPF ABI: a kernel without IOPF still has them.
             ("smmu_evtq", _) => {
-                let (fexit, kprobe, kretprobe) = crate::smmu::plan::PROGRAMS;
+                // The walk's programs where the kernel can load them (`bpf_loop`).
+                let bpf_loop = kernel_btf.is_some_and(|k| crate::smmu::plan::has_bpf_loop(k.vmlinux()));
+                let (fexit, kprobe, kretprobe) = crate::smmu::plan::programs(bpf_loop);
                 Progs { fentry: None, fexit: Some(fexit), kprobe, kretprobe: Some(kretprobe) }
             }
             // Nor do AMD-Vi event log entries, PPR log entries and their answers.

@@ -62,6 +62,8 @@ pub struct IopfSnapshot {
     pub page_request_walk_ns: Histogram,
     /// SMMUv3 event records by device, StreamID, event, class, access and stage.
     pub smmu: BTreeMap<iopf_common::smmu::SmmuKey, u64>,
+    /// Cost of the SMMUv3 table walks, summed over CPUs.
+    pub smmu_walk_ns: Histogram,
     /// AMD-Vi event log entries by device, event and flags.
     pub amdvi: BTreeMap<iopf_common::amdvi::AmdviKey, u64>,
     /// AMD-Vi PPR log entries by device, type, flags and last page.

@@ -5,6 +5,7 @@
 use iopf_common::{
     iopf::{Config, Consts, Event, Level, Method, Source, response_label},
     policy::VIOLATIONS,
+    walk::{Stop, Walk, disagrees},
 };
 
 /// A JSON object under construction: `{"k":v,...}` followed by a newline.
@@ -153,6 +154,25 @@ pub(crate) fn verdict(o: &mut Obj<'_>, verdict: u32, policy_id: u32, policy: Opt
     o.uint("verdict", verdict.into());
     o.names("violations", VIOLATIONS.iter().filter(|(bit, _)| verdict & bit != 0).map(|(_, n)| *n));
     o.policy(policy_id, policy);
+}
+
+/// `"walk": {...}`: our walk of the tables (VT-d or SMMUv3), the second method beside the
+/// hardware's (`hardware`: the stage the record itself gives).
+pub(crate) fn walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
+    let stop = Stop::from_u8(w.stop);
+    let mut inner = o.nested("walk");
+    inner.str("method", b"walk");
+    inner.str("result", stop.label().as_bytes());
+    if stop != Stop::NotWalked {
+        inner.str("level", w.classified_level().label().as_bytes());
+        inner.uint("table_level", w.level.into());
+        inner.bool("permission", w.permission != 0);
+        inner.hex("entry", w.entry, 1);
+        inner.uint("reads", w.reads.into());
+        inner.uint("ns", ns);
+        inner.bool("disagrees", disagrees(w, hardware));
+    }
+    inner.close();
 }
 
 #[cfg(test)]

@@ -57,6 +57,10 @@ fn smmu_size() -> usize {
     size_of::<SmmuEvent>()
 }
 
+/// `SmmuEvent` before it carried our walk (which its last 24 bytes hold): such records read
+/// as not walked.
+const SMMU_EVENT_UNWALKED: usize = 112;
+
 fn amdvi_size() -> usize {
     size_of::<AmdviEvent>()
 }
@@ -295,6 +299,8 @@ pub struct Reader {
     pub header: Header,
     index: u64,
     offset: u64,
+    /// The file's SMMUv3 record size: this agent's, or `SMMU_EVENT_UNWALKED`.
+    smmu_size: usize,
 }
 
 impl Reader {
@@ -327,7 +333,9 @@ impl Reader {
         }
         let header: Header = serde_json::from_slice(&json)
             .map_err(|e| RecordError::Header { path: p.clone(), message: e.to_string() })?;
-        if header.layout != Layout::here() {
+        let here = Layout::here();
+        let unwalked_smmu = Layout { smmu_event: SMMU_EVENT_UNWALKED, ..here };
+        if header.layout != here && header.layout != unwalked_smmu {
             let message = format!(
                 "recorded with record sizes {:?}, this agent's are {:?} (replay it with the agent {} that wrote it)",
                 header.layout,
@@ -336,7 +344,8 @@ impl Reader {
             );
             return Err(RecordError::Header { path: p, message });
         }
-        Ok(Reader { path: p, input, header, index: 0, offset: 16 + u64::from(len) })
+        let smmu_size = header.layout.smmu_event;
+        Ok(Reader { path: p, input, header, index: 0, offset: 16 + u64::from(len), smmu_size })
     }
 
     /// The next record; `Ok(None)` at a clean end of file.
@@ -353,21 +362,23 @@ impl Reader {
             super::KIND_IOPF => size_of::<Event>(),
             super::KIND_DMAR => size_of::<DmarEvent>(),
             super::KIND_PAGE_REQUEST => size_of::<ReportWalkEvent>(),
-            super::KIND_SMMU => size_of::<SmmuEvent>(),
+            super::KIND_SMMU => self.smmu_size,
             super::KIND_AMDVI => size_of::<AmdviEvent>(),
             k => return Err(self.bad(&format!("unknown kind {k}"))),
         };
         if len != want {
             return Err(self.bad(&format!("length {len}, want {want}")));
         }
-        let mut buf = vec![0u8; len];
-        match read_full(&mut self.input, &mut buf) {
+        // Room for the whole record: a shorter one (`SMMU_EVENT_UNWALKED`) ends in zeros.
+        let mut buf = vec![0u8; len.max(size_of::<SmmuEvent>())];
+        match read_full(&mut self.input, &mut buf[..len]) {
             Ok(n) if n == len => {}
             Ok(_) => return Err(self.bad("cut short (the recording was interrupted?)")),
             Err(source) => return Err(RecordError::Io { path: self.path.clone(), source }),
         }
-        // SAFETY: `buf` holds exactly size_of::<T>() bytes of a record of plain integers, for
-        // which every bit pattern is valid; read_unaligned copes with the Vec's alignment.
+        // SAFETY: `buf` holds at least size_of::<T>() bytes (the record, then zeros where it
+        // is an unwalked SMMUv3 one) of plain integers, for which every bit pattern is valid;
+        // read_unaligned copes with the Vec's alignment.
         let r = unsafe {
             match head[0] {
                 super::KIND_IOPF => Record::Iopf(std::ptr::read_unaligned(buf.as_ptr().cast::<Event>())),
@@ -461,6 +472,45 @@ mod tests {
         e.walk.stop = iopf_common::walk::Stop::NotPresent as u8;
         e.walk.reads = 7;
         e
+    }
+
+    #[test]
+    fn smmu_records_from_before_walks_read_as_not_walked() {
+        // SAFETY: plain integers and byte arrays: all-zero is valid.
+        let mut s: SmmuEvent = unsafe { std::mem::zeroed() };
+        s.raw = [0x0000_0008_0000_0010, 0x0000_0208_0000_0000, 0x123000, 0];
+        s.sid = 8;
+        s.addr = 0x123000;
+        s.dev[..12].copy_from_slice(b"0000:00:01.0");
+        let h = Header::new("k", "kernel", &crate::kabi::iopf::CURRENT_CONSTS, vec![], vec![], Times::Monotonic);
+        let mut old = serde_json::to_value(&h).unwrap();
+        old["layout"]["smmu_event"] = 112.into();
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        let json = serde_json::to_vec(&old).unwrap();
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        // The record as the agent before walks wrote it: its first 112 bytes.
+        out.push(KIND_SMMU);
+        out.extend_from_slice(&112u16.to_le_bytes());
+        out.extend_from_slice(&bytes_of(&s)[..112]);
+        let p = std::env::temp_dir().join(format!("iopf-rec-unwalked-{}.iopf", std::process::id()));
+        std::fs::write(&p, &out).unwrap();
+        let mut r = Reader::open(&p).unwrap();
+        let Some(Record::Smmu(e)) = r.next_record().unwrap() else { panic!("an SMMUv3 record") };
+        assert_eq!((e.walk, e.walk_ns, e.raw, e.dev), (iopf_common::walk::Walk::NONE, 0, s.raw, s.dev));
+        assert!(r.next_record().unwrap().is_none());
+        // A 136-byte record in that file is refused: its size is the file's, 112.
+        out.truncate(out.len() - 115);
+        out.push(KIND_SMMU);
+        out.extend_from_slice(&136u16.to_le_bytes());
+        out.extend_from_slice(bytes_of(&s));
+        std::fs::write(&p, &out).unwrap();
+        let mut r = Reader::open(&p).unwrap();
+        let e = r.next_record().unwrap_err().to_string();
+        assert!(e.contains("length 136, want 112"), "{e}");
+        std::fs::remove_file(p).ok();
     }
 
     #[test]

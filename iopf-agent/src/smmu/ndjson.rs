@@ -1,12 +1,13 @@
 //! SMMUv3 event records as NDJSON lines (`"kind":"smmu_event"`): the record's fields by
-//! name, the stage from its S2 bit (method `hardware`), and the raw dwords.
+//! name, the stage from its S2 bit (method `hardware`), our walk of the unit's tables beside
+//! it (method `walk`), and the raw dwords.
 
 use iopf_common::{
     iopf::Level,
     smmu::{FLAG_IND, FLAG_PNU, FLAG_RNW, FLAG_S2, FLAG_SSV, FLAG_STALL, SmmuEvent, class_name, event_name},
 };
 
-use crate::iopf::ndjson::{Obj, name, verdict};
+use crate::iopf::ndjson::{Obj, name, verdict, walk};
 
 /// The record's flag bits by the architecture's names.
 pub fn flag_names(flags: u8) -> impl Iterator<Item = &'static str> {
@@ -43,6 +44,7 @@ pub fn write_smmu(buf: &mut Vec<u8>, e: &SmmuEvent, policy: Option<&str>) {
     o.str("method", if level == Level::Unknown { b"none" } else { b"hardware" });
     o.uint("ts_ns", e.ts_ns);
     verdict(&mut o, e.verdict, e.policy_id, policy);
+    walk(&mut o, &e.walk, e.walk_ns, level);
     let raw = e.raw.map(|d| format!("{d:#018x}"));
     o.names("raw", raw.iter().map(String::as_str));
     o.end();
@@ -50,7 +52,10 @@ pub fn write_smmu(buf: &mut Vec<u8>, e: &SmmuEvent, policy: Option<&str>) {
 
 #[cfg(test)]
 mod tests {
-    use iopf_common::smmu::Record;
+    use iopf_common::{
+        smmu::Record,
+        walk::{Stop, Walk},
+    };
     use serde_json::json;
 
     use super::*;
@@ -77,6 +82,8 @@ mod tests {
             verdict: 0,
             policy_id: 0,
             dev: dev_bytes("0000:00:01.0"),
+            walk: Walk { stop: Stop::NotPresent as u8, stage: Level::First as u8, level: 2, reads: 6, ..Walk::NONE },
+            walk_ns: 2100,
         };
         let mut buf = Vec::new();
         write_smmu(&mut buf, &e, None);
@@ -87,17 +94,36 @@ mod tests {
                 "event_name": "F_TRANSLATION", "class": "in", "access": "read", "addr": "0x123000", "ipa": "0x0",
                 "ssv": false, "ssid": 0, "stall": false, "stag": 0, "flags": ["rnw"], "level": "first",
                 "method": "hardware", "ts_ns": 7, "verdict": 0, "violations": [], "policy_id": 0, "policy": null,
+                "walk": {
+                    "method": "walk", "result": "not_present", "level": "first", "table_level": 2,
+                    "permission": false, "entry": "0x0", "reads": 6, "ns": 2100, "disagrees": false,
+                },
                 "raw": ["0x0000000800000010", "0x0000020800000000", "0x0000000000123000", "0x0000000000000000"],
             })
         );
-        // A configuration error has no stage: no method decided one.
-        let bad_ste = SmmuEvent { id: 0x04, level: Level::Unknown as u8, flags: 0, ..e };
+        // The walk found stage 2 where the S2 bit says stage 1.
+        let stage2 = Walk { stage: Level::Second as u8, ..e.walk };
+        let mut buf = Vec::new();
+        write_smmu(&mut buf, &SmmuEvent { walk: stage2, ..e }, None);
+        let v = parse(&buf);
+        assert_eq!(
+            (&v["level"], &v["walk"]["level"], &v["walk"]["disagrees"]),
+            (&json!("first"), &json!("second"), &json!(true))
+        );
+        // A configuration error has no stage: no method decided one, nothing was walked.
+        let bad_ste = SmmuEvent { id: 0x04, level: Level::Unknown as u8, flags: 0, walk: Walk::NONE, ..e };
         let mut buf = Vec::new();
         write_smmu(&mut buf, &bad_ste, None);
         let v = parse(&buf);
         assert_eq!(
-            (&v["event_name"], &v["level"], &v["method"], &v["access"]),
-            (&json!("C_BAD_STE"), &json!("unknown"), &json!("none"), &json!("write"))
+            (&v["event_name"], &v["level"], &v["method"], &v["access"], &v["walk"]),
+            (
+                &json!("C_BAD_STE"),
+                &json!("unknown"),
+                &json!("none"),
+                &json!("write"),
+                &json!({"method": "walk", "result": "not_walked"})
+            )
         );
     }
 }

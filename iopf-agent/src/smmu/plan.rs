@@ -11,8 +11,21 @@ use crate::{
     kabi::{KernelBtf, btf::Btf},
 };
 
-/// (fexit, kprobe, kretprobe) programs of the `smmu_evtq` hook.
-pub const PROGRAMS: (&str, &str, &str) = ("iopf_smmu_evtq_fexit", "iopf_smmu_evtq_kprobe", "iopf_smmu_evtq_kretprobe");
+/// (fexit, kprobe, kretprobe) programs of the `smmu_evtq` hook: with our walk of the unit's
+/// tables where the kernel has `bpf_loop` (the walk's programs hold its callback, which a
+/// kernel without it refuses), without it otherwise.
+pub fn programs(bpf_loop: bool) -> (&'static str, &'static str, &'static str) {
+    if bpf_loop {
+        ("iopf_smmu_evtq_walk_fexit", "iopf_smmu_evtq_kprobe", "iopf_smmu_evtq_walk_kretprobe")
+    } else {
+        ("iopf_smmu_evtq_fexit", "iopf_smmu_evtq_kprobe", "iopf_smmu_evtq_kretprobe")
+    }
+}
+
+/// Whether the kernel has `bpf_loop` (5.17+; `BPF_FUNC_loop` in its BTF).
+pub fn has_bpf_loop(vmlinux: &Btf) -> bool {
+    vmlinux.enumerator("BPF_FUNC_loop").is_some()
+}
 
 /// The driver's module, whose split BTF has the offsets where it is not built in.
 pub const MODULE: &str = "arm_smmu_v3";
@@ -51,20 +64,41 @@ pub fn offsets(btf: &Btf) -> Result<SmmuOffsets, &'static str> {
         dev_init_name: or_absent(m("device", "init_name")),
         dev_kobj_name: sum(m("device", "kobj"), m("kobject", "name")),
         stalls_reported: btf.has_func("iommu_report_device_fault") as u32,
+        device_base: or_absent(unit("base")),
+        _pad: 0,
     })
 }
 
 /// Why devices go unnamed where the records can be read but the stream tree cannot.
 pub const UNNAMED: &str = "records are counted without device names: vmlinux BTF lacks the stream tree (arm_smmu_device.streams, arm_smmu_stream, arm_smmu_master.dev)";
 
+/// Why the records' tables are not walked, where they can be read: the walk needs
+/// `bpf_loop`, the unit's registers (`arm_smmu_device.base`) and the kernel's linear map.
+pub fn unwalked(o: &SmmuOffsets, bpf_loop: bool, linear_map: Result<u64, String>) -> Option<String> {
+    if !bpf_loop {
+        return Some("records are not walked: the walk needs bpf_loop (Linux 5.17+)".into());
+    }
+    if !o.finds_registers() {
+        return Some("records are not walked: BTF lacks arm_smmu_device.base (the unit's registers)".into());
+    }
+    linear_map.err().map(|why| format!("records are not walked: {why}"))
+}
+
 /// Takes the hook off the plan, with the reason, where its records cannot be read; says so
-/// where they can but their devices cannot be named.
-pub fn gate(plans: &mut [Plan], offsets: Result<SmmuOffsets, &'static str>) {
+/// where they can but their devices cannot be named, or their tables not walked
+/// (`unwalked`).
+pub fn gate(plans: &mut [Plan], offsets: Result<SmmuOffsets, &'static str>, unwalked: Option<&str>) {
     for p in plans.iter_mut().filter(|p| p.name == "smmu_evtq" && p.rung != Rung::Unavailable) {
         match offsets {
             Err(why) => p.take_off(why),
-            Ok(o) if !o.names_streams() => p.note(UNNAMED),
-            Ok(_) => {}
+            Ok(o) => {
+                if !o.names_streams() {
+                    p.note(UNNAMED);
+                }
+                if let Some(why) = unwalked {
+                    p.note(why);
+                }
+            }
         }
     }
 }
@@ -73,6 +107,26 @@ pub fn gate(plans: &mut [Plan], offsets: Result<SmmuOffsets, &'static str>) {
 mod tests {
     use super::*;
     use crate::hooks::HookState;
+
+    #[test]
+    fn why_records_go_unwalked() {
+        let o = iopf_common::smmu::test_unit::OFFSETS;
+        assert_eq!(unwalked(&o, true, Ok(0xffff_0000_4000_0000)), None);
+        assert_eq!(
+            unwalked(&o, false, Ok(1)).as_deref(),
+            Some("records are not walked: the walk needs bpf_loop (Linux 5.17+)")
+        );
+        assert_eq!(
+            unwalked(&SmmuOffsets { device_base: SmmuOffsets::ABSENT, ..o }, true, Ok(1)).as_deref(),
+            Some("records are not walked: BTF lacks arm_smmu_device.base (the unit's registers)")
+        );
+        assert_eq!(
+            unwalked(&o, true, Err("no /proc/kcore".into())).as_deref(),
+            Some("records are not walked: no /proc/kcore")
+        );
+        assert_eq!(programs(true).0, "iopf_smmu_evtq_walk_fexit");
+        assert_eq!(programs(false), ("iopf_smmu_evtq_fexit", "iopf_smmu_evtq_kprobe", "iopf_smmu_evtq_kretprobe"));
+    }
 
     #[test]
     fn without_the_queue_layout_the_hook_is_off_the_plan() {
@@ -85,11 +139,14 @@ mod tests {
             reason: String::new(),
         }];
         let named = SmmuOffsets { queue_ent_dwords: 40, ..iopf_common::smmu::test_unit::OFFSETS };
-        gate(&mut p, Ok(named));
+        gate(&mut p, Ok(named), None);
         assert_eq!((p[0].rung, p[0].state, p[0].reason.as_str()), (Rung::Fentry, HookState::Planned, ""));
-        gate(&mut p, Ok(SmmuOffsets { device_streams: SmmuOffsets::ABSENT, ..named }));
+        gate(&mut p, Ok(SmmuOffsets { device_streams: SmmuOffsets::ABSENT, ..named }), None);
         assert_eq!((p[0].rung, p[0].state, p[0].reason.as_str()), (Rung::Fentry, HookState::Planned, UNNAMED));
-        gate(&mut p, Err("no queue"));
+        p[0].reason.clear();
+        gate(&mut p, Ok(named), Some("records are not walked: x"));
+        assert_eq!(p[0].reason, "records are not walked: x");
+        gate(&mut p, Err("no queue"), None);
         assert_eq!(
             (p[0].rung, p[0].state, p[0].reason.as_str(), p[0].target.as_deref()),
             (Rung::Unavailable, HookState::Absent, "no queue", None)
@@ -116,7 +173,7 @@ mod tests {
             &[
                 ("arm_smmu_queue", 192, &[("llq", 0), ("ent_dwords", 160)]),
                 ("arm_smmu_evtq", 256, &[("q", 0), ("iopf", 192)]),
-                ("arm_smmu_device", 1024, &[("evtq", 320), ("streams", 912)]),
+                ("arm_smmu_device", 1024, &[("base", 8), ("evtq", 320), ("streams", 912)]),
                 ("arm_smmu_stream", 40, &[("id", 0), ("master", 8), ("node", 16)]),
                 ("arm_smmu_master", 64, &[("smmu", 0), ("dev", 8)]),
             ],
@@ -145,6 +202,8 @@ mod tests {
                 dev_init_name: 80,
                 dev_kobj_name: 0,
                 stalls_reported: 1,
+                device_base: 8,
+                _pad: 0,
             })
         );
     }

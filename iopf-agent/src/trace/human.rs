@@ -134,7 +134,8 @@ pub fn dmar(buf: &mut Vec<u8>, e: &DmarEvent, clock: &WallClock, color: bool, po
 }
 
 /// An SMMUv3 event record (KIND `smmu`): the event and class with the stage its S2 bit gives
-/// where the IOPF line has its configuration; the SubstreamID as the PASID when valid.
+/// where the IOPF line has its configuration, then our walk's stage, table level and result
+/// where it walked; the SubstreamID as the PASID when valid.
 pub fn smmu(buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent, clock: &WallClock, color: bool, policy: Option<&str>) {
     use iopf_common::smmu::{FLAG_RNW, FLAG_SSV, class_name, event_name};
     let pasid = if e.flags & FLAG_SSV != 0 { e.ssid.to_string() } else { "-".into() };
@@ -147,13 +148,25 @@ pub fn smmu(buf: &mut Vec<u8>, e: &iopf_common::smmu::SmmuEvent, clock: &WallClo
         &pasid,
         e.addr,
         if e.flags & FLAG_RNW != 0 { "read" } else { "write" },
-        &format!("{}/{}/{}", event_name(e.id), class_name(e.class), Level::from_u8(e.level).label()),
+        &format!("{}/{}/{}{}", event_name(e.id), class_name(e.class), Level::from_u8(e.level).label(), walked(&e.walk)),
         "-",
         "-",
         &verdict(e.verdict, e.policy_id, policy),
     );
     let c = if color && e.verdict & !VERDICT_CHECKED != 0 { Some(RED) } else { None };
     line(buf, &s, c);
+}
+
+/// ` walk first/L2 not_present` after the hardware's stage; empty when not walked.
+fn walked(w: &iopf_common::walk::Walk) -> String {
+    if Stop::from_u8(w.stop) == Stop::NotWalked { String::new() } else { format!(" walk {}", walk_class(w)) }
+}
+
+/// A walk's stage, table level and result: `first/L2 not_present` (`,no_permission` where the
+/// translation lacks it).
+fn walk_class(w: &iopf_common::walk::Walk) -> String {
+    let perm = if w.permission != 0 { ",no_permission" } else { "" };
+    format!("{}/L{} {}{perm}", w.classified_level().label(), w.level, Stop::from_u8(w.stop).label())
 }
 
 /// An AMD-Vi event log entry (KIND `amdvi`): the event and its flags where the IOPF line has
@@ -188,15 +201,7 @@ pub fn amdvi(
 pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, color: bool, policy: Option<&str>) {
     let pasid = if e.pasid_present != 0 { e.pasid.to_string() } else { "-".into() };
     let access: Vec<&str> = perm_names(e.perm).collect();
-    let stop = Stop::from_u8(e.walk.stop);
-    let level = e.walk.classified_level();
-    let class = format!(
-        "{}/L{} {}{}",
-        level.label(),
-        e.walk.level,
-        stop.label(),
-        if e.walk.permission != 0 { ",no_permission" } else { "" }
-    );
+    let class = walk_class(&e.walk);
     let s = row(
         &clock.time_of_day(e.ts_ns),
         "walk",
@@ -213,7 +218,7 @@ pub fn page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, clock: &WallClock, c
         None
     } else if e.verdict & !VERDICT_CHECKED != 0 {
         Some(RED)
-    } else if stop == Stop::ReadFailed {
+    } else if Stop::from_u8(e.walk.stop) == Stop::ReadFailed {
         Some(YELLOW)
     } else {
         None

@@ -57,15 +57,18 @@ pub fn families(snap: &IopfSnapshot, s: IopfStats, out: &mut Vec<Family>) {
     if snap.page_request_walk_ns.count != 0 {
         walks.push(histogram(&[("source", "vtd_page_request")], &snap.page_request_walk_ns));
     }
+    if snap.smmu_walk_ns.count != 0 {
+        walks.push(histogram(&[("source", "smmuv3")], &snap.smmu_walk_ns));
+    }
     out.push(family(
         "iopf_walk_seconds",
-        "Cost of our walk of the VT-d translation structures: per fault record in the fault interrupt (source vtd), per recoverable report at its entry (source vtd_page_request).",
+        "Cost of our walk of the translation structures: VT-d per fault record in the fault interrupt (source vtd), per recoverable report at its entry (source vtd_page_request); SMMUv3 per translation-related event record (source smmuv3).",
         Kind::Histogram,
         walks,
     ));
     out.push(family(
         "iopf_classification_disagreements_total",
-        "Faults two methods classified at different stages: the VT-d reason code (hardware) or the domain type at the group handler (domain) against our table walk (walk); the SMMUv3 stall record's S2 bit (hardware) against the domain type (hardware_domain: the hardware's stage is the one reported).",
+        "Faults two methods classified at different stages: the VT-d reason code or the SMMUv3 record's S2 bit (hardware), or the domain type at the group handler (domain), against our table walk (walk); the SMMUv3 stall record's S2 bit (hardware) against the domain type (hardware_domain: the hardware's stage is the one reported).",
         Kind::Counter,
         vec![
             counter(&[("methods", "hardware_walk")], s.walk_disagreements),

@@ -6,10 +6,9 @@ use iopf_common::{
     dmar::{DmarEvent, bdf_name},
     iopf::Level,
     vtd_report::{PERM_WRITE, ReportWalkEvent},
-    walk::{Stop, Walk, disagrees},
 };
 
-use crate::iopf::ndjson::{Obj, name, verdict};
+use crate::iopf::ndjson::{Obj, name, verdict, walk};
 
 /// Appends one decoded VT-d fault record as a JSON line (`policy` as for `write_event`).
 pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
@@ -22,7 +21,7 @@ pub fn write_dmar(buf: &mut Vec<u8>, e: &DmarEvent, policy: Option<&str>) {
     o.uint("record", e.index.into());
     o.uint("ts_ns", e.ts_ns);
     verdict(&mut o, e.verdict, e.policy_id, policy);
-    write_walk(&mut o, &e.walk, e.walk_ns, Level::from_u8(e.level));
+    walk(&mut o, &e.walk, e.walk_ns, Level::from_u8(e.level));
     o.end();
 }
 
@@ -40,7 +39,7 @@ pub fn write_page_request(buf: &mut Vec<u8>, e: &ReportWalkEvent, policy: Option
     o.str("method", if level == Level::Unknown { b"none" } else { b"walk" });
     o.uint("ts_ns", e.ts_ns);
     verdict(&mut o, e.verdict, e.policy_id, policy);
-    write_walk(&mut o, &e.walk, e.walk_ns, Level::Unknown);
+    walk(&mut o, &e.walk, e.walk_ns, Level::Unknown);
     o.end();
 }
 
@@ -54,26 +53,9 @@ fn head(o: &mut Obj<'_>, kind: &[u8], segment: u16, source_id: u16, addr: u64, p
     o.bool("pasid_valid", pasid_present != 0);
 }
 
-/// `"walk": {...}`: our walk of the tables, the second method beside the reason code.
-fn write_walk(o: &mut Obj<'_>, w: &Walk, ns: u64, hardware: Level) {
-    let stop = Stop::from_u8(w.stop);
-    let mut inner = o.nested("walk");
-    inner.str("method", b"walk");
-    inner.str("result", stop.label().as_bytes());
-    if stop != Stop::NotWalked {
-        inner.str("level", w.classified_level().label().as_bytes());
-        inner.uint("table_level", w.level.into());
-        inner.bool("permission", w.permission != 0);
-        inner.hex("entry", w.entry, 1);
-        inner.uint("reads", w.reads.into());
-        inner.uint("ns", ns);
-        inner.bool("disagrees", disagrees(w, hardware));
-    }
-    inner.close();
-}
-
 #[cfg(test)]
 mod tests {
+    use iopf_common::walk::{Stop, Walk};
     use serde_json::json;
 
     use super::*;

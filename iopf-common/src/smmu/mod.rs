@@ -11,7 +11,10 @@
 //! address size, access flag, permission) S2 says which stage faulted. For the others
 //! (configuration errors, bad stream ids) no stage applies and the level is unknown.
 
-use crate::iopf::{DEV_NAME_LEN, Level};
+use crate::{
+    iopf::{DEV_NAME_LEN, Level},
+    walk::Walk,
+};
 
 pub mod walk;
 
@@ -157,6 +160,11 @@ pub struct SmmuEvent {
     pub verdict: u32,
     pub policy_id: u32,
     pub dev: [u8; DEV_NAME_LEN],
+    /// Our walk of the unit's tables for this record (`walk::Stop::NotWalked` where it was
+    /// not walked: no stage applies, or the kernel cannot run the walk), and its cost. Last,
+    /// so a recording made before walks reads with both zero.
+    pub walk: Walk,
+    pub walk_ns: u64,
 }
 
 /// Offsets the SMMUv3 programs read, from the kernel's BTF (`ABSENT` where it has none).
@@ -187,6 +195,10 @@ pub struct SmmuOffsets {
     /// counted as an unrecoverable fault, its report is the fault (with the report hook off
     /// the plan it is counted nowhere). 0: every record is unrecoverable.
     pub stalls_reported: u32,
+    /// `arm_smmu_device.base`: the unit's MMIO registers, whose stream table base the walk
+    /// starts from.
+    pub device_base: u32,
+    pub _pad: u32,
 }
 
 impl SmmuOffsets {
@@ -204,7 +216,14 @@ impl SmmuOffsets {
         dev_init_name: Self::ABSENT,
         dev_kobj_name: Self::ABSENT,
         stalls_reported: 0,
+        device_base: Self::ABSENT,
+        _pad: 0,
     };
+
+    /// Whether the walk can find the unit's stream table from its event queue.
+    pub const fn finds_registers(&self) -> bool {
+        self.device_evtq_q != Self::ABSENT && self.device_base != Self::ABSENT
+    }
 
     /// Whether the stream tree can be followed to a device name.
     pub const fn names_streams(&self) -> bool {
@@ -228,8 +247,10 @@ impl SmmuOffsets {
 pub mod test_unit {
     use super::SmmuOffsets;
 
-    /// The unit at the start of the value; its event queue and that queue's `ent_dwords`.
+    /// The unit at the start of the value, its registers pointer, its event queue and that
+    /// queue's `ent_dwords`.
     pub const DEVICE: usize = 0;
+    pub const DEVICE_BASE: u32 = 0x08;
     pub const DEVICE_STREAMS: u32 = 0x10;
     pub const DEVICE_EVTQ_Q: u32 = 0x40;
     pub const QUEUE: usize = DEVICE + DEVICE_EVTQ_Q as usize;
@@ -256,7 +277,13 @@ pub mod test_unit {
     pub const NAME_SIZE: usize = 0x20;
     /// Streams the value holds.
     pub const MAX_STREAMS: usize = 32;
-    pub const SIZE: usize = NAMES + MAX_STREAMS * NAME_SIZE;
+    /// The unit's MMIO registers (`SMMU_STRTAB_BASE` at +0x80).
+    pub const REGS: usize = NAMES + MAX_STREAMS * NAME_SIZE;
+    /// Pages for the walk's structures: offsets from the value's start stand for physical
+    /// addresses (the walk's linear-map base is the value's address).
+    pub const TABLES: usize = 0x2000;
+    pub const TABLE_PAGES: usize = 8;
+    pub const SIZE: usize = TABLES + TABLE_PAGES * 0x1000;
 
     pub const OFFSETS: SmmuOffsets = SmmuOffsets {
         queue_ent_dwords: QUEUE_ENT_DWORDS,
@@ -271,8 +298,11 @@ pub mod test_unit {
         dev_init_name: DEV_INIT_NAME,
         dev_kobj_name: DEV_KOBJ_NAME,
         stalls_reported: 0,
+        device_base: DEVICE_BASE,
+        _pad: 0,
     };
 
+    const _: () = assert!(REGS + 0x100 <= TABLES);
     const _: () = assert!(STREAMS + MAX_STREAMS * STREAM_SIZE <= MASTERS);
     const _: () = assert!(MASTERS + MAX_STREAMS * MASTER_SIZE <= DEVICES);
     const _: () = assert!(DEVICES + MAX_STREAMS * DEVICE_SIZE <= NAMES);
@@ -280,8 +310,8 @@ pub mod test_unit {
 
 // The layouts are shared with the eBPF object: no implicit padding, sizes fixed.
 const _: () = assert!(core::mem::size_of::<SmmuKey>() == 40);
-const _: () = assert!(core::mem::size_of::<SmmuEvent>() == 112);
-const _: () = assert!(core::mem::size_of::<SmmuOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<SmmuEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<SmmuOffsets>() == 56);
 
 #[cfg(test)]
 mod tests {
@@ -350,8 +380,11 @@ mod tests {
             dev_init_name: 64,
             dev_kobj_name: 0,
             stalls_reported: 0,
+            device_base: 0x10,
+            _pad: 0,
         };
-        assert!(all.names_streams());
+        assert!(all.names_streams() && all.finds_registers());
+        assert!(!SmmuOffsets { device_base: SmmuOffsets::ABSENT, ..all }.finds_registers());
         assert!(!SmmuOffsets { device_streams: SmmuOffsets::ABSENT, ..all }.names_streams());
         assert!(!SmmuOffsets::NONE.names_streams());
     }

@@ -45,7 +45,7 @@
 use crate::{
     iopf::Level,
     smmu::{FLAG_PNU, FLAG_RNW, FLAG_SSV, Record},
-    walk::{MAX_READS, Mem, Stop, Walk},
+    walk::{MAX_READS, Mem, Step, Stop, Walk},
 };
 
 /// `SMMU_STRTAB_BASE` and `SMMU_STRTAB_BASE_CFG` offsets in the unit's MMIO registers.
@@ -247,15 +247,17 @@ impl Machine {
         self.config == 7
     }
 
-    /// Starts a paging walk of `stage` from `table` at LPAE level `start` (index `bits` wide
-    /// there), for `addr`.
+    /// Starts a paging walk of `stage` from `table` at LPAE level `start`, for `addr`. The
+    /// index is as wide as the stage's start table's there, 9 bits below it.
     #[inline(always)]
-    fn paging(&mut self, stage: Level, table: u64, start: u8, bits: u8, addr: u64, write: bool, then: u8) {
+    fn paging(&mut self, stage: Level, table: u64, start: u8, addr: u64, write: bool, then: u8) {
+        let (top, top_bits) =
+            if stage == Level::First { (self.s1_start, self.s1_bits) } else { (self.s2_start, self.s2_bits) };
         self.phase = phase::PAGING;
         self.stage = stage as u8;
         self.table = table;
         self.level = start;
-        self.bits = bits;
+        self.bits = if start == top { top_bits } else { 9 };
         self.addr = addr;
         self.write = write;
         self.writable = true;
@@ -270,7 +272,7 @@ impl Machine {
         if top < 64 && ipa >> top != 0 {
             return self.stop(Stop::OutOfRange, Level::Second, table_level(self.s2_start));
         }
-        self.paging(Level::Second, self.s2_table, self.s2_start, self.s2_bits, ipa, write, then);
+        self.paging(Level::Second, self.s2_table, self.s2_start, ipa, write, then);
     }
 
     /// The structure entry at `pa` next, through stage 2 where it is an IPA (nested).
@@ -402,7 +404,7 @@ impl Machine {
                     // Stage 1's top table is at an IPA.
                     return self.through_s2(ttb0, false, then::S1_TABLE);
                 }
-                self.paging(Level::First, ttb0, self.s1_start, self.s1_bits, self.rq.addr, self.rq.write, then::END);
+                self.paging(Level::First, ttb0, self.s1_start, self.rq.addr, self.rq.write, then::END);
             }
         }
     }
@@ -525,10 +527,7 @@ impl Machine {
             then::S1_TABLE | then::CD_L1 | then::CD if !ok => {}
             then::S1_TABLE => {
                 // Back to stage 1, at the table stage 2 found.
-                self.paging(Level::First, out, self.s1_level, 9, self.rq.addr, self.rq.write, then::NESTED_S1);
-                if self.s1_level == self.s1_start {
-                    self.bits = self.s1_bits;
-                }
+                self.paging(Level::First, out, self.s1_level, self.rq.addr, self.rq.write, then::NESTED_S1);
                 self.writable = self.s1_writable;
                 self.unpriv = self.s1_unpriv;
                 self.w.permission = 0;
@@ -551,6 +550,13 @@ impl Machine {
             }
             _ => {}
         }
+    }
+}
+
+impl Step for Machine {
+    #[inline(always)]
+    fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
+        Machine::step(self, mem)
     }
 }
 

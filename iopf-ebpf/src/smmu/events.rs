@@ -4,11 +4,18 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use iopf_common::{
-    iopf::{DEV_NAME_LEN, Source},
-    smmu::{EVTQ_DWORDS, FLAG_SSV, FLAG_STALL, MAX_STREAM_DEPTH, Record, SmmuEvent, SmmuKey, SmmuOffsets},
+    iopf::{DEV_NAME_LEN, Level, Source},
+    smmu::{
+        EVTQ_DWORDS, FLAG_SSV, FLAG_STALL, MAX_STREAM_DEPTH, Record, SmmuEvent, SmmuKey, SmmuOffsets,
+        walk::{REG_STRTAB_BASE, REG_STRTAB_BASE_CFG, Request},
+    },
+    walk::{Walk, disagrees},
 };
 
-use super::{SMMU, SMMU_COUNTS, SMMU_EVENTS};
+use super::{
+    SMMU, SMMU_COUNTS, SMMU_EVENTS, SMMU_WALK_NS,
+    walk::{WalkSlot, walk_record},
+};
 use crate::iopf::read::{dev_name_at, read_or_zero as rd};
 
 /// The name of the device whose stream `sid` is, from the unit's tree of streams (the
@@ -43,10 +50,37 @@ fn stream_name(unit: u64, sid: u32, o: &SmmuOffsets) -> Option<[u8; DEV_NAME_LEN
     None
 }
 
-/// Decodes the record `queue_remove_raw` copied from queue `q` into `ent`. Entries of the
-/// PRI queue (2 dwords) are not event records and are left alone.
+/// Our walk for a translation-related record (one with a stage), from the unit's stream
+/// table registers, through the linear map at `dmap`; and its cost. `NotWalked` otherwise.
 #[inline(always)]
-pub(super) fn decode(q: u64, ent: u64) {
+fn walk(unit: u64, r: &Record, dmap: u64, slot: WalkSlot, o: &SmmuOffsets) -> (Walk, u64) {
+    let mut found = Walk::NONE;
+    if r.level() == Level::Unknown || dmap == 0 || !o.finds_registers() {
+        return (found, 0);
+    }
+    let regs: u64 = rd(unit + o.device_base as u64);
+    if regs == 0 {
+        return (found, 0);
+    }
+    // SAFETY: plain helper call.
+    let t0 = unsafe { bpf_ktime_get_ns() };
+    let rq = Request::for_record(r, rd(regs + REG_STRTAB_BASE), rd(regs + REG_STRTAB_BASE_CFG));
+    walk_record(&rq, dmap, slot, &mut found);
+    // SAFETY: plain helper call.
+    let ns = unsafe { bpf_ktime_get_ns() } - t0;
+    crate::counters::observe(&SMMU_WALK_NS, ns);
+    if disagrees(&found, r.level()) {
+        crate::stat!(walk_disagreements);
+    }
+    (found, ns)
+}
+
+/// Decodes the record `queue_remove_raw` copied from queue `q` into `ent`. Entries of the
+/// PRI queue (2 dwords) are not event records and are left alone. `WALK`: also walk the
+/// unit's tables for it, through the linear map at `dmap` (the `_walk` programs: kernels
+/// with `bpf_loop`).
+#[inline(always)]
+pub(super) fn decode<const WALK: bool>(q: u64, ent: u64, dmap: u64, slot: WalkSlot) {
     let o = SMMU.load();
     if o.queue_ent_dwords == SmmuOffsets::ABSENT || q == 0 || ent == 0 {
         return;
@@ -58,7 +92,9 @@ pub(super) fn decode(q: u64, ent: u64) {
     let raw: [u64; 4] = rd(ent);
     let r = Record::decode(raw);
     let level = r.level() as u8;
-    let named = if o.names_streams() { stream_name(q - o.device_evtq_q as u64, r.sid, &o) } else { None };
+    let unit = q - o.device_evtq_q as u64;
+    let named = if o.names_streams() { stream_name(unit, r.sid, &o) } else { None };
+    let (found, walk_ns) = if WALK { walk(unit, &r, dmap, slot, &o) } else { (Walk::NONE, 0) };
     // A stall the kernel reports is a recoverable fault, counted at its report. The driver
     // reports only the stalls of a stream it knows (the master found by StreamID).
     let unrecoverable = r.flags & FLAG_STALL == 0 || o.stalls_reported == 0 || named.is_none();
@@ -98,6 +134,8 @@ pub(super) fn decode(q: u64, ent: u64) {
             verdict: checked as u32,
             policy_id: (checked >> 32) as u32,
             dev,
+            walk: found,
+            walk_ns,
         });
         e.submit(0);
     } else {

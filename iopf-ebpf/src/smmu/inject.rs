@@ -1,7 +1,8 @@
 //! The family's code over a synthetic unit, run by test-run: a queue, an entry and a tree of
 //! streams laid out in one map value (`iopf_common::smmu::test_unit`). The test reads the
 //! value's kernel address (`inject_smmu_base`), writes the tree's pointers as absolute
-//! addresses, then decodes (`inject_smmu`) exactly as at `queue_remove_raw`'s exit.
+//! addresses, then decodes (`inject_smmu`) exactly as at `queue_remove_raw`'s exit, walking
+//! structures laid out in the same value (its offsets standing for physical addresses).
 
 use aya_ebpf::{
     macros::{map, raw_tracepoint},
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use iopf_common::smmu::test_unit;
 
-use super::events::decode;
+use super::{events::decode, walk::WalkSlot};
 use crate::iopf::read::read_or_zero as rd;
 
 #[map]
@@ -39,6 +40,7 @@ pub fn inject_smmu_base(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint]
 pub fn inject_smmu(_ctx: RawTracePointContext) -> i32 {
     let Some(b) = base() else { return 1 };
-    decode(b + test_unit::QUEUE as u64, b + test_unit::ENTRY as u64);
+    // The value stands for physical memory too: its offsets are the walk's addresses.
+    decode::<true>(b + test_unit::QUEUE as u64, b + test_unit::ENTRY as u64, b, WalkSlot::Test);
     0
 }

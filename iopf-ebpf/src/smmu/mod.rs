@@ -6,8 +6,11 @@
 //! the report the driver makes of it next, in the same task (`iopf::hardware`), and, where
 //! the kernel reports stalls, not counted as unrecoverable.
 //!
-//! - `events`: one record decoded, named, counted, checked and emitted;
-//! - `programs`: the hooks (fexit, and kprobe + kretprobe where trampolines cannot attach);
+//! - `events`: one record decoded, named, walked, counted, checked and emitted;
+//! - `walk`: our walk of the unit's stream table, CDs and page tables for a record, whose
+//!   stage is checked against the S2 bit;
+//! - `programs`: the hooks (fexit, and kprobe + kretprobe where trampolines cannot attach),
+//!   with and without the walk (it needs `bpf_loop`, 5.17+);
 //! - `inject`: the same code over synthetic queues and stream trees, for tests.
 //!
 //! The agent's half is `iopf-agent/src/smmu/`; the shared layouts are `iopf_common::smmu`.
@@ -15,13 +18,17 @@
 mod events;
 mod inject;
 mod programs;
+mod walk;
 
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use iopf_common::smmu::{SmmuKey, SmmuOffsets};
+use iopf_common::{
+    hist::Histogram,
+    smmu::{SmmuKey, SmmuOffsets},
+};
 
 /// Kernel offsets (`iopf-agent/src/smmu/plan.rs`), `NONE` until the agent sets them.
 #[unsafe(no_mangle)]
@@ -34,3 +41,6 @@ static SMMU_EVENTS: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
 /// kprobe rung: task id -> (queue, entry) at `queue_remove_raw` entry, for its kretprobe.
 #[map]
 static SMMU_ARGS: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(1024, 0);
+/// Cost of the walks (ns).
+#[map]
+static SMMU_WALK_NS: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0);
