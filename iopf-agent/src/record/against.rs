@@ -92,6 +92,9 @@ pub fn flag(path: &Path, set: &PolicySet) -> Result<(Flagged, u64), AgentError> 
         let v = match r {
             Record::Iopf(e) => verdict_level(rule, e.level) | rate[i] | verdict_answer(rule, e.code, e.service_ns),
             Record::Dmar(e) => verdict_unrecoverable(rule, e.level),
+            // A stall the kernel reported is checked at its report (an IOPF record), as the
+            // kernel side checks it.
+            Record::Smmu(e) if e.reported != 0 => VERDICT_CHECKED,
             Record::Smmu(e) => verdict_unrecoverable(rule, e.level),
             Record::Amdvi(_) => verdict_unrecoverable(rule, iopf_common::iopf::Level::Unknown as u8),
             // The walk's stage against the levels, as the kernel side checks it.
@@ -128,4 +131,49 @@ pub fn run(path: &Path, policies: &[std::path::PathBuf]) -> Result<i32, AgentErr
     let total: u64 = flagged.values().sum();
     let _ = writeln!(out, "{total} violations in {n} recorded events");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use iopf_common::smmu::{FLAG_RNW, FLAG_STALL, SmmuEvent};
+
+    use super::*;
+    use crate::record::file::{Header, Times, encode, preamble};
+
+    /// SMMUv3 records under `unrecoverable: none`: a plain translation fault and a stall the
+    /// kernel did not report are unrecoverable faults the policy forbids; a stall the kernel
+    /// reported (its report is the fault) is not.
+    #[test]
+    fn a_reported_stall_is_no_unrecoverable_fault() {
+        let dir = std::env::temp_dir().join(format!("iopf-against-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("p.yaml");
+        std::fs::write(
+            &policy,
+            "apiVersion: iopf.dev/v1alpha1\nkind: DevicePolicy\nmetadata:\n  name: quiet\nspec:\n  mode: monitor\n  selector:\n    pci: \"0000:00:01.0\"\n  expect:\n    unrecoverable: none\n",
+        )
+        .unwrap();
+        // SAFETY: plain integers and byte arrays: all-zero is valid.
+        let mut e: SmmuEvent = unsafe { std::mem::zeroed() };
+        e.dev[..12].copy_from_slice(b"0000:00:01.0");
+        e.id = 0x10;
+        e.level = iopf_common::iopf::Level::First as u8;
+        e.flags = FLAG_RNW;
+        let stall = SmmuEvent { flags: FLAG_RNW | FLAG_STALL, stag: 3, ..e };
+        let reported = SmmuEvent { reported: 1, ..stall };
+        let h = Header::new("k", "kernel", &crate::kabi::iopf::CURRENT_CONSTS, vec![], vec![], Times::Monotonic);
+        let mut out = preamble(&h);
+        for r in [e, stall, reported] {
+            encode(&mut out, &Record::Smmu(r));
+        }
+        let rec = dir.join("r.iopf");
+        std::fs::write(&rec, out).unwrap();
+        let mut set = PolicySet::load(&[policy]).map_err(|e| e.errors().len()).unwrap();
+        set.assign_ids(&mut PolicyIds::default());
+        let (flagged, n) = flag(&rec, &set).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(n, 3);
+        let want: Flagged = [(("quiet".to_owned(), "0000:00:01.0".to_owned(), "unrecoverable"), 2)].into();
+        assert_eq!(flagged, want);
+    }
 }

@@ -38,6 +38,8 @@ pub fn write_smmu(buf: &mut Vec<u8>, e: &SmmuEvent, policy: Option<&str>) {
     o.uint("ssid", e.ssid.into());
     o.bool("stall", e.flags & FLAG_STALL != 0);
     o.uint("stag", e.stag.into());
+    // A stall the kernel reports as a recoverable fault: its report is the fault.
+    o.bool("reported", e.reported != 0);
     o.names("flags", flag_names(e.flags));
     let level = Level::from_u8(e.level);
     o.str("level", level.label().as_bytes());
@@ -78,7 +80,8 @@ mod tests {
             class: r.class,
             flags: r.flags,
             level: r.level() as u8,
-            _pad: [0; 2],
+            reported: 0,
+            _pad: 0,
             verdict: 0,
             policy_id: 0,
             dev: dev_bytes("0000:00:01.0"),
@@ -92,7 +95,7 @@ mod tests {
             json!({
                 "kind": "smmu_event", "device": "0000:00:01.0", "sid": "0x8", "event": "0x10",
                 "event_name": "F_TRANSLATION", "class": "in", "access": "read", "addr": "0x123000", "ipa": "0x0",
-                "ssv": false, "ssid": 0, "stall": false, "stag": 0, "flags": ["rnw"], "level": "first",
+                "ssv": false, "ssid": 0, "stall": false, "stag": 0, "reported": false, "flags": ["rnw"], "level": "first",
                 "method": "hardware", "ts_ns": 7, "verdict": 0, "violations": [], "policy_id": 0, "policy": null,
                 "walk": {
                     "method": "walk", "result": "not_present", "level": "first", "table_level": 2,

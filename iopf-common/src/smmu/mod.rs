@@ -155,7 +155,11 @@ pub struct SmmuEvent {
     pub class: u8,
     pub flags: u8,
     pub level: u8,
-    pub _pad: [u8; 2],
+    /// 1 where the record is a stall the kernel reports as a recoverable fault (its report
+    /// is the fault, counted and checked there); 0: an unrecoverable fault, counted and
+    /// checked here.
+    pub reported: u8,
+    pub _pad: u8,
     /// Policy verdict bits and the policy that gave them, as for VT-d records.
     pub verdict: u32,
     pub policy_id: u32,

@@ -106,6 +106,14 @@ fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu) -> Result<(), String> {
         for (k, w) in want.as_object().into_iter().flatten() {
             check(&v[k] == w, format!("{k}: {} want {w} in {v}", v[k]))?;
         }
+        // Our walk of the unit's tables: the IOVA is not mapped at the stage that translates,
+        // which agrees with the S2 bit.
+        let w = &v["walk"];
+        let level = if s2 { "second" } else { "first" };
+        check(
+            w["method"] == "walk" && w["result"] == "not_present" && w["level"] == level && w["disagrees"] == false,
+            format!("walk {w}, want not_present at {level}, agreeing with the S2 bit"),
+        )?;
     }
     let e = Exposition::parse(&body);
     let sid_label = format!("{sid:#x}");
@@ -128,6 +136,10 @@ fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu) -> Result<(), String> {
         let got = e.get(lost, &[]);
         check(got == Some(0.0), format!("{lost} = {got:?}, want 0"))?;
     }
+    let disagree = e.get("iopf_classification_disagreements_total", &[("methods", "hardware_walk")]);
+    check(disagree == Some(0.0), format!("hardware_walk disagreements {disagree:?}, want 0"))?;
+    let walks = e.get("iopf_walk_seconds_count", &[("source", "smmuv3")]);
+    check(walks == Some(dmas.len() as f64), format!("smmuv3 walks {walks:?}, want {}", dmas.len()))?;
     let unrec: f64 = e.sum("iopf_unrecoverable_faults_total", &[("device", edu.bdf.as_str())]);
     check(unrec == dmas.len() as f64, format!("iopf_unrecoverable_faults_total {unrec} for edu, want {}", dmas.len()))?;
     let viol = |v: &str| {
@@ -215,6 +227,14 @@ pub fn doctor_smmu(doctor: &serde_json::Value, syms: &std::collections::HashSet<
     if has && !syms.contains("iommu_report_device_fault") {
         let ev = smmu["evidence"].as_str().unwrap_or("");
         check(ev.contains("no recoverable faults") && ev.contains("IOMMU_IOPF"), format!("evidence: {ev}"))?;
+    }
+    // Every arm64 kernel of the tier has bpf_loop, the unit's registers in BTF and
+    // /proc/kcore: the records are walked, so the hook's plan names no reason they are not.
+    if has {
+        let hook = doctor["hooks"].as_array().and_then(|a| a.iter().find(|h| h["name"] == "smmu_evtq")).cloned();
+        let reason = hook.as_ref().and_then(|h| h["reason"].as_str()).unwrap_or("");
+        println!("  doctor: smmu_evtq {}", hook.as_ref().map(|h| h.to_string()).unwrap_or_default());
+        check(!reason.contains("not walked"), format!("smmu_evtq: {reason}"))?;
     }
     Ok(())
 }
