@@ -145,15 +145,13 @@ pub struct Machine {
     s2_start: u8,
     s2_bits: u8,
     /// Nested: stage 1's level and permissions so far while stage 2 translates its table
-    /// pointer; its leaf's level and missing permission while stage 2 translates its output.
+    /// pointer.
     s1_level: u8,
     s1_writable: bool,
     s1_unpriv: bool,
-    s1_leaf: u8,
-    s1_perm: u8,
     /// The CD table's level-1 index width (6 or 10; 0: linear).
     cd_split: u8,
-    _pad: [u8; 5],
+    _pad: [u8; 7],
     /// STE dword 0.
     ste0: u64,
     /// The structure entry to read next (STE, CD or descriptor), by physical address.
@@ -163,8 +161,6 @@ pub struct Machine {
     addr: u64,
     /// Stage 2's first table.
     s2_table: u64,
-    /// Stage 1's input size (bits), to check the address against once its table is known.
-    s1_ia: u64,
     /// The SubstreamID whose CD is used.
     ssid: u64,
 }
@@ -203,16 +199,13 @@ impl Machine {
             s1_level: 0,
             s1_writable: true,
             s1_unpriv: true,
-            s1_leaf: 0,
-            s1_perm: 0,
             cd_split: 0,
-            _pad: [0; 5],
+            _pad: [0; 7],
             ste0: 0,
             at: 0,
             table: 0,
             addr: 0,
             s2_table: 0,
-            s1_ia: 0,
             ssid: 0,
         };
         let cfg = rq.strtab_cfg as u64;
@@ -265,12 +258,15 @@ impl Machine {
         self.then = then;
     }
 
-    /// Stage 2 translating `ipa`. An address beyond stage 2's input size faults there.
+    /// Stage 2 translating `ipa`. An address beyond stage 2's input size is out of range, at
+    /// no stage we can name: the architecture makes it a stage-1 address size fault where it
+    /// also exceeds the unit's IAS (or stage 1's IPS, for stage 1's output), and Linux sizes
+    /// stage 2 to the IAS, while QEMU reports a stage-2 translation fault.
     #[inline(always)]
     fn through_s2(&mut self, ipa: u64, write: bool, then: u8) {
         let top = shift(self.s2_start) + self.s2_bits as u64;
         if top < 64 && ipa >> top != 0 {
-            return self.stop(Stop::OutOfRange, Level::Second, table_level(self.s2_start));
+            return self.stop(Stop::OutOfRange, Level::Unknown, table_level(self.s2_start));
         }
         self.paging(Level::Second, self.s2_table, self.s2_start, ipa, write, then);
     }
@@ -353,6 +349,12 @@ impl Machine {
                     _ => self.stop(Stop::Reserved, Level::Unknown, 0),
                 }
             }
+            // A request with SubstreamID 0 (read only where there are substreams): CD 0,
+            // unless S1DSS reserves CD 0 for requests without one, which terminates it.
+            phase::STE1 if self.rq.ssv => match e & 3 {
+                2 => self.stop(Stop::Abort, Level::Unknown, 0),
+                _ => self.cd_fetch(),
+            },
             phase::STE1 => match e & 3 {
                 0 => self.stop(Stop::Abort, Level::Unknown, 0),
                 // Stage 1 bypassed: only stage 2 translates, where it is on.
@@ -421,21 +423,26 @@ impl Machine {
             self.ssid = 0;
             return self.cd_fetch();
         }
-        if !self.rq.ssv {
-            // S1DSS decides.
+        if self.rq.ssv && (self.rq.ssid as u64) >> cdmax != 0 {
+            return self.stop(Stop::CdNotPresent, Level::Unknown, 0);
+        }
+        self.ssid = if self.rq.ssv { self.rq.ssid as u64 } else { 0 };
+        if !self.rq.ssv || self.ssid == 0 {
+            // S1DSS decides for requests without a SubstreamID, and whether SubstreamID 0
+            // may use CD 0.
             self.phase = phase::STE1;
             return;
         }
-        if (self.rq.ssid as u64) >> cdmax != 0 {
-            return self.stop(Stop::CdNotPresent, Level::Unknown, 0);
-        }
-        self.ssid = self.rq.ssid as u64;
         self.cd_fetch()
     }
 
     #[inline(always)]
     fn cd_fetch(&mut self) {
         let table = self.ste0 & ADDR_51_6;
+        if self.ste0 >> 59 == 0 {
+            // One CD: S1Fmt is ignored, the pointer is the CD's.
+            return self.structure_at(table, phase::CD0, then::CD);
+        }
         self.cd_split = match (self.ste0 >> 4) & 3 {
             0 => return self.structure_at(table + self.ssid * 64, phase::CD0, then::CD),
             1 => 6,
@@ -462,7 +469,6 @@ impl Machine {
         let start = 4 - levels;
         self.s1_start = start;
         self.s1_bits = (ia - shift(start)) as u8;
-        self.s1_ia = ia;
         // The top byte is not translated where TBI0 is set.
         let addr = if (e >> 38) & 1 != 0 { self.rq.addr & 0x00ff_ffff_ffff_ffff } else { self.rq.addr };
         if addr >> ia != 0 {
@@ -516,10 +522,11 @@ impl Machine {
         self.stop(Stop::Present, stage, table_level(level));
         self.w.permission = !ok as u8;
         match self.then {
+            // Stage 1's permission is checked before its output goes to stage 2: the fault is
+            // stage 1's.
+            then::NESTED_S1 if !ok => {}
             then::NESTED_S1 => {
                 // Stage 1's output is an IPA: it needs a stage-2 translation.
-                self.s1_leaf = table_level(level);
-                self.s1_perm = !ok as u8;
                 self.through_s2(out, self.rq.write, then::S1_OUTPUT);
             }
             // Stage 2 maps the structure or table without read permission: the unit's own
@@ -541,12 +548,6 @@ impl Machine {
                 self.at = out;
                 self.phase = phase::CD0;
                 self.w.permission = 0;
-            }
-            then::S1_OUTPUT if self.s1_perm != 0 => {
-                // Present at both stages; stage 1 lacks the permission.
-                self.w.stage = Level::First as u8;
-                self.w.level = self.s1_leaf;
-                self.w.permission = 1;
             }
             _ => {}
         }

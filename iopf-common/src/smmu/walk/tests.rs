@@ -238,7 +238,10 @@ fn stage_two_with_concatenated_first_tables() {
     assert_eq!(walk(&mut m, &rq(3, ipa, true)).permission, 0);
     // Unmapped: not present at the start level, which is table level 3.
     assert_eq!(got(walk(&mut m, &rq(3, 0x123000, false))), (Stop::NotPresent, SECOND, 3, 4));
-    assert_eq!(got(walk(&mut m, &rq(3, 1 << 40, false))), (Stop::OutOfRange, SECOND, 3, 3));
+    // Beyond stage 2's input size: out of range, at no stage the walk can name (hardware
+    // makes it stage 1's address size fault where it exceeds the IAS too).
+    let w = walk(&mut m, &rq(3, 1 << 40, false));
+    assert_eq!((got(w), w.classified_level()), ((Stop::OutOfRange, 0, 3, 3), Level::Unknown));
     // Write-only at stage 2 (S2AP 10): a read lacks the permission.
     m.map(root, 1, 10, ipa, 0x9000_0000, 3, S2_W, 0);
     assert_eq!(walk(&mut m, &rq(3, ipa, false)).permission, 1);
@@ -335,9 +338,18 @@ fn substreams_and_their_context_descriptors() {
     assert_eq!(got(walk(&mut m, &rq(9, IOVA, false))), (Stop::Abort, 0, 0, 2));
     with_s1dss(&mut m, 1);
     assert_eq!(got(walk(&mut m, &rq(9, IOVA, false))), (Stop::PassThrough, 0, 0, 2));
+    // SubstreamID 0: CD 0 (STE dword 1 read: S1DSS 1 does not reserve it)...
+    assert_eq!(got(walk(&mut m, &sub(0))), (Stop::NotPresent, FIRST, 4, 5));
+    // ...unless S1DSS gives CD 0 to requests without a SubstreamID, which terminates it.
+    with_s1dss(&mut m, 2);
+    assert_eq!(got(walk(&mut m, &sub(0))), (Stop::Abort, 0, 0, 2));
     // One CD only (S1CDMax 0): a request with a SubstreamID has none.
     m.ste(9, [ste0(5, 0, cds, 0), 0, 0, 0]);
     assert_eq!(got(walk(&mut m, &sub(0))), (Stop::CdNotPresent, 0, 0, 1));
+    // With one CD, S1Fmt is ignored: the pointer is the CD's, not a level-1 table's.
+    m.map(root0, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
+    m.ste(9, [ste0(5, 2, cds, 0), 0, 0, 0]);
+    assert_eq!(got(walk(&mut m, &rq(9, IOVA, false))), (Stop::Present, FIRST, 1, 7));
 }
 
 #[test]
@@ -354,6 +366,11 @@ fn a_two_level_cd_table() {
     assert_eq!(got(walk(&mut m, &sub(70))), (Stop::Present, FIRST, 1, 8));
     // Leaf 2 (SubstreamID 130) is not valid.
     assert_eq!(got(walk(&mut m, &sub(130))), (Stop::CdNotPresent, 0, 0, 2));
+    // S1Fmt 2: leaves of 1024 CDs; SubstreamID 1030 is CD 6 of leaf 1, the same CD.
+    m.ste(2, [ste0(5, 2, l1, 11), 2, 0, 0]);
+    assert_eq!(got(walk(&mut m, &sub(1030))), (Stop::Present, FIRST, 1, 8));
+    // SubstreamID 70 is in leaf 0 now, whose level-1 descriptor is not valid.
+    assert_eq!(got(walk(&mut m, &sub(70))), (Stop::CdNotPresent, 0, 0, 2));
 }
 
 #[test]
@@ -459,12 +476,18 @@ fn nested_every_ipa_through_stage_two() {
 
 #[test]
 fn nested_stage_one_permission_is_reported_at_stage_one() {
-    // Stage 1 maps the address read-only, stage 2 its output read-write: a write lacks
-    // stage 1's permission, though stage 2 is walked to the end.
-    let (mut m, _, _) = nested(AP_UNPRIV | AP_RDONLY, S2_R | S2_W);
+    // Stage 1 maps the address read-only, stage 2 its output read-write: a write lacks stage
+    // 1's permission, which is checked before the output goes to stage 2 (29 reads: the
+    // output's 4 are not made).
+    let (mut m, s2, _) = nested(AP_UNPRIV | AP_RDONLY, S2_R | S2_W);
     let w = walk(&mut m, &rq(4, IOVA, true));
-    assert_eq!((got(w), w.permission), ((Stop::Present, FIRST, 1, 33), 1));
+    assert_eq!((got(w), w.permission), ((Stop::Present, FIRST, 1, 29), 1));
     assert_eq!(walk(&mut m, &rq(4, IOVA, false)).permission, 0);
+    // Even where stage 2 does not map the output at all.
+    let leaf = s2_leaf(&m, s2, 0x7000_0000);
+    m.set(leaf, 0);
+    assert_eq!((got(walk(&mut m, &rq(4, IOVA, true))), 1), ((Stop::Present, FIRST, 1, 29), 1));
+    assert_eq!(got(walk(&mut m, &rq(4, IOVA, false))), (Stop::NotPresent, SECOND, 1, 33));
 }
 
 #[test]

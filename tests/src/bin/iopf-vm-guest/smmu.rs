@@ -16,15 +16,17 @@ use crate::{Args, check, dmas_under, event_addrs, monitor_policy, start_agent, s
 /// domain where the kernel gave edu one with no driver bound (an IOMMU group). Where it did
 /// not (Debian's 6.12: the SMMU's stream for a device is set up when a driver binds), it is
 /// an empty VFIO type1 container's domain, and edu goes back to no driver afterwards.
-fn with_edu<T>(body: impl FnOnce(&Edu) -> Result<T, String>) -> Result<T, String> {
+/// `body` is told which: the default domain has never mapped anything, a container's domain
+/// keeps the tables of what an earlier session mapped.
+fn with_edu<T>(body: impl FnOnce(&Edu, bool) -> Result<T, String>) -> Result<T, String> {
     let bdf = Edu::find()?;
     if std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}/iommu_group")).exists() {
         println!("  {bdf}: in its IOMMU group's default DMA domain, no driver bound");
-        return body(&Edu::open()?);
+        return body(&Edu::open()?, true);
     }
     println!("  {bdf}: no IOMMU group without a driver; given to vfio-pci, in an empty type1 container");
     let dev = VfioDevice::open(&bdf)?;
-    let out = Edu::open_vfio(&dev).and_then(|edu| body(&edu));
+    let out = Edu::open_vfio(&dev).and_then(|edu| body(&edu, false));
     let released = dev.release();
     let out = out?;
     released.map(|()| out)
@@ -65,10 +67,10 @@ fn dmesg_translation_events() -> Result<usize, String> {
 /// (from the unit's stream tree), and flags it as an unrecoverable fault the policy forbids,
 /// and at stage 2 also as a level violation.
 pub fn smmu_edu(a: &Args, rung: &str) -> Result<(), String> {
-    with_edu(|edu| smmu_edu_on(a, rung, edu))
+    with_edu(|edu, never_mapped| smmu_edu_on(a, rung, edu, never_mapped))
 }
 
-fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu) -> Result<(), String> {
+fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu, never_mapped: bool) -> Result<(), String> {
     let dmas =
         [(0x123000u64, Access::Read), (0x456000, Access::Write), (0x789000, Access::Read), (0xabc000, Access::Write)];
     let sid = stream_id(&edu.bdf)?;
@@ -107,13 +109,22 @@ fn smmu_edu_on(a: &Args, rung: &str, edu: &Edu) -> Result<(), String> {
             check(&v[k] == w, format!("{k}: {} want {w} in {v}", v[k]))?;
         }
         // Our walk of the unit's tables: the IOVA is not mapped at the stage that translates,
-        // which agrees with the S2 bit.
+        // which agrees with the S2 bit. QEMU's SMMUv3 offers a two-level stream table, which
+        // Linux takes: the level-1 descriptor, then STE dword 0, then the CD's dwords 0 and 1
+        // (stage 1) or STE dwords 2 and 3 (stage 2), then one entry per LPAE level from level
+        // 0 (a 48-bit input at stage 1, QEMU's 44-bit IPA at stage 2) down to the empty one:
+        // 9 - table level reads either way. A default domain that never mapped anything
+        // stops at its top table (table level 4, LPAE level 0).
         let w = &v["walk"];
         let level = if s2 { "second" } else { "first" };
         check(
             w["method"] == "walk" && w["result"] == "not_present" && w["level"] == level && w["disagrees"] == false,
             format!("walk {w}, want not_present at {level}, agreeing with the S2 bit"),
         )?;
+        let (tl, reads) = (w["table_level"].as_u64().unwrap_or(0), w["reads"].as_u64().unwrap_or(0));
+        check((1..=4).contains(&tl) && reads == 9 - tl, format!("walk {w}: {reads} reads to table level {tl}"))?;
+        check(!never_mapped || tl == 4, format!("walk {w}: the domain maps nothing, want table level 4"))?;
+        check(w["entry"] == "0x0" && w["permission"] == false, format!("walk {w}: the empty entry"))?;
     }
     let e = Exposition::parse(&body);
     let sid_label = format!("{sid:#x}");
@@ -158,7 +169,7 @@ const BURST_BASE: u64 = 0x100_0000;
 /// A burst of edu DMA faults (one every ~100 ms, edu's timer): the driver rate-limits its log
 /// of event records (10 per 5 s), the agent counts and emits every one. Prints both numbers.
 pub fn smmu_burst(a: &Args) -> Result<(), String> {
-    with_edu(|edu| smmu_burst_on(a, edu))
+    with_edu(|edu, _| smmu_burst_on(a, edu))
 }
 
 fn smmu_burst_on(a: &Args, edu: &Edu) -> Result<(), String> {
@@ -192,7 +203,7 @@ fn smmu_burst_on(a: &Args, edu: &Edu) -> Result<(), String> {
 /// gives the two records as `trace` did, and `policy check --against` counts both as
 /// unrecoverable faults edu's policy forbids.
 pub fn smmu_record(a: &Args) -> Result<(), String> {
-    with_edu(|edu| {
+    with_edu(|edu, _| {
         let dmas = [(0x321000, Access::Read), (0x654000, Access::Write)];
         let (ours, text) = crate::record_replay(a, edu, "smmu_evtq", &dmas, "edu-quiet")?;
         check(ours.len() == 2, format!("replayed {} edu records, want 2: {ours:?}", ours.len()))?;
