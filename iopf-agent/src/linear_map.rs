@@ -16,7 +16,9 @@ pub enum LinearMapError {
     TooMany { path: String, phnum: u16, phentsize: u16 },
     #[error("{path} lists no RAM segment with a physical address")]
     NoRam { path: String },
-    #[error("{path}'s RAM segments map at {offsets} different offsets, not one linear map (the kernel image's is told apart by kallsyms' _text: run as root)")]
+    #[error(
+        "{path}'s RAM segments map at {offsets} different offsets, not one linear map (the kernel image's is told apart by kallsyms' _text: run as root)"
+    )]
     Disagree { path: String, offsets: usize },
 }
 
