@@ -16,8 +16,8 @@ use crate::{Args, check, dmas_under, event_addrs, monitor_policy, start_agent, s
 /// domain where the kernel gave edu one with no driver bound (an IOMMU group). Where it did
 /// not (Debian's 6.12: the SMMU's stream for a device is set up when a driver binds), it is
 /// an empty VFIO type1 container's domain, and edu goes back to no driver afterwards.
-/// `body` is told which: the default domain has never mapped anything, a container's domain
-/// keeps the tables of what an earlier session mapped.
+/// `body` is told which: a default domain no driver used has never mapped anything; the
+/// container's domain holds tables (seen: the walk stops at table level 2 or 1 there).
 fn with_edu<T>(body: impl FnOnce(&Edu, bool) -> Result<T, String>) -> Result<T, String> {
     let bdf = Edu::find()?;
     if std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}/iommu_group")).exists() {
