@@ -171,11 +171,53 @@ pub trait Mem {
     fn read(&mut self, pa: u64) -> Option<u64>;
 }
 
-/// A walk run one read at a time (`Machine` here, `crate::smmu::walk::Machine`): the eBPF
-/// side drives any of them the same way.
+/// A walk run one read at a time (`Machine` here, `crate::smmu::walk::Machine`): each
+/// machine says where its next read is and what an entry decides; the bound on reads, a
+/// failed read and the end are the same for every walk. The eBPF side drives any of them
+/// the same way.
 pub trait Step {
+    /// The walk's result so far.
+    fn walk(&mut self) -> &mut Walk;
+    /// Whether the walk has ended.
+    fn done(&self) -> bool;
+    /// Ends the walk (the result says why).
+    fn end(&mut self);
+    /// The address the next read is at.
+    fn next_read(&self) -> u64;
+    /// Decides what follows the entry just read.
+    fn decide(&mut self, e: u64);
+
     /// Reads one entry and decides what follows. True once the walk has ended.
-    fn step<M: Mem>(&mut self, mem: &mut M) -> bool;
+    #[inline(always)]
+    fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
+        if self.done() {
+            return true;
+        }
+        if self.walk().reads >= MAX_READS {
+            self.walk().stop = Stop::TooLong as u8;
+            self.end();
+            return true;
+        }
+        self.walk().reads += 1;
+        let Some(e) = mem.read(self.next_read()) else {
+            self.walk().stop = Stop::ReadFailed as u8;
+            self.end();
+            return true;
+        };
+        self.walk().entry = e;
+        self.decide(e);
+        self.done()
+    }
+}
+
+/// Runs a walk to its end (or `MAX_STEPS` steps) over `mem`: the host's way; the eBPF side
+/// runs the same steps in a `bpf_loop`.
+pub fn run<S: Step, M: Mem>(mut m: S, mem: &mut M) -> Walk {
+    let mut i = 0;
+    while i < MAX_STEPS && !m.step(mem) {
+        i += 1;
+    }
+    *m.walk()
 }
 
 /// Entry reads at most plus the step that finds the bound reached: every step but the last
@@ -317,7 +359,7 @@ impl Machine {
 
     /// The address the next read is at.
     #[inline(always)]
-    fn next_read(&self) -> u64 {
+    fn read_at(&self) -> u64 {
         let bus = (self.rq.source_id >> 8) as u64;
         match self.phase {
             phase::ROOT => {
@@ -334,32 +376,6 @@ impl Machine {
             // CTX0, SCTX0, PE0
             _ => self.at,
         }
-    }
-
-    /// Reads one entry and decides what follows. True once the walk has ended.
-    #[inline(always)]
-    pub fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
-        if self.phase >= phase::DONE {
-            return true;
-        }
-        if self.w.reads >= MAX_READS {
-            self.w.stop = Stop::TooLong as u8;
-            self.phase = phase::DONE;
-            return true;
-        }
-        self.w.reads += 1;
-        let Some(e) = mem.read(self.next_read()) else {
-            self.w.stop = Stop::ReadFailed as u8;
-            self.phase = phase::DONE;
-            return true;
-        };
-        self.w.entry = e;
-        if self.phase == phase::PAGING {
-            self.paging_entry(e)
-        } else {
-            self.structure_entry(e)
-        }
-        self.phase == phase::DONE
     }
 
     #[inline(always)]
@@ -516,8 +532,24 @@ impl Machine {
 
 impl Step for Machine {
     #[inline(always)]
-    fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
-        Machine::step(self, mem)
+    fn walk(&mut self) -> &mut Walk {
+        &mut self.w
+    }
+    #[inline(always)]
+    fn done(&self) -> bool {
+        self.phase >= phase::DONE
+    }
+    #[inline(always)]
+    fn end(&mut self) {
+        self.phase = phase::DONE;
+    }
+    #[inline(always)]
+    fn next_read(&self) -> u64 {
+        self.read_at()
+    }
+    #[inline(always)]
+    fn decide(&mut self, e: u64) {
+        if self.phase == phase::PAGING { self.paging_entry(e) } else { self.structure_entry(e) }
     }
 }
 
@@ -533,12 +565,7 @@ fn aw_levels(aw: u64) -> Option<u8> {
 /// Walks `rq` through the unit's structures. Never guesses: a structure that cannot be read
 /// or holds a reserved value ends the walk with that reason.
 pub fn walk<M: Mem>(mem: &mut M, rq: &Request) -> Walk {
-    let mut m = Machine::new(rq);
-    let mut i = 0;
-    while i < MAX_STEPS && !m.step(mem) {
-        i += 1;
-    }
-    m.w
+    run(Machine::new(rq), mem)
 }
 
 /// Whether a walk's stage disagrees with the level a hardware reason code gives (both known).
@@ -559,5 +586,7 @@ pub mod test_mem {
     pub const SIZE: usize = 64 << 12;
 }
 
+#[cfg(test)]
+pub(crate) mod phys;
 #[cfg(test)]
 mod tests;

@@ -45,7 +45,7 @@
 use crate::{
     iopf::Level,
     smmu::{FLAG_PNU, FLAG_RNW, FLAG_SSV, Record},
-    walk::{MAX_READS, Mem, Step, Stop, Walk},
+    walk::{Mem, Step, Stop, Walk},
 };
 
 /// `SMMU_STRTAB_BASE` and `SMMU_STRTAB_BASE_CFG` offsets in the unit's MMIO registers.
@@ -283,7 +283,7 @@ impl Machine {
 
     /// The address the next read is at.
     #[inline(always)]
-    fn next_read(&self) -> u64 {
+    fn read_at(&self) -> u64 {
         match self.phase {
             phase::STE1 | phase::CD1 => self.at + 8,
             phase::STE2 => self.at + 16,
@@ -294,32 +294,6 @@ impl Machine {
             }
             _ => self.at,
         }
-    }
-
-    /// Reads one word and decides what follows. True once the walk has ended.
-    #[inline(always)]
-    pub fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
-        if self.phase >= phase::DONE {
-            return true;
-        }
-        if self.w.reads >= MAX_READS {
-            self.w.stop = Stop::TooLong as u8;
-            self.phase = phase::DONE;
-            return true;
-        }
-        self.w.reads += 1;
-        let Some(e) = mem.read(self.next_read()) else {
-            self.w.stop = Stop::ReadFailed as u8;
-            self.phase = phase::DONE;
-            return true;
-        };
-        self.w.entry = e;
-        if self.phase == phase::PAGING {
-            self.paging_entry(e)
-        } else {
-            self.structure_entry(e)
-        }
-        self.phase == phase::DONE
     }
 
     #[inline(always)]
@@ -556,20 +530,31 @@ impl Machine {
 
 impl Step for Machine {
     #[inline(always)]
-    fn step<M: Mem>(&mut self, mem: &mut M) -> bool {
-        Machine::step(self, mem)
+    fn walk(&mut self) -> &mut Walk {
+        &mut self.w
+    }
+    #[inline(always)]
+    fn done(&self) -> bool {
+        self.phase >= phase::DONE
+    }
+    #[inline(always)]
+    fn end(&mut self) {
+        self.phase = phase::DONE;
+    }
+    #[inline(always)]
+    fn next_read(&self) -> u64 {
+        self.read_at()
+    }
+    #[inline(always)]
+    fn decide(&mut self, e: u64) {
+        if self.phase == phase::PAGING { self.paging_entry(e) } else { self.structure_entry(e) }
     }
 }
 
 /// Walks `rq` through the unit's structures. Never guesses: a structure that cannot be read,
 /// holds a reserved value or uses a format we do not walk ends the walk with that reason.
 pub fn walk<M: Mem>(mem: &mut M, rq: &Request) -> Walk {
-    let mut m = Machine::new(rq);
-    let mut i = 0;
-    while i < crate::walk::MAX_STEPS && !m.step(mem) {
-        i += 1;
-    }
-    m.w
+    crate::walk::run(Machine::new(rq), mem)
 }
 
 #[cfg(test)]

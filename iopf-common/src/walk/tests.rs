@@ -4,38 +4,10 @@
 
 extern crate std;
 
-use std::collections::HashMap;
-
 use super::*;
-
-/// Sparse guest-physical memory; reads of `fail` addresses fail.
-#[derive(Default)]
-struct Phys {
-    q: HashMap<u64, u64>,
-    fail: Option<u64>,
-    next_page: u64,
-}
-
-impl Mem for Phys {
-    fn read(&mut self, pa: u64) -> Option<u64> {
-        if self.fail == Some(pa & !0xfff) {
-            return None;
-        }
-        Some(self.q.get(&pa).copied().unwrap_or(0))
-    }
-}
+use crate::walk::phys::Phys;
 
 impl Phys {
-    fn new() -> Self {
-        Self { next_page: 0x10_0000, ..Default::default() }
-    }
-    fn page(&mut self) -> u64 {
-        self.next_page += 0x1000;
-        self.next_page
-    }
-    fn set(&mut self, pa: u64, v: u64) {
-        self.q.insert(pa, v);
-    }
     /// Maps `addr` to `out` in a paging structure rooted at `root`, `levels` deep, with the
     /// flag bits `flags` on every entry; tables are allocated as needed. `leaf_level` > 1
     /// makes a large-page leaf (bit 7) there.

@@ -5,29 +5,11 @@
 
 extern crate std;
 
-use std::collections::HashMap;
-
 use super::*;
+use crate::walk::phys::Phys;
 
 const FIRST: u8 = Level::First as u8;
 const SECOND: u8 = Level::Second as u8;
-
-/// Sparse physical memory; reads in the `fail` page fail.
-#[derive(Default)]
-struct Phys {
-    q: HashMap<u64, u64>,
-    fail: Option<u64>,
-    next_page: u64,
-}
-
-impl Mem for Phys {
-    fn read(&mut self, pa: u64) -> Option<u64> {
-        if self.fail == Some(pa & !0xfff) {
-            return None;
-        }
-        Some(self.q.get(&pa).copied().unwrap_or(0))
-    }
-}
 
 /// Descriptor bits (4 KB granule).
 const VALID: u64 = 1;
@@ -48,21 +30,11 @@ const LINEAR_CFG: u32 = 8;
 const IOVA: u64 = 0x0000_7f12_3456_7000;
 
 impl Phys {
-    fn new() -> Self {
-        Self { next_page: 0x100_0000, ..Default::default() }
-    }
-    fn page(&mut self) -> u64 {
-        self.next_page += 0x1000;
-        self.next_page
-    }
-    fn set(&mut self, pa: u64, v: u64) {
-        self.q.insert(pa, v);
-    }
     /// Maps `addr` to `out` in tables rooted at `root`, from LPAE level `start` (its index
     /// `start_bits` wide) down to `leaf` (3: a page, 1 or 2: a block), with `leaf_flags` on
     /// the leaf and `table_flags` on each table descriptor.
     #[allow(clippy::too_many_arguments)]
-    fn map(
+    fn map_lpae(
         &mut self,
         root: u64,
         start: u8,
@@ -143,7 +115,7 @@ fn stage1() -> (Phys, u64) {
     let (cd, root) = (m.page(), m.page());
     m.ste(8, [ste0(5, 0, cd, 0), 0, 0, 0]);
     m.cd(cd, 16, root, 0);
-    m.map(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
+    m.map_lpae(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
     (m, root)
 }
 
@@ -156,12 +128,12 @@ fn stage_one_present_and_its_permissions() {
     assert_eq!(w.entry, 0x8000_1000 | TABLE | AF | AP_UNPRIV);
     assert_eq!(walk(&mut m, &rq(8, IOVA, true)).permission, 0);
     // Read-only: a write lacks the permission, a read does not.
-    m.map(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV | AP_RDONLY, 0);
+    m.map_lpae(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV | AP_RDONLY, 0);
     let w = walk(&mut m, &rq(8, IOVA, true));
     assert_eq!((got(w), w.permission), ((Stop::Present, FIRST, 1, 7), 1));
     assert_eq!(walk(&mut m, &rq(8, IOVA, false)).permission, 0);
     // Privileged-only: an unprivileged read lacks it, a privileged one has it.
-    m.map(root, 0, 9, IOVA, 0x8000_1000, 3, 0, 0);
+    m.map_lpae(root, 0, 9, IOVA, 0x8000_1000, 3, 0, 0);
     assert_eq!(walk(&mut m, &rq(8, IOVA, false)).permission, 1);
     assert_eq!(walk(&mut m, &Request { privileged: true, ..rq(8, IOVA, false) }).permission, 0);
 }
@@ -172,7 +144,7 @@ fn a_table_descriptor_can_take_writes_away_below_it() {
     let (cd, root) = (m.page(), m.page());
     m.ste(8, [ste0(5, 0, cd, 0), 0, 0, 0]);
     m.cd(cd, 16, root, 0);
-    m.map(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, APTABLE_NO_WRITE);
+    m.map_lpae(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, APTABLE_NO_WRITE);
     assert_eq!(walk(&mut m, &rq(8, IOVA, false)).permission, 0);
     let w = walk(&mut m, &rq(8, IOVA, true));
     assert_eq!((got(w), w.permission), ((Stop::Present, FIRST, 1, 7), 1));
@@ -200,7 +172,7 @@ fn a_block_is_a_leaf_above_level_three() {
     m.ste(8, [ste0(5, 0, cd, 0), 0, 0, 0]);
     // A 39-bit input: 3 levels, from level 1.
     m.cd(cd, 25, root, 0);
-    m.map(root, 1, 9, 0x4020_0000, 0x8000_0000, 2, AP_UNPRIV, 0);
+    m.map_lpae(root, 1, 9, 0x4020_0000, 0x8000_0000, 2, AP_UNPRIV, 0);
     let w = walk(&mut m, &rq(8, 0x4021_2000, false));
     assert_eq!((got(w), w.permission), ((Stop::Present, FIRST, 2, 5), 0));
     // Beyond the 39-bit input: the stage faults before reading a table entry.
@@ -210,7 +182,7 @@ fn a_block_is_a_leaf_above_level_three() {
     let (cd, root) = (m.page(), m.page());
     m.ste(8, [ste0(5, 0, cd, 0), 0, 0, 0]);
     m.cd(cd, 25, root, 0);
-    m.map(root, 1, 9, 0x4020_0000, 0x8000_0000, 3, AP_UNPRIV, 0);
+    m.map_lpae(root, 1, 9, 0x4020_0000, 0x8000_0000, 3, AP_UNPRIV, 0);
     // 0x4020_0000: level-1 entry 1, level-2 entry 1, level-3 entry 0.
     let level2 = m.q[&(root + 8)] & 0x0000_ffff_ffff_f000;
     let level3 = m.q[&(level2 + 8)] & 0x0000_ffff_ffff_f000;
@@ -226,7 +198,7 @@ fn stage_two_with_concatenated_first_tables() {
     m.page();
     m.ste(3, [ste0(6, 0, 0, 0), 0, ste2(24, 1), root]);
     let ipa = (1 << 39) | 0x123000;
-    m.map(root, 1, 10, ipa, 0x9000_0000, 3, S2_R, 0);
+    m.map_lpae(root, 1, 10, ipa, 0x9000_0000, 3, S2_R, 0);
     // The start entry is in the second concatenated table: index 512 + 0.
     assert!(m.q.contains_key(&(root + 512 * 8)));
     // STE dwords 0, 2, 3, then levels 1-3.
@@ -234,7 +206,7 @@ fn stage_two_with_concatenated_first_tables() {
     assert_eq!((got(w), w.permission), ((Stop::Present, SECOND, 1, 6), 0));
     // Read-only at stage 2: a write lacks the permission.
     assert_eq!(walk(&mut m, &rq(3, ipa, true)).permission, 1);
-    m.map(root, 1, 10, ipa, 0x9000_0000, 3, S2_R | S2_W, 0);
+    m.map_lpae(root, 1, 10, ipa, 0x9000_0000, 3, S2_R | S2_W, 0);
     assert_eq!(walk(&mut m, &rq(3, ipa, true)).permission, 0);
     // Unmapped: not present at the start level, which is table level 3.
     assert_eq!(got(walk(&mut m, &rq(3, 0x123000, false))), (Stop::NotPresent, SECOND, 3, 4));
@@ -243,7 +215,7 @@ fn stage_two_with_concatenated_first_tables() {
     let w = walk(&mut m, &rq(3, 1 << 40, false));
     assert_eq!((got(w), w.classified_level()), ((Stop::OutOfRange, 0, 3, 3), Level::Unknown));
     // Write-only at stage 2 (S2AP 10): a read lacks the permission.
-    m.map(root, 1, 10, ipa, 0x9000_0000, 3, S2_W, 0);
+    m.map_lpae(root, 1, 10, ipa, 0x9000_0000, 3, S2_W, 0);
     assert_eq!(walk(&mut m, &rq(3, ipa, false)).permission, 1);
     // A 32-bit input from level 2 (SL0 0): four concatenated tables, an 11-bit index.
     let root = m.page();
@@ -251,7 +223,7 @@ fn stage_two_with_concatenated_first_tables() {
         m.page();
     }
     m.ste(2, [ste0(6, 0, 0, 0), 0, ste2(32, 0), root]);
-    m.map(root, 2, 11, 0xc012_3000, 0x9000_0000, 3, S2_R, 0);
+    m.map_lpae(root, 2, 11, 0xc012_3000, 0x9000_0000, 3, S2_R, 0);
     assert!(m.q.contains_key(&(root + 0x600 * 8)));
     // STE dwords 0, 2, 3, then levels 2 and 3.
     assert_eq!(got(walk(&mut m, &rq(2, 0xc012_3000, false))), (Stop::Present, SECOND, 1, 5));
@@ -305,7 +277,7 @@ fn a_two_level_stream_table() {
         m.set(l2 + 5 * 64 + i as u64 * 8, w);
     }
     m.cd(cd, 16, root, 0);
-    m.map(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
+    m.map_lpae(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
     let r = |sid| Request { strtab_cfg: cfg, ..rq(sid, IOVA, false) };
     // Level-1 descriptor, STE, CD dwords 0 and 1, levels 0-3.
     assert_eq!(got(walk(&mut m, &r(0x305))), (Stop::Present, FIRST, 1, 8));
@@ -324,7 +296,7 @@ fn substreams_and_their_context_descriptors() {
     with_s1dss(&mut m, 2);
     m.cd(cds, 16, root0, 0);
     m.cd(cds + 3 * 64, 16, root3, 0);
-    m.map(root3, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
+    m.map_lpae(root3, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
     let sub = |ssid| Request { ssid, ssv: true, ..rq(9, IOVA, false) };
     // SubstreamID 3: its CD maps IOVA.
     assert_eq!(got(walk(&mut m, &sub(3))), (Stop::Present, FIRST, 1, 7));
@@ -347,7 +319,7 @@ fn substreams_and_their_context_descriptors() {
     m.ste(9, [ste0(5, 0, cds, 0), 0, 0, 0]);
     assert_eq!(got(walk(&mut m, &sub(0))), (Stop::CdNotPresent, 0, 0, 1));
     // With one CD, S1Fmt is ignored: the pointer is the CD's, not a level-1 table's.
-    m.map(root0, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
+    m.map_lpae(root0, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
     m.ste(9, [ste0(5, 2, cds, 0), 0, 0, 0]);
     assert_eq!(got(walk(&mut m, &rq(9, IOVA, false))), (Stop::Present, FIRST, 1, 7));
 }
@@ -360,7 +332,7 @@ fn a_two_level_cd_table() {
     m.ste(2, [ste0(5, 1, l1, 10), 2, 0, 0]);
     m.set(l1 + 8, leaf | 1);
     m.cd(leaf + 6 * 64, 16, root, 0);
-    m.map(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
+    m.map_lpae(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
     let sub = |ssid| Request { ssid, ssv: true, ..rq(2, IOVA, false) };
     // STE, level-1 descriptor, CD dwords 0 and 1, levels 0-3.
     assert_eq!(got(walk(&mut m, &sub(70))), (Stop::Present, FIRST, 1, 8));
@@ -392,7 +364,7 @@ fn context_descriptor_fields() {
     // A 48-bit input: bit 48 is out of range, unless TBI0 ignores the top byte.
     m.cd(cd, 16, root, 0);
     assert_eq!(got(walk(&mut m, &rq(8, 1 << 56 | IOVA, false))), (Stop::OutOfRange, FIRST, 4, 2));
-    m.map(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
+    m.map_lpae(root, 0, 9, IOVA, 0x8000_1000, 3, AP_UNPRIV, 0);
     m.cd(cd, 16, root, 1 << 38);
     assert_eq!(got(walk(&mut m, &rq(8, 1 << 56 | IOVA, false))), (Stop::Present, FIRST, 1, 7));
 }
@@ -416,7 +388,7 @@ fn nested(s1_flags: u64, output_flags: u64) -> (Phys, u64, u64) {
     let (s2, cd, s1) = (m.page(), m.page(), m.page());
     m.ste(4, [ste0(7, 0, cd + IPA_OFF, 0), 0, ste2(16, 2), s2]);
     m.cd(cd, 16, s1 + IPA_OFF, 0);
-    m.map(s1, 0, 9, IOVA, 0x7000_0000, 3, s1_flags, 0);
+    m.map_lpae(s1, 0, 9, IOVA, 0x7000_0000, 3, s1_flags, 0);
     // Stage 1's table pages are known now; each gets its stage-2 mapping (allocating
     // stage-2 tables as it goes, which stage 1 never points to).
     let mut pages = std::vec![cd, s1];
@@ -427,7 +399,7 @@ fn nested(s1_flags: u64, output_flags: u64) -> (Phys, u64, u64) {
         pages.push(t);
     }
     for p in pages {
-        m.map(s2, 0, 9, p + IPA_OFF, p, 3, S2_R, 0);
+        m.map_lpae(s2, 0, 9, p + IPA_OFF, p, 3, S2_R, 0);
     }
     // Stage 1's table pointers carry IPAs: rewrite them.
     let mut t = s1;
@@ -437,7 +409,7 @@ fn nested(s1_flags: u64, output_flags: u64) -> (Phys, u64, u64) {
         t = e & 0x0000_ffff_ffff_f000;
         m.set(at, e + IPA_OFF);
     }
-    m.map(s2, 0, 9, 0x7000_0000, 0x5000_0000, 3, output_flags, 0);
+    m.map_lpae(s2, 0, 9, 0x7000_0000, 0x5000_0000, 3, output_flags, 0);
     (m, s2, cd)
 }
 
